@@ -1,0 +1,49 @@
+# qlayer — the two commands are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+QLAYER := $(VENV)/bin/qlayer
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
+
+.PHONY: demo test check lint types bench synth install install-dev clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed pyproject.toml
+	$(PIP) install -q -e '.[dev,aws,infra]'
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+## demo: install, start the local daemon, run the flagship example (QAOA max-cut), print the result
+demo: $(VENV)/.installed
+	$(QLAYER) up
+	$(QLAYER) run examples/qaoa_maxcut.py --arg nodes=8 --wait
+
+## test: install dev tools and run the whole suite
+test: $(VENV)/.installed-dev
+	$(PY) -m pytest -q
+
+## check: lint, format check, types, tests
+check: lint types test
+
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check qlayer tests bench examples
+	$(VENV)/bin/ruff format --check qlayer tests bench examples
+
+types: $(VENV)/.installed-dev
+	$(VENV)/bin/mypy
+
+## bench: the local-layer benchmarks (figures go to docs/benchmarks.md)
+bench: $(VENV)/.installed-dev
+	$(PY) bench/local_overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,100 @@
+"""Operations: the encryption key, the alarm topic, alarms, and the provider secret."""
+
+from __future__ import annotations
+
+from aws_cdk import Duration, RemovalPolicy, Stack
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_cloudwatch_actions as cw_actions
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_secretsmanager as secretsmanager
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sqs as sqs
+from aws_cdk import aws_stepfunctions as sfn
+from constructs import Construct
+
+#: The secret's name; its JSON holds provider settings, e.g.
+#: {"ibm_token": "...", "ibm_instance": "crn:...", "braket_region": "us-east-1"}.
+PROVIDERS_SECRET_NAME = "qlayer/providers"
+
+
+class Ops(Construct):
+    """A customer-managed KMS key, the SNS alarm topic, and the provider-token secret.
+
+    Call :meth:`add_alarms` once the queue and the state machine exist.
+
+    Attributes:
+        key: Encrypts the alarm topic, the dispatch queues and the log groups.
+        topic: Where alarms go; subscribe an email or a chat hook after deploy.
+        providers_secret: Provider tokens (IBM Quantum) and settings (Braket).
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        env_name: str,
+        removal_policy: RemovalPolicy = RemovalPolicy.RETAIN,
+    ) -> None:
+        super().__init__(scope, id)
+        region = Stack.of(self).region
+
+        self.key = kms.Key(
+            self,
+            "Key",
+            description=f"qlayer {env_name}: alarm topic, dispatch queues, log groups",
+            enable_key_rotation=True,
+            removal_policy=removal_policy,
+        )
+        # Services that write encrypted data with this key on the account's behalf.
+        self.key.grant_encrypt_decrypt(iam.ServicePrincipal(f"logs.{region}.amazonaws.com"))
+        self.key.grant(
+            iam.ServicePrincipal("cloudwatch.amazonaws.com"), "kms:Decrypt", "kms:GenerateDataKey*"
+        )
+        self.key.grant(
+            iam.ServicePrincipal("events.amazonaws.com"), "kms:Decrypt", "kms:GenerateDataKey*"
+        )
+
+        self.topic = sns.Topic(
+            self,
+            "Alarms",
+            display_name=f"qlayer {env_name} alarms",
+            master_key=self.key,
+            enforce_ssl=True,
+        )
+
+        self.providers_secret = secretsmanager.Secret(
+            self,
+            "Providers",
+            secret_name=f"{PROVIDERS_SECRET_NAME}" if env_name == "prod" else f"{PROVIDERS_SECRET_NAME}-{env_name}",
+            description="qlayer provider settings: IBM Quantum token/instance, Braket settings (JSON)",
+            removal_policy=removal_policy,
+        )
+
+    def add_alarms(self, *, dlq: sqs.IQueue, state_machine: sfn.IStateMachine) -> list[cloudwatch.Alarm]:
+        """Alarm on dead-lettered dispatch messages and on failed executions."""
+        action = cw_actions.SnsAction(self.topic)
+        dead = cloudwatch.Alarm(
+            self,
+            "DispatchDeadLetters",
+            alarm_description="QPU dispatch messages reached the dead-letter queue: a submission failed 5 times",
+            metric=dlq.metric_approximate_number_of_messages_visible(period=Duration.minutes(1)),
+            threshold=0,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+            evaluation_periods=1,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+        )
+        failed = cloudwatch.Alarm(
+            self,
+            "ExecutionsFailed",
+            alarm_description="A qlayer job execution failed; its reason is in jobs/<id>/error.json",
+            metric=state_machine.metric_failed(period=Duration.minutes(1)),
+            threshold=0,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+            evaluation_periods=1,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+        )
+        for alarm in (dead, failed):
+            alarm.add_alarm_action(action)
+        return [dead, failed]

@@ -1,0 +1,1 @@
+"""The local substrate: SQLite job state, an artifact folder, a daemon with warm workers."""

@@ -1,0 +1,686 @@
+"""The local daemon: takes steps from SQLite, runs them on warm workers, records decisions.
+
+It outlives the terminal that started it. Every transition is one SQLite
+transaction, and every step is idempotent (see :mod:`qlayer.steps`), so a daemon
+killed at any instant picks up where it was on restart: running steps go back
+to pending, a step whose outcome was already written is not run again, and a
+device job is never submitted twice (its ledger is keyed by ``job_id/seq``).
+
+Run it with ``qlayer up`` (or ``python -m qlayer.local.daemon``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import logging
+import multiprocessing
+import os
+import secrets
+import signal
+import socket
+import sqlite3
+import sys
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from qlayer import keys
+from qlayer.interpreter import Decision
+from qlayer.local import state
+from qlayer.local.paths import Home
+from qlayer.local.state import add_event, transaction
+from qlayer.local.worker import worker_main
+from qlayer.planner import Limits
+from qlayer.status import JobStatus
+from qlayer.steps import child_job_id, fan_in
+from qlayer.store.local import FolderStore
+
+log = logging.getLogger("qlayer.daemon")
+
+MAX_ATTEMPTS = 3
+IDLE_POLL_S = 0.25
+
+
+@dataclass
+class Assignment:
+    kind: str  # stage | device
+    job_id: str
+    seq: int
+    stage: str | None
+    step_id: int | None = None
+    device_job_id: str | None = None
+    deadline: float | None = None
+    timeout_s: int | None = None
+    memory_mb: int | None = None
+
+
+class WorkerHandle:
+    """One warm worker process and what it is doing."""
+
+    def __init__(self, ctx: Any, home: Home, local_memory_mb: int) -> None:
+        parent_conn, child_conn = multiprocessing.Pipe(duplex=True)
+        self.conn: Connection = parent_conn
+        self.process = ctx.Process(
+            target=worker_main,
+            args=(child_conn, str(home.artifacts), str(home.scratch), local_memory_mb),
+            daemon=True,
+        )
+        self.process.start()
+        child_conn.close()
+        self.busy: Assignment | None = None
+        self.message_id = 0
+
+    def send(self, message: dict[str, Any], assignment: Assignment) -> None:
+        self.message_id += 1
+        message["id"] = self.message_id
+        self.busy = assignment
+        self.conn.send_bytes(json.dumps(message).encode())
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(timeout=5)
+        self.conn.close()
+
+
+class Daemon:
+    """The engine of the local substrate."""
+
+    def __init__(self, home: Home, *, workers: int | None = None) -> None:
+        self.home = home
+        self.store = FolderStore(home.artifacts)
+        self.conn = state.connect(home.db)
+        self.limits = Limits.for_this_machine()
+        self.n_workers = workers or max(2, os.cpu_count() or 2)
+        self.workers: list[WorkerHandle] = []
+        self.stopping = False
+        self.wake_socket: socket.socket | None = None
+        self.device_concurrency: dict[str, int] = {}
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start_workers(self) -> None:
+        ctx = multiprocessing.get_context("fork")
+        assert self.limits.local_memory_mb is not None
+        self.workers = [
+            WorkerHandle(ctx, self.home, self.limits.local_memory_mb) for _ in range(self.n_workers)
+        ]
+        self._ctx = ctx
+
+    def replace_worker(self, worker: WorkerHandle) -> None:
+        worker.kill()
+        index = self.workers.index(worker)
+        assert self.limits.local_memory_mb is not None
+        self.workers[index] = WorkerHandle(self._ctx, self.home, self.limits.local_memory_mb)
+
+    def open_wake_socket(self) -> None:
+        path = str(self.home.socket)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        if len(path) >= 100:
+            log.warning("state path too long for a wake-up socket; polling every %.2f s", IDLE_POLL_S)
+            return
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(path)
+        sock.setblocking(False)
+        self.wake_socket = sock
+
+    def run(self) -> None:
+        self.recover()
+        self.open_wake_socket()
+        self.start_workers()
+        log.info("daemon %d ready with %d workers", os.getpid(), len(self.workers))
+        try:
+            while not self.stopping:
+                self.tick()
+        finally:
+            for worker in self.workers:
+                worker.kill()
+            if self.wake_socket is not None:
+                self.wake_socket.close()
+                try:
+                    os.unlink(self.home.socket)
+                except FileNotFoundError:
+                    pass
+
+    def tick(self) -> None:
+        self.handle_cancels()
+        self.dispatch()
+        waitables: list[Any] = [w.conn for w in self.workers]
+        waitables += [w.process.sentinel for w in self.workers]
+        if self.wake_socket is not None:
+            waitables.append(self.wake_socket)
+        ready = wait(waitables, timeout=self.next_timeout())
+        if self.wake_socket is not None and self.wake_socket in ready:
+            self._drain_wake_socket()
+        for worker in list(self.workers):
+            if worker.conn in ready:
+                self._read_reply(worker)
+            elif not worker.process.is_alive():
+                self.worker_died(worker)
+        self.check_deadlines()
+
+    def next_timeout(self) -> float:
+        now = time.time()
+        deadlines = [w.busy.deadline - now for w in self.workers if w.busy and w.busy.deadline]
+        return max(0.0, min([IDLE_POLL_S, *deadlines]))
+
+    def _drain_wake_socket(self) -> None:
+        assert self.wake_socket is not None
+        try:
+            while self.wake_socket.recv(64):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    # -- recovery --------------------------------------------------------------------
+    def recover(self) -> None:
+        """After a crash: steps that were running go back to pending, and so do devices."""
+        with transaction(self.conn):
+            rows = self.conn.execute("SELECT * FROM steps WHERE state = 'running'").fetchall()
+            for row in rows:
+                self.conn.execute("UPDATE steps SET state = 'pending' WHERE step_id = ?", (row["step_id"],))
+                add_event(self.conn, row["job_id"], row["seq"], row["stage"], "recovered after restart", None)
+            self.conn.execute(
+                "UPDATE device_jobs SET status = 'QUEUED' WHERE status = 'RUNNING'"
+            )
+        waiting = self.conn.execute(
+            "SELECT job_id FROM steps WHERE kind = 'fanin' AND state = 'waiting'"
+        ).fetchall()
+        for row in waiting:
+            with transaction(self.conn):
+                self._maybe_fan_in(row["job_id"])
+        if rows:
+            log.info("recovered %d running steps", len(rows))
+
+    # -- dispatch --------------------------------------------------------------------
+    def dispatch(self) -> None:
+        self.submit_executes()
+        for worker in self.workers:
+            if worker.busy is not None or not worker.process.is_alive():
+                continue
+            if not self.assign_next(worker):
+                break
+
+    def submit_executes(self) -> None:
+        """Queue pending execute steps on their device: once per step, by key."""
+        rows = self.conn.execute(
+            "SELECT * FROM steps WHERE kind = 'execute' AND state = 'pending' ORDER BY step_id"
+        ).fetchall()
+        for row in rows:
+            decision = Decision.from_json(json.loads(row["detail"]))
+            key = f"{row['job_id']}/{row['seq']}"
+            with transaction(self.conn):
+                existing = self.conn.execute(
+                    "SELECT device_job_id FROM device_jobs WHERE idempotency_key = ?", (key,)
+                ).fetchone()
+                if existing is None:
+                    device_job_id = "dev-" + secrets.token_hex(6)
+                    self.conn.execute(
+                        "INSERT INTO device_jobs (device_job_id, idempotency_key, job_id, seq, backend,"
+                        " request_key, status, submitted_at) VALUES (?,?,?,?,?,?,?,?)",
+                        (device_job_id, key, row["job_id"], row["seq"], decision.backend,
+                         decision.request_key, "QUEUED", time.time()),
+                    )
+                else:
+                    device_job_id = existing["device_job_id"]
+                self.conn.execute("UPDATE steps SET state = 'waiting' WHERE step_id = ?", (row["step_id"],))
+                plan = decision.plan or {}
+                status = JobStatus.WAITING_FOR_QPU if plan.get("tier") == "qpu" else JobStatus.RUNNING
+                self._set_job(row["job_id"], status=status, stage="execute", seq=row["seq"],
+                              provider_job_id=device_job_id)
+                add_event(self.conn, row["job_id"], row["seq"], "execute", "submitted",
+                          {"backend": decision.backend, "provider_job_id": device_job_id, "plan": plan})
+
+    def assign_next(self, worker: WorkerHandle) -> bool:
+        step = self.conn.execute(
+            "SELECT * FROM steps WHERE kind = 'stage' AND state = 'pending' ORDER BY step_id LIMIT 1"
+        ).fetchone()
+        device = self._next_device_job()
+        if step is None and device is None:
+            return False
+        if step is not None and (device is None or step["created_at"] <= device["submitted_at"]):
+            self.start_stage(worker, step)
+        else:
+            assert device is not None
+            self.start_device_job(worker, device)
+        return True
+
+    def _next_device_job(self) -> sqlite3.Row | None:
+        running: dict[str, int] = {}
+        for row in self.conn.execute(
+            "SELECT backend, COUNT(*) AS n FROM device_jobs WHERE status = 'RUNNING' GROUP BY backend"
+        ):
+            running[row["backend"]] = row["n"]
+        for row in self.conn.execute(
+            "SELECT * FROM device_jobs WHERE status = 'QUEUED' ORDER BY submitted_at LIMIT 200"
+        ):
+            if running.get(row["backend"], 0) < self._concurrency(row["backend"]):
+                return row
+        return None
+
+    def _concurrency(self, backend: str) -> int:
+        if backend not in self.device_concurrency:
+            from qlayer.providers.registry import resolve
+
+            try:
+                limit = resolve(backend).max_concurrency
+            except Exception:
+                limit = 1
+            override = os.environ.get("QLAYER_DEVICE_CONCURRENCY")
+            if override and backend.startswith("fake_"):
+                limit = int(override)
+            self.device_concurrency[backend] = max(1, limit if backend.startswith("fake_") else self.n_workers)
+        return self.device_concurrency[backend]
+
+    def start_stage(self, worker: WorkerHandle, step: sqlite3.Row) -> None:
+        job = state.get_job(self.conn, step["job_id"])
+        detail = json.loads(step["detail"] or "{}")
+        compute = detail.get("compute") or {}
+        memory_mb = int(compute.get("memory_mb") or 2048)
+        timeout_s = int(compute.get("timeout_s") or 900)
+        if self.limits.local_memory_mb and memory_mb > self.limits.local_memory_mb:
+            with transaction(self.conn):
+                self.conn.execute("UPDATE steps SET state = 'done' WHERE step_id = ?", (step["step_id"],))
+                self._fail(job.job_id, step["seq"], step["stage"], "PlannerError",
+                           f"stage {step['stage']!r} declares memory_mb={memory_mb}; this machine "
+                           f"offers {self.limits.local_memory_mb} MiB")
+            return
+        with transaction(self.conn):
+            self.conn.execute(
+                "UPDATE steps SET state = 'running', started_at = ?, attempts = attempts + 1 WHERE step_id = ?",
+                (time.time(), step["step_id"]),
+            )
+            self._set_job(job.job_id, status=JobStatus.RUNNING, stage=step["stage"], seq=step["seq"])
+            add_event(self.conn, job.job_id, step["seq"], step["stage"], "started",
+                      {"attempt": step["attempts"] + 1, "worker": worker.process.pid})
+        runs = state.stage_runs(self.conn, job.job_id)
+        worker.send(
+            {
+                "op": "stage",
+                "program_id": job.program_id,
+                "seq": step["seq"],
+                "stage": step["stage"],
+                "memory_mb": memory_mb,
+                "job": {
+                    "job_id": job.job_id,
+                    "arguments": job.arguments,
+                    "backend": job.backend,
+                    "index": job.item_index,
+                    "runs": runs,
+                },
+            },
+            Assignment("stage", job.job_id, step["seq"], step["stage"], step_id=step["step_id"],
+                       deadline=time.time() + timeout_s, timeout_s=timeout_s, memory_mb=memory_mb),
+        )
+
+    def start_device_job(self, worker: WorkerHandle, device: sqlite3.Row) -> None:
+        with transaction(self.conn):
+            self.conn.execute(
+                "UPDATE device_jobs SET status = 'RUNNING', started_at = ?, attempts = attempts + 1 "
+                "WHERE device_job_id = ?",
+                (time.time(), device["device_job_id"]),
+            )
+            add_event(self.conn, device["job_id"], device["seq"], "execute", "device running",
+                      {"provider_job_id": device["device_job_id"], "backend": device["backend"]})
+        worker.send(
+            {
+                "op": "device",
+                "backend": device["backend"],
+                "request_key": device["request_key"],
+                "job_id": device["job_id"],
+                "seq": device["seq"],
+            },
+            Assignment("device", device["job_id"], device["seq"], "execute",
+                       device_job_id=device["device_job_id"]),
+        )
+
+    # -- replies ---------------------------------------------------------------------
+    def _read_reply(self, worker: WorkerHandle) -> None:
+        try:
+            reply = json.loads(worker.conn.recv_bytes())
+        except (EOFError, OSError):
+            self.worker_died(worker)
+            return
+        assignment, worker.busy = worker.busy, None
+        if assignment is None:
+            return
+        if assignment.kind == "stage":
+            self.finish_stage(assignment, reply)
+        else:
+            self.finish_device_job(assignment, reply)
+
+    def finish_stage(self, assignment: Assignment, reply: dict[str, Any]) -> None:
+        assert assignment.step_id is not None
+        if not reply.get("ok"):
+            decision = Decision.failed(
+                assignment.seq, assignment.stage, reply.get("error_type", "InternalError"),
+                f"qlayer failed running stage {assignment.stage!r}: {reply.get('message')}",
+            )
+            self._log(assignment.job_id, assignment.seq, assignment.stage or "stage", reply.get("traceback", ""))
+        else:
+            decision = Decision.from_json(reply["decision"])
+        with transaction(self.conn):
+            self.apply(assignment.job_id, assignment.step_id, decision)
+
+    def finish_device_job(self, assignment: Assignment, reply: dict[str, Any]) -> None:
+        step = self.conn.execute(
+            "SELECT step_id FROM steps WHERE job_id = ? AND seq = ?", (assignment.job_id, assignment.seq)
+        ).fetchone()
+        with transaction(self.conn):
+            status = "DONE" if reply.get("ok") else "ERROR"
+            self.conn.execute(
+                "UPDATE device_jobs SET status = ?, finished_at = ?, message = ? WHERE device_job_id = ? "
+                "AND status = 'RUNNING'",
+                (status, time.time(), reply.get("message"), assignment.device_job_id),
+            )
+            if reply.get("ok"):
+                decision = Decision.from_json(reply["decision"])
+            else:
+                message = f"backend job {assignment.device_job_id} failed: {reply.get('message')}"
+                self._log(assignment.job_id, assignment.seq, "execute", message + "\n")
+                decision = Decision.failed(assignment.seq, "execute", reply.get("error_type", "BackendError"), message)
+            if step is not None:
+                self.apply(assignment.job_id, step["step_id"], decision)
+
+    # -- transitions (caller holds the transaction) ----------------------------------
+    def apply(self, job_id: str, step_id: int, decision: Decision) -> None:
+        """Record a step's decision and queue what follows: the interpreter's routes."""
+        step = self.conn.execute("SELECT * FROM steps WHERE step_id = ?", (step_id,)).fetchone()
+        if step is None or step["state"] == "done":
+            return  # already applied (a duplicate reply)
+        self.conn.execute("UPDATE steps SET state = 'done' WHERE step_id = ?", (step_id,))
+        job = state.get_job(self.conn, job_id)
+        if job.status.is_final:
+            return
+        if job.cancel_requested:
+            self._cancel_job(job_id)
+            return
+        label = step["stage"] if step["kind"] == "stage" else step["kind"]
+        if decision.kind != "error":
+            add_event(self.conn, job_id, step["seq"], label, "finished", {"decision": decision.kind})
+        now = time.time()
+        if decision.kind == "next":
+            self.conn.execute(
+                "INSERT INTO steps (job_id, seq, kind, stage, state, detail, created_at) VALUES (?,?,?,?,?,?,?)",
+                (job_id, decision.seq, "stage", decision.stage, "pending", json.dumps(decision.to_json()), now),
+            )
+            self._set_job(job_id, status=JobStatus.RUNNING, stage=decision.stage, seq=decision.seq)
+        elif decision.kind == "execute":
+            self.conn.execute(
+                "INSERT INTO steps (job_id, seq, kind, stage, state, detail, created_at) VALUES (?,?,?,?,?,?,?)",
+                (job_id, decision.seq, "execute", "execute", "pending", json.dumps(decision.to_json()), now),
+            )
+            self._set_job(job_id, status=JobStatus.RUNNING, stage="execute", seq=decision.seq)
+        elif decision.kind == "fanout":
+            self._start_children(job, decision)
+        elif decision.kind == "done":
+            self._set_job(job_id, status=JobStatus.DONE, stage=None, finished=True)
+            add_event(self.conn, job_id, decision.seq, None, "done", None)
+            self._child_finished(job)
+        else:
+            self._fail(job_id, decision.seq, decision.stage, decision.error_type or "Error", decision.message or "")
+
+    def _start_children(self, job: state.JobRow, decision: Decision) -> None:
+        assert decision.items_key is not None and decision.stage is not None
+        raw = self.store.get_json(decision.items_key)
+        items = raw["items"]
+        now = time.time()
+        self.conn.execute(
+            "INSERT INTO steps (job_id, seq, kind, stage, state, detail, created_at) VALUES (?,?,?,?,?,?,?)",
+            (job.job_id, decision.seq, "fanin", "fan-in", "waiting", json.dumps(decision.to_json()), now),
+        )
+        compute = self._compute_of(decision)
+        for index, item in enumerate(items):
+            child = child_job_id(job.job_id, decision.seq, index)
+            input_key = keys.stage_input(child, 0, decision.stage)
+            self.store.put_json(input_key, {"data": item, "state": None})
+            state.insert_job(
+                self.conn, job_id=child, program_id=job.program_id, workflow=job.workflow,
+                arguments=job.arguments, backend=job.backend, first_stage=decision.stage,
+                input_key=input_key, parent_id=job.job_id, item_index=index,
+            )
+            if compute:
+                self.conn.execute(
+                    "UPDATE steps SET detail = ? WHERE job_id = ? AND seq = 0",
+                    (json.dumps({"input_key": input_key, "compute": compute}), child),
+                )
+        self.conn.execute(
+            "UPDATE jobs SET children_total = ?, children_done = 0 WHERE job_id = ?", (len(items), job.job_id)
+        )
+        self._set_job(job.job_id, status=JobStatus.RUNNING, stage=f"{decision.stage} ×{len(items)}", seq=decision.seq)
+        add_event(self.conn, job.job_id, decision.seq, decision.stage, "fanned out", {"children": len(items)})
+
+    def _compute_of(self, decision: Decision) -> dict[str, Any] | None:
+        return decision.compute  # a fan-out decision carries its children's first stage compute
+
+    def _child_finished(self, child: state.JobRow) -> None:
+        if child.parent_id is None:
+            return
+        self.conn.execute(
+            "UPDATE jobs SET children_done = children_done + 1 WHERE job_id = ?", (child.parent_id,)
+        )
+        self._maybe_fan_in(child.parent_id)
+
+    def _maybe_fan_in(self, parent_id: str) -> None:
+        parent = state.get_job(self.conn, parent_id)
+        if parent.status.is_final or parent.children_done < parent.children_total:
+            return
+        step = self.conn.execute(
+            "SELECT * FROM steps WHERE job_id = ? AND kind = 'fanin' AND state = 'waiting'", (parent_id,)
+        ).fetchone()
+        if step is None:
+            return
+        fanout = Decision.from_json(json.loads(step["detail"]))
+        assert fanout.items_key is not None
+        items_raw = self.store.get_json(fanout.items_key)
+        decision = fan_in(self.store, parent_id, step["seq"], items_raw, fanout.count)
+        self.apply(parent_id, step["step_id"], decision)
+
+    def _fail(self, job_id: str, seq: int, stage: str | None, error_type: str, message: str) -> None:
+        self.store.put_json(
+            keys.job_error(job_id), {"error_type": error_type, "message": message, "stage": stage, "seq": seq}
+        )
+        self.conn.execute(
+            "UPDATE jobs SET status = ?, message = ?, error_type = ?, updated_at = ?, finished_at = ? "
+            "WHERE job_id = ?",
+            (JobStatus.ERROR.value, message, error_type, time.time(), time.time(), job_id),
+        )
+        add_event(self.conn, job_id, seq, stage, "error", {"error_type": error_type, "message": message})
+        job = state.get_job(self.conn, job_id)
+        if job.parent_id is not None:
+            parent = state.get_job(self.conn, job.parent_id)
+            if not parent.status.is_final:
+                self._cancel_children(parent.job_id, except_id=job_id)
+                self._fail(
+                    parent.job_id, parent.seq, parent.stage, error_type,
+                    f"fan-out item {job.item_index} ({job_id}) failed: {message}",
+                )
+        self._cancel_children(job_id)
+
+    def _cancel_children(self, job_id: str, except_id: str | None = None) -> None:
+        rows = self.conn.execute(
+            "SELECT job_id FROM jobs WHERE parent_id = ? AND status NOT IN ('DONE','ERROR','CANCELLED')",
+            (job_id,),
+        ).fetchall()
+        for row in rows:
+            if row["job_id"] != except_id:
+                self.conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE job_id = ?", (row["job_id"],))
+                self._cancel_job(row["job_id"])
+
+    def _set_job(
+        self,
+        job_id: str,
+        *,
+        status: JobStatus,
+        stage: str | None = None,
+        seq: int | None = None,
+        provider_job_id: str | None = None,
+        finished: bool = False,
+    ) -> None:
+        now = time.time()
+        self.conn.execute(
+            "UPDATE jobs SET status = ?, stage = ?, seq = COALESCE(?, seq), "
+            "provider_job_id = COALESCE(?, provider_job_id), updated_at = ?, "
+            "finished_at = CASE WHEN ? THEN ? ELSE finished_at END WHERE job_id = ?",
+            (status.value, stage, seq, provider_job_id, now, finished, now, job_id),
+        )
+
+    def _log(self, job_id: str, seq: int, stage: str, text: str) -> None:
+        if text:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+            self.store.append_text(keys.log_key(job_id, seq, stage), f"{stamp} qlayer  {text.rstrip()}\n")
+
+    # -- cancel, deadlines, deaths ---------------------------------------------------
+    def handle_cancels(self) -> None:
+        rows = self.conn.execute(
+            "SELECT job_id FROM jobs WHERE cancel_requested = 1 AND status NOT IN ('DONE','ERROR','CANCELLED')"
+        ).fetchall()
+        for row in rows:
+            with transaction(self.conn):
+                self._cancel_job(row["job_id"])
+
+    def _cancel_job(self, job_id: str) -> None:
+        """Stop a job wherever it is: kill its worker, cancel its device jobs, mark it."""
+        for worker in self.workers:
+            if worker.busy is not None and worker.busy.job_id == job_id:
+                log.info("cancel: stopping worker %s running %s", worker.process.pid, job_id)
+                worker.busy = None
+                self.replace_worker(worker)
+        cancelled = self.conn.execute(
+            "UPDATE device_jobs SET status = 'CANCELLED', finished_at = ? WHERE job_id = ? "
+            "AND status IN ('QUEUED','RUNNING') RETURNING device_job_id",
+            (time.time(), job_id),
+        ).fetchall()
+        for row in cancelled:
+            add_event(self.conn, job_id, None, "execute", "device job cancelled",
+                      {"provider_job_id": row["device_job_id"]})
+        self.conn.execute(
+            "UPDATE steps SET state = 'done' WHERE job_id = ? AND state != 'done'", (job_id,)
+        )
+        self._set_job(job_id, status=JobStatus.CANCELLED, stage=None, finished=True)
+        add_event(self.conn, job_id, None, None, "cancelled", None)
+        children = self.conn.execute(
+            "SELECT job_id FROM jobs WHERE parent_id = ? AND status NOT IN ('DONE','ERROR','CANCELLED')",
+            (job_id,),
+        ).fetchall()
+        for row in children:
+            self._cancel_job(row["job_id"])
+
+    def check_deadlines(self) -> None:
+        now = time.time()
+        for worker in list(self.workers):
+            busy = worker.busy
+            if busy is None or busy.deadline is None or now < busy.deadline:
+                continue
+            log.warning("stage %s of %s passed its timeout; killing worker", busy.stage, busy.job_id)
+            worker.busy = None
+            self.replace_worker(worker)
+            message = f"stage {busy.stage!r} exceeded its timeout of {busy.timeout_s} s and was stopped"
+            self._log(busy.job_id, busy.seq, busy.stage or "stage", message)
+            with transaction(self.conn):
+                if busy.step_id is not None:
+                    self.conn.execute("UPDATE steps SET state = 'done' WHERE step_id = ?", (busy.step_id,))
+                self._fail(busy.job_id, busy.seq, busy.stage, "Timeout", message)
+
+    def worker_died(self, worker: WorkerHandle) -> None:
+        busy, worker.busy = worker.busy, None
+        code = worker.process.exitcode
+        self.replace_worker(worker)
+        if busy is None:
+            return
+        how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        log.warning("worker died (%s) running %s of %s", how, busy.stage, busy.job_id)
+        with transaction(self.conn):
+            if busy.kind == "stage":
+                row = self.conn.execute("SELECT attempts FROM steps WHERE step_id = ?", (busy.step_id,)).fetchone()
+                attempts = row["attempts"] if row else MAX_ATTEMPTS
+                if attempts >= MAX_ATTEMPTS:
+                    message = (
+                        f"the worker running stage {busy.stage!r} died ({how}) {attempts} times. "
+                        f"If it ran out of memory, raise memory_mb (now {busy.memory_mb} MiB) in @wf.stage()."
+                    )
+                    self._log(busy.job_id, busy.seq, busy.stage or "stage", message)
+                    self.conn.execute("UPDATE steps SET state = 'done' WHERE step_id = ?", (busy.step_id,))
+                    self._fail(busy.job_id, busy.seq, busy.stage, "WorkerDied", message)
+                else:
+                    self.conn.execute("UPDATE steps SET state = 'pending' WHERE step_id = ?", (busy.step_id,))
+                    add_event(self.conn, busy.job_id, busy.seq, busy.stage, "worker died, retrying", {"how": how})
+            else:
+                row = self.conn.execute(
+                    "SELECT attempts FROM device_jobs WHERE device_job_id = ?", (busy.device_job_id,)
+                ).fetchone()
+                if row and row["attempts"] >= MAX_ATTEMPTS:
+                    self.conn.execute(
+                        "UPDATE device_jobs SET status = 'ERROR', message = ? WHERE device_job_id = ?",
+                        (f"simulator died ({how})", busy.device_job_id),
+                    )
+                    self._fail(busy.job_id, busy.seq, "execute", "WorkerDied",
+                               f"the simulator running {busy.device_job_id} died ({how}) {row['attempts']} times")
+                else:
+                    self.conn.execute(
+                        "UPDATE device_jobs SET status = 'QUEUED' WHERE device_job_id = ? AND status = 'RUNNING'",
+                        (busy.device_job_id,),
+                    )
+
+
+def _preload() -> None:
+    """Import what stages use, once, before forking workers."""
+    import numpy  # noqa: F401
+    import qiskit  # noqa: F401
+    import qiskit.primitives  # noqa: F401
+    import qiskit.qpy  # noqa: F401
+    import qiskit_aer  # noqa: F401
+    import qiskit_aer.primitives  # noqa: F401
+    import scipy.optimize  # noqa: F401
+    from qiskit.transpiler import generate_preset_pass_manager  # noqa: F401
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="qlayer-daemon", description="the qlayer local daemon")
+    parser.add_argument("--home", default=None)
+    parser.add_argument("--workers", type=int, default=None)
+    args = parser.parse_args(argv)
+    home = Home.resolve(args.home)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    logging.getLogger("qiskit").setLevel(logging.WARNING)
+    lock = open(home.lock_file, "a+")  # noqa: SIM115 - held for the daemon's life
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        log.info("another daemon holds %s; exiting", home.lock_file)
+        return 0
+    _preload()
+    daemon = Daemon(home, workers=args.workers or _env_int("QLAYER_WORKERS"))
+
+    def stop(signum: int, frame: Any) -> None:
+        daemon.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    home.pid_file.write_text(str(os.getpid()))
+    try:
+        daemon.run()
+    finally:
+        try:
+            if home.pid_file.read_text().strip() == str(os.getpid()):
+                home.pid_file.unlink()
+        except FileNotFoundError:
+            pass
+    log.info("daemon stopped")
+    return 0
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value else None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

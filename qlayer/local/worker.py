@@ -1,0 +1,132 @@
+"""A warm worker process: runs stages and simulated-device jobs for the daemon.
+
+Workers are forked from the daemon after it has imported qiskit, so no stage
+pays for imports. Each worker dies with the daemon (``PR_SET_PDEATHSIG``), so a
+killed daemon never leaves a stage running unseen. Messages are JSON over a pipe.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import resource
+import signal
+import traceback
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from qlayer import keys
+from qlayer.planner import Limits
+from qlayer.program import ProgramCache
+from qlayer.request import decode_request
+from qlayer.steps import JobInfo, complete_execute, run_stage
+from qlayer.store.local import FolderStore
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent (the daemon) dies."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except OSError:  # pragma: no cover - not Linux
+        pass
+
+
+def _address_space_mb() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) // 1024
+    except OSError:  # pragma: no cover
+        pass
+    return 0
+
+
+class MemoryLimit:
+    """Cap the address space for one stage: what the worker uses now plus ``memory_mb``."""
+
+    def __init__(self, memory_mb: int | None) -> None:
+        self.memory_mb = memory_mb
+        self._old: tuple[int, int] | None = None
+
+    def __enter__(self) -> MemoryLimit:
+        if self.memory_mb:
+            self._old = resource.getrlimit(resource.RLIMIT_AS)
+            limit = (_address_space_mb() + self.memory_mb) * 1024 * 1024
+            hard = self._old[1]
+            if hard != resource.RLIM_INFINITY:
+                limit = min(limit, hard)
+            resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._old is not None:
+            resource.setrlimit(resource.RLIMIT_AS, self._old)
+
+
+def worker_main(conn: Connection, artifacts: str, scratch: str, local_memory_mb: int) -> None:
+    """Serve requests from the daemon until the pipe closes."""
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    store = FolderStore(artifacts)
+    programs = ProgramCache(store, Path(scratch))
+    limits = Limits(local_memory_mb=local_memory_mb)
+    while True:
+        try:
+            raw = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        message = json.loads(raw)
+        try:
+            reply = _handle(message, store, programs, limits)
+        except Exception as exc:  # a bug in qlayer itself: report, stay alive
+            reply = {
+                "ok": False,
+                "error_type": type(exc).__name__,
+                "message": f"{exc}",
+                "traceback": traceback.format_exc(),
+            }
+        reply["id"] = message["id"]
+        conn.send_bytes(json.dumps(reply).encode())
+
+
+def _handle(message: dict[str, Any], store: FolderStore, programs: ProgramCache, limits: Limits) -> dict[str, Any]:
+    if message["op"] == "stage":
+        job = JobInfo(**message["job"])
+        try:
+            workflow = programs.workflow(message["program_id"])
+        except Exception as exc:
+            store.append_text(
+                keys.log_key(job.job_id, message["seq"], message["stage"]),
+                f"cannot load the program: {type(exc).__name__}: {exc}\n",
+            )
+            return {
+                "ok": True,
+                "decision": {
+                    "kind": "error", "seq": message["seq"], "stage": message["stage"],
+                    "error_type": "ProgramError", "message": str(exc),
+                },
+            }
+        with MemoryLimit(message.get("memory_mb")):
+            decision = run_stage(store, workflow, job, message["seq"], message["stage"], limits)
+        return {"ok": True, "decision": decision.to_json()}
+    if message["op"] == "device":
+        from qlayer.providers.registry import provider_for
+
+        request_raw = store.get_json(message["request_key"])
+        request = decode_request(request_raw)
+        backend = message["backend"]
+        try:
+            result = provider_for(backend).run(backend, request)
+        except Exception as exc:
+            return {"ok": False, "error_type": type(exc).__name__, "message": str(exc) or repr(exc)}
+        decision = complete_execute(store, message["job_id"], message["seq"], request_raw, result)
+        return {"ok": True, "decision": decision.to_json()}
+    if message["op"] == "ping":
+        return {"ok": True, "pid": os.getpid()}
+    raise ValueError(f"unknown op {message['op']!r}")

@@ -1,0 +1,212 @@
+"""The resource planner: from an execute request, pick a simulation method and a tier.
+
+The estimate is deliberately simple and conservative: it is there to route work
+and to refuse at once what cannot run, so that no job waits for a resource that
+cannot exist.
+
+Memory (bytes) by method, for ``n`` active qubits:
+
+* statevector: ``16 * 2**n`` (complex128), x2 working space;
+* density_matrix: ``16 * 4**n``;
+* stabilizer: ``n**2 / 4`` (a tableau) — negligible;
+* matrix_product_state: ``n * 16 * chi**2`` with bond dimension ``chi`` bounded
+  by ``2**min(n/2, 10)`` for circuits we cannot analyse.
+
+Tiers (AWS): ``lambda`` up to 10 GiB memory and 15 minutes; ``batch`` (CPU) up
+to ``batch_max_memory_mb``; ``batch-gpu`` statevector up to the GPU's memory.
+QPU backends are routed to ``qpu``. Locally every tier runs on this machine, and
+the local limit is the machine's memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from qlayer.errors import PlannerError
+from qlayer.providers.base import BackendInfo
+
+MIB = 1024 * 1024
+CLIFFORD_GATES = frozenset(
+    {"h", "s", "sdg", "x", "y", "z", "cx", "cz", "cy", "swap", "sx", "sxdg", "id", "ecr",
+     "measure", "barrier", "reset", "delay"}
+)
+#: Python, qiskit and Aer themselves (measured ~450 MB RSS in a warm worker).
+BASE_MEMORY_MB = 512
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What each tier can give. Defaults follow AWS quotas and common instances."""
+
+    lambda_memory_mb: int = 10240
+    lambda_seconds: int = 900
+    batch_memory_mb: int = 245760  # r6i.8xlarge-class CPU nodes
+    gpu_memory_mb: int = 81920  # one 80 GB GPU (A100/H100)
+    local_memory_mb: int | None = None  # set on the local substrate: the machine's memory
+
+    @classmethod
+    def for_this_machine(cls, fraction: float = 0.8) -> Limits:
+        import os
+
+        try:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // MIB
+        except (ValueError, OSError):  # pragma: no cover - non-POSIX
+            total = 8192
+        return cls(local_memory_mb=int(total * fraction))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The planner's choice for one execute request."""
+
+    tier: str  # lambda | batch | batch-gpu | qpu
+    method: str
+    qubits: int
+    depth: int
+    memory_mb: int
+    seconds: float
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What the planner needs to know of a request's circuits."""
+
+    qubits: int  # the most active qubits of any PUB
+    depth: int  # the deepest PUB
+    gates: int  # two-qubit-equivalent gate count, all PUBs
+    clifford: bool  # every gate is Clifford
+    executions: int  # circuit executions: PUBs x parameter sets
+    shots: int
+
+
+def summarise(pubs: list[Any], shots: int | None) -> Workload:
+    """Measure the circuits of an execute request."""
+    import numpy as np
+
+    from qlayer.request import pub_circuits
+
+    qubits = depth = gates = executions = 0
+    clifford = True
+    for pub, circuit in zip(pubs, pub_circuits(pubs), strict=True):
+        active: set[int] = set()
+        for inst in circuit.data:
+            if inst.operation.name == "barrier":
+                continue
+            active.update(circuit.find_bit(q).index for q in inst.qubits)
+            if inst.operation.name not in CLIFFORD_GATES:
+                clifford = False
+        qubits = max(qubits, len(active))
+        depth = max(depth, circuit.depth())
+        gates += len(circuit.data)
+        sets = 1
+        if isinstance(pub, (tuple, list)):
+            for item in pub[1:]:
+                array = np.asarray(item) if not hasattr(item, "num_qubits") else None
+                if array is not None and array.dtype.kind == "f" and array.ndim >= 1:
+                    sets = max(sets, int(np.prod(array.shape[:-1])) if array.ndim > 1 else 1)
+        executions += sets
+    return Workload(qubits, depth, gates, clifford, max(executions, 1), shots or 1024)
+
+
+def memory_mb(method: str, qubits: int) -> int:
+    """Peak memory estimate of simulating ``qubits`` with ``method``."""
+    if method == "stabilizer":
+        raw = qubits * qubits / 4
+    elif method == "density_matrix":
+        raw = 16 * 4.0**qubits
+    elif method == "matrix_product_state":
+        chi = 2 ** min(qubits / 2, 10)
+        raw = qubits * 16 * chi * chi * 4
+    else:
+        raw = 2 * 16 * 2.0**qubits
+    return int(raw / MIB) + BASE_MEMORY_MB
+
+
+def seconds(method: str, load: Workload) -> float:
+    """A rough wall-time estimate (order of magnitude, for routing only)."""
+    if method == "stabilizer":
+        per = 1e-7 * load.qubits * load.qubits
+    elif method == "matrix_product_state":
+        per = 1e-6 * load.qubits * 2 ** min(load.qubits / 2, 10) ** 3
+    elif method == "density_matrix":
+        per = 2e-9 * 4.0**load.qubits
+    else:
+        per = 2e-9 * 2.0**load.qubits
+    return per * max(load.gates, 1) * load.executions
+
+
+def choose_method(backend: BackendInfo, load: Workload) -> str:
+    if backend.method != "automatic":
+        return backend.method
+    if load.clifford and not backend.noisy:
+        return "stabilizer"
+    if backend.noisy:
+        return "statevector"  # Aer samples noise by trajectories over a statevector
+    if load.qubits <= 30:
+        return "statevector"
+    return "matrix_product_state"
+
+
+def plan(backend: BackendInfo, load: Workload, limits: Limits) -> Plan:
+    """Pick a method and a tier for a request, or refuse it.
+
+    Raises:
+        PlannerError: No tier can serve the request; the message says what it
+            would need and what to change.
+    """
+    if backend.num_qubits is not None and load.qubits > backend.num_qubits:
+        raise PlannerError(
+            f"the request uses {load.qubits} qubits but {backend.name} has {backend.num_qubits}"
+        )
+    method = choose_method(backend, load)
+    need = memory_mb(method, load.qubits)
+    time = seconds(method, load)
+    base = {"method": method, "qubits": load.qubits, "depth": load.depth, "memory_mb": need, "seconds": round(time, 3)}
+
+    if limits.local_memory_mb is not None:
+        if need > limits.local_memory_mb:
+            raise PlannerError(
+                f"simulating {load.qubits} active qubits with {method} on {backend.name} needs "
+                f"about {_human(need)}; this machine offers {_human(limits.local_memory_mb)}. "
+                + _advice(backend, method)
+            )
+        tier = "qpu" if backend.kind == "qpu" else "local"
+        return Plan(tier=tier, reason=f"local: {_human(need)} of {_human(limits.local_memory_mb)}", **base)
+
+    if backend.kind == "qpu":
+        return Plan(tier="qpu", reason=f"queued to {backend.provider} device {backend.name}", **base)
+    if need <= limits.lambda_memory_mb and time <= limits.lambda_seconds * 0.5:
+        return Plan(tier="lambda", reason=f"fits Lambda: {_human(need)}, ~{time:.0f} s", **base)
+    if method == "statevector" and need <= limits.gpu_memory_mb and load.qubits >= 26:
+        return Plan(tier="batch-gpu", reason=f"{load.qubits}-qubit statevector on a GPU", **base)
+    if need <= limits.batch_memory_mb:
+        return Plan(tier="batch", reason=f"Batch CPU: {_human(need)}, ~{time:.0f} s", **base)
+    raise PlannerError(
+        f"simulating {load.qubits} active qubits with {method} needs about {_human(need)}; "
+        f"no tier can serve it (Lambda {_human(limits.lambda_memory_mb)}, Batch "
+        f"{_human(limits.batch_memory_mb)}, GPU {_human(limits.gpu_memory_mb)}). "
+        + _advice(backend, method)
+    )
+
+
+def _advice(backend: BackendInfo, method: str) -> str:
+    if backend.noisy:
+        return "Use fewer active qubits, or an ideal simulator such as aer_mps."
+    if method == "statevector":
+        return "Use fewer qubits, or backend aer_mps for low-entanglement circuits."
+    return "Use fewer qubits."
+
+
+def _human(mb: float) -> str:
+    units = ["MiB", "GiB", "TiB", "PiB", "EiB", "ZiB", "YiB"]
+    value = float(mb)
+    for unit in units:
+        if value < 1024 or unit == units[-1]:
+            return f"{value:.0f} {unit}" if value >= 10 else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.0f} YiB"  # pragma: no cover

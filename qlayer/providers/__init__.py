@@ -1,0 +1,1 @@
+"""Quantum providers behind one interface: local Aer (ideal or noisy fake devices) first."""

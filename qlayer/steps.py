@@ -1,0 +1,335 @@
+"""The steps of a job, as the library runs them on any substrate.
+
+* :func:`run_stage` runs one stage and turns what it returned into a
+  :class:`~qlayer.interpreter.Decision`, writing the payloads it points at;
+* :func:`complete_execute` stores an execute result and hands it to ``then``;
+* :func:`fan_in` hands the children's results to ``then``.
+
+Each is idempotent: once a step's ``output.json`` exists, running it again
+returns the recorded decision without running user code again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from qlayer import codec, keys
+from qlayer.context import StageContext
+from qlayer.errors import ArtifactError, BackendError, CodecError, PlannerError
+from qlayer.interpreter import Decision, Route, over_run_limit, route
+from qlayer.outcomes import Execute
+from qlayer.planner import Limits, plan, summarise
+from qlayer.request import ExecuteRequest, encode_request
+from qlayer.store.base import ArtifactStore
+from qlayer.workflow import Workflow
+
+
+@dataclass
+class JobInfo:
+    """What a step needs to know of its job."""
+
+    job_id: str
+    arguments: dict[str, Any]
+    backend: str
+    index: int | None = None
+    runs: dict[str, int] = field(default_factory=dict)  # stage -> completed runs so far
+
+
+def first_input(store: ArtifactStore, job_id: str, stage: str, data: Any) -> str:
+    """Write the first stage's input (the arguments, or a fan-out item)."""
+    key = keys.stage_input(job_id, 0, stage)
+    store.put_json(key, {"data": codec.encode(data, where="job arguments"), "state": None})
+    return key
+
+
+def run_stage(
+    store: ArtifactStore,
+    workflow: Workflow,
+    job: JobInfo,
+    seq: int,
+    stage: str,
+    limits: Limits,
+) -> Decision:
+    """Run ``stage`` as step ``seq`` of ``job`` and record its decision."""
+    out_key = keys.stage_output(job.job_id, seq, stage)
+    if store.exists(out_key):
+        try:
+            return Decision.from_json(store.get_json(out_key))
+        except (ArtifactError, ValueError, TypeError):
+            pass  # a torn or corrupted record: run the stage again
+    decision = _run_stage(store, workflow, job, seq, stage, limits)
+    store.put_json(out_key, decision.to_json())
+    return decision
+
+
+def _run_stage(
+    store: ArtifactStore, workflow: Workflow, job: JobInfo, seq: int, stage_name: str, limits: Limits
+) -> Decision:
+    if stage_name not in workflow.stages:
+        return Decision.failed(
+            seq, stage_name, "WorkflowError",
+            f"workflow {workflow.name!r} has no stage {stage_name!r}; "
+            f"its stages are: {', '.join(workflow.stages)}",
+        )
+    stage = workflow.stages[stage_name]
+    runs_before = job.runs.get(stage_name, 0)
+    problem = over_run_limit(workflow, stage_name, runs_before)
+    if problem:
+        return Decision.failed(seq, stage_name, "MaxRunsExceeded", problem)
+
+    log_key = keys.log_key(job.job_id, seq, stage_name)
+    logger, sink = _stage_logger(store, log_key, job.job_id, stage_name)
+    try:
+        try:
+            data, state = load_input(store, keys.stage_input(job.job_id, seq, stage_name))
+        except (ArtifactError, CodecError) as exc:
+            logger.error("cannot read the input of stage %s: %s", stage_name, exc)
+            return Decision.failed(seq, stage_name, "ArtifactError", str(exc))
+        ctx = StageContext(
+            job_id=job.job_id,
+            stage=stage_name,
+            seq=seq,
+            arguments=job.arguments,
+            backend=job.backend,
+            store=store,
+            log=logger,
+            state=state,
+            run=runs_before + 1,
+            index=job.index,
+        )
+        logger.info("stage %s started (run %d, step %d)", stage_name, ctx.run, seq)
+        started = time.perf_counter()
+        try:
+            with _redirect_output(sink):
+                returned = stage.fn(data, ctx) if stage.takes_ctx else stage.fn(data)
+        except BaseException as exc:  # noqa: BLE001 - user code may raise anything
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            sink.write("".join(traceback.format_exception(exc)))
+            message = str(exc) or repr(exc)
+            logger.error("stage %s raised %s: %s", stage_name, type(exc).__name__, message)
+            return Decision.failed(seq, stage_name, type(exc).__name__, message)
+        logger.info("stage %s finished in %.3f s", stage_name, time.perf_counter() - started)
+        decision = materialise(store, workflow, job, seq, stage_name, route(workflow, stage_name, returned), limits)
+        if decision.kind == "error":
+            logger.error("%s", decision.message)
+        return decision
+    finally:
+        sink.flush()
+        logger.handlers.clear()
+
+
+def materialise(
+    store: ArtifactStore,
+    workflow: Workflow,
+    job: JobInfo,
+    seq: int,
+    stage: str,
+    decided: Route,
+    limits: Limits,
+) -> Decision:
+    """Write the payloads of a routed outcome and return the decision pointing at them."""
+    where = f"the output of stage {stage!r}"
+    try:
+        if decided.kind == "error":
+            return Decision.failed(seq, stage, "WorkflowError", decided.message or "")
+        if decided.kind == "done":
+            key = keys.job_result(job.job_id)
+            store.put_value(key, decided.payload, where=where)
+            return Decision("done", seq=seq, stage=stage, result_key=key)
+        if decided.kind == "next":
+            assert decided.stage is not None
+            key = keys.stage_input(job.job_id, seq + 1, decided.stage)
+            store.put_json(
+                key,
+                {
+                    "data": codec.encode(decided.payload, where=where),
+                    "state": codec.encode(decided.state, where=f"state from {stage!r}"),
+                },
+            )
+            return Decision(
+                "next", seq=seq + 1, stage=decided.stage, input_key=key,
+                compute=workflow.stages[decided.stage].compute.to_json(),
+            )
+        if decided.kind == "execute":
+            return _materialise_execute(store, workflow, job, seq, stage, decided, limits)
+        assert decided.kind == "fanout" and decided.stage and decided.then
+        key = keys.step_dir(job.job_id, seq + 1, "fanout") + "items.json"
+        store.put_json(
+            key,
+            {
+                "items": codec.encode(decided.payload, where=f"fan-out items of {stage!r}"),
+                "state": codec.encode(decided.state, where=f"state from {stage!r}"),
+                "stage": decided.stage,
+                "then": decided.then,
+                "then_compute": workflow.stages[decided.then].compute.to_json(),
+            },
+        )
+        return Decision(
+            "fanout", seq=seq + 1, stage=decided.stage, then=decided.then,
+            items_key=key, count=len(decided.payload),
+            compute=workflow.stages[decided.stage].compute.to_json(),
+        )
+    except CodecError as exc:
+        return Decision.failed(seq, stage, "CodecError", str(exc))
+
+
+def _materialise_execute(
+    store: ArtifactStore, workflow: Workflow, job: JobInfo, seq: int, stage: str, decided: Route, limits: Limits
+) -> Decision:
+    from qlayer.providers.registry import resolve
+
+    execute: Execute = decided.payload
+    backend = execute.backend or job.backend
+    try:
+        info = resolve(backend)
+        _check_pubs(execute)
+        chosen = plan(info, summarise(execute.pubs, execute.shots), limits)
+    except (BackendError, PlannerError, ValueError, TypeError) as exc:
+        kind = type(exc).__name__ if isinstance(exc, (BackendError, PlannerError)) else "InvalidPubs"
+        return Decision.failed(seq, stage, kind, f"stage {stage!r} asked to execute: {exc}")
+    request = ExecuteRequest.from_execute(execute, backend)
+    request.options = {**(request.options or {}), "method": chosen.method}
+    raw = encode_request(request, decided.state, where=f"stage {stage!r}")
+    assert decided.then is not None
+    raw["then_compute"] = workflow.stages[decided.then].compute.to_json()
+    raw["plan"] = chosen.to_json()
+    key = keys.execute_request(job.job_id, seq + 1)
+    store.put_json(key, raw)
+    return Decision(
+        "execute", seq=seq + 1, then=decided.then, request_key=key, backend=backend,
+        plan=chosen.to_json(),
+    )
+
+
+def _check_pubs(execute: Execute) -> None:
+    """Coerce each PUB as the primitives will, so a bad one fails in its stage."""
+    from qiskit.primitives.containers.estimator_pub import EstimatorPub
+    from qiskit.primitives.containers.sampler_pub import SamplerPub
+
+    coerce = SamplerPub.coerce if execute.primitive == "sampler" else EstimatorPub.coerce
+    for index, pub in enumerate(execute.pubs):
+        try:
+            if execute.primitive == "sampler":
+                coerce(pub, execute.shots)
+            else:
+                coerce(pub, execute.precision)
+        except Exception as exc:
+            raise ValueError(f"PUB {index} is not a valid {execute.primitive} PUB: {exc}") from exc
+
+
+def load_input(store: ArtifactStore, key: str) -> tuple[Any, Any]:
+    """A stage's input: inline data, a pointer to a result, or a list of pointers."""
+    raw = store.get_json(key)
+    if not isinstance(raw, dict):
+        raise ArtifactError(f"artifact {key} is corrupted: not a stage input")
+    state = codec.decode(raw.get("state"), where=f"state in {key}")
+    if "data_ref" in raw:
+        return store.get_value(raw["data_ref"]), state
+    if "data_refs" in raw:
+        return [store.get_value(ref) for ref in raw["data_refs"]], state
+    return codec.decode(raw.get("data"), where=f"input {key}"), state
+
+
+def complete_execute(
+    store: ArtifactStore, job_id: str, seq: int, request_raw: dict[str, Any], result: Any
+) -> Decision:
+    """Store the result of execute step ``seq`` and hand it to the ``then`` stage."""
+    result_key = keys.execute_result(job_id, seq)
+    store.put_value(result_key, result, where="the execute result")
+    then = request_raw["then"]
+    input_key = keys.stage_input(job_id, seq + 1, then)
+    store.put_json(input_key, {"data_ref": result_key, "state": request_raw.get("state")})
+    decision = Decision(
+        "next", seq=seq + 1, stage=then, input_key=input_key, compute=request_raw.get("then_compute")
+    )
+    store.put_json(keys.step_dir(job_id, seq, "execute") + "output.json", decision.to_json())
+    return decision
+
+
+def child_job_id(job_id: str, seq: int, index: int) -> str:
+    return f"{job_id}_{seq}_{index}"
+
+
+def fan_in(store: ArtifactStore, job_id: str, seq: int, items_raw: dict[str, Any], count: int) -> Decision:
+    """Hand the results of fan-out step ``seq``'s children, in item order, to ``then``."""
+    then = items_raw["then"]
+    input_key = keys.stage_input(job_id, seq + 1, then)
+    refs = [keys.job_result(child_job_id(job_id, seq, i)) for i in range(count)]
+    store.put_json(input_key, {"data_refs": refs, "state": items_raw.get("state")})
+    decision = Decision(
+        "next", seq=seq + 1, stage=then, input_key=input_key, compute=items_raw.get("then_compute")
+    )
+    store.put_json(keys.step_dir(job_id, seq, "fanout") + "output.json", decision.to_json())
+    return decision
+
+
+# ----------------------------------------------------------------------------- logging
+class _LogSink:
+    """Buffers stage output and appends it to the stage's log artifact line by line."""
+
+    def __init__(self, store: ArtifactStore, key: str) -> None:
+        self.store = store
+        self.key = key
+        self._buffer: list[str] = []
+        self._last_flush = time.monotonic()
+
+    def write(self, text: str) -> int:
+        if text:
+            self._buffer.append(text)
+            if "\n" in text and (time.monotonic() - self._last_flush > 0.5 or len(self._buffer) > 200):
+                self.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        if self._buffer:
+            text, self._buffer = "".join(self._buffer), []
+            self.store.append_text(self.key, text)
+        self._last_flush = time.monotonic()
+
+    def isatty(self) -> bool:
+        return False
+
+
+class _SinkHandler(logging.Handler):
+    def __init__(self, sink: _LogSink) -> None:
+        super().__init__()
+        self.sink = sink
+        self.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%dT%H:%M:%S")
+        )
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.sink.write(self.format(record) + "\n")
+            if record.levelno >= logging.WARNING:
+                self.sink.flush()
+        except Exception:  # pragma: no cover - logging must never break a stage
+            self.handleError(record)
+
+
+def _stage_logger(store: ArtifactStore, key: str, job_id: str, stage: str) -> tuple[logging.Logger, _LogSink]:
+    sink = _LogSink(store, key)
+    # Not registered with logging.getLogger: a warm worker runs many jobs, and the
+    # logging module never forgets a registered logger.
+    logger = logging.Logger(f"qlayer.stage.{stage}")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(_SinkHandler(sink))
+    return logger, sink
+
+
+@contextlib.contextmanager
+def _redirect_output(sink: _LogSink) -> Any:
+    old_out, old_err = sys.stdout, sys.stderr
+    sys.stdout = sys.stderr = sink  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = old_out, old_err

@@ -1,0 +1,66 @@
+"""The local artifact store: a folder, with the same key layout as S3."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from qlayer.errors import ArtifactError
+from qlayer.store.base import ArtifactStore
+
+
+class FolderStore(ArtifactStore):
+    """Artifacts as files under ``root``; writes go through a temp file and a rename."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        if key.startswith("/") or ".." in key.split("/"):
+            raise ArtifactError(f"invalid artifact key {key!r}")
+        return self.root / key
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, target)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self.path(key).read_bytes()
+        except FileNotFoundError:
+            raise ArtifactError(f"artifact {key} does not exist") from None
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def list(self, prefix: str) -> list[str]:
+        base = self.path(prefix.rstrip("/")) if prefix else self.root
+        if not base.is_dir():
+            return []
+        keys = []
+        for dirpath, _dirs, files in os.walk(base):
+            for name in files:
+                if name.startswith(".tmp-"):
+                    continue
+                full = Path(dirpath) / name
+                keys.append(full.relative_to(self.root).as_posix())
+        return sorted(keys)
+
+    def append_text(self, key: str, text: str) -> None:
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "a", encoding="utf-8") as handle:
+            handle.write(text)
