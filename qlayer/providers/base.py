@@ -64,3 +64,73 @@ class SyncProvider(ABC):
     @abstractmethod
     def run(self, backend: str, request: ExecuteRequest) -> PrimitiveResult:
         """Run all PUBs of ``request`` as one batched primitive call."""
+
+
+ProviderJobState = Literal["QUEUED", "RUNNING", "DONE", "ERROR", "CANCELLED"]
+
+
+@dataclass(frozen=True)
+class ProviderJobStatus:
+    """A provider job's state as qlayer sees it.
+
+    Attributes:
+        state: One of QUEUED, RUNNING, DONE, ERROR, CANCELLED.
+        queue_position: Position in the device queue, when the provider reports it.
+        message: The provider's own words for an error, or None.
+        usage_seconds: QPU (or simulator) seconds the provider reports, when known.
+    """
+
+    state: ProviderJobState
+    queue_position: int | None = None
+    message: str | None = None
+    usage_seconds: float | None = None
+
+
+class ProviderError(Exception):
+    """A provider call failed.
+
+    Attributes:
+        retryable: True for throttling and transient network faults (retry with
+            backoff); False for errors that will not go away (bad request, auth).
+    """
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class AsyncProvider(ABC):
+    """A provider with its own queue (a QPU service): submit, poll, collect, cancel.
+
+    Submission must be idempotent for a given ``idempotency_key`` (job id and
+    request sequence): a second call with the same key returns the first
+    provider job's id instead of creating another job. Providers without a
+    native client token do this by tagging jobs with the key and looking for the
+    tag before submitting.
+    """
+
+    name: str
+
+    @abstractmethod
+    def backends(self) -> list[BackendInfo]:
+        """Every backend this provider offers (no network call for configured ones)."""
+
+    @abstractmethod
+    def target(self, backend: str) -> Target:
+        """The device's ``Target``."""
+
+    @abstractmethod
+    def submit(self, backend: str, request: ExecuteRequest, *, idempotency_key: str) -> str:
+        """Submit all PUBs of ``request`` as one provider job; returns its id."""
+
+    @abstractmethod
+    def status(self, provider_job_id: str) -> ProviderJobStatus:
+        """The job's state and queue position."""
+
+    @abstractmethod
+    def result(self, provider_job_id: str) -> PrimitiveResult:
+        """The finished job's results as a Qiskit ``PrimitiveResult``."""
+
+    @abstractmethod
+    def cancel(self, provider_job_id: str) -> None:
+        """Cancel a queued or running job (no error if it already ended)."""
