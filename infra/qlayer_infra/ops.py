@@ -35,6 +35,7 @@ class Ops(Construct):
         id: str,
         *,
         env_name: str,
+        secret_name: str = PROVIDERS_SECRET_NAME,
         removal_policy: RemovalPolicy = RemovalPolicy.RETAIN,
     ) -> None:
         super().__init__(scope, id)
@@ -67,7 +68,7 @@ class Ops(Construct):
         self.providers_secret = secretsmanager.Secret(
             self,
             "Providers",
-            secret_name=f"{PROVIDERS_SECRET_NAME}" if env_name == "prod" else f"{PROVIDERS_SECRET_NAME}-{env_name}",
+            secret_name=secret_name,
             description="qlayer provider settings: IBM Quantum token/instance, Braket settings (JSON)",
             removal_policy=removal_policy,
         )

@@ -1,0 +1,189 @@
+"""QlayerStack: the whole AWS substrate, composed from one construct per component."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from aws_cdk import CfnOutput, Duration, RemovalPolicy, Stack
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_s3_notifications as s3n
+from constructs import Construct
+
+from qlayer_infra import nag
+from qlayer_infra.compute import DEFAULT_CPU_INSTANCE_TYPES, DEFAULT_GPU_INSTANCE_TYPES, Compute
+from qlayer_infra.dispatch import Dispatch
+from qlayer_infra.ops import PROVIDERS_SECRET_NAME, Ops
+from qlayer_infra.storage import INBOX_PREFIX, JOBS_PREFIX, PROGRAMS_PREFIX, Storage
+from qlayer_infra.workflow import JobWorkflow
+
+_ENV_NAME = re.compile(r"^[a-z][a-z0-9-]{0,11}$")
+
+
+class QlayerStack(Stack):
+    """qlayer on AWS: artifacts, job tables, the job state machine, QPU dispatch, Batch, alarms.
+
+    Keyword-only properties (environments differ by arguments, not by if/else):
+
+    Args:
+        env_name: Short lowercase name (``dev``, ``prod``) used in resource names.
+        qpu_heartbeat_s: "Wait for QPU" fails if no heartbeat arrives for this long (the
+            poller sends one per poll).
+        qpu_timeout_s: "Wait for QPU" fails after this long in total (default 7 days).
+        gpu_instance_types: EC2 instance types of the GPU compute environment.
+        cpu_instance_types: EC2 instance types or families of the CPU compute environment.
+        stage_memory_mb: Memory of the stage-runner Lambda (stages with compute="lambda").
+        simulator_memory_mb: Memory of the simulator Lambda (planner tier "lambda").
+        max_cpu_vcpus, max_gpu_vcpus: Batch compute environment ceilings.
+        providers_secret_name: Secrets Manager name of the provider settings.
+        removal_policy: RETAIN for data (default); DESTROY for throwaway test stacks.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        env_name: str = "dev",
+        qpu_heartbeat_s: int = 3600,
+        qpu_timeout_s: int = 7 * 24 * 3600,
+        gpu_instance_types: Sequence[str] = DEFAULT_GPU_INSTANCE_TYPES,
+        cpu_instance_types: Sequence[str] = DEFAULT_CPU_INSTANCE_TYPES,
+        stage_memory_mb: int = 4096,
+        simulator_memory_mb: int = 10240,
+        max_cpu_vcpus: int = 256,
+        max_gpu_vcpus: int = 96,
+        providers_secret_name: str = PROVIDERS_SECRET_NAME,
+        removal_policy: RemovalPolicy = RemovalPolicy.RETAIN,
+        **kwargs,
+    ) -> None:
+        if not _ENV_NAME.match(env_name):
+            raise ValueError(
+                f"env_name {env_name!r}: use 1-12 lowercase letters, digits or '-', starting "
+                "with a letter (it becomes part of bucket, queue and state machine names)"
+            )
+        if qpu_heartbeat_s <= 0 or qpu_timeout_s < qpu_heartbeat_s:
+            raise ValueError(
+                f"qpu_heartbeat_s={qpu_heartbeat_s}, qpu_timeout_s={qpu_timeout_s}: the heartbeat "
+                "must be positive and no longer than the timeout"
+            )
+        super().__init__(scope, construct_id, description=f"qlayer ({env_name})", **kwargs)
+
+        storage = Storage(self, "Storage", env_name=env_name, removal_policy=removal_policy)
+        ops = Ops(
+            self, "Ops", env_name=env_name, secret_name=providers_secret_name, removal_policy=removal_policy
+        )
+        compute = Compute(
+            self,
+            "Compute",
+            env_name=env_name,
+            storage=storage,
+            key=ops.key,
+            stage_memory_mb=stage_memory_mb,
+            simulator_memory_mb=simulator_memory_mb,
+            cpu_instance_types=cpu_instance_types,
+            gpu_instance_types=gpu_instance_types,
+            max_cpu_vcpus=max_cpu_vcpus,
+            max_gpu_vcpus=max_gpu_vcpus,
+            removal_policy=removal_policy,
+        )
+        fns = compute.functions
+        dispatch = Dispatch(
+            self,
+            "Dispatch",
+            dispatcher=fns["dispatcher"],
+            dispatcher_timeout=fns["dispatcher"].timeout or Duration.minutes(2),
+            poller=fns["poller"],
+            key=ops.key,
+        )
+        workflow = JobWorkflow(
+            self,
+            "Workflow",
+            env_name=env_name,
+            compute=compute,
+            bucket=storage.bucket,
+            dispatch_queue=dispatch.queue,
+            key=ops.key,
+            qpu_heartbeat=Duration.seconds(qpu_heartbeat_s),
+            qpu_timeout=Duration.seconds(qpu_timeout_s),
+            removal_policy=removal_policy,
+        )
+        machine = workflow.state_machine
+        ops.add_alarms(dlq=dispatch.dlq, state_machine=machine)
+
+        self._grant(storage=storage, ops=ops, compute=compute, dispatch=dispatch, workflow=workflow)
+        nag.acknowledge(self, storage=storage, compute=compute, workflow=workflow, dispatch=dispatch)
+
+        self.storage, self.ops, self.compute, self.dispatch, self.workflow = (
+            storage, ops, compute, dispatch, workflow,
+        )
+
+        region = Stack.of(self).region
+        CfnOutput(self, "BucketName", value=storage.bucket.bucket_name, description="Artifacts bucket")
+        CfnOutput(self, "StateMachineArn", value=machine.state_machine_arn, description="Job state machine")
+        CfnOutput(self, "JobsTableName", value=storage.jobs.table_name, description="Jobs table")
+        CfnOutput(self, "TasksTableName", value=storage.tasks.table_name, description="QPU tasks table")
+        CfnOutput(self, "DispatchQueueUrl", value=dispatch.queue.queue_url, description="QPU dispatch queue")
+        CfnOutput(
+            self,
+            "StateMachineConsoleUrl",
+            value=f"https://{region}.console.aws.amazon.com/states/home?region={region}"
+            f"#/statemachines/view/{machine.state_machine_arn}",
+            description="Watch jobs here",
+        )
+
+    def _grant(
+        self, *, storage: Storage, ops: Ops, compute: Compute, dispatch: Dispatch, workflow: JobWorkflow
+    ) -> None:
+        """Least privilege: each function gets only what its step needs."""
+        fns = compute.functions
+        bucket, jobs, tasks = storage.bucket, storage.jobs, storage.tasks
+        machine = workflow.state_machine
+        jobs_objects = f"{JOBS_PREFIX}*"
+
+        # trigger: an upload to inbox/*.json starts a job.
+        trigger = fns["trigger"]
+        bucket.grant_read(trigger, f"{INBOX_PREFIX}*")
+        bucket.grant_put(trigger, jobs_objects)
+        jobs.grant_read_write_data(trigger)
+        machine.grant_start_execution(trigger)
+        trigger.add_environment("QLAYER_STATE_MACHINE_ARN", machine.state_machine_arn)
+        bucket.add_event_notification(
+            s3.EventType.OBJECT_CREATED,
+            s3n.LambdaDestination(trigger),
+            s3.NotificationKeyFilter(prefix=INBOX_PREFIX, suffix=".json"),
+        )
+
+        # steps of the state machine: read the job's artifacts and the program, write the job's.
+        for name in ("loader", "stage_runner", "start_children"):
+            bucket.grant_read(fns[name], f"{PROGRAMS_PREFIX}*")
+        for name in ("loader", "stage_runner", "simulator", "read_outcome", "start_children", "fan_in",
+                     "finaliser", "fail_job", "dispatcher", "poller"):
+            bucket.grant_read_write(fns[name], jobs_objects)
+            jobs.grant_read_write_data(fns[name])
+        bucket.grant_read_write(compute.batch_job_role, jobs_objects)
+        bucket.grant_read(compute.batch_job_role, f"{PROGRAMS_PREFIX}*")
+        jobs.grant_read_write_data(compute.batch_job_role)
+
+        # fail_job: also cancels the provider job of a stopped execution through the dispatcher.
+        dispatch.queue.grant_send_messages(fns["fail_job"])
+        fns["fail_job"].add_environment("QLAYER_DISPATCH_QUEUE_URL", dispatch.queue.queue_url)
+
+        # dispatcher and poller: the provider secret, the task table, task tokens, Braket.
+        for name in ("dispatcher", "poller"):
+            fn = fns[name]
+            ops.providers_secret.grant_read(fn)
+            tasks.grant_read_write_data(fn)
+            machine.grant_task_response(fn)
+            storage.braket_results.grant_read_write(fn)
+            fn.add_environment("QLAYER_PROVIDERS_SECRET_ARN", ops.providers_secret.secret_arn)
+            fn.add_environment("QLAYER_BRAKET_BUCKET", storage.braket_results.bucket_name)
+            fn.add_to_role_policy(
+                iam.PolicyStatement(
+                    actions=["braket:GetDevice", "braket:SearchDevices", "braket:GetQuantumTask",
+                             "braket:CancelQuantumTask"]
+                    + (["braket:CreateQuantumTask"] if name == "dispatcher" else []),
+                    resources=["*"],
+                )
+            )
