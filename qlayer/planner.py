@@ -6,7 +6,7 @@ cannot exist.
 
 Memory (bytes) by method, for ``n`` active qubits:
 
-* statevector: ``16 * 2**n`` (complex128), x2 working space;
+* statevector: ``16 * 2**n`` (complex128), plus 10% working space;
 * density_matrix: ``16 * 4**n``;
 * stabilizer: ``n**2 / 4`` (a tableau) — negligible;
 * matrix_product_state: ``n * 16 * chi**2`` with bond dimension ``chi`` bounded
@@ -123,7 +123,7 @@ def memory_mb(method: str, qubits: int) -> int:
         chi = 2 ** min(qubits / 2, 10)
         raw = qubits * 16 * chi * chi * 4
     else:
-        raw = 2 * 16 * 2.0**qubits
+        raw = 1.1 * 16 * 2.0**qubits
     return int(raw / MIB) + BASE_MEMORY_MB
 
 

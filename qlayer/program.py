@@ -137,9 +137,18 @@ def load_path(path: str | Path) -> Workflow:
     entry = source if source.is_file() else source / "main.py"
     if not entry.is_file():
         raise ProgramError(f"program {str(path)!r} does not exist")
-    digest = hashlib.sha256(str(entry.resolve()).encode()).hexdigest()[:12]
+    stamp = (str(entry.resolve()), entry.stat().st_mtime_ns, entry.stat().st_size)
+    cached = _LOADED_PATHS.get(stamp)
+    if cached is not None:
+        return cached
+    digest = hashlib.sha256(stamp[0].encode()).hexdigest()[:12]
     module = import_file(entry, f"qlayer_user_{digest}")
-    return find_workflow(module, str(path))
+    workflow = find_workflow(module, str(path))
+    _LOADED_PATHS[stamp] = workflow
+    return workflow
+
+
+_LOADED_PATHS: dict[tuple[str, int, int], Workflow] = {}
 
 
 class ProgramCache:

@@ -97,7 +97,10 @@ class Workflow:
     source_path: str | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        check_name(self.name, "workflow name")
+        try:
+            check_name(self.name, "workflow name")
+        except ValueError as exc:
+            raise WorkflowError(str(exc)) from None
         self._params: dict[str, Param] = {}
         for key, spec in dict(self.params).items():
             param = spec if isinstance(spec, Param) else Param(type(spec), spec)
@@ -141,7 +144,10 @@ class Workflow:
         """
 
         def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-            stage_name = check_name(name or fn.__name__, "stage name")
+            try:
+                stage_name = check_name(name or fn.__name__, "stage name")
+            except ValueError as exc:
+                raise WorkflowError(str(exc)) from None
             if stage_name in self.stages:
                 raise WorkflowError(f"stage {stage_name!r} is declared twice in {self.name!r}")
             if stage_name == "execute":

@@ -1,0 +1,349 @@
+"""The ``qlayer`` command: submit programs, follow jobs, fetch results, logs and files.
+
+Every read command takes ``--json`` for scripts. State lives under ``$QLAYER_HOME``
+(default ``~/.qlayer``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from qlayer.errors import JobCancelled, JobFailed, QlayerError
+
+app = typer.Typer(
+    name="qlayer",
+    help="Run quantum–classical programs as durable staged jobs. Submit, walk away, come back.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+HomeOption = typer.Option(None, "--home", envvar="QLAYER_HOME", help="State folder (default ~/.qlayer).")
+JsonOption = typer.Option(False, "--json", help="Print JSON for scripts.")
+
+
+def _client(home: str | None) -> Any:
+    from qlayer.client import Client
+
+    return Client.local(home)
+
+
+def _emit_json(value: Any) -> None:
+    from qlayer.plain import plain
+
+    sys.stdout.write(json.dumps(plain(value), indent=2) + "\n")
+
+
+def _when(stamp: float | None) -> str:
+    return datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M:%S") if stamp else "-"
+
+
+def _progress_printer(show: bool) -> Any:
+    """A progress callback: a live status line on a terminal, plain lines elsewhere."""
+    if not show:
+        return None, None
+    if err.is_terminal:
+        status = err.status("submitted", spinner="dots")
+        status.start()
+
+        def update(info: dict[str, Any]) -> None:
+            status.update(_describe_progress(info))
+
+        return update, status
+
+    def line(info: dict[str, Any]) -> None:
+        err.print(_describe_progress(info), highlight=False)
+
+    return line, None
+
+
+def _describe_progress(info: dict[str, Any]) -> str:
+    text = f"[bold]{info['status']}[/bold]"
+    if info.get("stage"):
+        text += f"  stage {info['stage']} (step {info['seq']})"
+    children = info.get("children")
+    if children:
+        text += f"  items {children['done']}/{children['total']}"
+    if info.get("status") == "WAITING_FOR_QPU" and info.get("provider_job_ids"):
+        text += f"  provider job {info['provider_job_ids'][-1]}"
+    return text
+
+
+def _wait_and_print(job: Any, as_json: bool, timeout: float | None) -> None:
+    callback, status = _progress_printer(show=True)
+    try:
+        result = job.result(wait=True, timeout=timeout, progress=callback)
+    except JobFailed as exc:
+        if status:
+            status.stop()
+        err.print(f"[red]job {job.job_id} failed:[/red] {exc.reason}")
+        err.print(f"see the traceback with: qlayer logs {job.job_id}")
+        raise typer.Exit(1) from exc
+    except JobCancelled as exc:
+        if status:
+            status.stop()
+        err.print(f"[yellow]job {job.job_id} was cancelled[/yellow]")
+        raise typer.Exit(1) from exc
+    except TimeoutError as exc:
+        if status:
+            status.stop()
+        err.print(f"[yellow]{exc}[/yellow]; it keeps running: qlayer status {job.job_id}")
+        raise typer.Exit(2) from exc
+    if status:
+        status.stop()
+    if as_json:
+        _emit_json(result)
+    else:
+        from qlayer.plain import plain
+
+        out.print_json(json.dumps(plain(result)))
+        files = job.files()
+        if files:
+            err.print(f"files: {', '.join(files)}  (qlayer download {job.job_id} NAME)")
+
+
+@app.command()
+def run(
+    program: Path = typer.Argument(..., help="A program file, or a folder with main.py."),
+    arg: list[str] = typer.Option([], "--arg", "-a", help="An argument key=value (repeatable)."),
+    backend: str | None = typer.Option(None, "--backend", "-b", help="Default backend for Execute."),
+    wait: bool = typer.Option(False, "--wait", "-w", help="Wait and print the result."),
+    timeout: float | None = typer.Option(None, "--timeout", help="With --wait: give up after N seconds."),
+    as_json: bool = JsonOption,
+    home: str | None = HomeOption,
+) -> None:
+    """Submit a program. Returns at once with the job id (unless --wait)."""
+    from qlayer.program import bundle, load_path
+    from qlayer.workflow import parse_cli_argument
+
+    bundle(program)
+    workflow = load_path(program)
+    arguments = dict(parse_cli_argument(text, workflow) for text in arg)
+    client = _client(home)
+    job = client.run(program, arguments, backend=backend)
+    if wait:
+        if not as_json:
+            err.print(f"job [bold]{job.job_id}[/bold] submitted; waiting (Ctrl-C leaves it running)")
+        try:
+            _wait_and_print(job, as_json, timeout)
+        except KeyboardInterrupt:
+            err.print(f"\nleft running: qlayer status {job.job_id}")
+            raise typer.Exit(130) from None
+        return
+    if as_json:
+        _emit_json({"job_id": job.job_id})
+    else:
+        out.print(f"job [bold]{job.job_id}[/bold] submitted")
+        out.print(f"  qlayer status {job.job_id}\n  qlayer result {job.job_id} --wait\n  qlayer logs {job.job_id}")
+
+
+@app.command()
+def status(job_id: str, as_json: bool = JsonOption, home: str | None = HomeOption) -> None:
+    """A job's status, current stage and timings."""
+    info = _client(home).job(job_id).info()
+    if as_json:
+        _emit_json(info)
+        return
+    table = Table(show_header=False, box=None)
+    for key in ("job_id", "workflow", "status", "stage", "seq", "backend", "message"):
+        if info.get(key) is not None:
+            table.add_row(key, str(info[key]))
+    table.add_row("created", _when(info["created_at"]))
+    if info.get("finished_at"):
+        table.add_row("finished", _when(info["finished_at"]))
+    if info.get("children"):
+        table.add_row("items", f"{info['children']['done']}/{info['children']['total']} done")
+    if info.get("provider_job_ids"):
+        table.add_row("provider jobs", ", ".join(info["provider_job_ids"]))
+    out.print(table)
+
+
+@app.command()
+def result(
+    job_id: str,
+    wait: bool = typer.Option(False, "--wait", "-w", help="Wait for the job to end, showing progress."),
+    timeout: float | None = typer.Option(None, "--timeout", help="With --wait: give up after N seconds."),
+    as_json: bool = JsonOption,
+    home: str | None = HomeOption,
+) -> None:
+    """The final result of a job."""
+    job = _client(home).job(job_id)
+    if wait:
+        _wait_and_print(job, as_json, timeout)
+        return
+    info = job.info()
+    if info["status"] not in ("DONE", "ERROR", "CANCELLED"):
+        err.print(f"job {job_id} is {info['status']} (stage {info['stage']}); use --wait")
+        raise typer.Exit(2)
+    _wait_and_print(job, as_json, timeout=0)
+
+
+@app.command()
+def logs(
+    job_id: str,
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing until the job ends."),
+    home: str | None = HomeOption,
+) -> None:
+    """Everything the job's stages logged, tracebacks included."""
+    job = _client(home).job(job_id)
+    shown = 0
+    while True:
+        text = job.logs()
+        sys.stdout.write(text[shown:])
+        sys.stdout.flush()
+        shown = len(text)
+        if not follow or job.status().is_final:
+            break
+        time.sleep(0.5)
+
+
+@app.command()
+def cancel(job_id: str, home: str | None = HomeOption) -> None:
+    """Cancel a job, its fan-out children and its provider jobs."""
+    job = _client(home).job(job_id)
+    if job.cancel():
+        deadline = time.monotonic() + 30
+        while not job.status().is_final and time.monotonic() < deadline:
+            time.sleep(0.05)
+        out.print(f"job {job_id}: {job.status().value}")
+    else:
+        out.print(f"job {job_id} had already ended ({job.status().value})")
+
+
+@app.command()
+def jobs(
+    limit: int = typer.Option(20, "--limit", "-n"),
+    status_filter: str | None = typer.Option(None, "--status", help="Only jobs with this status."),
+    as_json: bool = JsonOption,
+    home: str | None = HomeOption,
+) -> None:
+    """A table of recent jobs."""
+    listed = [job.info() for job in _client(home).jobs(limit=limit, status=status_filter)]
+    if as_json:
+        _emit_json(listed)
+        return
+    table = Table("workflow", "status", "stage", "created", "finished")
+    table.add_column("job", no_wrap=True)
+    colours = {"DONE": "green", "ERROR": "red", "CANCELLED": "yellow"}
+    for info in listed:
+        colour = colours.get(info["status"], "cyan")
+        table.add_row(
+            info["workflow"], f"[{colour}]{info['status']}[/{colour}]",
+            info["stage"] or "", _when(info["created_at"]), _when(info["finished_at"]), info["job_id"],
+        )
+    out.print(table)
+
+
+@app.command()
+def files(job_id: str, as_json: bool = JsonOption, home: str | None = HomeOption) -> None:
+    """Files and plots the job's stages saved."""
+    names = _client(home).job(job_id).files()
+    if as_json:
+        _emit_json(names)
+    else:
+        for name in names:
+            out.print(name)
+
+
+@app.command()
+def download(
+    job_id: str,
+    path: str = typer.Argument(..., help="A name from 'qlayer files'."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Where to write it."),
+    home: str | None = HomeOption,
+) -> None:
+    """Copy a file the job saved to this folder (or --output)."""
+    target = _client(home).job(job_id).download(path, output)
+    out.print(f"wrote {target}")
+
+
+@app.command()
+def timeline(job_id: str, as_json: bool = JsonOption, home: str | None = HomeOption) -> None:
+    """The job's stage events in order."""
+    events = _client(home).job(job_id).timeline()
+    if as_json:
+        _emit_json(events)
+        return
+    for event in events:
+        stamp = datetime.fromtimestamp(event["at"]).strftime("%H:%M:%S.%f")[:-3]
+        detail = json.dumps(event["detail"]) if event["detail"] else ""
+        out.print(f"{stamp}  {event['seq'] if event['seq'] is not None else '-':>4}  "
+                  f"{event['stage'] or '':<16} {event['event']:<22} {detail}", highlight=False)
+
+
+@app.command()
+def up(
+    workers: int | None = typer.Option(None, "--workers", help="Worker processes (default: cores, at least 2)."),
+    home: str | None = HomeOption,
+) -> None:
+    """Start the local daemon (run starts it when needed)."""
+    from qlayer.client import Client
+
+    client = Client.local(home, workers=workers)
+    pid = client.up()
+    out.print(f"qlayer daemon running (pid {pid}, home {client.home.root})")
+
+
+@app.command()
+def down(home: str | None = HomeOption) -> None:
+    """Stop the local daemon. Unfinished jobs resume when it starts again."""
+    stopped = _client(home).down()
+    out.print("qlayer daemon stopped" if stopped else "qlayer daemon was not running")
+
+
+@app.command()
+def backends(as_json: bool = JsonOption, home: str | None = HomeOption) -> None:
+    """Every backend the configuration knows."""
+    listed = _client(home).backends()
+    if as_json:
+        _emit_json(listed)
+        return
+    table = Table("backend", "provider", "kind", "qubits", "method", "concurrency", "description")
+    for info in listed:
+        table.add_row(
+            info["name"], info["provider"], info["kind"], str(info["num_qubits"] or "memory"),
+            info["method"], str(info["max_concurrency"]), info["description"],
+        )
+    out.print(table)
+
+
+@app.command()
+def describe(program: Path, as_json: bool = JsonOption) -> None:
+    """Show a program's stages and parameters without running it."""
+    from qlayer.program import bundle, load_path
+
+    bundle(program)
+    info = load_path(program).describe()
+    if as_json:
+        _emit_json(info)
+        return
+    out.print(f"[bold]{info['name']}[/bold]  (default backend {info['backend']})")
+    for name, param in info["params"].items():
+        default = "required" if param["required"] else f"default {param['default']!r}"
+        out.print(f"  --arg {name}=<{param['type']}>  {default}  {param['help']}")
+    for stage in info["stages"]:
+        out.print(f"  stage {stage['name']}: {stage['kind']}, {stage['memory_mb']} MiB, {stage['timeout_s']} s")
+
+
+def main() -> None:
+    """Entry point: qlayer errors become one clear line and exit code 1."""
+    try:
+        app()
+    except QlayerError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""Light entry points must not drag in heavy libraries (CLI start-up, Lambda cold starts)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("qiskit", "qiskit_aer", "qiskit_ibm_runtime", "numpy", "scipy", "matplotlib", "braket")
+
+
+@pytest.mark.parametrize("module", ["qlayer", "qlayer.client", "qlayer.cli", "qlayer.steps", "qlayer.codec"])
+def test_light_imports(module):
+    code = (
+        f"import sys, {module}\n"
+        f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
+        "print(','.join(heavy))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "", f"importing {module} imported {done.stdout.strip()}"

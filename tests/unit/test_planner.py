@@ -1,0 +1,88 @@
+"""The resource planner: method and tier from qubits, noise and memory."""
+
+from __future__ import annotations
+
+import pytest
+from qiskit import QuantumCircuit
+from qiskit.circuit.library import QuantumVolume
+
+from qlayer.errors import PlannerError
+from qlayer.planner import Limits, memory_mb, plan, summarise
+from qlayer.providers.base import BackendInfo
+
+IDEAL = BackendInfo("aer", "aer", "simulator", None)
+STATEVECTOR = BackendInfo("aer_statevector", "aer", "simulator", None, method="statevector")
+DEVICE = BackendInfo("fake_brisbane", "aer", "qpu", 127, noisy=True)
+CLOUD = Limits()
+
+
+def ghz(n: int) -> QuantumCircuit:
+    qc = QuantumCircuit(n)
+    qc.h(0)
+    for i in range(n - 1):
+        qc.cx(i, i + 1)
+    qc.measure_all()
+    return qc
+
+
+def qv(n: int) -> QuantumCircuit:
+    return QuantumVolume(n, depth=4, seed=1).decompose()
+
+
+def test_summary_counts_active_qubits_only():
+    qc = QuantumCircuit(127)
+    qc.h(3)
+    qc.cx(3, 90)
+    load = summarise([qc], 100)
+    assert load.qubits == 2
+    assert load.clifford is True
+    assert load.shots == 100
+
+
+def test_parameter_sets_count_as_executions():
+    import numpy as np
+    from qiskit.circuit import Parameter
+
+    qc = QuantumCircuit(1)
+    qc.ry(Parameter("t"), 0)
+    load = summarise([(qc, np.zeros((7, 1)))], None)
+    assert load.executions == 7
+    assert load.clifford is False
+
+
+def test_clifford_circuits_go_to_the_stabilizer_method():
+    chosen = plan(IDEAL, summarise([ghz(200)], None), CLOUD)
+    assert chosen.method == "stabilizer"
+    assert chosen.tier == "lambda"
+
+
+def test_small_circuits_fit_lambda_and_big_ones_go_to_batch_then_gpu():
+    assert plan(IDEAL, summarise([qv(10)], None), CLOUD).tier == "lambda"
+    assert plan(STATEVECTOR, summarise([qv(30)], None), CLOUD).tier == "batch-gpu"
+    assert plan(STATEVECTOR, summarise([qv(33)], None), CLOUD).tier == "batch"
+
+
+def test_devices_go_to_the_qpu_tier_and_width_is_checked():
+    assert plan(DEVICE, summarise([ghz(5)], None), CLOUD).tier == "qpu"
+    qc = QuantumCircuit(130)
+    qc.h(range(130))
+    with pytest.raises(PlannerError, match="uses 130 qubits but fake_brisbane has 127"):
+        plan(DEVICE, summarise([qc], None), CLOUD)
+
+
+def test_impossible_requests_fail_at_once_with_what_they_need():
+    with pytest.raises(PlannerError, match="no tier can serve it") as info:
+        plan(STATEVECTOR, summarise([qv(60)], None), CLOUD)
+    assert "aer_mps" in str(info.value)
+
+
+def test_local_limit_is_the_machine():
+    local = Limits(local_memory_mb=4096)
+    assert plan(IDEAL, summarise([qv(12)], None), local).tier == "local"
+    with pytest.raises(PlannerError, match="this machine offers 4.0 GiB"):
+        plan(STATEVECTOR, summarise([qv(30)], None), local)
+
+
+def test_memory_grows_with_method():
+    assert memory_mb("statevector", 30) > memory_mb("matrix_product_state", 30) > memory_mb("stabilizer", 30)
+    assert memory_mb("density_matrix", 15) > memory_mb("statevector", 15)

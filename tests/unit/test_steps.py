@@ -1,0 +1,173 @@
+"""The shared step logic, in-process: what both substrates run for each step."""
+
+from __future__ import annotations
+
+import pytest
+from qiskit import QuantumCircuit
+from qiskit_aer.primitives import SamplerV2
+
+from qlayer import Done, Execute, FanOut, Workflow, keys
+from qlayer.planner import Limits
+from qlayer.request import decode_request
+from qlayer.steps import JobInfo, child_job_id, complete_execute, fan_in, first_input, run_stage
+from qlayer.store.local import FolderStore
+
+LIMITS = Limits(local_memory_mb=4096)
+calls: list[str] = []
+
+
+def bell() -> QuantumCircuit:
+    qc = QuantumCircuit(2)
+    qc.h(0)
+    qc.cx(0, 1)
+    qc.measure_all()
+    return qc
+
+
+wf = Workflow("steps", params={"n": 2})
+
+
+@wf.stage()
+def start(args, ctx):
+    calls.append("start")
+    ctx.log.info("hello from %s", ctx.stage)
+    print("printed line")
+    return {"n": args["n"]}
+
+
+@wf.stage()
+def execute_it(data, ctx):
+    return Execute.sampler([bell()], then="count", shots=50, seed=1, state={"n": data["n"]})
+
+
+@wf.stage()
+def count(result, ctx):
+    return Done({"counts": result[0].data.meas.get_counts(), "n": ctx.state["n"]})
+
+
+@wf.stage()
+def boom(data):
+    raise ValueError("the optimiser diverged")
+
+
+@wf.stage()
+def opaque(data):
+    return object()
+
+
+@wf.stage()
+def far_away(data):
+    return Execute.sampler([bell()], then="count", backend="nowhere")
+
+
+@wf.stage()
+def fan(data):
+    return FanOut([1, 2, 3], stage="start", then="count")
+
+
+@pytest.fixture
+def store(tmp_path) -> FolderStore:
+    return FolderStore(tmp_path)
+
+
+def job(**runs: int) -> JobInfo:
+    return JobInfo("job-1", {"n": 2}, "aer", runs=dict(runs))
+
+
+def prepare(store, stage: str, data, seq: int = 0) -> None:
+    store.put_json(keys.stage_input("job-1", seq, stage), {"data": data, "state": None})
+
+
+def test_a_stage_runs_once_and_its_decision_is_recorded(store):
+    calls.clear()
+    first_input(store, "job-1", "start", {"n": 2})
+    decision = run_stage(store, wf, job(), 0, "start", LIMITS)
+    assert decision.kind == "next"
+    assert decision.stage == "execute_it"
+    assert decision.seq == 1
+    assert store.exists(decision.input_key)
+    again = run_stage(store, wf, job(), 0, "start", LIMITS)
+    assert again == decision
+    assert calls == ["start"]  # the second call returned the record, user code did not rerun
+    log = store.get_text(keys.log_key("job-1", 0, "start"))
+    assert "hello from start" in log
+    assert "printed line" in log
+
+
+def test_execute_writes_a_planned_request_and_completion_feeds_then(store):
+    prepare(store, "execute_it", {"n": 2}, seq=1)
+    decision = run_stage(store, wf, job(), 1, "execute_it", LIMITS)
+    assert decision.kind == "execute"
+    assert decision.then == "count"
+    assert decision.plan["tier"] == "local"
+    raw = store.get_json(decision.request_key)
+    request = decode_request(raw)
+    assert request.shots == 50
+    result = SamplerV2(seed=1).run(request.pubs, shots=request.shots).result()
+    following = complete_execute(store, "job-1", decision.seq, raw, result)
+    assert following.kind == "next"
+    assert following.stage == "count"
+    done = run_stage(store, wf, job(), following.seq, "count", LIMITS)
+    assert done.kind == "done"
+    value = store.get_value(done.result_key)
+    assert sum(value["counts"].values()) == 50
+    assert value["n"] == 2
+
+
+def test_a_raising_stage_becomes_an_error_decision_with_traceback(store):
+    prepare(store, "boom", None)
+    decision = run_stage(store, wf, job(), 0, "boom", LIMITS)
+    assert decision.kind == "error"
+    assert decision.error_type == "ValueError"
+    assert decision.message == "the optimiser diverged"
+    log = store.get_text(keys.log_key("job-1", 0, "boom"))
+    assert "Traceback (most recent call last)" in log
+    assert 'raise ValueError("the optimiser diverged")' in log
+
+
+def test_non_serialisable_output_names_type_and_stage(store):
+    prepare(store, "opaque", None)
+    decision = run_stage(store, wf, job(), 0, "opaque", LIMITS)
+    assert decision.kind == "error"
+    assert decision.error_type == "CodecError"
+    assert "builtins.object" in decision.message
+    assert "stage 'opaque'" in decision.message
+
+
+def test_unknown_backend_in_execute_fails_with_the_known_list(store):
+    prepare(store, "far_away", None)
+    decision = run_stage(store, wf, job(), 0, "far_away", LIMITS)
+    assert decision.kind == "error"
+    assert "unknown backend 'nowhere'" in decision.message
+    assert "fake_brisbane" in decision.message
+
+
+def test_corrupted_input_is_reported_not_crashed_on(store):
+    store.put_bytes(keys.stage_input("job-1", 0, "start"), b"\x00garbage")
+    decision = run_stage(store, wf, job(), 0, "start", LIMITS)
+    assert decision.kind == "error"
+    assert decision.error_type == "ArtifactError"
+    assert "corrupted" in decision.message
+
+
+def test_max_runs_stops_a_loop(store):
+    prepare(store, "start", {"n": 1})
+    decision = run_stage(store, wf, job(start=1000), 0, "start", LIMITS)
+    assert decision.kind == "error"
+    assert decision.error_type == "MaxRunsExceeded"
+
+
+def test_fan_out_and_fan_in(store):
+    prepare(store, "fan", None)
+    decision = run_stage(store, wf, job(), 0, "fan", LIMITS)
+    assert decision.kind == "fanout"
+    assert decision.count == 3
+    items_raw = store.get_json(decision.items_key)
+    for index in range(3):
+        store.put_value(keys.job_result(child_job_id("job-1", decision.seq, index)), index * 10, where="t")
+    following = fan_in(store, "job-1", decision.seq, items_raw, decision.count)
+    assert following.stage == "count"
+    from qlayer.steps import load_input
+
+    data, _ = load_input(store, following.input_key)
+    assert data == [0, 10, 20]
