@@ -27,7 +27,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 HomeOption = typer.Option(None, "--home", envvar="QLAYER_HOME", help="State folder (default ~/.qlayer).")
 JsonOption = typer.Option(False, "--json", help="Print JSON for scripts.")
