@@ -326,7 +326,8 @@ class Daemon:
                 (time.time(), device["device_job_id"]),
             )
             add_event(self.conn, device["job_id"], device["seq"], "execute", "device running",
-                      {"provider_job_id": device["device_job_id"], "backend": device["backend"]})
+                      {"provider_job_id": device["device_job_id"], "backend": device["backend"],
+                       "worker": worker.process.pid})
         worker.send(
             {
                 "op": "device",

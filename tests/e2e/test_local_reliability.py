@@ -1,0 +1,181 @@
+"""Crash recovery of the local substrate, with real faults: SIGKILLed daemons and workers.
+
+Each test proves that every job finishes, that no completed stage runs twice (the
+programs log ``start``/``end`` lines to a side file) and that no execute request is
+submitted twice (one ``device_jobs`` row per ``job_id/seq``, all DONE).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "programs"))
+
+import helpers  # noqa: E402
+from helpers import CHAIN, FAULTY, wait_for  # noqa: E402
+
+from qlayer.errors import JobCancelled  # noqa: E402
+from qlayer.status import JobStatus  # noqa: E402
+
+CHAIN_STEPS = [(0, "prepare"), (2, "measure"), (3, "tally")]
+SLOW_EXECUTE = {"qubits": 22, "layers": 12, "shots": 32}  # a couple of seconds of statevector
+
+
+@pytest.fixture
+def client(tmp_path):
+    yield from helpers.local_client(tmp_path / "home")
+
+
+@pytest.fixture
+def side(tmp_path):
+    return tmp_path / "side.log"
+
+
+@pytest.fixture
+def markers(tmp_path):
+    folder = tmp_path / "markers"
+    folder.mkdir()
+    return folder
+
+
+def chain_args(side: Path, markers: Path, wait_at: str = "", **extra):
+    return {"side": str(side), "markers": str(markers), "wait_at": wait_at, **extra}
+
+
+def assert_chain_done(client, jobs, side: Path) -> None:
+    for job in jobs:
+        result = job.result(timeout=120)
+        assert result == {"ok": True, "total": result["total"], "job": job.job_id}
+        assert job.status() == JobStatus.DONE
+        rows = helpers.device_rows(client, job.job_id)
+        assert [(r["idempotency_key"], r["status"]) for r in rows] == [(f"{job.job_id}/1", "DONE")], rows
+        steps = helpers.step_rows(client, job.job_id)
+        assert [(s["seq"], s["kind"], s["state"]) for s in steps] == [
+            (0, "stage", "done"), (1, "execute", "done"), (2, "stage", "done"), (3, "stage", "done"),
+        ]
+    helpers.assert_each_stage_completed_once(side, {job.job_id: CHAIN_STEPS for job in jobs})
+
+
+def starts(side: Path, job_id: str, stage: str) -> int:
+    return sum(1 for what, job, _seq, name in helpers.read_side(side)
+               if what == "start" and job == job_id and name == stage)
+
+
+@pytest.mark.slow
+def test_daemon_killed_mid_stage_resumes_every_job(client, side, markers):
+    in_prepare = client.run(CHAIN, chain_args(side, markers, "prepare"))
+    in_measure = client.run(CHAIN, chain_args(side, markers, "measure"))
+    wait_for(lambda: (markers / f"{in_prepare.job_id}.prepare.started").exists(), 60, "prepare to start")
+    wait_for(lambda: (markers / f"{in_measure.job_id}.measure.started").exists(), 60, "measure to start")
+
+    helpers.kill_daemon(client)
+    (markers / "go").touch()
+    client.up()
+
+    assert_chain_done(client, [in_prepare, in_measure], side)
+    # The stages that had finished before the kill did not run again.
+    assert starts(side, in_measure.job_id, "prepare") == 1
+    # The interrupted ones ran again (start twice, end once).
+    assert starts(side, in_prepare.job_id, "prepare") == 2
+    assert starts(side, in_measure.job_id, "measure") == 2
+    for job in (in_prepare, in_measure):
+        assert any(e["event"] == "recovered after restart" for e in job.timeline())
+
+
+@pytest.mark.slow
+def test_daemon_killed_mid_execute_never_submits_twice(client, side, markers):
+    job = client.run(CHAIN, chain_args(side, markers, **SLOW_EXECUTE))
+    other = client.run(CHAIN, chain_args(side, markers, "measure"))
+    wait_for(lambda: [r for r in helpers.device_rows(client, job.job_id) if r["status"] == "RUNNING"],
+             60, "the device job to run")
+    assert any(e["event"] == "device running" for e in job.timeline())
+
+    helpers.kill_daemon(client)
+    (markers / "go").touch()
+    client.up()
+
+    assert_chain_done(client, [job, other], side)
+    [row] = helpers.device_rows(client, job.job_id)
+    assert row["attempts"] >= 2  # it ran again after the crash, under the same key
+
+
+@pytest.mark.slow
+def test_daemon_killed_repeatedly_loses_nothing(client, side, markers):
+    jobs = [client.run(CHAIN, chain_args(side, markers, "measure")) for _ in range(4)]
+    for _round in range(2):
+        wait_for(lambda: any(markers.glob("*.measure.started")), 60, "a stage to wait")
+        helpers.kill_daemon(client)
+        for marker in markers.glob("*.started"):
+            marker.unlink()
+        client.up()
+    (markers / "go").touch()
+    assert_chain_done(client, jobs, side)
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_stage_is_retried(client, side, markers):
+    job = client.run(CHAIN, chain_args(side, markers, "measure"))
+    wait_for(lambda: (markers / f"{job.job_id}.measure.started").exists(), 60, "measure to start")
+    worker = helpers.started_worker(job, "measure")
+    assert worker in helpers.children_of(client.daemon_pid())
+    helpers.kill_hard(worker)
+    wait_for(lambda: any(e["event"] == "worker died, retrying" for e in job.timeline()), 60,
+             "the daemon to notice the dead worker")
+    (markers / "go").touch()
+
+    assert_chain_done(client, [job], side)
+    assert starts(side, job.job_id, "measure") == 2
+    assert starts(side, job.job_id, "prepare") == 1
+    assert not helpers.alive(worker)
+    assert len(helpers.children_of(client.daemon_pid())) == 2  # replaced
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_execute_reruns_same_device_job(client, side, markers):
+    job = client.run(CHAIN, chain_args(side, markers, **SLOW_EXECUTE))
+    wait_for(lambda: [r for r in helpers.device_rows(client, job.job_id) if r["status"] == "RUNNING"],
+             60, "the device job to run")
+    running = [e for e in job.timeline() if e["event"] == "device running"]
+    worker = int(running[-1]["detail"]["worker"])
+    helpers.kill_hard(worker)
+
+    assert_chain_done(client, [job], side)
+    [row] = helpers.device_rows(client, job.job_id)
+    assert row["attempts"] == 2
+
+
+@pytest.mark.slow
+def test_cancel_running_stage(client, markers):
+    job = client.run(FAULTY, {"mode": "wait", "markers": str(markers)})
+    good = client.run(FAULTY, {"mode": "ok", "n": 5})
+    wait_for(lambda: (markers / f"{job.job_id}.start.started").exists(), 60, "the stage to start")
+    worker = helpers.started_worker(job, "start")
+    assert job.cancel()
+    with pytest.raises(JobCancelled):
+        job.result(timeout=60)
+    assert job.status() == JobStatus.CANCELLED
+    wait_for(lambda: not helpers.alive(worker), 30, "the cancelled stage's worker to stop")
+    assert good.result(timeout=60) == {"n": 5}
+    assert not job.cancel()  # already ended
+    # The daemon still serves.
+    assert client.run(FAULTY, {"mode": "ok", "n": 6}).result(timeout=60) == {"n": 6}
+
+
+@pytest.mark.slow
+def test_cancel_job_waiting_on_device(client, side, markers):
+    job = client.run(CHAIN, chain_args(side, markers, **SLOW_EXECUTE))
+    wait_for(lambda: [r for r in helpers.device_rows(client, job.job_id) if r["status"] == "RUNNING"],
+             60, "the device job to run")
+    assert job.cancel()
+    with pytest.raises(JobCancelled):
+        job.result(timeout=60)
+    [row] = helpers.device_rows(client, job.job_id)
+    assert row["status"] == "CANCELLED"
+    assert any(e["event"] == "device job cancelled" for e in job.timeline())
+    # Nothing after the execute ran.
+    assert starts(side, job.job_id, "measure") == 0
+    good = client.run(CHAIN, chain_args(side, markers))
+    assert good.result(timeout=60)["ok"]
