@@ -112,7 +112,7 @@ def _run_stage(
             if isinstance(exc, KeyboardInterrupt):
                 raise
             sink.write("".join(traceback.format_exception(exc)))
-            message = str(exc) or repr(exc)
+            message = _exception_message(exc, stage_name, stage.compute.memory_mb)
             logger.error("stage %s raised %s: %s", stage_name, type(exc).__name__, message)
             return Decision.failed(seq, stage_name, type(exc).__name__, message)
         logger.info("stage %s finished in %.3f s", stage_name, time.perf_counter() - started)
@@ -123,6 +123,27 @@ def _run_stage(
     finally:
         sink.flush()
         logger.handlers.clear()
+
+
+def _exception_message(exc: BaseException, stage: str, memory_mb: int) -> str:
+    """What a stage's exception says; never empty, even for ``raise ValueError()``."""
+    message = str(exc).strip()
+    if not message:
+        where = ""
+        frames = traceback.extract_tb(exc.__traceback__)
+        if frames:
+            last = frames[-1]
+            where = f" at {last.filename.rsplit('/', 1)[-1]}, line {last.lineno}, in {last.name}"
+        message = (
+            f"{type(exc).__name__} raised with no message in stage {stage!r}{where}; "
+            "job.logs() has the traceback"
+        )
+    if isinstance(exc, MemoryError):
+        message += (
+            f" (out of memory: stage {stage!r} may use memory_mb={memory_mb} MiB; "
+            "raise memory_mb in @wf.stage() if it needs more)"
+        )
+    return message
 
 
 def materialise(
