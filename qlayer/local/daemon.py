@@ -60,13 +60,16 @@ class Assignment:
 class WorkerHandle:
     """One warm worker process and what it is doing."""
 
-    def __init__(self, ctx: Any, home: Home, local_memory_mb: int) -> None:
+    def __init__(self, ctx: Any, home: Home, local_memory_mb: int, lock_fd: int | None = None) -> None:
         parent_conn, child_conn = multiprocessing.Pipe(duplex=True)
         self.conn: Connection = parent_conn
         self.process = ctx.Process(
             target=worker_main,
-            args=(child_conn, str(home.artifacts), str(home.scratch), local_memory_mb),
-            daemon=True,
+            args=(child_conn, str(home.artifacts), str(home.scratch), local_memory_mb, lock_fd),
+            # Not daemonic: multiprocessing forbids daemonic processes to have children,
+            # and stages may use multiprocessing themselves. Workers still never outlive
+            # the daemon: it kills them on exit, and PR_SET_PDEATHSIG when it is killed.
+            daemon=False,
         )
         self.process.start()
         child_conn.close()
@@ -89,8 +92,9 @@ class WorkerHandle:
 class Daemon:
     """The engine of the local substrate."""
 
-    def __init__(self, home: Home, *, workers: int | None = None) -> None:
+    def __init__(self, home: Home, *, workers: int | None = None, lock_fd: int | None = None) -> None:
         self.home = home
+        self.lock_fd = lock_fd  # workers drop it: see worker.release_daemon_lock
         self.store = FolderStore(home.artifacts)
         self.conn = state.connect(home.db)
         self.limits = Limits.for_this_machine()
@@ -105,7 +109,8 @@ class Daemon:
         ctx = multiprocessing.get_context("fork")
         assert self.limits.local_memory_mb is not None
         self.workers = [
-            WorkerHandle(ctx, self.home, self.limits.local_memory_mb) for _ in range(self.n_workers)
+            WorkerHandle(ctx, self.home, self.limits.local_memory_mb, self.lock_fd)
+            for _ in range(self.n_workers)
         ]
         self._ctx = ctx
 
@@ -113,7 +118,9 @@ class Daemon:
         worker.kill()
         index = self.workers.index(worker)
         assert self.limits.local_memory_mb is not None
-        self.workers[index] = WorkerHandle(self._ctx, self.home, self.limits.local_memory_mb)
+        self.workers[index] = WorkerHandle(
+            self._ctx, self.home, self.limits.local_memory_mb, self.lock_fd
+        )
 
     def open_wake_socket(self) -> None:
         path = str(self.home.socket)
@@ -658,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("another daemon holds %s; exiting", home.lock_file)
         return 0
     _preload()
-    daemon = Daemon(home, workers=args.workers or _env_int("QLAYER_WORKERS"))
+    daemon = Daemon(home, workers=args.workers or _env_int("QLAYER_WORKERS"), lock_fd=lock.fileno())
 
     def stop(signum: int, frame: Any) -> None:
         daemon.stopping = True

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import multiprocessing
 import os
 import resource
 import signal
@@ -33,7 +34,10 @@ def die_with_parent() -> None:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except OSError:  # pragma: no cover - not Linux
-        pass
+        return
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:
+        os._exit(1)  # the daemon died before the request above took effect
 
 
 def _address_space_mb() -> int:
@@ -68,9 +72,29 @@ class MemoryLimit:
             resource.setrlimit(resource.RLIMIT_AS, self._old)
 
 
-def worker_main(conn: Connection, artifacts: str, scratch: str, local_memory_mb: int) -> None:
+def release_daemon_lock(lock_fd: int | None) -> None:
+    """Drop this process's reference to the daemon's lock file (inherited by fork).
+
+    The daemon's ``flock`` belongs to the open file, not to the process: any process
+    holding a copy keeps it locked. A stage that forks (multiprocessing) would hand the
+    copy to processes that outlive a killed daemon, and no daemon could start again
+    until they ended. Point the descriptor at /dev/null instead (the number stays valid).
+    """
+    if lock_fd is None:
+        return
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        os.dup2(null, lock_fd)
+    finally:
+        os.close(null)
+
+
+def worker_main(
+    conn: Connection, artifacts: str, scratch: str, local_memory_mb: int, lock_fd: int | None = None
+) -> None:
     """Serve requests from the daemon until the pipe closes."""
     die_with_parent()
+    release_daemon_lock(lock_fd)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     store = FolderStore(artifacts)

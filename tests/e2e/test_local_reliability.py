@@ -179,3 +179,25 @@ def test_cancel_job_waiting_on_device(client, side, markers):
     assert starts(side, job.job_id, "measure") == 0
     good = client.run(CHAIN, chain_args(side, markers))
     assert good.result(timeout=60)["ok"]
+
+
+@pytest.mark.slow
+def test_daemon_restarts_while_a_stage_forked_process_lives(client, markers):
+    # A stage that uses multiprocessing (a fork of the worker) and whose child outlives
+    # the killed daemon must neither fail nor keep the next daemon from starting.
+    job = client.run(helpers.PROGRAMS / "forker.py", {"markers": str(markers)})
+    pids = markers / "grandchildren.pid"
+    try:
+        wait_for(lambda: (markers / f"{job.job_id}.started").exists() or job.status().is_final,
+                 60, "the stage to fork")
+        assert not job.status().is_final, job.info()
+        helpers.kill_daemon(client)
+        [orphan] = [int(p) for p in pids.read_text().split()]
+        assert helpers.alive(orphan)
+        client.up()  # DaemonError if the orphan kept the daemon's lock
+        (markers / "go").touch()
+        assert job.result(timeout=120) == {"run": 1}
+    finally:
+        for pid in (int(p) for p in pids.read_text().split()) if pids.exists() else ():
+            if helpers.alive(pid):
+                helpers.kill_hard(pid)
