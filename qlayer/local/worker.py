@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from qlayer import keys
+from qlayer.errors import ArtifactError
 from qlayer.planner import Limits
 from qlayer.program import ProgramCache
 from qlayer.request import decode_request
@@ -140,8 +141,17 @@ def _handle(message: dict[str, Any], store: FolderStore, programs: ProgramCache,
             decision = run_stage(store, workflow, job, message["seq"], message["stage"], limits)
         return {"ok": True, "decision": decision.to_json()}
     if message["op"] == "device":
+        from qlayer.interpreter import Decision
         from qlayer.providers.registry import provider_for
 
+        # Idempotent like every step: a device job whose outcome was recorded (the
+        # daemon died before it heard of it) is not run again.
+        recorded = keys.step_dir(message["job_id"], message["seq"], "execute") + "output.json"
+        if store.exists(recorded):
+            try:
+                return {"ok": True, "decision": Decision.from_json(store.get_json(recorded)).to_json()}
+            except (ArtifactError, ValueError, TypeError):
+                pass  # torn or corrupted: run it again
         request_raw = store.get_json(message["request_key"])
         request = decode_request(request_raw)
         backend = message["backend"]

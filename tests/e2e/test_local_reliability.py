@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "programs"))
 import helpers  # noqa: E402
 from helpers import CHAIN, FAULTY, wait_for  # noqa: E402
 
+from qlayer import keys  # noqa: E402
 from qlayer.errors import JobCancelled  # noqa: E402
 from qlayer.status import JobStatus  # noqa: E402
 
@@ -201,3 +202,47 @@ def test_daemon_restarts_while_a_stage_forked_process_lives(client, markers):
         for pid in (int(p) for p in pids.read_text().split()) if pids.exists() else ():
             if helpers.alive(pid):
                 helpers.kill_hard(pid)
+
+
+def _freeze_then_kill(client, until) -> None:
+    """SIGSTOP the daemon, wait for ``until()`` (work its workers finish meanwhile),
+    then SIGKILL it: the workers' results reach the disk but never the daemon."""
+    import os
+    import signal
+
+    pid = client.daemon_pid()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_for(until, 60, "the worker to finish while the daemon is frozen")
+    finally:
+        helpers.kill_daemon(client)
+
+
+@pytest.mark.slow
+def test_stage_finished_while_daemon_frozen_is_not_run_again(client, side, markers):
+    job = client.run(CHAIN, chain_args(side, markers, "measure"))
+    wait_for(lambda: (markers / f"{job.job_id}.measure.started").exists(), 60, "measure to start")
+    output = client.store.path(keys.stage_output(job.job_id, 2, "measure"))
+
+    def finished():
+        (markers / "go").touch()
+        return output.exists()
+
+    _freeze_then_kill(client, finished)
+    client.up()
+    assert_chain_done(client, [job], side)
+    assert starts(side, job.job_id, "measure") == 1  # its recorded outcome was used
+
+
+@pytest.mark.slow
+def test_execute_finished_while_daemon_frozen_is_not_run_again(client, side, markers):
+    job = client.run(CHAIN, chain_args(side, markers, **SLOW_EXECUTE))
+    wait_for(lambda: [r for r in helpers.device_rows(client, job.job_id) if r["status"] == "RUNNING"],
+             60, "the device job to run")
+    output = client.store.path(keys.step_dir(job.job_id, 1, "execute") + "output.json")
+    result = client.store.path(keys.execute_result(job.job_id, 1))
+    _freeze_then_kill(client, output.exists)
+    written = result.stat().st_mtime_ns
+    client.up()
+    assert_chain_done(client, [job], side)
+    assert result.stat().st_mtime_ns == written, "the device job was simulated again"
