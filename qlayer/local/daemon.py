@@ -116,6 +116,8 @@ class Daemon:
 
     def replace_worker(self, worker: WorkerHandle) -> None:
         worker.kill()
+        if worker not in self.workers:
+            return  # already replaced
         index = self.workers.index(worker)
         assert self.limits.local_memory_mb is not None
         self.workers[index] = WorkerHandle(
@@ -165,6 +167,8 @@ class Daemon:
         if self.wake_socket is not None and self.wake_socket in ready:
             self._drain_wake_socket()
         for worker in list(self.workers):
+            if worker not in self.workers:
+                continue  # replaced meanwhile (a cancel or a failure stopped its job)
             if worker.conn in ready:
                 self._read_reply(worker)
             elif not worker.process.is_alive():

@@ -107,7 +107,7 @@ def test_unknown_stage_name(client, good, mode, role):
     error = failed(job)
     assert role in str(error)
     assert "'nope'" in str(error)
-    assert "start, looping, sleepy, hungry, after" in str(error)
+    assert "start, looping, sleepy, hungry, after, child, gather" in str(error)
 
 
 def test_unserialisable_output(client, good):
@@ -215,3 +215,13 @@ def test_max_runs(client, good):
     assert job.info()["error_type"] == "MaxRunsExceeded"
     assert "max_runs" in str(error)
     assert "'looping'" in str(error)
+
+
+@pytest.mark.slow
+def test_stage_that_kills_its_worker(client, good):
+    job = client.run(FAULTY, {"mode": "crash"})
+    error = failed(job)
+    assert job.info()["error_type"] == "WorkerDied"
+    assert "died (signal 9) 3 times" in str(error)
+    assert "memory_mb" in str(error)
+    assert sum(e["event"] == "worker died, retrying" for e in job.timeline()) == 2

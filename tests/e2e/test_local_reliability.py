@@ -18,7 +18,7 @@ import helpers  # noqa: E402
 from helpers import CHAIN, FAULTY, wait_for  # noqa: E402
 
 from qlayer import keys  # noqa: E402
-from qlayer.errors import JobCancelled  # noqa: E402
+from qlayer.errors import JobCancelled, JobFailed  # noqa: E402
 from qlayer.status import JobStatus  # noqa: E402
 
 CHAIN_STEPS = [(0, "prepare"), (2, "measure"), (3, "tally")]
@@ -246,3 +246,48 @@ def test_execute_finished_while_daemon_frozen_is_not_run_again(client, side, mar
     client.up()
     assert_chain_done(client, [job], side)
     assert result.stat().st_mtime_ns == written, "the device job was simulated again"
+
+
+@pytest.mark.slow
+def test_daemon_killed_during_fanout(client, markers):
+    job = client.run(FAULTY, {"mode": "fanout", "n": 5, "markers": str(markers)})
+    wait_for(lambda: len(list(markers.glob("*.child.started"))) == 2, 60, "two children to wait")
+    helpers.kill_daemon(client)
+    (markers / "go").touch()
+    client.up()
+    assert job.result(timeout=120) == [0, 1, 4, 9, 16]
+    children = job.children()
+    assert [c.status() for c in children] == [JobStatus.DONE] * 5
+    with helpers.db(client) as conn:
+        duplicates = conn.execute(
+            "SELECT job_id, seq FROM steps GROUP BY job_id, seq HAVING COUNT(*) > 1"
+        ).fetchall()
+        done = conn.execute("SELECT job_id, COUNT(*) FROM events WHERE event = 'done' GROUP BY job_id")
+        done_counts = {row[0]: row[1] for row in done}
+    assert not duplicates
+    assert done_counts == {j.job_id: 1 for j in [job, *children]}
+
+
+@pytest.mark.slow
+def test_two_fanout_children_fail_at_once(client, markers):
+    # Both workers reply in the same daemon tick: the first failure cancels the
+    # sibling (replacing its worker) whose reply is still to be read.
+    import os
+    import signal
+
+    job = client.run(FAULTY, {"mode": "fanout_fail", "markers": str(markers)})
+    wait_for(lambda: len(list(markers.glob("*.child.started"))) == 2, 60, "two children to wait")
+    daemon = client.daemon_pid()
+    os.kill(daemon, signal.SIGSTOP)
+    try:
+        (markers / "go").touch()
+        logs = [client.store.path(keys.log_key(f"{job.job_id}_1_{i}", 0, "child")) for i in (0, 1)]
+        wait_for(lambda: all("raised RuntimeError" in p.read_text() for p in logs if p.exists())
+                 and all(p.exists() for p in logs), 60, "both children to fail")
+    finally:
+        os.kill(daemon, signal.SIGCONT)
+    with pytest.raises(JobFailed, match="child item -[12] failed"):
+        job.result(timeout=60)
+    assert client.daemon_pid() == daemon, "the daemon crashed"
+    assert client.run(FAULTY, {"mode": "ok", "n": 2}).result(timeout=60) == {"n": 2}
+    assert client.daemon_pid() == daemon

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from qiskit import QuantumCircuit
 
-from qlayer import Done, Execute, Next, Workflow
+from qlayer import Done, Execute, FanOut, Next, Workflow
 
 wf = Workflow("faulty", params={"mode": "ok", "markers": "", "n": 1}, backend="aer")
 
@@ -15,7 +15,7 @@ def wait_for_go(ctx):
     folder = Path(ctx.arguments["markers"])
     (folder / f"{ctx.job_id}.{ctx.stage}.started").write_text(str(os.getpid()))
     deadline = time.monotonic() + 120
-    while not (folder / f"{ctx.job_id}.go").exists():
+    while not ((folder / f"{ctx.job_id}.go").exists() or (folder / "go").exists()):
         if time.monotonic() > deadline:
             raise TimeoutError("never got its go file")
         time.sleep(0.02)
@@ -60,6 +60,12 @@ def start(args, ctx):
         return Next("sleepy", 0)
     if mode == "memory":
         return Next("hungry", 0)
+    if mode == "crash":
+        os.kill(os.getpid(), 9)  # the worker dies, as a segfaulting extension would
+    if mode == "fanout":
+        return FanOut(list(range(args["n"])), stage="child", then="gather")
+    if mode == "fanout_fail":
+        return FanOut([-1, -2, 3, 4], stage="child", then="gather")
     if mode == "wait":
         wait_for_go(ctx)
         return Done({"waited": True})
@@ -88,3 +94,18 @@ def hungry(data):
 @wf.stage()
 def after(result):
     return Done("should not get here")
+
+
+@wf.stage()
+def child(item, ctx):
+    markers = ctx.arguments["markers"]
+    if markers:
+        wait_for_go(ctx)
+    if item < 0:
+        raise RuntimeError(f"child item {item} failed")
+    return Done({"item": item, "square": item * item})
+
+
+@wf.stage()
+def gather(results):
+    return Done(sorted(r["square"] for r in results))
