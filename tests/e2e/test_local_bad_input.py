@@ -12,12 +12,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "programs"))
 
-import helpers  # noqa: E402
-from helpers import CHAIN, FAULTY, TRIVIAL, wait_for  # noqa: E402
+import helpers
+from helpers import CHAIN, FAULTY, TRIVIAL
 
-from qlayer import keys  # noqa: E402
-from qlayer.errors import ArgumentError, ArtifactError, BackendError, JobFailed, ProgramError  # noqa: E402
-from qlayer.status import JobStatus  # noqa: E402
+from qlayer import keys
+from qlayer.errors import ArgumentError, ArtifactError, BackendError, JobFailed, ProgramError
+from qlayer.status import JobStatus
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,9 @@ def test_missing_program(client, good, tmp_path):
 
 def test_syntax_error(client, good, tmp_path):
     program = tmp_path / "broken.py"
-    program.write_text("from qlayer import Workflow\n\nwf = Workflow('broken')\n\ndef oops(:\n    pass\n")
+    program.write_text(
+        "from qlayer import Workflow\n\nwf = Workflow('broken')\n\ndef oops(:\n    pass\n"
+    )
     with pytest.raises(ProgramError) as caught:
         client.run(program)
     assert "broken.py" in str(caught.value)
@@ -90,7 +92,7 @@ def test_syntax_error(client, good, tmp_path):
 def test_wrong_argument_types(client, good):
     with pytest.raises(ArgumentError, match="'x'"):
         client.run(TRIVIAL, {"x": "not a number"})
-    with pytest.raises(ArgumentError, match="undeclared|unknown|'y'"):
+    with pytest.raises(ArgumentError, match=r"unknown argument\(s\) y"):
         client.run(TRIVIAL, {"y": 1})
 
 
@@ -101,7 +103,9 @@ def test_unknown_backend_at_submit(client, good):
 
 
 # -- errors inside the job ------------------------------------------------------------
-@pytest.mark.parametrize("mode, role", [("next_nope", "Next(stage"), ("execute_nope", "Execute(then")])
+@pytest.mark.parametrize(
+    "mode, role", [("next_nope", "Next(stage"), ("execute_nope", "Execute(then")]
+)
 def test_unknown_stage_name(client, good, mode, role):
     job = client.run(FAULTY, {"mode": mode})
     error = failed(job)
@@ -155,8 +159,10 @@ def test_corrupted_input_of_a_running_stage(tmp_path):
     for client in helpers.local_client(tmp_path / "home"):
         job = client.run(CHAIN, {"markers": str(markers), "wait_at": "measure"})
         good = client.run(TRIVIAL, {"x": 4})
-        wait_for(lambda: (markers / f"{job.job_id}.measure.started").exists(), 60, "measure to start")
-        client.store.path(keys.stage_input(job.job_id, 2, "measure")).write_text("garbage, not JSON")
+        helpers.wait_file(markers / f"{job.job_id}.measure.started", "measure to start")
+        client.store.path(keys.stage_input(job.job_id, 2, "measure")).write_text(
+            "garbage, not JSON"
+        )
         helpers.kill_hard(helpers.started_worker(job, "measure"))
         (markers / "go").touch()
         error = failed(job)
@@ -170,8 +176,7 @@ def test_corrupted_execute_request(tmp_path):
     # The daemon dies while the device job runs; its request is corrupted before restart.
     for client in helpers.local_client(tmp_path / "home"):
         job = client.run(CHAIN, {"qubits": 22, "layers": 12, "shots": 32})
-        wait_for(lambda: [r for r in helpers.device_rows(client, job.job_id) if r["status"] == "RUNNING"],
-                 60, "the device job to run")
+        helpers.wait_device_running(client, job.job_id)
         helpers.kill_daemon(client)
         client.store.path(keys.execute_request(job.job_id, 1)).write_bytes(b"\xff\xfe garbage")
         good = client.run(TRIVIAL, {"x": 1})  # restarts the daemon

@@ -48,7 +48,9 @@ def test_200_jobs_at_once(client):
     assert statuses == {"DONE": N_JOBS}
     assert not duplicates
     assert len(steps) == N_JOBS
-    assert all((s["seq"], s["kind"], s["state"], s["attempts"]) == (0, "stage", "done", 1) for s in steps)
+    assert all(
+        (s["seq"], s["kind"], s["state"], s["attempts"]) == (0, "stage", "done", 1) for s in steps
+    )
     assert set(started) == {job.job_id for job in jobs} and set(started.values()) == {1}
     assert set(done_events) == {job.job_id for job in jobs} and set(done_events.values()) == {1}
     assert {job.job_id for job in client.jobs(limit=1000)} == {job.job_id for job in jobs}
@@ -74,9 +76,16 @@ def test_200_jobs_from_4_processes_with_a_daemon_crash(client, tmp_path):
     per = N_JOBS // 4
     procs = [
         subprocess.Popen(
-            [sys.executable, str(script), str(client.home.root), str(k * per), str((k + 1) * per),
-             str(TRIVIAL)],
-            stdout=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                str(script),
+                str(client.home.root),
+                str(k * per),
+                str((k + 1) * per),
+                str(TRIVIAL),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
         )
         for k in range(4)
     ]

@@ -14,12 +14,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "programs"))
 
-import helpers  # noqa: E402
-from helpers import CHAIN, FAULTY, wait_for  # noqa: E402
+import helpers
+from helpers import CHAIN, FAULTY, wait_for
 
-from qlayer import keys  # noqa: E402
-from qlayer.errors import JobCancelled, JobFailed  # noqa: E402
-from qlayer.status import JobStatus  # noqa: E402
+from qlayer import keys
+from qlayer.errors import JobCancelled, JobFailed
+from qlayer.status import JobStatus
 
 CHAIN_STEPS = [(0, "prepare"), (2, "measure"), (3, "tally")]
 SLOW_EXECUTE = {"qubits": 22, "layers": 12, "shots": 32}  # a couple of seconds of statevector
@@ -52,25 +52,33 @@ def assert_chain_done(client, jobs, side: Path) -> None:
         assert result == {"ok": True, "total": result["total"], "job": job.job_id}
         assert job.status() == JobStatus.DONE
         rows = helpers.device_rows(client, job.job_id)
-        assert [(r["idempotency_key"], r["status"]) for r in rows] == [(f"{job.job_id}/1", "DONE")], rows
+        assert [(r["idempotency_key"], r["status"]) for r in rows] == [
+            (f"{job.job_id}/1", "DONE")
+        ], rows
         steps = helpers.step_rows(client, job.job_id)
         assert [(s["seq"], s["kind"], s["state"]) for s in steps] == [
-            (0, "stage", "done"), (1, "execute", "done"), (2, "stage", "done"), (3, "stage", "done"),
+            (0, "stage", "done"),
+            (1, "execute", "done"),
+            (2, "stage", "done"),
+            (3, "stage", "done"),
         ]
     helpers.assert_each_stage_completed_once(side, {job.job_id: CHAIN_STEPS for job in jobs})
 
 
 def starts(side: Path, job_id: str, stage: str) -> int:
-    return sum(1 for what, job, _seq, name in helpers.read_side(side)
-               if what == "start" and job == job_id and name == stage)
+    return sum(
+        1
+        for what, job, _seq, name in helpers.read_side(side)
+        if what == "start" and job == job_id and name == stage
+    )
 
 
 @pytest.mark.slow
 def test_daemon_killed_mid_stage_resumes_every_job(client, side, markers):
     in_prepare = client.run(CHAIN, chain_args(side, markers, "prepare"))
     in_measure = client.run(CHAIN, chain_args(side, markers, "measure"))
-    wait_for(lambda: (markers / f"{in_prepare.job_id}.prepare.started").exists(), 60, "prepare to start")
-    wait_for(lambda: (markers / f"{in_measure.job_id}.measure.started").exists(), 60, "measure to start")
+    helpers.wait_file(markers / f"{in_prepare.job_id}.prepare.started", "prepare to start")
+    helpers.wait_file(markers / f"{in_measure.job_id}.measure.started", "measure to start")
 
     helpers.kill_daemon(client)
     (markers / "go").touch()
@@ -90,8 +98,7 @@ def test_daemon_killed_mid_stage_resumes_every_job(client, side, markers):
 def test_daemon_killed_mid_execute_never_submits_twice(client, side, markers):
     job = client.run(CHAIN, chain_args(side, markers, **SLOW_EXECUTE))
     other = client.run(CHAIN, chain_args(side, markers, "measure"))
-    wait_for(lambda: [r for r in helpers.device_rows(client, job.job_id) if r["status"] == "RUNNING"],
-             60, "the device job to run")
+    helpers.wait_device_running(client, job.job_id)
     assert any(e["event"] == "device running" for e in job.timeline())
 
     helpers.kill_daemon(client)
@@ -119,12 +126,15 @@ def test_daemon_killed_repeatedly_loses_nothing(client, side, markers):
 @pytest.mark.slow
 def test_worker_killed_mid_stage_is_retried(client, side, markers):
     job = client.run(CHAIN, chain_args(side, markers, "measure"))
-    wait_for(lambda: (markers / f"{job.job_id}.measure.started").exists(), 60, "measure to start")
+    helpers.wait_file(markers / f"{job.job_id}.measure.started", "measure to start")
     worker = helpers.started_worker(job, "measure")
     assert worker in helpers.children_of(client.daemon_pid())
     helpers.kill_hard(worker)
-    wait_for(lambda: any(e["event"] == "worker died, retrying" for e in job.timeline()), 60,
-             "the daemon to notice the dead worker")
+    wait_for(
+        lambda: any(e["event"] == "worker died, retrying" for e in job.timeline()),
+        60,
+        "the daemon to notice the dead worker",
+    )
     (markers / "go").touch()
 
     assert_chain_done(client, [job], side)
@@ -137,8 +147,7 @@ def test_worker_killed_mid_stage_is_retried(client, side, markers):
 @pytest.mark.slow
 def test_worker_killed_mid_execute_reruns_same_device_job(client, side, markers):
     job = client.run(CHAIN, chain_args(side, markers, **SLOW_EXECUTE))
-    wait_for(lambda: [r for r in helpers.device_rows(client, job.job_id) if r["status"] == "RUNNING"],
-             60, "the device job to run")
+    helpers.wait_device_running(client, job.job_id)
     running = [e for e in job.timeline() if e["event"] == "device running"]
     worker = int(running[-1]["detail"]["worker"])
     helpers.kill_hard(worker)
@@ -152,7 +161,7 @@ def test_worker_killed_mid_execute_reruns_same_device_job(client, side, markers)
 def test_cancel_running_stage(client, markers):
     job = client.run(FAULTY, {"mode": "wait", "markers": str(markers)})
     good = client.run(FAULTY, {"mode": "ok", "n": 5})
-    wait_for(lambda: (markers / f"{job.job_id}.start.started").exists(), 60, "the stage to start")
+    helpers.wait_file(markers / f"{job.job_id}.start.started", "the stage to start")
     worker = helpers.started_worker(job, "start")
     assert job.cancel()
     with pytest.raises(JobCancelled):
@@ -168,8 +177,7 @@ def test_cancel_running_stage(client, markers):
 @pytest.mark.slow
 def test_cancel_job_waiting_on_device(client, side, markers):
     job = client.run(CHAIN, chain_args(side, markers, **SLOW_EXECUTE))
-    wait_for(lambda: [r for r in helpers.device_rows(client, job.job_id) if r["status"] == "RUNNING"],
-             60, "the device job to run")
+    helpers.wait_device_running(client, job.job_id)
     assert job.cancel()
     with pytest.raises(JobCancelled):
         job.result(timeout=60)
@@ -189,8 +197,11 @@ def test_daemon_restarts_while_a_stage_forked_process_lives(client, markers):
     job = client.run(helpers.PROGRAMS / "forker.py", {"markers": str(markers)})
     pids = markers / "grandchildren.pid"
     try:
-        wait_for(lambda: (markers / f"{job.job_id}.started").exists() or job.status().is_final,
-                 60, "the stage to fork")
+        wait_for(
+            lambda: (markers / f"{job.job_id}.started").exists() or job.status().is_final,
+            60,
+            "the stage to fork",
+        )
         assert not job.status().is_final, job.info()
         helpers.kill_daemon(client)
         [orphan] = [int(p) for p in pids.read_text().split()]
@@ -221,7 +232,7 @@ def _freeze_then_kill(client, until) -> None:
 @pytest.mark.slow
 def test_stage_finished_while_daemon_frozen_is_not_run_again(client, side, markers):
     job = client.run(CHAIN, chain_args(side, markers, "measure"))
-    wait_for(lambda: (markers / f"{job.job_id}.measure.started").exists(), 60, "measure to start")
+    helpers.wait_file(markers / f"{job.job_id}.measure.started", "measure to start")
     output = client.store.path(keys.stage_output(job.job_id, 2, "measure"))
 
     def finished():
@@ -237,8 +248,7 @@ def test_stage_finished_while_daemon_frozen_is_not_run_again(client, side, marke
 @pytest.mark.slow
 def test_execute_finished_while_daemon_frozen_is_not_run_again(client, side, markers):
     job = client.run(CHAIN, chain_args(side, markers, **SLOW_EXECUTE))
-    wait_for(lambda: [r for r in helpers.device_rows(client, job.job_id) if r["status"] == "RUNNING"],
-             60, "the device job to run")
+    helpers.wait_device_running(client, job.job_id)
     output = client.store.path(keys.step_dir(job.job_id, 1, "execute") + "output.json")
     result = client.store.path(keys.execute_result(job.job_id, 1))
     _freeze_then_kill(client, output.exists)
@@ -262,7 +272,9 @@ def test_daemon_killed_during_fanout(client, markers):
         duplicates = conn.execute(
             "SELECT job_id, seq FROM steps GROUP BY job_id, seq HAVING COUNT(*) > 1"
         ).fetchall()
-        done = conn.execute("SELECT job_id, COUNT(*) FROM events WHERE event = 'done' GROUP BY job_id")
+        done = conn.execute(
+            "SELECT job_id, COUNT(*) FROM events WHERE event = 'done' GROUP BY job_id"
+        )
         done_counts = {row[0]: row[1] for row in done}
     assert not duplicates
     assert done_counts == {j.job_id: 1 for j in [job, *children]}
@@ -282,11 +294,17 @@ def test_two_fanout_children_fail_at_once(client, markers):
     try:
         (markers / "go").touch()
         logs = [client.store.path(keys.log_key(f"{job.job_id}_1_{i}", 0, "child")) for i in (0, 1)]
-        wait_for(lambda: all("raised RuntimeError" in p.read_text() for p in logs if p.exists())
-                 and all(p.exists() for p in logs), 60, "both children to fail")
+        wait_for(
+            lambda: (
+                all("raised RuntimeError" in p.read_text() for p in logs if p.exists())
+                and all(p.exists() for p in logs)
+            ),
+            60,
+            "both children to fail",
+        )
     finally:
         os.kill(daemon, signal.SIGCONT)
-    with pytest.raises(JobFailed, match="child item -[12] failed"):
+    with pytest.raises(JobFailed, match=r"child item -[12] failed"):
         job.result(timeout=60)
     assert client.daemon_pid() == daemon, "the daemon crashed"
     assert client.run(FAULTY, {"mode": "ok", "n": 2}).result(timeout=60) == {"n": 2}

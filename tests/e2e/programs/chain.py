@@ -60,7 +60,10 @@ def prepare(args, ctx):
     note(ctx, "start")
     handshake(ctx)
     execute = Execute.sampler(
-        [circuit(args["qubits"], args["layers"])], then="measure", shots=args["shots"], seed=7,
+        [circuit(args["qubits"], args["layers"])],
+        then="measure",
+        shots=args["shots"],
+        seed=7,
         state={"shots": args["shots"]},
     )
     note(ctx, "end")
@@ -82,4 +85,6 @@ def tally(data, ctx):
     note(ctx, "start")
     handshake(ctx)
     note(ctx, "end")
-    return Done({"ok": data["total"] == data["expected"], "total": data["total"], "job": ctx.job_id})
+    return Done(
+        {"ok": data["total"] == data["expected"], "total": data["total"], "job": ctx.job_id}
+    )

@@ -123,7 +123,9 @@ def device_rows(client: Client, job_id: str | None = None) -> list[dict[str, Any
 
 def step_rows(client: Client, job_id: str) -> list[dict[str, Any]]:
     with db(client) as conn:
-        rows = conn.execute("SELECT * FROM steps WHERE job_id = ? ORDER BY seq", (job_id,)).fetchall()
+        rows = conn.execute(
+            "SELECT * FROM steps WHERE job_id = ? ORDER BY seq", (job_id,)
+        ).fetchall()
     return [dict(row) for row in rows]
 
 
@@ -138,7 +140,9 @@ def read_side(path: Path) -> list[tuple[str, str, int, str]]:
     return lines
 
 
-def assert_each_stage_completed_once(path: Path, expected: dict[str, list[tuple[int, str]]]) -> None:
+def assert_each_stage_completed_once(
+    path: Path, expected: dict[str, list[tuple[int, str]]]
+) -> None:
     """Every (job, seq, stage) expected ended exactly once, and nothing else ended."""
     lines = read_side(path)
     ends = Counter((job, seq, stage) for what, job, seq, stage in lines if what == "end")
@@ -153,3 +157,16 @@ def started_worker(job: Any, stage: str) -> int:
     events = [e for e in job.timeline() if e["event"] == "started" and e["stage"] == stage]
     assert events, f"{stage} never started: {job.timeline()}"
     return int(events[-1]["detail"]["worker"])
+
+
+def wait_file(path: Path, what: str, timeout: float = 60.0) -> None:
+    wait_for(path.exists, timeout, what)
+
+
+def wait_device_running(client: Client, job_id: str, timeout: float = 60.0) -> None:
+    """Wait until the job's device job is RUNNING (being simulated by a worker)."""
+    wait_for(
+        lambda: any(r["status"] == "RUNNING" for r in device_rows(client, job_id)),
+        timeout,
+        "the device job to run",
+    )
