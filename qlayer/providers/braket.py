@@ -1,0 +1,606 @@
+"""Amazon Braket: on-demand simulators and QPUs (AWS), and the offline LocalSimulator.
+
+One qlayer execute request becomes one Braket quantum task per circuit to run:
+a sampler PUB with parameter values of shape S runs ``prod(S)`` bound circuits; an
+estimator PUB runs, for each (parameter, observable) element, one circuit per group
+of qubit-wise commuting Pauli terms (basis rotation + measurement), with
+``ceil(1 / precision**2)`` shots. Results are put back together as a Qiskit
+``PrimitiveResult``: a ``BitArray`` per classical register for the sampler,
+``evs``/``stds`` for the estimator (expectations of each Pauli term from the
+parities of the measured bits; ``stds`` the standard error of the mean). Circuits
+are converted with qiskit-braket-provider's ``to_braket``.
+
+Only terminal measurements are supported (Braket measures at the end of a circuit).
+
+Idempotency (AWS): every task gets a client token derived from the qlayer key and
+the task's index (``sha256(key#i)``), so a repeated ``CreateQuantumTask`` returns the
+same task instead of a second one, and tags ``qlayer-key`` / ``qlayer-run``. The
+request's manifest (task ARNs plus the recipe to rebuild the result) is written to
+S3 at a location derived from the key; ``find_job`` looks there first, and the
+provider job id is that manifest's ``s3://`` URI, so any process (another Lambda)
+can poll and collect from the id alone.
+
+Local (``braket_local``): the LocalSimulator runs in ``submit`` and the result is
+kept in this process under an id derived from the key (same key, same id, no rerun).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from typing import TYPE_CHECKING, Any
+
+from qlayer.errors import BackendError
+from qlayer.providers.base import (
+    AsyncProvider,
+    BackendInfo,
+    ProviderError,
+    ProviderJobState,
+    ProviderJobStatus,
+)
+
+if TYPE_CHECKING:
+    from qiskit.primitives import PrimitiveResult
+    from qiskit.transpiler import Target
+
+    from qlayer.request import ExecuteRequest
+
+LOCAL = "braket_local"
+DEFAULT_SHOTS = 1024
+DEFAULT_PRECISION = 0.015625  # qiskit's estimator default -> 4096 shots
+
+#: qlayer names of Braket devices: (device ARN, qubits, kind).
+BRAKET_DEVICES: dict[str, tuple[str | None, int | None, str]] = {
+    LOCAL: (None, None, "simulator"),
+    "braket_sv1": ("arn:aws:braket:::device/quantum-simulator/amazon/sv1", 34, "simulator"),
+    "braket_dm1": ("arn:aws:braket:::device/quantum-simulator/amazon/dm1", 17, "simulator"),
+    "braket_tn1": ("arn:aws:braket:::device/quantum-simulator/amazon/tn1", 50, "simulator"),
+    "braket_ionq_aria": ("arn:aws:braket:us-east-1::device/qpu/ionq/Aria-1", 25, "qpu"),
+    "braket_ionq_forte": ("arn:aws:braket:us-east-1::device/qpu/ionq/Forte-1", 36, "qpu"),
+    "braket_iqm_garnet": ("arn:aws:braket:eu-north-1::device/qpu/iqm/Garnet", 20, "qpu"),
+    "braket_rigetti_ankaa3": ("arn:aws:braket:us-west-1::device/qpu/rigetti/Ankaa-3", 84, "qpu"),
+}
+
+_STATE_MAP: dict[str, ProviderJobState] = {
+    "CREATED": "QUEUED",
+    "QUEUED": "QUEUED",
+    "RUNNING": "RUNNING",
+    "COMPLETED": "DONE",
+    "FAILED": "ERROR",
+    "CANCELLING": "CANCELLED",
+    "CANCELLED": "CANCELLED",
+}
+
+_RETRYABLE_CODES = {
+    "ThrottlingException",
+    "TooManyRequestsException",
+    "ServiceQuotaExceededException",
+    "InternalServiceException",
+    "InternalServerError",
+    "ServiceUnavailable",
+    "RequestTimeout",
+    "DeviceOfflineException",
+}
+
+
+def device_arn(backend: str) -> str | None:
+    """The device ARN of a qlayer Braket name (or the ARN itself); None for the local simulator."""
+    if backend.startswith("arn:aws:braket"):
+        return backend
+    if backend not in BRAKET_DEVICES:
+        raise BackendError(
+            f"unknown Braket backend {backend!r}; known: {', '.join(BRAKET_DEVICES)}, or an ARN"
+        )
+    return BRAKET_DEVICES[backend][0]
+
+
+def classify(exc: BaseException, doing: str) -> ProviderError:
+    """A boto/Braket exception as a ``ProviderError``: throttling, 5xx and connection
+    faults are retryable; validation, access and not-found errors are not."""
+    if isinstance(exc, ProviderError):
+        return exc
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        error = response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        message = f"Amazon Braket: {doing} failed: {code}: {error.get('Message', exc)}"
+        retryable = code in _RETRYABLE_CODES or (isinstance(status, int) and status >= 500)
+        return ProviderError(message, retryable=retryable or status == 429)
+    message = f"Amazon Braket: {doing} failed: {type(exc).__name__}: {exc}"
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    transient = {
+        "EndpointConnectionError",
+        "ConnectionClosedError",
+        "ReadTimeoutError",
+        "ConnectTimeoutError",
+        "ConnectionError",
+        "TimeoutError",
+    }
+    return ProviderError(message, retryable=bool(names & transient))
+
+
+def _digest(text: str, size: int = 64) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:size]
+
+
+# ----------------------------------------------------------------------------- expansion
+
+
+def expand(request: ExecuteRequest) -> tuple[list[Any], list[int], dict[str, Any]]:
+    """The circuits to run (Qiskit, bound, measured), their shots, and the JSON recipe
+    that turns their measurements back into a ``PrimitiveResult``."""
+    import numpy as np
+
+    circuits: list[Any] = []
+    shots: list[int] = []
+    pubs_recipe: list[dict[str, Any]] = []
+    if request.primitive == "sampler":
+        from qiskit.primitives.containers.sampler_pub import SamplerPub
+
+        for pub in request.pubs:
+            sp = SamplerPub.coerce(pub, request.shots or DEFAULT_SHOTS)
+            bound = np.asarray(sp.parameter_values.bind_all(sp.circuit), dtype=object)
+            start = len(circuits)
+            for idx in np.ndindex(sp.shape):
+                circuits.append(bound[idx])
+                shots.append(int(sp.shots))
+            pubs_recipe.append(
+                {
+                    "shape": list(sp.shape),
+                    "start": start,
+                    "shots": int(sp.shots),
+                    "registers": _registers(sp.circuit),
+                }
+            )
+        return circuits, shots, {"primitive": "sampler", "pubs": pubs_recipe}
+
+    from qiskit.primitives.containers.estimator_pub import EstimatorPub
+    from qiskit.quantum_info import SparsePauliOp
+
+    for pub in request.pubs:
+        ep = EstimatorPub.coerce(pub, request.precision or DEFAULT_PRECISION)
+        n_shots = math.ceil(1.0 / float(ep.precision) ** 2)
+        bound = np.asarray(ep.parameter_values.bind_all(ep.circuit), dtype=object).reshape(-1)
+        param_index = np.broadcast_to(
+            np.arange(max(1, bound.size)).reshape(ep.parameter_values.shape), ep.shape
+        )
+        obs_index = np.broadcast_to(
+            np.arange(int(np.prod(ep.observables.shape))).reshape(ep.observables.shape), ep.shape
+        )
+        obs_flat = np.asarray(ep.observables.tolist(), dtype=object).reshape(-1)
+        elements = []
+        for idx in np.ndindex(ep.shape):
+            circuit = bound[int(param_index[idx])]
+            observable = SparsePauliOp.from_list(list(obs_flat[int(obs_index[idx])].items()))
+            groups = []
+            constant = 0.0
+            for group in observable.group_commuting(qubit_wise=True):
+                terms = [
+                    (p.to_label(), float(np.real(c)))
+                    for p, c in zip(group.paulis, group.coeffs, strict=True)
+                ]
+                support = sorted(
+                    {q for label, _ in terms for q, ch in enumerate(reversed(label)) if ch != "I"}
+                )
+                if not support:
+                    constant += sum(c for _, c in terms)
+                    continue
+                circuits.append(_measure_basis(circuit, terms, support))
+                shots.append(n_shots)
+                groups.append({"run": len(circuits) - 1, "qubits": support, "terms": terms})
+            elements.append({"constant": constant, "groups": groups})
+        pubs_recipe.append(
+            {
+                "shape": list(ep.shape),
+                "shots": n_shots,
+                "precision": float(ep.precision),
+                "elements": elements,
+            }
+        )
+    return circuits, shots, {"primitive": "estimator", "pubs": pubs_recipe}
+
+
+def _registers(circuit: Any) -> list[dict[str, Any]]:
+    """Each classical register and, per bit, the qubit measured into it (-1: none)."""
+    registers = {creg.name: [-1] * creg.size for creg in circuit.cregs}
+    for instruction in circuit.data:
+        if instruction.operation.name != "measure":
+            continue
+        qubit = circuit.find_bit(instruction.qubits[0]).index
+        for register, bit in circuit.find_bit(instruction.clbits[0]).registers:
+            registers[register.name][bit] = qubit
+    return [{"name": creg.name, "qubits": registers[creg.name]} for creg in circuit.cregs]
+
+
+def _measure_basis(circuit: Any, terms: list[tuple[str, float]], support: list[int]) -> Any:
+    from qiskit import ClassicalRegister
+
+    measured = circuit.remove_final_measurements(inplace=False)
+    basis: dict[int, str] = {}
+    for label, _ in terms:
+        for q, ch in enumerate(reversed(label)):
+            if ch != "I":
+                basis[q] = ch
+    for q in support:
+        if basis[q] == "X":
+            measured.h(q)
+        elif basis[q] == "Y":
+            measured.sdg(q)
+            measured.h(q)
+    creg = ClassicalRegister(len(support), "basis")
+    measured.add_register(creg)
+    for i, q in enumerate(support):
+        measured.measure(q, creg[i])
+    return measured
+
+
+def assemble(recipe: dict[str, Any], runs: list[tuple[list[int], Any]]) -> PrimitiveResult:
+    """Rebuild the ``PrimitiveResult`` from each run's ``(measured_qubits, measurements)``."""
+    import numpy as np
+    from qiskit.primitives import DataBin, PrimitiveResult, PubResult, SamplerPubResult
+    from qiskit.primitives.containers import BitArray
+
+    pub_results: list[Any] = []
+    if recipe["primitive"] == "sampler":
+        for pub in recipe["pubs"]:
+            shape = tuple(pub["shape"])
+            count = int(np.prod(shape)) if shape else 1
+            data = {}
+            for register in pub["registers"]:
+                arrays = []
+                for k in range(count):
+                    measured_qubits, measurements = runs[pub["start"] + k]
+                    columns = list(measured_qubits)
+                    m = np.asarray(measurements, dtype=bool).reshape(-1, len(columns))
+                    bits = np.zeros((m.shape[0], len(register["qubits"])), dtype=bool)
+                    for j, qubit in enumerate(register["qubits"]):
+                        if qubit >= 0:
+                            bits[:, j] = m[:, columns.index(qubit)]
+                    arrays.append(bits)
+                stacked = np.stack(arrays).reshape(shape + arrays[0].shape)
+                data[register["name"]] = BitArray.from_bool_array(stacked, order="little")
+            pub_results.append(
+                SamplerPubResult(DataBin(**data, shape=shape), metadata={"shots": pub["shots"]})
+            )
+        return PrimitiveResult(pub_results, metadata={"version": 2, "provider": "braket"})
+
+    for pub in recipe["pubs"]:
+        shape = tuple(pub["shape"])
+        evs = np.zeros(shape)
+        stds = np.zeros(shape)
+        for flat, element in enumerate(pub["elements"]):
+            idx = np.unravel_index(flat, shape) if shape else ()
+            value = element["constant"]
+            variance = 0.0
+            for group in element["groups"]:
+                measured_qubits, measurements = runs[group["run"]]
+                columns = list(measured_qubits)
+                m = np.asarray(measurements, dtype=np.int8).reshape(-1, len(columns))
+                per_shot = np.zeros(m.shape[0])
+                for label, coeff in group["terms"]:
+                    cols = [columns.index(q) for q, ch in enumerate(reversed(label)) if ch != "I"]
+                    parity = m[:, cols].sum(axis=1) % 2 if cols else np.zeros(m.shape[0])
+                    per_shot += coeff * (1 - 2 * parity)
+                value += float(per_shot.mean())
+                variance += float(per_shot.var()) / m.shape[0]
+            evs[idx] = value
+            stds[idx] = math.sqrt(variance)
+        pub_results.append(
+            PubResult(
+                DataBin(evs=evs, stds=stds, shape=shape),
+                metadata={"target_precision": pub["precision"], "shots": pub["shots"]},
+            )
+        )
+    return PrimitiveResult(pub_results, metadata={"version": 2, "provider": "braket"})
+
+
+# ----------------------------------------------------------------------------- provider
+
+
+class BraketProvider(AsyncProvider):
+    """Amazon Braket devices (``braket_*`` names or device ARNs) and ``braket_local``.
+
+    Args:
+        braket_client: A boto3 ``braket`` client (None: created on first AWS call).
+        s3_client: A boto3 ``s3`` client (None: created on first AWS call).
+        s3_folder: ``(bucket, prefix)`` for task results and manifests (None:
+            ``$QLAYER_BRAKET_S3`` as ``s3://bucket/prefix``).
+        region: AWS region for the clients (None: the device ARN's, else the default).
+        local_simulator: The offline simulator (None: ``LocalSimulator()`` on first use).
+    """
+
+    name = "braket"
+
+    def __init__(
+        self,
+        *,
+        braket_client: Any = None,
+        s3_client: Any = None,
+        s3_folder: tuple[str, str] | None = None,
+        region: str | None = None,
+        local_simulator: Any = None,
+    ) -> None:
+        self._braket = braket_client
+        self._s3 = s3_client
+        self._s3_folder = s3_folder
+        self.region = region
+        self._local_simulator = local_simulator
+        self._local: dict[str, PrimitiveResult] = {}
+        self._manifests: dict[str, dict[str, Any]] = {}
+
+    # ------------------------------------------------------------------ clients
+
+    def _clients(self, backend: str | None = None) -> tuple[Any, Any]:
+        if self._braket is None or self._s3 is None:
+            import boto3
+
+            region = self.region
+            arn = device_arn(backend) if backend else None
+            if region is None and arn and arn.split(":")[3]:
+                region = arn.split(":")[3]
+            session = boto3.Session(region_name=region)
+            self._braket = self._braket or session.client("braket")
+            self._s3 = self._s3 or session.client("s3")
+        return self._braket, self._s3
+
+    def s3_folder(self) -> tuple[str, str]:
+        if self._s3_folder is None:
+            uri = os.environ.get("QLAYER_BRAKET_S3", "")
+            if not uri.startswith("s3://"):
+                raise ProviderError(
+                    "Amazon Braket needs an S3 folder for results: set QLAYER_BRAKET_S3="
+                    "s3://<bucket>/<prefix> (or pass s3_folder=)",
+                    retryable=False,
+                )
+            bucket, _, prefix = uri[5:].partition("/")
+            self._s3_folder = (bucket, prefix.rstrip("/") or "qlayer")
+        return self._s3_folder
+
+    def _manifest_uri(self, key: str) -> str:
+        bucket, prefix = self.s3_folder()
+        return f"s3://{bucket}/{prefix}/manifests/{_digest(key, 40)}.json"
+
+    # ------------------------------------------------------------------ port
+
+    def backends(self) -> list[BackendInfo]:
+        return [self.info(name) for name in BRAKET_DEVICES]
+
+    @staticmethod
+    def info(name: str) -> BackendInfo:
+        from qlayer.dispatch import RateLimiter
+
+        if name.startswith("arn:aws:braket"):
+            kind = "simulator" if "quantum-simulator" in name else "qpu"
+            qubits = None
+        elif name in BRAKET_DEVICES:
+            _, qubits, kind = BRAKET_DEVICES[name]
+        else:
+            raise BackendError(
+                f"unknown Braket backend {name!r}; known: {', '.join(BRAKET_DEVICES)}"
+            )
+        limits = RateLimiter().limits_for(name)
+        what = (
+            "offline LocalSimulator (amazon-braket-sdk)"
+            if name == LOCAL
+            else f"Amazon Braket {name}"
+        )
+        return BackendInfo(
+            name,
+            "braket",
+            "simulator" if kind == "simulator" else "qpu",
+            qubits,
+            noisy=kind == "qpu",
+            max_concurrency=limits.max_in_flight,
+            description=what,
+        )
+
+    def target(self, backend: str) -> Target:
+        if backend == LOCAL:
+            from qiskit_braket_provider import BraketLocalBackend
+
+            return BraketLocalBackend().target
+        from braket.aws import AwsDevice
+        from qiskit_braket_provider import BraketAwsBackend
+
+        try:
+            return BraketAwsBackend(device=AwsDevice(device_arn(backend))).target
+        except Exception as exc:
+            raise classify(exc, f"getting device {backend}") from exc
+
+    def find_job(self, backend: str, idempotency_key: str) -> str | None:
+        """The job already submitted under ``idempotency_key``, or None."""
+        if backend == LOCAL:
+            job_id = f"local:{_digest(idempotency_key, 40)}"
+            return job_id if job_id in self._local else None
+        uri = self._manifest_uri(idempotency_key)
+        return uri if self._read_manifest(uri, missing_ok=True) is not None else None
+
+    def submit(self, backend: str, request: ExecuteRequest, *, idempotency_key: str) -> str:
+        found = self.find_job(backend, idempotency_key)
+        if found is not None:
+            return found
+        from qiskit_braket_provider import to_braket
+
+        try:
+            circuits, shots, recipe = expand(request)
+            programs = [to_braket(circuit) for circuit in circuits]
+        except Exception as exc:
+            raise ProviderError(
+                f"Amazon Braket: cannot convert the request: {exc}", retryable=False
+            ) from exc
+        if backend == LOCAL:
+            return self._run_local(idempotency_key, programs, shots, recipe)
+        return self._submit_aws(backend, idempotency_key, programs, shots, recipe)
+
+    def _run_local(
+        self, key: str, programs: list[Any], shots: list[int], recipe: dict[str, Any]
+    ) -> str:
+        if self._local_simulator is None:
+            from braket.devices import LocalSimulator
+
+            self._local_simulator = LocalSimulator()
+        runs = []
+        try:
+            for program, n in zip(programs, shots, strict=True):
+                result = self._local_simulator.run(program, shots=n).result()
+                runs.append((list(result.measured_qubits), result.measurements))
+        except Exception as exc:
+            raise ProviderError(
+                f"Amazon Braket LocalSimulator failed: {exc}", retryable=False
+            ) from exc
+        job_id = f"local:{_digest(key, 40)}"
+        self._local[job_id] = assemble(recipe, runs)
+        return job_id
+
+    def _submit_aws(
+        self, backend: str, key: str, programs: list[Any], shots: list[int], recipe: dict[str, Any]
+    ) -> str:
+        from braket.circuits.serialization import IRType
+
+        braket, _ = self._clients(backend)
+        bucket, prefix = self.s3_folder()
+        arn = device_arn(backend)
+        arns = []
+        for index, (program, n) in enumerate(zip(programs, shots, strict=True)):
+            try:
+                response = braket.create_quantum_task(
+                    action=program.to_ir(ir_type=IRType.OPENQASM).json(),
+                    clientToken=_digest(f"{key}#{index}"),
+                    deviceArn=arn,
+                    outputS3Bucket=bucket,
+                    outputS3KeyPrefix=f"{prefix}/tasks",
+                    shots=n,
+                    tags={"qlayer-key": key[:256], "qlayer-run": str(index)},
+                )
+            except Exception as exc:
+                raise classify(exc, f"creating task {index} on {backend}") from exc
+            arns.append(response["quantumTaskArn"])
+        uri = self._manifest_uri(key)
+        manifest = {
+            "key": key,
+            "backend": backend,
+            "device_arn": arn,
+            "tasks": arns,
+            "recipe": recipe,
+        }
+        self._write_manifest(uri, manifest)
+        return uri
+
+    def _write_manifest(self, uri: str, manifest: dict[str, Any]) -> None:
+        _, s3 = self._clients(manifest["backend"])
+        bucket, _, key = uri[5:].partition("/")
+        try:
+            s3.put_object(
+                Bucket=bucket,
+                Key=key,
+                Body=json.dumps(manifest).encode(),
+                ContentType="application/json",
+            )
+        except Exception as exc:
+            raise classify(exc, f"writing manifest {uri}") from exc
+        self._manifests[uri] = manifest
+
+    def _read_manifest(self, uri: str, *, missing_ok: bool = False) -> dict[str, Any] | None:
+        if uri in self._manifests:
+            return self._manifests[uri]
+        if not uri.startswith("s3://"):
+            raise ProviderError(f"not a Braket job id of qlayer: {uri!r}", retryable=False)
+        _, s3 = self._clients()
+        bucket, _, key = uri[5:].partition("/")
+        try:
+            body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except Exception as exc:
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+            if missing_ok and code in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise classify(exc, f"reading manifest {uri}") from exc
+        manifest: dict[str, Any] = json.loads(body)
+        self._manifests[uri] = manifest
+        return manifest
+
+    def _manifest(self, provider_job_id: str) -> dict[str, Any]:
+        manifest = self._read_manifest(provider_job_id)
+        assert manifest is not None
+        return manifest
+
+    def status(self, provider_job_id: str) -> ProviderJobStatus:
+        if provider_job_id.startswith("local:"):
+            if provider_job_id not in self._local:
+                return ProviderJobStatus(
+                    "ERROR", message="local Braket result lost (process restarted)"
+                )
+            return ProviderJobStatus("DONE")
+        manifest = self._manifest(provider_job_id)
+        braket, _ = self._clients(manifest["backend"])
+        states: list[ProviderJobState] = []
+        position = None
+        messages = []
+        for arn in manifest["tasks"]:
+            try:
+                task = braket.get_quantum_task(
+                    quantumTaskArn=arn, additionalAttributeNames=["QueueInfo"]
+                )
+            except Exception as exc:
+                raise classify(exc, f"getting task {arn}") from exc
+            state = _STATE_MAP.get(str(task["status"]).upper(), "ERROR")
+            states.append(state)
+            if state == "ERROR" and task.get("failureReason"):
+                messages.append(f"{arn}: {task['failureReason']}")
+            queue = task.get("queueInfo") or {}
+            if state == "QUEUED" and position is None and str(queue.get("position", "")).isdigit():
+                position = int(queue["position"])
+        if "ERROR" in states:
+            return ProviderJobStatus("ERROR", message="; ".join(messages) or "a Braket task failed")
+        if "CANCELLED" in states:
+            return ProviderJobStatus("CANCELLED")
+        if all(state == "DONE" for state in states):
+            return ProviderJobStatus("DONE")
+        if any(state in ("RUNNING", "DONE") for state in states):
+            return ProviderJobStatus("RUNNING")
+        return ProviderJobStatus("QUEUED", queue_position=position)
+
+    def result(self, provider_job_id: str) -> PrimitiveResult:
+        if provider_job_id.startswith("local:"):
+            if provider_job_id not in self._local:
+                raise ProviderError(f"no local Braket result {provider_job_id}", retryable=False)
+            return self._local[provider_job_id]
+        from braket.tasks import GateModelQuantumTaskResult
+
+        manifest = self._manifest(provider_job_id)
+        braket, s3 = self._clients(manifest["backend"])
+        runs = []
+        for arn in manifest["tasks"]:
+            try:
+                task = braket.get_quantum_task(quantumTaskArn=arn)
+                if task["status"] != "COMPLETED":
+                    raise ProviderError(
+                        f"task {arn} is {task['status']}, not COMPLETED", retryable=False
+                    )
+                obj = s3.get_object(
+                    Bucket=task["outputS3Bucket"], Key=f"{task['outputS3Directory']}/results.json"
+                )
+                parsed = GateModelQuantumTaskResult.from_string(obj["Body"].read().decode())
+            except Exception as exc:
+                raise classify(exc, f"fetching results of {arn}") from exc
+            runs.append((list(parsed.measured_qubits), parsed.measurements))
+        return assemble(manifest["recipe"], runs)
+
+    def cancel(self, provider_job_id: str) -> None:
+        if provider_job_id.startswith("local:"):
+            return
+        manifest = self._manifest(provider_job_id)
+        braket, _ = self._clients(manifest["backend"])
+        for arn in manifest["tasks"]:
+            try:
+                task = braket.get_quantum_task(quantumTaskArn=arn)
+                if task["status"] in ("COMPLETED", "FAILED", "CANCELLED", "CANCELLING"):
+                    continue
+                braket.cancel_quantum_task(quantumTaskArn=arn, clientToken=_digest(f"cancel#{arn}"))
+            except Exception as exc:
+                code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+                if code == "ConflictException":
+                    continue  # ended between our look and the cancel
+                raise classify(exc, f"cancelling task {arn}") from exc
