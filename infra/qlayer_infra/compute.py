@@ -175,7 +175,7 @@ class Compute(Construct):
                 memory_size=memory.get(name, 512),
                 timeout=Duration.seconds(_TIMEOUTS_S.get(name, _DEFAULT_TIMEOUT_S)),
                 tracing=lambda_.Tracing.ACTIVE,
-                environment={**environment, "POWERTOOLS_SERVICE_NAME": f"qlayer-{name}"},
+                environment={**environment, "QLAYER_FUNCTION": name, "POWERTOOLS_SERVICE_NAME": f"qlayer-{name}"},
                 log_group=self._log_group(name),
                 description=f"qlayer {env_name}: {name}",
             )
@@ -195,7 +195,7 @@ class Compute(Construct):
                 memory_size=memory.get(name, 1024),
                 timeout=Duration.seconds(_TIMEOUTS_S.get(name, _DEFAULT_TIMEOUT_S)),
                 tracing=lambda_.Tracing.ACTIVE,
-                environment={**environment, "POWERTOOLS_SERVICE_NAME": f"qlayer-{name}"},
+                environment={**environment, "QLAYER_FUNCTION": name, "POWERTOOLS_SERVICE_NAME": f"qlayer-{name}"},
                 log_group=self._log_group(name),
                 description=f"qlayer {env_name}: {name} (runner image)",
             )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from aws_cdk import Acknowledgment, App, Validations
+from aws_cdk import Acknowledgment, App, CfnResource, Stack, Validations
 from constructs import IConstruct
 
 if TYPE_CHECKING:
@@ -31,7 +31,114 @@ def ack(scope: IConstruct, reason: str, *ids: str) -> None:
     Validations.of(scope).acknowledge(*(Acknowledgment(id=i, reason=reason) for i in ids))
 
 
+def logical_id(construct: IConstruct) -> str:
+    """The CloudFormation logical id of ``construct`` (or of its default resource)."""
+    resource = construct if isinstance(construct, CfnResource) else construct.node.default_child
+    stack = Stack.of(construct)
+    return str(stack.resolve(stack.get_logical_id(resource)))  # type: ignore[arg-type]
+
+
 def acknowledge(
-    stack: IConstruct, *, storage: Storage, compute: Compute, workflow: JobWorkflow, dispatch: Dispatch
+    stack: Stack, *, storage: Storage, compute: Compute, workflow: JobWorkflow, dispatch: Dispatch
 ) -> None:
-    """The accepted findings of QlayerStack."""
+    """The accepted findings of QlayerStack, narrowest scope first."""
+    bucket = logical_id(storage.bucket)
+
+    # -- IAM wildcards that CDK grants produce, on resources scoped to one bucket prefix or key --
+    ack(
+        stack,
+        "CDK grant_read/grant_read_write/grant_put emit action groups (s3:GetObject*, s3:List*, "
+        "s3:Abort*, s3:DeleteObject*, s3:GetBucket*); each statement is limited to one prefix of "
+        "one bucket (jobs/*, programs/*, inbox/*) or to the Braket results bucket",
+        "AwsSolutions-IAM5[Action::s3:GetObject*]",
+        "AwsSolutions-IAM5[Action::s3:List*]",
+        "AwsSolutions-IAM5[Action::s3:Abort*]",
+        "AwsSolutions-IAM5[Action::s3:DeleteObject*]",
+        "AwsSolutions-IAM5[Action::s3:GetBucket*]",
+        f"AwsSolutions-IAM5[Resource::<{bucket}.Arn>/jobs/*]",
+        f"AwsSolutions-IAM5[Resource::<{bucket}.Arn>/programs/*]",
+        f"AwsSolutions-IAM5[Resource::<{bucket}.Arn>/inbox/*]",
+        f"AwsSolutions-IAM5[Resource::<{logical_id(storage.braket_results)}.Arn>/*]",
+    )
+    ack(
+        stack,
+        "CDK's grant on the stack's customer-managed KMS key: GenerateDataKey*/ReEncrypt* on that one "
+        "key, to read and write the encrypted queues and logs",
+        "AwsSolutions-IAM5[Action::kms:GenerateDataKey*]",
+        "AwsSolutions-IAM5[Action::kms:ReEncrypt*]",
+    )
+    ack(
+        stack,
+        "DynamoDB queries by the tables' own GSIs (jobs by_created, qpu_tasks by_status): "
+        "<table>/index/* covers only that table's indexes",
+        f"AwsSolutions-IAM5[Resource::<{logical_id(storage.jobs)}.Arn>/index/*]",
+        f"AwsSolutions-IAM5[Resource::<{logical_id(storage.tasks)}.Arn>/index/*]",
+    )
+    ack(
+        stack,
+        "Actions with no resource-level permissions: X-Ray PutTraceSegments/PutTelemetryRecords "
+        "(active tracing), batch:DescribeJobs/TerminateJob (submitJob.sync), and Braket "
+        "GetDevice/SearchDevices/Create/Get/CancelQuantumTask, whose task ARNs exist only after "
+        "creation",
+        "AwsSolutions-IAM5[Resource::*]",
+    )
+    # -- Lambda: managed execution policy and runtime -----------------------------------------
+    ack(
+        compute,
+        "AWSLambdaBasicExecutionRole only allows writing the function's own CloudWatch logs",
+        "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+        "AWSLambdaBasicExecutionRole]",
+    )
+    ack(
+        compute,
+        "Batch EC2 instances need the ECS agent policy AmazonEC2ContainerServiceforEC2Role to join "
+        "the compute environment's ECS cluster",
+        "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+        "AmazonEC2ContainerServiceforEC2Role]",
+    )
+    ack(
+        compute,
+        "Python 3.11 on purpose: the light layer's binary wheels (pydantic-core) and the runner images "
+        "are built for CPython 3.11, the project's minimum supported version",
+        "AwsSolutions-L1",
+    )
+    # -- Step Functions: invoking Lambda versions, running children ----------------------------
+    invoked = [logical_id(fn) for fn in compute.functions.values()]
+    ack(
+        workflow,
+        "CDK's LambdaInvoke grants lambda:InvokeFunction on the function and its versions/aliases "
+        "(<fn>:*) for each function the state machine calls",
+        *(f"AwsSolutions-IAM5[Resource::<{lid}.Arn>:*]" for lid in invoked),
+    )
+    machine = logical_id(workflow.state_machine)
+    exec_prefix = "arn:<AWS::Partition>:states:<AWS::Region>:<AWS::AccountId>:execution:"
+    select = '{"Fn::Select":[6,{"Fn::Split":[":",{"Ref":"' + machine + '"}]}]}'
+    ack(
+        workflow,
+        "Fan-out children are executions of this same state machine: Describe/StopExecution on its "
+        "own executions (execution:<name>*), and the Distributed Map's child executions; the "
+        "Distributed Map reads the children list (an object key known only at run time) from the "
+        "artifacts bucket",
+        f"AwsSolutions-IAM5[Resource::{exec_prefix}{workflow.name}*]",
+        f"AwsSolutions-IAM5[Resource::{exec_prefix}{select}:*]",
+        f"AwsSolutions-IAM5[Resource::{exec_prefix}{select}/*:*]",
+        f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:s3:::<{bucket}>/*]",
+    )
+    # CDK's singleton that puts the S3 -> trigger notification configuration on the bucket.
+    for child in stack.node.children:
+        if child.node.id.startswith("BucketNotificationsHandler"):
+            ack(
+                child,
+                "CDK's bucket-notification custom resource writes only its own logs with "
+                "AWSLambdaBasicExecutionRole",
+                "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+                "AWSLambdaBasicExecutionRole]",
+            )
+    # -- Secrets -------------------------------------------------------------------------------
+    ops_secret = stack.node.find_child("Ops").node.find_child("Providers")
+    ack(
+        ops_secret,
+        "Provider tokens are issued by IBM Quantum / AWS outside this stack and cannot be rotated by "
+        "a Lambda here; rotate them at the provider and update the secret (see infra/README.md)",
+        "AwsSolutions-SMG4",
+    )

@@ -1,0 +1,65 @@
+"""QlayerStack: composition, outputs and constructor properties."""
+
+from __future__ import annotations
+
+import pytest
+from aws_cdk.assertions import Match, Template
+
+from qlayer_infra.extract import state_machine_definition
+from qlayer_infra.stack import QlayerStack
+
+from .conftest import make_app
+
+
+def test_outputs(template: Template) -> None:
+    outputs = template.find_outputs("*")
+    assert set(outputs) >= {
+        "BucketName",
+        "StateMachineArn",
+        "JobsTableName",
+        "TasksTableName",
+        "DispatchQueueUrl",
+        "StateMachineConsoleUrl",
+    }
+    template.has_output(
+        "StateMachineConsoleUrl",
+        {"Value": {"Fn::Join": ["", Match.array_with([Match.string_like_regexp("console.aws.amazon.com/states")])]}},
+    )
+
+
+def test_properties_reach_the_resources(tmp_path) -> None:
+    app = make_app(tmp_path)
+    stack = QlayerStack(
+        app,
+        "QlayerProd",
+        env_name="prod",
+        qpu_heartbeat_s=600,
+        qpu_timeout_s=86400,
+        gpu_instance_types=["g5.48xlarge"],
+        simulator_memory_mb=8192,
+    )
+    template = Template.from_stack(stack)
+    template.has_resource_properties("AWS::StepFunctions::StateMachine", {"StateMachineName": "qlayer-prod-jobs"})
+    template.has_resource_properties(
+        "AWS::Batch::ComputeEnvironment",
+        {"ComputeResources": Match.object_like({"InstanceTypes": ["g5.48xlarge"]})},
+    )
+    template.has_resource_properties(
+        "AWS::Lambda::Function",
+        {"MemorySize": 8192, "Environment": {"Variables": Match.object_like({"QLAYER_FUNCTION": "simulator"})}},
+    )
+    wait = state_machine_definition(template.to_json())["States"]["Wait for QPU"]
+    assert (wait["HeartbeatSeconds"], wait["TimeoutSeconds"]) == (600, 86400)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"env_name": "Prod_1"}, "env_name"),
+        ({"qpu_heartbeat_s": 0}, "heartbeat"),
+        ({"qpu_heartbeat_s": 7200, "qpu_timeout_s": 3600}, "heartbeat"),
+    ],
+)
+def test_bad_properties_are_refused_with_a_reason(tmp_path, kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        QlayerStack(make_app(tmp_path), "Bad", **kwargs)

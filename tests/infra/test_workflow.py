@@ -1,0 +1,267 @@
+"""The job state machine: the stage interpreter's routes, catches, and the task contracts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aws_cdk.assertions import Match, Template
+
+from qlayer import interpreter
+from qlayer_infra import workflow as wf
+from qlayer_infra.extract import all_states
+
+STEP_PAYLOAD = {"job_id.$": "$.job_id", "decision.$": "$.decision"}
+
+
+def _choices(state: dict[str, Any]) -> dict[str, str]:
+    """A Choice state's StringEquals value -> Next."""
+    return {c["StringEquals"]: c["Next"] for c in state["Choices"] if "StringEquals" in c}
+
+
+def test_state_machine_is_traced_logged_and_named(template: Template) -> None:
+    template.has_resource_properties(
+        "AWS::StepFunctions::StateMachine",
+        {
+            "StateMachineName": "qlayer-dev-jobs",
+            "StateMachineType": "STANDARD",
+            "TracingConfiguration": {"Enabled": True},
+            "LoggingConfiguration": {"Level": "ALL", "IncludeExecutionData": True, "Destinations": Match.any_value()},
+        },
+    )
+    template.has_resource_properties(
+        "AWS::Logs::LogGroup",
+        {"LogGroupName": "/aws/vendedlogs/states/qlayer-dev-jobs", "KmsKeyId": Match.any_value()},
+    )
+
+
+def test_starts_by_loading_the_job(definition: dict[str, Any]) -> None:
+    assert definition["StartAt"] == "Load job"
+    load = definition["States"]["Load job"]
+    assert load["Parameters"] == {"job_id.$": "$.job_id", "execution.$": "$$.Execution.Id"}
+    assert load["ResultPath"] == "$.decision"
+    assert load["Next"] == "Route"
+
+
+def test_route_follows_the_interpreter(definition: dict[str, Any]) -> None:
+    route = definition["States"]["Route"]
+    assert route["Type"] == "Choice"
+    assert _choices(route) == {
+        "next": "Choose compute",
+        "execute": "Execute",
+        "fanout": "Fan out",
+        "done": "Finalise",
+        "error": "Fail job",
+    }
+    assert set(_choices(route)) == set(interpreter.DECISION_KINDS)
+    # The interpreter's table names the same states, except "next", whose first state is a Choice.
+    for kind, (_, state) in interpreter.ROUTES.items():
+        if kind != "next":
+            assert wf.ROUTES[kind] == state
+    assert route["Default"] == "Unroutable decision"
+
+
+def test_choose_compute(definition: dict[str, Any]) -> None:
+    choose = definition["States"]["Choose compute"]
+    assert choose["Choices"][0]["Variable"] == "$.decision.compute.kind"
+    assert _choices(choose) == {
+        "lambda": "Run stage on Lambda",
+        "batch": "Run stage on Batch",
+        "batch-gpu": "Run stage on Batch GPU",
+    }
+
+
+def test_execute_routes_on_the_planner_tier(definition: dict[str, Any]) -> None:
+    execute = definition["States"]["Execute"]
+    assert execute["Choices"][0]["Variable"] == "$.decision.plan.tier"
+    assert _choices(execute) == {
+        "lambda": "Simulate on Lambda",
+        "batch": "Simulate on Batch",
+        "batch-gpu": "Simulate on Batch GPU",
+        "qpu": "Wait for QPU",
+    }
+
+
+@pytest.mark.parametrize(
+    ("state", "then"),
+    [
+        ("Run stage on Lambda", "Route"),
+        ("Simulate on Lambda", "Route"),
+        ("Read stage outcome", "Route"),
+        ("Fan in", "Route"),
+    ],
+)
+def test_decision_steps_get_pointers_and_return_a_decision(definition: dict[str, Any], state: str, then: str) -> None:
+    task = definition["States"][state]
+    assert task["Type"] == "Task"
+    assert task["Resource"].startswith("arn:aws:lambda:")  # payload only: the handler's return value
+    assert task["Parameters"] == STEP_PAYLOAD
+    assert task["ResultPath"] == "$.decision"
+    assert task["Next"] == then
+
+
+@pytest.mark.parametrize(
+    ("state", "queue", "gpu"),
+    [
+        ("Run stage on Batch", "cpu_queue", False),
+        ("Run stage on Batch GPU", "gpu_queue", True),
+        ("Simulate on Batch", "cpu_queue", False),
+        ("Simulate on Batch GPU", "gpu_queue", True),
+    ],
+)
+def test_batch_steps(definition: dict[str, Any], template_json: dict[str, Any], stack, state: str, queue: str, gpu: bool) -> None:
+    task = definition["States"][state]
+    assert task["Resource"] == "arn:aws:states:::batch:submitJob.sync"
+    params = task["Parameters"]
+    queue_id = stack.resolve(getattr(stack.compute, queue).node.default_child.logical_id)
+    assert params["JobQueue"].endswith(f"job-queue/{queue_id}")
+    assert params["Parameters"]["job_id.$"] == "$.job_id"
+    assert params["Parameters"]["seq.$"] == "States.Format('{}', $.decision.seq)"
+    if state.startswith("Simulate"):
+        assert params["Parameters"]["stage"] == "execute"
+    else:
+        assert params["Parameters"]["stage.$"] == "$.decision.stage"
+    kinds = {r["Type"] for r in params["ContainerOverrides"]["ResourceRequirements"]}
+    assert kinds == ({"VCPU", "MEMORY", "GPU"} if gpu else {"VCPU", "MEMORY"})
+    assert task["ResultPath"] == "$.batch"  # Batch returns no decision: keep $.decision for the reader
+    assert task["Next"] == "Read stage outcome"
+
+
+def test_wait_for_qpu(definition: dict[str, Any]) -> None:
+    wait = definition["States"]["Wait for QPU"]
+    assert wait["Resource"] == "arn:aws:states:::sqs:sendMessage.waitForTaskToken"
+    assert wait["HeartbeatSeconds"] == 3600
+    assert wait["TimeoutSeconds"] == 7 * 24 * 3600
+    assert wait["Parameters"]["QueueUrl"].startswith("https://sqs.")
+    assert wait["Parameters"]["MessageBody"] == {
+        "task_token.$": "$$.Task.Token",
+        "job_id.$": "$.job_id",
+        "seq.$": "$.decision.seq",
+        "request_key.$": "$.decision.request_key",
+        "backend.$": "$.decision.backend",
+        "execution.$": "$$.Execution.Id",
+    }
+    assert wait["ResultPath"] == "$.decision"
+    assert wait["Next"] == "Route"
+
+
+def test_fan_out_inline_up_to_the_interpreter_limit_then_distributed(definition: dict[str, Any]) -> None:
+    states = definition["States"]
+    assert states["Fan out"]["Next"] == "Start children"
+    start = states["Start children"]
+    assert start["Parameters"] == STEP_PAYLOAD and start["ResultPath"] == "$.fanout"
+    assert start["Next"] == "Inline or distributed"
+    choice = states["Inline or distributed"]
+    assert wf.INLINE_MAP_LIMIT == interpreter.INLINE_MAP_LIMIT
+    assert choice["Choices"] == [
+        {"Variable": "$.decision.count", "NumericGreaterThan": interpreter.INLINE_MAP_LIMIT,
+         "Next": "Run children (distributed)"}
+    ]
+    assert choice["Default"] == "Run children"
+
+    inline = states["Run children"]
+    assert inline["ItemsPath"] == "$.fanout.children"
+    distributed = states["Run children (distributed)"]
+    assert distributed["ItemProcessor"]["ProcessorConfig"]["Mode"] == "DISTRIBUTED"
+    reader = distributed["ItemReader"]
+    assert reader["Resource"] == "arn:aws:states:::s3:getObject"
+    assert reader["ReaderConfig"]["InputType"] == "JSON"
+    assert reader["Parameters"]["Key.$"] == "$.fanout.children_key"
+    for state in (inline, distributed):
+        assert state["ItemSelector"] == {"child_id.$": "$$.Map.Item.Value"}
+        assert state["ResultPath"] is None  # children's results stay in S3
+        assert state["Next"] == "Fan in"
+        (child,) = state["ItemProcessor"]["States"].values()
+        assert child["Resource"] == "arn:aws:states:::states:startExecution.sync:2"
+        # This same machine, by its fixed name: no circular reference to its own ARN.
+        assert child["Parameters"]["StateMachineArn"] == (
+            "arn:aws:states:us-east-1:123456789012:stateMachine:qlayer-dev-jobs"
+        )
+        assert child["Parameters"]["Name.$"] == "$.child_id"
+        assert child["Parameters"]["Input"]["job_id.$"] == "$.child_id"
+
+
+def test_done_and_error_end_the_execution(definition: dict[str, Any]) -> None:
+    states = definition["States"]
+    assert states["Finalise"]["Parameters"] == STEP_PAYLOAD
+    assert states["Finalise"]["Next"] == "Job done"
+    assert states["Job done"]["Type"] == "Succeed"
+    assert states["Fail job"]["Parameters"] == STEP_PAYLOAD
+    assert states["Fail job"]["Next"] == "Job failed"
+    assert states["Job failed"]["Type"] == "Fail"
+
+
+def test_every_task_catches_everything_into_fail_job(definition: dict[str, Any]) -> None:
+    states = all_states(definition)
+    tasks = {n: s for n, s in states.items() if s["Type"] in {"Task", "Map"}}
+    inside_maps = {"Run child job", "Run child job (distributed)"}
+    for name, state in tasks.items():
+        if name in inside_maps:
+            continue  # a child failure fails its Map, which is caught
+        catches = state.get("Catch", [])
+        assert catches, f"{name!r} has no Catch"
+        assert catches[0]["ErrorEquals"] == ["States.ALL"]
+        expected = "Failure not recorded" if name == "Fail job" else "Record failure"
+        assert catches[0]["Next"] == expected, name
+        assert catches[0]["ResultPath"] == "$.error", name  # keeps $.job_id
+    record = states["Record failure"]
+    assert record["Parameters"]["job_id.$"] == "$.job_id"
+    assert record["Parameters"]["decision"]["kind"] == "error"
+    assert record["Next"] == "Fail job"
+    assert states["Unroutable decision"]["Next"] == "Fail job"
+
+
+def test_every_choice_guards_a_missing_field(definition: dict[str, Any]) -> None:
+    for name in ("Route", "Choose compute", "Execute"):
+        first = definition["States"][name]["Choices"][0]
+        assert first["IsPresent"] is False and first["Next"] == "Unroutable decision", name
+
+
+def test_console_names(definition: dict[str, Any]) -> None:
+    names = set(all_states(definition))
+    expected = {
+        wf.LOAD, wf.ROUTE, wf.CHOOSE_COMPUTE, wf.RUN_LAMBDA, wf.RUN_BATCH, wf.RUN_BATCH_GPU,
+        wf.READ_OUTCOME, wf.EXECUTE, wf.SIM_LAMBDA, wf.SIM_BATCH, wf.SIM_BATCH_GPU, wf.WAIT_QPU,
+        wf.FAN_OUT, wf.START_CHILDREN, wf.INLINE_OR_DISTRIBUTED, wf.RUN_CHILDREN,
+        wf.RUN_CHILDREN_DISTRIBUTED, wf.RUN_CHILD, wf.RUN_CHILD_DISTRIBUTED, wf.FAN_IN, wf.FINALISE,
+        wf.JOB_DONE, wf.FAIL_JOB, wf.JOB_FAILED, wf.RECORD_FAILURE, wf.UNROUTABLE, wf.FAILURE_NOT_RECORDED,
+    }
+    assert names == expected
+
+
+def test_state_machine_may_submit_to_its_batch_queues(template: Template, stack) -> None:
+    c = stack.compute
+    template.has_resource_properties(
+        "AWS::IAM::Policy",
+        {
+            "Roles": [stack.resolve(stack.workflow.state_machine.role.role_name)],
+            "PolicyDocument": {
+                "Statement": Match.array_with([
+                    Match.object_like({
+                        "Action": "batch:SubmitJob",
+                        "Resource": [stack.resolve(x) for x in (
+                            c.cpu_queue.job_queue_arn, c.gpu_queue.job_queue_arn,
+                            c.cpu_job.job_definition_arn, c.gpu_job.job_definition_arn,
+                        )],
+                    })
+                ])
+            },
+        },
+    )
+
+
+def test_ended_executions_reach_fail_job(template: Template, stack) -> None:
+    template.has_resource_properties(
+        "AWS::Events::Rule",
+        {
+            "EventPattern": {
+                "source": ["aws.states"],
+                "detail-type": ["Step Functions Execution Status Change"],
+                "detail": {
+                    "status": ["FAILED", "TIMED_OUT", "ABORTED"],
+                    "stateMachineArn": [stack.resolve(stack.workflow.state_machine.state_machine_arn)],
+                },
+            },
+            "Targets": [Match.object_like({"Arn": stack.resolve(stack.compute.functions["fail_job"].function_arn)})],
+        },
+    )
