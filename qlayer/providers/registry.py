@@ -113,6 +113,11 @@ class _DispatchOnly(SyncProvider):
         return self.inner.target(backend)
 
     def run(self, backend: str, request: ExecuteRequest) -> PrimitiveResult:
+        if backend == "braket_local":  # runs in-process at submit: nothing to wait for
+            import uuid
+
+            job_id = self.inner.submit(backend, request, idempotency_key=uuid.uuid4().hex)
+            return self.inner.result(job_id)
         raise BackendError(
             f"{backend} is a {self.inner.name} backend with its own queue: it is submitted "
             "through the dispatcher (qlayer.dispatch.submit_once / poll_once), not run in a worker"
