@@ -99,7 +99,11 @@ def test_daemon_killed_mid_execute_never_submits_twice(client, side, markers):
     job = client.run(CHAIN, chain_args(side, markers, **SLOW_EXECUTE))
     other = client.run(CHAIN, chain_args(side, markers, "measure"))
     helpers.wait_device_running(client, job.job_id)
+    # Kill only when the other worker is blocked mid-stage too: a stage between its
+    # last line and its recorded outcome has not completed and may rightly run again.
+    helpers.wait_file(markers / f"{other.job_id}.measure.started", "the other job to wait")
     assert any(e["event"] == "device running" for e in job.timeline())
+    assert helpers.device_rows(client, job.job_id)[0]["status"] == "RUNNING"
 
     helpers.kill_daemon(client)
     (markers / "go").touch()
@@ -114,7 +118,10 @@ def test_daemon_killed_mid_execute_never_submits_twice(client, side, markers):
 def test_daemon_killed_repeatedly_loses_nothing(client, side, markers):
     jobs = [client.run(CHAIN, chain_args(side, markers, "measure")) for _ in range(4)]
     for _round in range(2):
-        wait_for(lambda: any(markers.glob("*.measure.started")), 60, "a stage to wait")
+        # Both workers blocked mid-stage: no stage is between its end and its record.
+        wait_for(
+            lambda: len(list(markers.glob("*.measure.started"))) == 2, 60, "two stages to wait"
+        )
         helpers.kill_daemon(client)
         for marker in markers.glob("*.started"):
             marker.unlink()
