@@ -1,0 +1,312 @@
+"""BraketProvider: LocalSimulator offline end to end; the AWS path through stubbed boto3 clients.
+
+The AWS clients are real botocore clients with ``botocore.stub.Stubber`` attached: every
+request is checked against the Braket/S3 API models and answered locally, so no test
+reaches AWS (the Stubber raises on any call it was not told to expect).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+pytest.importorskip("braket")
+pytest.importorskip("qiskit_braket_provider")
+
+from qiskit import QuantumCircuit  # noqa: E402
+from qiskit.circuit import Parameter  # noqa: E402
+from qiskit.primitives import PrimitiveResult  # noqa: E402
+from qiskit.quantum_info import SparsePauliOp  # noqa: E402
+
+from qlayer.providers.base import ProviderError  # noqa: E402
+from qlayer.providers.braket import BraketProvider, classify  # noqa: E402
+from qlayer.request import ExecuteRequest  # noqa: E402
+
+SV1 = "arn:aws:braket:::device/quantum-simulator/amazon/sv1"
+TASK = "arn:aws:braket:us-east-1:123456789012:quantum-task/11111111-2222-3333-4444-555555555555"
+
+
+def ghz(n=3):
+    circuit = QuantumCircuit(n)
+    circuit.h(0)
+    for i in range(n - 1):
+        circuit.cx(i, i + 1)
+    return circuit
+
+
+def test_local_simulator_ghz_counts():
+    provider = BraketProvider()
+    request = ExecuteRequest(
+        "sampler", [ghz().measure_all(inplace=False)], "braket_local", "n", shots=300
+    )
+    job_id = provider.submit("braket_local", request, idempotency_key="job/1")
+    assert provider.submit("braket_local", request, idempotency_key="job/1") == job_id  # no rerun
+    assert provider.status(job_id).state == "DONE"
+    result = provider.result(job_id)
+    assert isinstance(result, PrimitiveResult)
+    counts = result[0].data.meas.get_counts()
+    assert set(counts) <= {"000", "111"} and sum(counts.values()) == 300
+    assert min(counts.values()) > 90
+
+
+def test_local_simulator_registers_parameters_and_partial_measurement():
+    theta = Parameter("t")
+    circuit = QuantumCircuit(2, 2)
+    circuit.rx(theta, 0)
+    circuit.measure(0, 1)  # qubit 0 into clbit 1; clbit 0 never written
+    provider = BraketProvider()
+    request = ExecuteRequest(
+        "sampler", [(circuit, [[0.0], [3.141592653589793]])], "braket_local", "n", shots=50
+    )
+    result = provider.result(provider.submit("braket_local", request, idempotency_key="job/2"))
+    data = result[0].data.c
+    assert data.shape == (2,) and data.num_shots == 50
+    assert data[0].get_counts() == {"00": 50} and data[1].get_counts() == {"10": 50}
+
+
+def test_local_simulator_estimator_values():
+    a = Parameter("a")
+    circuit = QuantumCircuit(2)
+    circuit.ry(a, 0)
+    circuit.cx(0, 1)
+    observable = SparsePauliOp(["ZZ", "XX", "IZ", "II"], [1.0, 0.5, 1.0, 0.25])
+    provider = BraketProvider()
+    request = ExecuteRequest(
+        "estimator",
+        [(circuit, observable, [[0.0], [1.5707963267948966]])],
+        "braket_local",
+        "n",
+        precision=0.02,
+    )
+    result = provider.result(provider.submit("braket_local", request, idempotency_key="job/3"))
+    evs, stds = result[0].data.evs, result[0].data.stds
+    assert evs.shape == (2,)
+    # |00>: <ZZ>=1 <XX>=0 <IZ>=1 -> 2.25; Bell: <ZZ>=1 <XX>=1 <IZ>=0 -> 1.75
+    assert evs[0] == pytest.approx(2.25, abs=0.1) and evs[1] == pytest.approx(1.75, abs=0.1)
+    assert 0 <= stds[0] < 0.05 and result[0].metadata["shots"] == 2500
+
+
+# ----------------------------------------------------------------------------- AWS path
+
+
+@pytest.fixture
+def aws():
+    import botocore.session
+    from botocore.stub import Stubber
+
+    session = botocore.session.get_session()
+    session.set_credentials("AKIDEXAMPLE", "secret")
+    braket = session.create_client("braket", region_name="us-east-1")
+    s3 = session.create_client("s3", region_name="us-east-1")
+    with Stubber(braket) as braket_stub, Stubber(s3) as s3_stub:
+        yield braket, s3, braket_stub, s3_stub
+        braket_stub.assert_no_pending_responses()
+        s3_stub.assert_no_pending_responses()
+
+
+def provider_on(aws):
+    braket, s3, _, _ = aws
+    return BraketProvider(braket_client=braket, s3_client=s3, s3_folder=("qlayer-results", "runs"))
+
+
+def task(status, **extra):
+    return {
+        "quantumTaskArn": TASK,
+        "status": status,
+        "deviceArn": SV1,
+        "deviceParameters": "{}",
+        "shots": 100,
+        "outputS3Bucket": "qlayer-results",
+        "outputS3Directory": "runs/tasks/t1",
+        "createdAt": "2026-01-01T00:00:00Z",
+        **extra,
+    }
+
+
+def manifest_key(key):
+    return f"runs/manifests/{hashlib.sha256(key.encode()).hexdigest()[:40]}.json"
+
+
+def test_aws_submit_uses_client_token_tags_and_manifest(aws):
+    from botocore.stub import ANY
+
+    _, _, braket_stub, s3_stub = aws
+    key = "job-9/2"
+    s3_stub.add_client_error(
+        "get_object",
+        "NoSuchKey",
+        http_status_code=404,
+        expected_params={"Bucket": "qlayer-results", "Key": manifest_key(key)},
+    )
+    braket_stub.add_response(
+        "create_quantum_task",
+        {"quantumTaskArn": TASK},
+        {
+            "action": ANY,
+            "clientToken": hashlib.sha256(f"{key}#0".encode()).hexdigest(),
+            "deviceArn": SV1,
+            "outputS3Bucket": "qlayer-results",
+            "outputS3KeyPrefix": "runs/tasks",
+            "shots": 100,
+            "tags": {"qlayer-key": key, "qlayer-run": "0"},
+        },
+    )
+    s3_stub.add_response(
+        "put_object",
+        {},
+        {
+            "Bucket": "qlayer-results",
+            "Key": manifest_key(key),
+            "Body": ANY,
+            "ContentType": "application/json",
+        },
+    )
+    provider = provider_on(aws)
+    request = ExecuteRequest(
+        "sampler", [ghz().measure_all(inplace=False)], "braket_sv1", "n", shots=100
+    )
+    job_id = provider.submit("braket_sv1", request, idempotency_key=key)
+    assert job_id == f"s3://qlayer-results/{manifest_key(key)}"
+    # Same key again: found, nothing created.
+    assert provider.submit("braket_sv1", request, idempotency_key=key) == job_id
+
+
+def _manifest_body(key):
+    from qlayer.providers.braket import expand
+
+    _, _, recipe = expand(
+        ExecuteRequest("sampler", [ghz().measure_all(inplace=False)], "braket_sv1", "n", shots=2)
+    )
+    body = {
+        "key": key,
+        "backend": "braket_sv1",
+        "device_arn": SV1,
+        "tasks": [TASK],
+        "recipe": recipe,
+    }
+    return json.dumps(body).encode()
+
+
+def _stream(data: bytes):
+    import io
+
+    from botocore.response import StreamingBody
+
+    return StreamingBody(io.BytesIO(data), len(data))
+
+
+def test_aws_redelivery_in_a_fresh_process_finds_the_manifest(aws):
+    _, _, braket_stub, s3_stub = aws
+    key = "job-9/2"
+    s3_stub.add_response(
+        "get_object",
+        {"Body": _stream(_manifest_body(key))},
+        {"Bucket": "qlayer-results", "Key": manifest_key(key)},
+    )
+    request = ExecuteRequest(
+        "sampler", [ghz().measure_all(inplace=False)], "braket_sv1", "n", shots=2
+    )
+    job_id = provider_on(aws).submit("braket_sv1", request, idempotency_key=key)
+    assert job_id.endswith(manifest_key(key))  # no create_quantum_task was stubbed: none happened
+
+
+def test_aws_status_result_and_cancel(aws):
+    _, _, braket_stub, s3_stub = aws
+    key = "job-9/2"
+    job_id = f"s3://qlayer-results/{manifest_key(key)}"
+    s3_stub.add_response(
+        "get_object",
+        {"Body": _stream(_manifest_body(key))},
+        {"Bucket": "qlayer-results", "Key": manifest_key(key)},
+    )
+    braket_stub.add_response(
+        "get_quantum_task",
+        task("QUEUED", queueInfo={"queue": "QUANTUM_TASKS_QUEUE", "position": "4"}),
+        {"quantumTaskArn": TASK, "additionalAttributeNames": ["QueueInfo"]},
+    )
+    braket_stub.add_response("get_quantum_task", task("QUEUED"), {"quantumTaskArn": TASK})
+    braket_stub.add_response(
+        "cancel_quantum_task",
+        {"quantumTaskArn": TASK, "cancellationStatus": "CANCELLING"},
+        {
+            "quantumTaskArn": TASK,
+            "clientToken": hashlib.sha256(f"cancel#{TASK}".encode()).hexdigest(),
+        },
+    )
+    braket_stub.add_response("get_quantum_task", task("COMPLETED"), {"quantumTaskArn": TASK})
+    results = {
+        "braketSchemaHeader": {"name": "braket.task_result.gate_model_task_result", "version": "1"},
+        "measurements": [[0, 0, 0], [1, 1, 1]],
+        "measuredQubits": [0, 1, 2],
+        "taskMetadata": {
+            "braketSchemaHeader": {"name": "braket.task_result.task_metadata", "version": "1"},
+            "id": TASK,
+            "shots": 2,
+            "deviceId": SV1,
+        },
+        "additionalMetadata": {
+            "action": {
+                "braketSchemaHeader": {"name": "braket.ir.openqasm.program", "version": "1"},
+                "source": "OPENQASM 3.0;",
+            }
+        },
+    }
+    s3_stub.add_response(
+        "get_object",
+        {"Body": _stream(json.dumps(results).encode())},
+        {"Bucket": "qlayer-results", "Key": "runs/tasks/t1/results.json"},
+    )
+    provider = provider_on(aws)
+    status = provider.status(job_id)
+    assert status.state == "QUEUED" and status.queue_position == 4
+    provider.cancel(job_id)
+    result = provider.result(job_id)
+    assert result[0].data.meas.get_counts() == {"000": 1, "111": 1}
+
+
+def test_aws_errors_are_classified(aws):
+    braket, _, braket_stub, _ = aws
+    braket_stub.add_client_error("get_quantum_task", "ThrottlingException", "Rate exceeded", 429)
+    braket_stub.add_client_error(
+        "get_quantum_task", "ValidationException", "shots must be <= 100000", 400
+    )
+    from botocore.exceptions import ClientError
+
+    with pytest.raises(ClientError) as first:
+        braket.get_quantum_task(quantumTaskArn=TASK)
+    assert classify(first.value, "poll").retryable
+    with pytest.raises(ClientError) as second:
+        braket.get_quantum_task(quantumTaskArn=TASK)
+    error = classify(second.value, "submit")
+    assert not error.retryable and "shots must be <= 100000" in str(error)
+    from botocore.exceptions import EndpointConnectionError
+
+    assert classify(EndpointConnectionError(endpoint_url="https://x"), "submit").retryable
+
+
+def test_missing_s3_folder_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("QLAYER_BRAKET_S3", raising=False)
+    with pytest.raises(ProviderError, match="QLAYER_BRAKET_S3"):
+        BraketProvider(braket_client=object(), s3_client=object()).find_job("braket_sv1", "k")
+
+
+def test_registry_routes_braket_names():
+    from qlayer.providers import registry
+
+    info = registry.resolve("braket_local")
+    assert (info.provider, info.kind) == ("braket", "simulator")
+    assert registry.resolve("braket_ionq_aria").kind == "qpu"
+    assert registry.resolve(SV1).provider == "braket"
+    listed = {b.name: b.to_json() for b in registry.known_backends()}
+    assert (
+        listed["braket_sv1"]["max_concurrency"] == 35 and listed["braket_sv1"]["reachable"] is None
+    )
+    result = registry.provider_for("braket_local").run(
+        "braket_local",
+        ExecuteRequest(
+            "sampler", [ghz(2).measure_all(inplace=False)], "braket_local", "n", shots=20
+        ),
+    )
+    assert sum(result[0].data.meas.get_counts().values()) == 20
