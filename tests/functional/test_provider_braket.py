@@ -15,14 +15,14 @@ import pytest
 pytest.importorskip("braket")
 pytest.importorskip("qiskit_braket_provider")
 
-from qiskit import QuantumCircuit  # noqa: E402
-from qiskit.circuit import Parameter  # noqa: E402
-from qiskit.primitives import PrimitiveResult  # noqa: E402
-from qiskit.quantum_info import SparsePauliOp  # noqa: E402
+from qiskit import QuantumCircuit
+from qiskit.circuit import Parameter
+from qiskit.primitives import PrimitiveResult
+from qiskit.quantum_info import SparsePauliOp
 
-from qlayer.providers.base import ProviderError  # noqa: E402
-from qlayer.providers.braket import BraketProvider, classify  # noqa: E402
-from qlayer.request import ExecuteRequest  # noqa: E402
+from qlayer.providers.base import ProviderError
+from qlayer.providers.braket import BraketProvider, classify
+from qlayer.request import ExecuteRequest
 
 SV1 = "arn:aws:braket:::device/quantum-simulator/amazon/sv1"
 TASK = "arn:aws:braket:us-east-1:123456789012:quantum-task/11111111-2222-3333-4444-555555555555"
@@ -198,7 +198,7 @@ def _stream(data: bytes):
 
 
 def test_aws_redelivery_in_a_fresh_process_finds_the_manifest(aws):
-    _, _, braket_stub, s3_stub = aws
+    _, _, _braket_stub, s3_stub = aws
     key = "job-9/2"
     s3_stub.add_response(
         "get_object",
