@@ -218,13 +218,15 @@ class SPSA:
 
     All of its state is plain JSON, so it travels between stages in ``state``. Each
     iteration evaluates the current point and ``resamplings`` pairs ``theta +/- c_k delta``
-    in one batch. The first gradient calibrates the gain so that the first step moves each
-    parameter by about ``first_step`` radians (Spall's recommendation, as in Qiskit's SPSA).
+    in one batch. The first iteration uses ``calibration`` pairs instead, and their mean
+    slope sets the gain so that the first step moves each parameter by about
+    ``first_step`` radians (Spall's recommendation, as in Qiskit's SPSA).
 
     Attributes:
         theta: The current point.
         seed: Seed of the perturbation directions.
         resamplings: Gradient estimates averaged per iteration.
+        calibration: Gradient estimates of the first (calibrating) iteration.
         first_step: Target size of the first step, in radians per parameter.
         perturbation: ``c`` in ``c_k = c / (k + 1) ** 0.101``.
         stability: ``A`` in ``a_k = a / (k + 1 + A) ** 0.602``.
@@ -239,7 +241,8 @@ class SPSA:
     theta: list[float]
     seed: int
     resamplings: int = 2
-    first_step: float = 0.05
+    calibration: int = 10
+    first_step: float = 0.1
     perturbation: float = 0.1
     stability: float = 5.0
     k: int = 0
@@ -265,12 +268,13 @@ class SPSA:
         """The points to evaluate next: the current point, then ``+`` and ``-`` perturbations.
 
         Returns:
-            ``1 + 2 * resamplings`` parameter vectors.
+            The current point, then the ``+`` and ``-`` points of each direction.
         """
         import numpy as np
 
         rng = np.random.default_rng([self.seed, self.k])
-        deltas = rng.choice([-1, 1], size=(self.resamplings, len(self.theta)))
+        samples = self.calibration if self.gain is None else self.resamplings
+        deltas = rng.choice([-1, 1], size=(samples, len(self.theta)))
         self.deltas = deltas.tolist()
         theta = np.asarray(self.theta)
         c = self._c()
@@ -287,17 +291,19 @@ class SPSA:
         import numpy as np
 
         values = np.asarray(energies, dtype=float)
-        r = self.resamplings
-        current, plus, minus = values[0], values[1 : 1 + r], values[1 + r : 1 + 2 * r]
         deltas = np.asarray(self.deltas, dtype=float)
+        r = len(deltas)
+        current, plus, minus = values[0], values[1 : 1 + r], values[1 + r : 1 + 2 * r]
         c = self._c()
-        gradient = np.mean([(plus[i] - minus[i]) / (2 * c) * deltas[i] for i in range(r)], axis=0)
+        slopes = (plus - minus) / (2 * c)
+        gradient = np.mean(slopes[:, None] * deltas, axis=0)
         self.history.append(float(current))
         if self.best_energy is None or current < self.best_energy:
             self.best_energy = float(current)
             self.best_theta = list(self.theta)
         if self.gain is None:
-            magnitude = float(np.mean(np.abs(gradient)))
+            # Spall's calibration, as in Qiskit's SPSA: the mean directional slope sets the gain
+            magnitude = float(np.mean(np.abs(slopes)))
             self.gain = self.first_step * (1 + self.stability) ** 0.602 / max(magnitude, 1e-9)
         step = self.gain / (self.k + 1 + self.stability) ** 0.602
         self.theta = (np.asarray(self.theta) - step * gradient).tolist()
