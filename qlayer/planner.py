@@ -166,7 +166,8 @@ def plan(backend: BackendInfo, load: Workload, limits: Limits) -> Plan:
     method = choose_method(backend, load)
     need = memory_mb(method, load.qubits)
     time = seconds(method, load)
-    base = {"method": method, "qubits": load.qubits, "depth": load.depth, "memory_mb": need, "seconds": round(time, 3)}
+    def made(tier: str, reason: str) -> Plan:
+        return Plan(tier, method, load.qubits, load.depth, need, round(time, 3), reason)
 
     if limits.local_memory_mb is not None:
         if need > limits.local_memory_mb:
@@ -176,16 +177,16 @@ def plan(backend: BackendInfo, load: Workload, limits: Limits) -> Plan:
                 + _advice(backend, method)
             )
         tier = "qpu" if backend.kind == "qpu" else "local"
-        return Plan(tier=tier, reason=f"local: {_human(need)} of {_human(limits.local_memory_mb)}", **base)
+        return made(tier, f"local: {_human(need)} of {_human(limits.local_memory_mb)}")
 
     if backend.kind == "qpu":
-        return Plan(tier="qpu", reason=f"queued to {backend.provider} device {backend.name}", **base)
+        return made("qpu", f"queued to {backend.provider} device {backend.name}")
     if need <= limits.lambda_memory_mb and time <= limits.lambda_seconds * 0.5:
-        return Plan(tier="lambda", reason=f"fits Lambda: {_human(need)}, ~{time:.0f} s", **base)
+        return made("lambda", f"fits Lambda: {_human(need)}, ~{time:.0f} s")
     if method == "statevector" and need <= limits.gpu_memory_mb and load.qubits >= 26:
-        return Plan(tier="batch-gpu", reason=f"{load.qubits}-qubit statevector on a GPU", **base)
+        return made("batch-gpu", f"{load.qubits}-qubit statevector on a GPU")
     if need <= limits.batch_memory_mb:
-        return Plan(tier="batch", reason=f"Batch CPU: {_human(need)}, ~{time:.0f} s", **base)
+        return made("batch", f"Batch CPU: {_human(need)}, ~{time:.0f} s")
     raise PlannerError(
         f"simulating {load.qubits} active qubits with {method} needs about {_human(need)}; "
         f"no tier can serve it (Lambda {_human(limits.lambda_memory_mb)}, Batch "
