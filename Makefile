@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed pyproject.toml
-	$(PIP) install -q -e '.[dev,aws,infra]'
+	$(PIP) install -q -e '.[dev,aws,infra,braket]'
 	touch $@
 
 install: $(VENV)/.installed
