@@ -27,7 +27,7 @@ from qlayer import Done, Execute, FanOut, Param, StageContext, Workflow
 wf = Workflow(
     "parameter_sweep",
     params={
-        "points": Param(int, 61, "number of angles in [theta_min, theta_max]"),
+        "points": Param(int, 61, "number of angles from theta_min to theta_max"),
         "theta_min": Param(float, 0.0, "first angle (radians)"),
         "theta_max": Param(float, 2 * math.pi, "last angle (radians)"),
         "shots": Param(int, 2000, "shots per point"),
