@@ -1,0 +1,336 @@
+"""The client of the AWS substrate: the same methods as the local ``Client``/``Job``.
+
+Example:
+    >>> from qlayer import Client
+    >>> client = Client.aws(stack="Qlayer", region="eu-west-1")
+    >>> job = client.run("examples/ghz.py", {"qubits": 3})
+    >>> job.info()["console_url"]      # watch it in the Step Functions console
+    >>> job.result(wait=True)
+
+No network call happens until a method needs one: the stack's outputs are read
+(one DescribeStacks call) on first use.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from qlayer import keys
+from qlayer.aws.handlers import Services, cancel_provider_tasks
+from qlayer.aws.jobs import JobRecord
+from qlayer.errors import JobCancelled, JobFailed, ProgramError
+from qlayer.interpreter import Decision
+from qlayer.status import JobStatus
+from qlayer.workflow import Workflow
+
+ProgressCallback = Callable[[dict[str, Any]], None]
+
+
+def console_url(execution_arn: str, region: str | None = None) -> str:
+    """The Step Functions console page of one execution."""
+    region = region or execution_arn.split(":")[3]
+    return (
+        f"https://{region}.console.aws.amazon.com/states/home?region={region}"
+        f"#/v2/executions/details/{execution_arn}"
+    )
+
+
+def prepare_job(
+    svc: Services,
+    program: str | os.PathLike[str] | Workflow,
+    arguments: Mapping[str, Any] | None,
+    *,
+    backend: str | None = None,
+) -> str:
+    """Upload the program, write the job's input and first stage input, put its row.
+
+    Returns the new job id; nothing is started (see :meth:`AwsClient.run`).
+    """
+    from qlayer.client import new_job_id
+    from qlayer.program import bundle, load_path, upload
+    from qlayer.providers.registry import resolve
+    from qlayer.steps import first_input
+
+    if isinstance(program, Workflow):
+        if not program.source_path:
+            raise ProgramError("this Workflow was not defined in a file; pass the program's path")
+        path = Path(program.source_path)
+    else:
+        path = Path(program)
+    program_bundle = bundle(path)
+    workflow = program if isinstance(program, Workflow) else load_path(path)
+    bound = workflow.bind_arguments(dict(arguments or {}))
+    chosen = backend or workflow.backend
+    resolve(chosen)
+    program_id = upload(svc.store, program_bundle)
+    job_id = new_job_id()
+    first = workflow.first_stage
+    input_key = first_input(svc.store, job_id, first, bound)
+    decision = Decision(
+        "next", seq=0, stage=first, input_key=input_key, compute=workflow.stages[first].compute.to_json()
+    )
+    svc.store.put_json(
+        keys.job_input(job_id),
+        {
+            "program_id": program_id,
+            "workflow": workflow.name,
+            "arguments": bound,
+            "backend": chosen,
+            "first": decision.to_json(),
+            "prepared": True,
+        },
+    )
+    svc.jobs.put_job(
+        job_id, program_id=program_id, workflow=workflow.name, arguments=bound, backend=chosen, stage=first
+    )
+    return job_id
+
+
+class AwsClient:
+    """Entry point to a deployed qlayer stack.
+
+    Args:
+        stack: The CloudFormation stack name (``cdk deploy`` default: ``Qlayer``).
+        region: AWS region (default: the session's).
+        session: A ``boto3.Session`` (default: a new one).
+        services: Ready-made :class:`Services` (tests); skips reading the stack.
+    """
+
+    def __init__(
+        self,
+        stack: str = "Qlayer",
+        region: str | None = None,
+        session: Any = None,
+        *,
+        services: Services | None = None,
+    ) -> None:
+        self.stack = stack
+        self.region = region
+        self._session = session
+        self._services = services
+
+    def __repr__(self) -> str:
+        return f"<AwsClient stack={self.stack!r} region={self.region!r}>"
+
+    @property
+    def services(self) -> Services:
+        if self._services is None:
+            import boto3
+
+            from qlayer.aws.config import AwsConfig
+
+            session = self._session or boto3.Session(region_name=self.region)
+            region = self.region or session.region_name
+            config = AwsConfig.from_stack(self.stack, session.client("cloudformation"), region)
+            self._services = Services.create(config, session)
+        return self._services
+
+    # -- jobs ------------------------------------------------------------------------
+    def run(
+        self,
+        program: str | os.PathLike[str] | Workflow,
+        arguments: Mapping[str, Any] | None = None,
+        *,
+        backend: str | None = None,
+    ) -> AwsJob:
+        """Submit a program and return at once (the execution is named by the job id).
+
+        Raises:
+            ProgramError: The program is missing, does not parse, or defines no Workflow.
+            ArgumentError: The arguments do not match the declared parameters.
+            BackendError: The backend name is unknown.
+        """
+        from qlayer.aws.handlers import start_execution
+
+        svc = self.services
+        job_id = prepare_job(svc, program, arguments, backend=backend)
+        start_execution(svc, job_id)
+        return AwsJob(self, job_id)
+
+    def job(self, job_id: str) -> AwsJob:
+        """A handle on an existing job (raises JobNotFound if there is none)."""
+        record = self.services.jobs.get(job_id)
+        return AwsJob(self, job_id, record)
+
+    def jobs(self, *, limit: int = 50, status: str | None = None) -> list[AwsJob]:
+        """Recent top-level jobs, newest first."""
+        return [AwsJob(self, r.job_id, r) for r in self.services.jobs.list_jobs(limit=limit, status=status)]
+
+    def backends(self) -> list[dict[str, Any]]:
+        """Every backend the configuration knows."""
+        from qlayer.providers.registry import known_backends
+
+        return [info.to_json() for info in known_backends()]
+
+
+class AwsJob:
+    """A handle on one job of the AWS substrate. Rebuild it with ``client.job(job_id)``."""
+
+    def __init__(self, client: AwsClient, job_id: str, record: JobRecord | None = None) -> None:
+        self.client = client
+        self.job_id = job_id
+        self._record = record
+
+    def __repr__(self) -> str:
+        return f"<AwsJob {self.job_id}>"
+
+    @property
+    def _svc(self) -> Services:
+        return self.client.services
+
+    def _fetch(self) -> JobRecord:
+        self._record = self._svc.jobs.get(self.job_id)
+        return self._record
+
+    def status(self) -> JobStatus:
+        """The job's status, one of :class:`JobStatus`."""
+        return self._fetch().status
+
+    def console_url(self) -> str | None:
+        record = self._record or self._fetch()
+        if not record.execution_arn:
+            return None
+        return console_url(record.execution_arn, self._svc.config.region)
+
+    def info(self) -> dict[str, Any]:
+        """The job's status record as JSON, with the Step Functions console URL."""
+        row = self._fetch()
+        info: dict[str, Any] = {
+            "job_id": row.job_id,
+            "status": row.status.value,
+            "stage": row.stage,
+            "seq": row.seq,
+            "workflow": row.workflow,
+            "backend": row.backend,
+            "arguments": row.arguments,
+            "message": row.message,
+            "error_type": row.error_type,
+            "created_at": row.created_at,
+            "updated_at": row.updated_at,
+            "finished_at": row.finished_at,
+            "provider_job_ids": row.provider_job_ids,
+            "execution_arn": row.execution_arn,
+            "console_url": self.console_url(),
+        }
+        if row.children_total:
+            children = [c for c in self.children_records(row) if c is not None]
+            done = sum(1 for c in children if c.status == JobStatus.DONE)
+            info["children"] = {"total": row.children_total, "done": done}
+        if row.parent_id:
+            info["parent_id"] = row.parent_id
+            info["item_index"] = row.item_index
+        return info
+
+    def result(
+        self, wait: bool = True, timeout: float | None = None, *, progress: ProgressCallback | None = None
+    ) -> Any:
+        """The job's final result.
+
+        Raises:
+            JobFailed: The job ended in ERROR; the message is the recorded reason.
+            JobCancelled: The job was cancelled.
+            TimeoutError: ``timeout`` passed first.
+        """
+        row = self.wait(timeout=timeout, progress=progress) if wait else self._fetch()
+        if row.status == JobStatus.DONE:
+            return self._svc.store.get_value(keys.job_result(self.job_id))
+        if row.status == JobStatus.ERROR:
+            reason = f"{row.error_type}: {row.message}" if row.error_type else str(row.message)
+            raise JobFailed(self.job_id, reason)
+        if row.status == JobStatus.CANCELLED:
+            raise JobCancelled(f"job {self.job_id} was cancelled")
+        raise RuntimeError(f"job {self.job_id} has not finished (status {row.status.value}); use wait=True")
+
+    def wait(
+        self,
+        timeout: float | None = None,
+        *,
+        progress: ProgressCallback | None = None,
+        poll_s: float = 0.5,
+        max_poll_s: float = 10.0,
+    ) -> JobRecord:
+        """Block until the job ends, polling the jobs table with backoff."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = poll_s
+        last_seen: tuple[Any, ...] | None = None
+        while True:
+            row = self._fetch()
+            seen = (row.status, row.stage, row.seq)
+            if progress is not None and seen != last_seen:
+                progress(self.info())
+            last_seen = seen
+            if row.status.is_final:
+                return row
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                raise TimeoutError(f"job {self.job_id} still {row.status.value} after {timeout} s")
+            time.sleep(delay if deadline is None else min(delay, max(0.0, deadline - now)))
+            delay = min(delay * 1.5, max_poll_s)
+
+    def cancel(self) -> bool:
+        """Stop the execution, cancel the provider job and the children. False if it had ended."""
+        from botocore.exceptions import ClientError
+
+        svc = self._svc
+        if not svc.jobs.request_cancel(self.job_id):
+            return False
+        record = self._fetch()
+        if record.execution_arn:
+            try:
+                svc.sfn.stop_execution(executionArn=record.execution_arn, cause="cancelled by the user")
+            except ClientError as exc:
+                if exc.response["Error"]["Code"] != "ExecutionDoesNotExist":
+                    raise
+        svc.jobs.update(self.job_id, status=JobStatus.CANCELLED, clear_stage=True, event="cancelled")
+        cancel_provider_tasks(svc, record)
+        for child in self.children():
+            child.cancel()
+        return True
+
+    def timeline(self) -> list[dict[str, Any]]:
+        """Stage events in order: submitted, started, finished, errors, provider jobs."""
+        return list(self._fetch().timeline)
+
+    def logs(self) -> str:
+        """Everything the stages logged (tracebacks included), in step order."""
+        store = self._svc.store
+        parts = []
+        for key in store.list(keys.logs_prefix(self.job_id)):
+            name = key.rsplit("/", 1)[-1].removesuffix(".log")
+            seq, _, stage = name.partition("-")
+            parts.append(f"── step {int(seq)}: {stage} ──\n{store.get_text(key)}")
+        return "\n".join(parts)
+
+    def files(self) -> list[str]:
+        """Names of the files and plots the stages saved."""
+        prefix = keys.files_prefix(self.job_id)
+        return [key[len(prefix):] for key in self._svc.store.list(prefix)]
+
+    def download(self, name: str, destination: str | os.PathLike[str] | None = None) -> Path:
+        """Copy a saved file to ``destination`` (default: the current folder)."""
+        data = self._svc.store.get_bytes(keys.file_key(self.job_id, name))
+        target = Path(destination) if destination else Path(Path(name).name)
+        if target.is_dir():
+            target = target / Path(name).name
+        target.write_bytes(data)
+        return target
+
+    def children_records(self, record: JobRecord | None = None) -> list[JobRecord | None]:
+        from qlayer.steps import child_job_id
+
+        record = record or self._fetch()
+        ids = [child_job_id(self.job_id, record.fanout_seq, i) for i in range(record.children_total)]
+        return self._svc.jobs.get_many(ids)
+
+    def children(self) -> list[AwsJob]:
+        return [AwsJob(self.client, r.job_id, r) for r in self.children_records() if r is not None]
+
+    def error(self) -> dict[str, Any] | None:
+        """``jobs/<id>/error.json``: why the job failed, or None."""
+        key = keys.job_error(self.job_id)
+        return self._svc.store.get_json(key) if self._svc.store.exists(key) else None
+

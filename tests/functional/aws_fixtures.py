@@ -1,0 +1,125 @@
+"""Shared moto set-up for the AWS tests: a bucket, the two tables, a state machine, a queue.
+
+Every test that uses these runs against moto (``mock_aws``): no AWS account, no network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REGION = "us-east-1"
+BUCKET = "qlayer-test-artifacts"
+JOBS_TABLE = "qlayer-test-jobs"
+TASKS_TABLE = "qlayer-test-tasks"
+PROGRAMS = Path(__file__).parent / "programs"
+EVENTS = Path(__file__).parents[1] / "events"
+
+PASS_DEFINITION = json.dumps({"StartAt": "Wait", "States": {"Wait": {"Type": "Pass", "End": True}}})
+
+
+def event(name: str) -> dict[str, Any]:
+    """A sample event from tests/events/<name>.json."""
+    return json.loads((EVENTS / f"{name}.json").read_text())
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_REGION": REGION,
+    }.items():
+        monkeypatch.setenv(name, value)
+
+
+def create_tables(dynamodb: Any) -> None:
+    dynamodb.create_table(
+        TableName=JOBS_TABLE,
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[
+            {"AttributeName": "job_id", "AttributeType": "S"},
+            {"AttributeName": "kind", "AttributeType": "S"},
+            {"AttributeName": "created_at", "AttributeType": "S"},
+        ],
+        KeySchema=[{"AttributeName": "job_id", "KeyType": "HASH"}],
+        GlobalSecondaryIndexes=[{
+            "IndexName": "by_created",
+            "KeySchema": [{"AttributeName": "kind", "KeyType": "HASH"},
+                          {"AttributeName": "created_at", "KeyType": "RANGE"}],
+            "Projection": {"ProjectionType": "ALL"},
+        }],
+    )
+    dynamodb.create_table(
+        TableName=TASKS_TABLE,
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[
+            {"AttributeName": "idempotency_key", "AttributeType": "S"},
+            {"AttributeName": "status", "AttributeType": "S"},
+            {"AttributeName": "submitted_at", "AttributeType": "S"},
+        ],
+        KeySchema=[{"AttributeName": "idempotency_key", "KeyType": "HASH"}],
+        GlobalSecondaryIndexes=[{
+            "IndexName": "by_status",
+            "KeySchema": [{"AttributeName": "status", "KeyType": "HASH"},
+                          {"AttributeName": "submitted_at", "KeyType": "RANGE"}],
+            "Projection": {"ProjectionType": "ALL"},
+        }],
+    )
+
+
+@pytest.fixture
+def aws(aws_env: None, tmp_path: Path) -> Any:
+    """moto: bucket, tables, a Pass state machine and a queue, and Services over them."""
+    import boto3
+    from moto import mock_aws
+
+    from qlayer.aws.config import AwsConfig
+    from qlayer.aws.handlers import Services
+
+    with mock_aws():
+        session = boto3.Session(region_name=REGION)
+        session.client("s3").create_bucket(Bucket=BUCKET)
+        create_tables(session.client("dynamodb"))
+        iam = session.client("iam")
+        role = iam.create_role(
+            RoleName="sfn", AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []})
+        )["Role"]["Arn"]
+        machine = session.client("stepfunctions").create_state_machine(
+            name="qlayer-test-jobs", definition=PASS_DEFINITION, roleArn=role
+        )["stateMachineArn"]
+        queue = session.client("sqs").create_queue(QueueName="qlayer-dispatch")["QueueUrl"]
+        config = AwsConfig(
+            bucket=BUCKET, jobs_table=JOBS_TABLE, tasks_table=TASKS_TABLE,
+            state_machine_arn=machine, dispatch_queue_url=queue, region=REGION,
+        )
+        svc = Services.create(config, session, scratch=tmp_path / "scratch")
+        svc.session = session  # type: ignore[attr-defined]
+        yield svc
+
+
+def submit(svc: Any, program: str = "aws_tiny.py", arguments: dict[str, Any] | None = None,
+           backend: str | None = None) -> str:
+    """Submit like AwsClient.run does, without starting an execution; returns the job id."""
+    from qlayer.aws.client import prepare_job
+
+    return prepare_job(svc, PROGRAMS / program, arguments or {}, backend=backend)
+
+
+def lambda_env(svc: Any) -> dict[str, str]:
+    c = svc.config
+    return {
+        "QLAYER_BUCKET": c.bucket, "QLAYER_JOBS_TABLE": c.jobs_table, "QLAYER_TASKS_TABLE": c.tasks_table,
+        "QLAYER_STATE_MACHINE_ARN": c.state_machine_arn, "QLAYER_DISPATCH_QUEUE_URL": c.dispatch_queue_url,
+        "AWS_REGION": REGION,
+    }
+
+
+__all__ = ["aws", "aws_env", "event", "lambda_env", "submit"]
+_ = os
