@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from aws_cdk import Aws, Duration, RemovalPolicy, Stack
+from aws_cdk import Annotations, Aws, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
@@ -273,6 +273,12 @@ class JobWorkflow(Construct):
             run_child("RunChildDistributed", RUN_CHILD_DISTRIBUTED),
             mode=sfn.ProcessorMode.DISTRIBUTED,
             execution_type=sfn.ProcessorType.STANDARD,
+        )
+        # aws-cdk-lib 2.2xx validates ProcessorConfig.executionType but then warns that it is
+        # ignored in favour of mapExecutionType; both say STANDARD.
+        Annotations.of(distributed).acknowledge_warning(
+            "@aws-cdk/aws-stepfunctions:propertyIgnored",
+            "ProcessorConfig.executionType is required by CDK's own validation and equals the map's type",
         )
         self._catchables += [inline, distributed]
         fan_in = self._lambda(FAN_IN, fns["fan_in"])

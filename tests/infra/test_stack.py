@@ -63,3 +63,11 @@ def test_properties_reach_the_resources(tmp_path) -> None:
 def test_bad_properties_are_refused_with_a_reason(tmp_path, kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):
         QlayerStack(make_app(tmp_path), "Bad", **kwargs)
+
+
+def test_synthesis_leaves_no_warnings(synthesized) -> None:
+    from aws_cdk.assertions import Annotations as Found
+
+    stack, _ = synthesized
+    warnings = Found.from_stack(stack).find_warning("*", Match.any_value())
+    assert not warnings, [w.entry.data for w in warnings]
