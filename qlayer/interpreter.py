@@ -109,7 +109,7 @@ def route(workflow: Workflow, stage: str, returned: Any) -> Route:
         if name in workflow.stages:
             return None
         return (
-            f"stage {stage!r} returned {role}={name!r}, but workflow {workflow.name!r} has no "
+            f"stage {stage!r} returned {role}={name!r}), but workflow {workflow.name!r} has no "
             f"stage {name!r}; its stages are: {', '.join(workflow.stages)}"
         )
 
