@@ -349,6 +349,8 @@ def build(args: dict[str, Any], ctx: StageContext) -> Execute:
     if p < 1 or not 1 <= maxiter <= MAX_ITERATIONS or args["resamplings"] < 1:
         raise ValueError(f"need p >= 1, 1 <= maxiter <= {MAX_ITERATIONS}, resamplings >= 1")
     nodes, edges = _problem(args)
+    if args["graph"] == "regular" and (nodes < 4 or nodes % 2):
+        ctx.log.info("no 3-regular graph has %d nodes: drawing an Erdős-Rényi graph", nodes)
     ctx.log.info(
         "graph: %d nodes, %d edges (%s, seed %d)", nodes, len(edges), args["graph"], args["seed"]
     )

@@ -48,7 +48,7 @@ wf = Workflow(
     params={
         "reps": Param(int, 1, "entangling layers of the RY/CX ansatz"),
         "learning_rate": Param(float, 0.8, "gradient-descent step size"),
-        "gtol": Param(float, 1e-5, "stop when the gradient norm falls below this"),
+        "gtol": Param(float, 1e-5, "stop when the gradient norm falls below this (or its noise)"),
         "maxiter": Param(int, 200, f"iteration bound (at most {MAX_ITERATIONS})"),
         "seed": Param(int, 3, "seed of the small random offset of the starting point"),
         "precision": Param(float, 0.0, "estimator precision; 0 = exact on ideal simulators"),
@@ -220,7 +220,10 @@ def step(result: Any, ctx: StageContext) -> Execute | Done:
     iteration = len(history)
     if iteration == 1 or iteration % 10 == 0:
         ctx.log.info("iteration %d: E = %.8f Ha, |grad| = %.2e", iteration, energy, norm)
-    converged = norm < float(ctx.arguments["gtol"])
+    # With a finite estimator precision s, each gradient component carries noise s/sqrt(2):
+    # a gradient norm below twice that noise is as small as it can be measured.
+    noise_floor = 2 * float(ctx.arguments["precision"]) * math.sqrt(len(gradient) / 2)
+    converged = norm < max(float(ctx.arguments["gtol"]), noise_floor)
     if not converged and iteration < int(ctx.arguments["maxiter"]):
         rate = float(ctx.arguments["learning_rate"])
         next_theta = [t - rate * g for t, g in zip(theta, gradient, strict=True)]
