@@ -150,8 +150,10 @@ def run(
 
 @app.command()
 def status(job_id: str, as_json: bool = JsonOption, home: str | None = HomeOption) -> None:
-    """A job's status, current stage and timings."""
-    info = _client(home).job(job_id).info()
+    """A job's status, current stage, provider job ids and usage."""
+    job = _client(home).job(job_id)
+    info = job.info()
+    info["usage"] = job.usage()
     if as_json:
         _emit_json(info)
         return
@@ -166,6 +168,13 @@ def status(job_id: str, as_json: bool = JsonOption, home: str | None = HomeOptio
         table.add_row("items", f"{info['children']['done']}/{info['children']['total']} done")
     if info.get("provider_job_ids"):
         table.add_row("provider jobs", ", ".join(info["provider_job_ids"]))
+    used = info.get("usage") or {}
+    if used:
+        table.add_row(
+            "usage",
+            f"stages {used['stage_seconds']:.2f} s, simulators {used['simulator_seconds']:.2f} s, "
+            f"QPU {used['qpu_seconds']:.2f} s, {used['shots']} shots",
+        )
     out.print(table)
 
 
@@ -280,6 +289,24 @@ def timeline(job_id: str, as_json: bool = JsonOption, home: str | None = HomeOpt
         detail = json.dumps(event["detail"]) if event["detail"] else ""
         out.print(f"{stamp}  {event['seq'] if event['seq'] is not None else '-':>4}  "
                   f"{event['stage'] or '':<16} {event['event']:<22} {detail}", highlight=False)
+
+
+@app.command()
+def usage(job_id: str, as_json: bool = JsonOption, home: str | None = HomeOption) -> None:
+    """Shots, QPU seconds, simulator seconds and stage compute seconds of a job."""
+    used = _client(home).job(job_id).usage()
+    if as_json:
+        _emit_json(used)
+        return
+    table = Table(show_header=False, box=None)
+    table.add_row("stage compute", f"{used['stage_seconds']:.3f} s")
+    table.add_row("simulators", f"{used['simulator_seconds']:.3f} s")
+    table.add_row("QPU", f"{used['qpu_seconds']:.3f} s")
+    table.add_row("shots", str(used["shots"]))
+    table.add_row("execute requests", str(used["executes"]))
+    if used["provider_jobs"]:
+        table.add_row("provider jobs", ", ".join(used["provider_jobs"]))
+    out.print(table)
 
 
 @app.command()

@@ -283,6 +283,21 @@ class Job:
         target.write_bytes(data)
         return target
 
+    def usage(self) -> dict[str, Any]:
+        """Shots, QPU seconds, simulator seconds and stage compute seconds, children included."""
+        from qlayer import usage
+
+        prefix = keys.job_prefix(self.job_id) + "stages/"
+        requests: dict[int, dict[str, Any]] = {}
+        for key in self.client.store.list(prefix):
+            if key.endswith("-execute/request.json"):
+                seq = int(key[len(prefix):].split("-", 1)[0])
+                requests[seq] = self.client.store.get_json(key)
+        total = usage.from_timeline(self.timeline(), requests)
+        for child in self.children():
+            usage.add(total, child.usage())
+        return total
+
     def children(self) -> list[Job]:
         rows = self.client._conn.execute(
             "SELECT job_id FROM jobs WHERE parent_id = ? ORDER BY item_index", (self.job_id,)

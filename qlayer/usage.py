@@ -1,0 +1,101 @@
+"""Usage accounting per job, derived from its timeline and its execute requests.
+
+Nothing is counted twice or stored separately: the timeline already says when each
+step started and ended, and the request artifacts say how many shots were asked for.
+
+* ``stage_seconds``: wall time of stage steps (worker compute);
+* ``simulator_seconds``: wall time of execute steps run by simulators;
+* ``qpu_seconds``: time reported by QPU providers (simulated devices count their
+  simulation time here, as a real device reports its usage);
+* ``shots``: shots requested by sampler PUBs (parameter sets × shots);
+* ``executes``: execute requests; ``provider_jobs``: provider job ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+START_EVENTS = {"started", "device running"}
+END_EVENTS = {"finished", "error", "worker died, retrying", "cancelled", "device job cancelled"}
+
+
+def empty() -> dict[str, Any]:
+    return {
+        "stage_seconds": 0.0,
+        "simulator_seconds": 0.0,
+        "qpu_seconds": 0.0,
+        "shots": 0,
+        "executes": 0,
+        "provider_jobs": [],
+    }
+
+
+def from_timeline(
+    timeline: Iterable[Mapping[str, Any]], requests: Mapping[int, Mapping[str, Any]]
+) -> dict[str, Any]:
+    """Usage of one job (children not included).
+
+    Args:
+        timeline: The job's events in order (``Job.timeline()``).
+        requests: Execute request artifacts by step ``seq``; their planned tier
+            (``qpu`` or a simulator tier) says where execute time is counted.
+    """
+    total = empty()
+    open_steps: dict[tuple[int | None, str | None], float] = {}
+    for event in timeline:
+        key = (event.get("seq"), "execute" if event.get("stage") == "execute" else "stage")
+        name = event["event"]
+        if name in START_EVENTS:
+            open_steps[key] = event["at"]
+            if name == "device running":
+                provider_job = (event.get("detail") or {}).get("provider_job_id")
+                if provider_job and provider_job not in total["provider_jobs"]:
+                    total["provider_jobs"].append(provider_job)
+        elif name in END_EVENTS and key in open_steps:
+            seconds = event["at"] - open_steps.pop(key)
+            if key[1] == "stage":
+                total["stage_seconds"] += seconds
+            else:
+                tier = (requests.get(key[0] or 0, {}).get("plan") or {}).get("tier")
+                bucket = "qpu_seconds" if tier == "qpu" else "simulator_seconds"
+                total[bucket] += seconds
+    for request in requests.values():
+        total["executes"] += 1
+        total["shots"] += shots_of(request)
+    for field in ("stage_seconds", "simulator_seconds", "qpu_seconds"):
+        total[field] = round(total[field], 4)
+    return total
+
+
+def shots_of(request: Mapping[str, Any]) -> int:
+    """Shots a sampler request asks for: per PUB, parameter sets × shots."""
+    if request.get("primitive") != "sampler":
+        return 0
+    from qlayer import codec
+
+    default = request.get("shots") or 1024
+    pubs = codec.decode(request["pubs"], where="execute request PUBs")
+    total = 0
+    for pub in pubs:
+        sets, shots = 1, default
+        if isinstance(pub, tuple):
+            if len(pub) > 1 and pub[1] is not None:
+                import numpy as np
+
+                values = np.asarray(pub[1])
+                sets = int(np.prod(values.shape[:-1])) if values.ndim > 1 else 1
+            if len(pub) > 2 and pub[2] is not None:
+                shots = int(pub[2])
+        total += sets * shots
+    return total
+
+
+def add(into: dict[str, Any], other: Mapping[str, Any]) -> dict[str, Any]:
+    """Add ``other``'s usage (a child's) into ``into``."""
+    for field in ("stage_seconds", "simulator_seconds", "qpu_seconds"):
+        into[field] = round(into[field] + other[field], 4)
+    into["shots"] += other["shots"]
+    into["executes"] += other["executes"]
+    into["provider_jobs"] = [*into["provider_jobs"], *other["provider_jobs"]]
+    return into

@@ -1,0 +1,47 @@
+"""Usage accounting is derived from the timeline and the execute requests."""
+
+from __future__ import annotations
+
+import numpy as np
+from qiskit import QuantumCircuit
+from qiskit.circuit import Parameter
+
+from qlayer import codec
+from qlayer.usage import add, from_timeline, shots_of
+
+
+def request(primitive: str, pubs, shots=None, tier="local"):
+    return {"primitive": primitive, "pubs": codec.encode(pubs), "shots": shots, "plan": {"tier": tier}}
+
+
+def circuit() -> QuantumCircuit:
+    qc = QuantumCircuit(1)
+    qc.ry(Parameter("t"), 0)
+    qc.measure_all()
+    return qc
+
+
+def test_sampler_shots_count_parameter_sets_and_pub_shots():
+    pubs = [(circuit(), np.zeros((5, 1))), (circuit(), [0.1], 300)]
+    assert shots_of(request("sampler", pubs, shots=100)) == 5 * 100 + 300
+    assert shots_of(request("estimator", pubs)) == 0
+
+
+def test_seconds_are_split_by_step_kind_and_tier():
+    timeline = [
+        {"at": 0.0, "seq": 0, "stage": "build", "event": "started"},
+        {"at": 1.5, "seq": 0, "stage": "build", "event": "finished"},
+        {"at": 1.6, "seq": 1, "stage": "execute", "event": "submitted"},
+        {"at": 2.0, "seq": 1, "stage": "execute", "event": "device running", "detail": {"provider_job_id": "d1"}},
+        {"at": 5.0, "seq": 1, "stage": "execute", "event": "finished"},
+        {"at": 5.0, "seq": 2, "stage": "post", "event": "started"},
+        {"at": 5.5, "seq": 2, "stage": "post", "event": "error"},
+    ]
+    used = from_timeline(timeline, {1: request("sampler", [circuit().assign_parameters([0.3])], 1000, "qpu")})
+    assert used["stage_seconds"] == 2.0
+    assert used["qpu_seconds"] == 3.0
+    assert used["simulator_seconds"] == 0.0
+    assert used["shots"] == 1000
+    assert used["provider_jobs"] == ["d1"]
+    total = add(from_timeline([], {}), used)
+    assert total["qpu_seconds"] == 3.0 and total["executes"] == 1
