@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Synthesize the qlayer stack to infra/cdk.out/Qlayer.template.json, without Docker or an
-# AWS account. Installs the pinned CDK CLI (infra/package-lock.json) if it is missing and
-# builds the light Lambda layer if it is absent. Extra arguments go to `cdk synth`
+# AWS account. Installs the pinned CDK CLI (infra/package-lock.json) if it is missing; the
+# app builds the light Lambda layer (layers/light/build.sh) if it is absent or stale. Extra arguments go to `cdk synth`
 # (e.g. ./synth.sh -c env_name=prod).
 #   PYTHON=/path/to/python ./synth.sh   # an interpreter with aws-cdk-lib and cdk-nag
 set -euo pipefail
@@ -16,7 +16,7 @@ if ! "$PYTHON" -c "import aws_cdk, cdk_nag" 2>/dev/null; then
   exit 1
 fi
 [ -x node_modules/.bin/cdk ] || npm ci --no-audit --no-fund --loglevel=error
-[ -d ../layers/light/build/python ] || PYTHON="$PYTHON" bash ../layers/light/build.sh
+export PYTHON  # the app (re)builds layers/light/build when it is missing or stale
 
 node_modules/.bin/cdk synth --app "$PYTHON app.py" --no-notices --no-version-reporting --quiet "$@"
 echo "synthesized: $here/cdk.out/Qlayer.template.json"

@@ -12,8 +12,13 @@ Batch runs the same image (x86_64) with ``python -m qlayer.aws.batch_entry``.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import subprocess
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from aws_cdk import Duration, RemovalPolicy, Size
 from aws_cdk import aws_batch as batch
@@ -43,6 +48,7 @@ LIGHT_FUNCTIONS: tuple[str, ...] = (
 IMAGE_FUNCTIONS: tuple[str, ...] = ("stage_runner", "simulator", "dispatcher", "poller")
 
 LIGHT_LAYER_DIR = REPO_ROOT / "layers" / "light"
+LAYER_STAMP = ".sources.json"
 RUNNER_DOCKERFILE = "layers/runner/Dockerfile"
 RUNNER_GPU_DOCKERFILE = "layers/runner-gpu/Dockerfile"
 
@@ -78,11 +84,42 @@ _TIMEOUTS_S = {"stage_runner": 900, "simulator": 900, "dispatcher": 120, "poller
 _DEFAULT_TIMEOUT_S = 60
 
 
+def _digest(paths: Sequence[Path]) -> str:
+    sha = hashlib.sha256()
+    for path in paths:
+        sha.update(str(path.relative_to(REPO_ROOT)).encode())
+        sha.update(path.read_bytes())
+    return sha.hexdigest()
+
+
+def light_layer_sources() -> dict[str, str]:
+    """Digests of what the light layer is built from: its requirements and the qlayer package."""
+    deps = [LIGHT_LAYER_DIR / "requirements.txt", LIGHT_LAYER_DIR / "build.sh"]
+    code = [REPO_ROOT / "pyproject.toml"] + sorted(
+        p for p in (REPO_ROOT / "qlayer").rglob("*") if p.is_file() and "__pycache__" not in p.parts
+    )
+    return {"deps": _digest(deps), "code": _digest(code)}
+
+
 def ensure_light_layer() -> str:
-    """Return the folder of the built light layer, building it first if absent."""
+    """Return the folder of the built light layer, (re)building it if absent or stale.
+
+    The build stamps ``build/.sources.json`` with :func:`light_layer_sources`: a changed
+    requirements list rebuilds everything, a changed ``qlayer/`` refreshes only qlayer.
+    """
     built = LIGHT_LAYER_DIR / "build"
-    if not (built / "python").is_dir():
-        subprocess.run(["bash", str(LIGHT_LAYER_DIR / "build.sh")], check=True, cwd=REPO_ROOT)
+    stamp = built / LAYER_STAMP
+    want = light_layer_sources()
+    have = json.loads(stamp.read_text()) if stamp.is_file() else {}
+    if not (built / "python").is_dir() or have.get("deps") != want["deps"]:
+        args = []
+    elif have.get("code") != want["code"]:
+        args = ["--code-only"]
+    else:
+        return str(built)
+    env = {**os.environ, "PYTHON": os.environ.get("PYTHON", sys.executable)}
+    subprocess.run(["bash", str(LIGHT_LAYER_DIR / "build.sh"), *args], check=True, cwd=REPO_ROOT, env=env)
+    stamp.write_text(json.dumps(want))
     return str(built)
 
 
@@ -139,7 +176,7 @@ class Compute(Construct):
         self.layer = lambda_.LayerVersion(
             self,
             "LightLayer",
-            code=lambda_.Code.from_asset(ensure_light_layer()),
+            code=lambda_.Code.from_asset(ensure_light_layer(), exclude=[LAYER_STAMP]),
             compatible_runtimes=[lambda_.Runtime.PYTHON_3_11],
             compatible_architectures=[lambda_.Architecture.X86_64],
             description="qlayer (no qiskit) + boto3 + aws-lambda-powertools + pydantic",

@@ -2,12 +2,24 @@
 # Build the light Lambda layer into layers/light/build/python (no Docker needed):
 # boto3, aws-lambda-powertools, pydantic for Lambda's Python 3.11 on x86_64, plus the
 # qlayer package itself WITHOUT its qiskit dependencies (light handlers never import qiskit).
-# The CDK app (infra/qlayer_infra/compute.py) zips that folder as the layer.
+# The CDK app (infra/qlayer_infra/compute.py) zips that folder as the layer, and calls
+# this script again when the layer is missing or older than its sources
+# (--code-only: when only qlayer/ changed, refresh just the qlayer package).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 out="$here/build/python"
 PYTHON="${PYTHON:-python3}"
+
+if [ "${1:-}" = "--code-only" ] && [ -d "$out" ]; then
+  rm -rf "$out/qlayer" "$out"/qlayer-*.dist-info
+  "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-deps --no-compile \
+    --target "$out" "$repo"
+  find "$out/qlayer" -type d -name "__pycache__" -prune -exec rm -rf {} +
+  rm -rf "$out"/bin
+  echo "light layer: refreshed qlayer in $out"
+  exit 0
+fi
 
 rm -rf "$here/build"
 mkdir -p "$out"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,31 @@ def test_light_layer_fits_lambda_and_has_no_qiskit() -> None:
     assert (site / "aws_lambda_powertools").is_dir() and (site / "pydantic").is_dir()
     assert not (site / "qiskit").exists(), "qiskit belongs in the runner image, not the light layer"
     assert LIGHT_LAYER_DIR == built.parent
+
+
+def test_light_handlers_import_from_the_layer_alone() -> None:
+    """What Lambda does: the function folder + the layer, no site-packages; qiskit never loads."""
+    if sys.version_info[:2] != (3, 11) or sys.platform != "linux":
+        raise AssertionError(
+            "the light layer holds CPython 3.11 manylinux wheels: run tests/infra with Python 3.11 on Linux"
+        )
+    site = Path(ensure_light_layer()) / "python"
+    for name in LIGHT_FUNCTIONS:
+        app = REPO / "functions" / name / "app.py"
+        assert app.is_file(), f"{app} is missing"
+        probe = (
+            "import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
+            "import app\n"
+            "assert callable(app.lambda_handler)\n"
+            "heavy = sorted(m for m in ('qiskit', 'qiskit_aer', 'numpy', 'scipy') if m in sys.modules)\n"
+            "assert not heavy, heavy\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-S", "-c", probe, str(site), str(app.parent)],
+            capture_output=True, text=True, timeout=120, cwd="/",
+            env={"PATH": "/usr/bin:/bin", "AWS_DEFAULT_REGION": "us-east-1"},
+        )
+        assert result.returncode == 0, f"{name}: {result.stderr[-2000:]}"
 
 
 def test_runner_images_are_built_from_the_repository_without_clutter(template_path: Path) -> None:
