@@ -6,7 +6,6 @@ Every test that uses these runs against moto (``mock_aws``): no AWS account, no 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -121,5 +120,52 @@ def lambda_env(svc: Any) -> dict[str, str]:
     }
 
 
-__all__ = ["aws", "aws_env", "event", "lambda_env", "submit"]
-_ = os
+
+class Context:
+    """A stand-in for the Lambda context object (what Powertools' Logger reads)."""
+
+    function_name = "qlayer-test"
+    function_version = "$LATEST"
+    memory_limit_in_mb = 512
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:qlayer-test"
+    aws_request_id = "00000000-0000-0000-0000-000000000000"
+    log_group_name = "/aws/lambda/qlayer-test"
+    log_stream_name = "test"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 60_000
+
+
+def invoke(name: str, payload: dict[str, Any], svc: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Call functions/<name>/app.py's lambda_handler as Lambda would, with the stack's env vars."""
+    import importlib
+
+    from qlayer.aws import handlers
+
+    for key, value in lambda_env(svc).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "1")
+    handlers.services.cache_clear()
+    module = importlib.import_module(f"functions.{name}.app")
+    try:
+        return module.lambda_handler(payload, Context())
+    finally:
+        handlers.services.cache_clear()
+
+
+def run_until(svc: Any, job_id: str, decision: dict[str, Any], *, stop: str = "done") -> dict[str, Any]:
+    """Drive a job through the step handlers as the state machine's Route would (Lambda tiers)."""
+    from qlayer.aws import handlers
+    from qlayer.aws.events import StepEvent, parse
+
+    for _ in range(50):
+        if decision["kind"] == stop or decision["kind"] in ("done", "error"):
+            return decision
+        ev = parse(StepEvent, {"job_id": job_id, "decision": decision})
+        if decision["kind"] == "next":
+            decision = handlers.run_stage_step(ev, svc)
+        elif decision["kind"] == "execute":
+            decision = handlers.simulate(ev, svc)
+        else:
+            return decision
+    raise AssertionError("the job did not end in 50 steps")

@@ -1,0 +1,23 @@
+"""The "Read stage outcome" state: the decision a Batch container wrote.
+
+Thin: parse the event, call qlayer.aws.handlers, return. Logic and tests live in the library.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger, Tracer
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from qlayer.aws import handlers
+from qlayer.aws.events import StepEvent, parse
+
+logger = Logger(service="qlayer-read_outcome")
+tracer = Tracer(service="qlayer-read_outcome")
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> Any:
+    return handlers.read_outcome(parse(StepEvent, event), handlers.services())
