@@ -69,7 +69,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--jobs", type=int, default=200)
-    parser.add_argument("--write", type=Path, default=None, help="Record the table in this markdown file.")
+    parser.add_argument(
+        "--write", type=Path, default=None, help="Record the table in this markdown file."
+    )
     args = parser.parse_args()
 
     from qlayer import Client
@@ -92,8 +94,15 @@ def main() -> int:
             wall = time.perf_counter() - started
             per_stage.append((wall - floor_chain(length)) / length)
         median_stage = statistics.median(per_stage) * 1000
-        rows.append(("per-stage overhead, warm workers (20-stage chain)", f"{median_stage:.1f} ms median",
-                     f"{floor_chain(length) / length * 1e6:.1f} µs", "≤ 25 ms", _ok(median_stage <= 25)))
+        rows.append(
+            (
+                "per-stage overhead, warm workers (20-stage chain)",
+                f"{median_stage:.1f} ms median",
+                f"{floor_chain(length) / length * 1e6:.1f} µs",
+                "≤ 25 ms",
+                _ok(median_stage <= 25),
+            )
+        )
 
         # 2. 4-stage job submit-to-result
         overheads, walls, floors = [], [], []
@@ -106,9 +115,15 @@ def main() -> int:
             floors.append(floor)
             overheads.append(wall - floor)
         over = statistics.median(overheads) * 1000
-        rows.append(("4-stage job, submit to result", f"{statistics.median(walls) * 1000:.0f} ms median",
-                     f"{statistics.median(floors) * 1000:.0f} ms", "≤ +150 ms",
-                     f"+{over:.0f} ms {_ok(over <= 150)}"))
+        rows.append(
+            (
+                "4-stage job, submit to result",
+                f"{statistics.median(walls) * 1000:.0f} ms median",
+                f"{statistics.median(floors) * 1000:.0f} ms",
+                "≤ +150 ms",
+                f"+{over:.0f} ms {_ok(over <= 150)}",
+            )
+        )
 
         # 3. throughput of N trivial jobs
         started = time.perf_counter()
@@ -118,8 +133,15 @@ def main() -> int:
             job.result(timeout=600)
         total = time.perf_counter() - started
         rate = args.jobs / total
-        rows.append((f"throughput, {args.jobs} trivial jobs at once", f"{rate:.1f} jobs/s",
-                     f"submit {args.jobs / submit_s:.0f} jobs/s", "≥ 10 jobs/s", _ok(rate >= 10)))
+        rows.append(
+            (
+                f"throughput, {args.jobs} trivial jobs at once",
+                f"{rate:.1f} jobs/s",
+                f"submit {args.jobs / submit_s:.0f} jobs/s",
+                "≥ 10 jobs/s",
+                _ok(rate >= 10),
+            )
+        )
 
         # 4. execute step: 200 small circuits
         n_circuits = 200
@@ -127,12 +149,21 @@ def main() -> int:
         walls = []
         for _ in range(3):
             started = time.perf_counter()
-            client.run(FOUR, {"qubits": 10, "circuits": n_circuits, "shots": 1000}).result(timeout=300)
+            client.run(FOUR, {"qubits": 10, "circuits": n_circuits, "shots": 1000}).result(
+                timeout=300
+            )
             walls.append(time.perf_counter() - started)
         wall = min(walls)
         ratio = floor / wall
-        rows.append((f"execute: {n_circuits} × 10-qubit circuits, whole job", f"{n_circuits / wall:.0f} circuits/s",
-                     f"{n_circuits / floor:.0f} circuits/s", "≥ 0.8× floor", f"{ratio:.2f}× {_ok(ratio >= 0.8)}"))
+        rows.append(
+            (
+                f"execute: {n_circuits} × 10-qubit circuits, whole job",
+                f"{n_circuits / wall:.0f} circuits/s",
+                f"{n_circuits / floor:.0f} circuits/s",
+                "≥ 0.8× floor",
+                f"{ratio:.2f}× {_ok(ratio >= 0.8)}",
+            )
+        )
     finally:
         client.down()
 
@@ -168,7 +199,7 @@ def record(path: Path, table: str) -> None:
     start = text.find("## Local layer overhead")
     if start >= 0:
         end = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
+        text = text[:start] + section + (text[end + 1 :] if end >= 0 else "")
     else:
         text = text.rstrip() + "\n\n" + section
     path.write_text(text)

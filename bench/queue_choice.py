@@ -34,9 +34,21 @@ def huey_chain(hops: int, consumer_args: list[str], idle_before: float) -> float
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "HUEY_DB": f"{tmp}/huey.db", "PYTHONPATH": str(HERE)}
         consumer = subprocess.Popen(
-            [sys.executable, "-m", "huey.bin.huey_consumer", "huey_app.huey", "-w", "2", "-k", "process",
-             *consumer_args],
-            env=env, cwd=HERE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "huey.bin.huey_consumer",
+                "huey_app.huey",
+                "-w",
+                "2",
+                "-k",
+                "process",
+                *consumer_args,
+            ],
+            env=env,
+            cwd=HERE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         try:
             sys.path.insert(0, str(HERE))

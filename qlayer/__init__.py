@@ -23,7 +23,19 @@ _EXPORTS = {
     "JobStatus": "qlayer.status",
 }
 
-__all__ = [*sorted(_EXPORTS), "__version__"]
+__all__ = [
+    "Client",
+    "Done",
+    "Execute",
+    "FanOut",
+    "Job",
+    "JobStatus",
+    "Next",
+    "Param",
+    "StageContext",
+    "Workflow",
+    "__version__",
+]
 
 if TYPE_CHECKING:
     from qlayer.client import Client, Job

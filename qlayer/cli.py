@@ -29,7 +29,9 @@ app = typer.Typer(
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
 
-HomeOption = typer.Option(None, "--home", envvar="QLAYER_HOME", help="State folder (default ~/.qlayer).")
+HomeOption = typer.Option(
+    None, "--home", envvar="QLAYER_HOME", help="State folder (default ~/.qlayer)."
+)
 JsonOption = typer.Option(False, "--json", help="Print JSON for scripts.")
 
 
@@ -117,9 +119,13 @@ def _wait_and_print(job: Any, as_json: bool, timeout: float | None) -> None:
 def run(
     program: Path = typer.Argument(..., help="A program file, or a folder with main.py."),
     arg: list[str] = typer.Option([], "--arg", "-a", help="An argument key=value (repeatable)."),
-    backend: str | None = typer.Option(None, "--backend", "-b", help="Default backend for Execute."),
+    backend: str | None = typer.Option(
+        None, "--backend", "-b", help="Default backend for Execute."
+    ),
     wait: bool = typer.Option(False, "--wait", "-w", help="Wait and print the result."),
-    timeout: float | None = typer.Option(None, "--timeout", help="With --wait: give up after N seconds."),
+    timeout: float | None = typer.Option(
+        None, "--timeout", help="With --wait: give up after N seconds."
+    ),
     as_json: bool = JsonOption,
     home: str | None = HomeOption,
 ) -> None:
@@ -134,7 +140,9 @@ def run(
     job = client.run(program, arguments, backend=backend)
     if wait:
         if not as_json:
-            err.print(f"job [bold]{job.job_id}[/bold] submitted; waiting (Ctrl-C leaves it running)")
+            err.print(
+                f"job [bold]{job.job_id}[/bold] submitted; waiting (Ctrl-C leaves it running)"
+            )
         try:
             _wait_and_print(job, as_json, timeout)
         except KeyboardInterrupt:
@@ -145,7 +153,11 @@ def run(
         _emit_json({"job_id": job.job_id})
     else:
         out.print(f"job [bold]{job.job_id}[/bold] submitted")
-        out.print(f"  qlayer status {job.job_id}\n  qlayer result {job.job_id} --wait\n  qlayer logs {job.job_id}")
+        out.print(
+            f"  qlayer status {job.job_id}\n"
+            f"  qlayer result {job.job_id} --wait\n"
+            f"  qlayer logs {job.job_id}"
+        )
 
 
 @app.command()
@@ -181,8 +193,12 @@ def status(job_id: str, as_json: bool = JsonOption, home: str | None = HomeOptio
 @app.command()
 def result(
     job_id: str,
-    wait: bool = typer.Option(False, "--wait", "-w", help="Wait for the job to end, showing progress."),
-    timeout: float | None = typer.Option(None, "--timeout", help="With --wait: give up after N seconds."),
+    wait: bool = typer.Option(
+        False, "--wait", "-w", help="Wait for the job to end, showing progress."
+    ),
+    timeout: float | None = typer.Option(
+        None, "--timeout", help="With --wait: give up after N seconds."
+    ),
     as_json: bool = JsonOption,
     home: str | None = HomeOption,
 ) -> None:
@@ -248,8 +264,12 @@ def jobs(
     for info in listed:
         colour = colours.get(info["status"], "cyan")
         table.add_row(
-            info["workflow"], f"[{colour}]{info['status']}[/{colour}]",
-            info["stage"] or "", _when(info["created_at"]), _when(info["finished_at"]), info["job_id"],
+            info["workflow"],
+            f"[{colour}]{info['status']}[/{colour}]",
+            info["stage"] or "",
+            _when(info["created_at"]),
+            _when(info["finished_at"]),
+            info["job_id"],
         )
     out.print(table)
 
@@ -287,8 +307,11 @@ def timeline(job_id: str, as_json: bool = JsonOption, home: str | None = HomeOpt
     for event in events:
         stamp = datetime.fromtimestamp(event["at"]).strftime("%H:%M:%S.%f")[:-3]
         detail = json.dumps(event["detail"]) if event["detail"] else ""
-        out.print(f"{stamp}  {event['seq'] if event['seq'] is not None else '-':>4}  "
-                  f"{event['stage'] or '':<16} {event['event']:<22} {detail}", highlight=False)
+        out.print(
+            f"{stamp}  {event['seq'] if event['seq'] is not None else '-':>4}  "
+            f"{event['stage'] or '':<16} {event['event']:<22} {detail}",
+            highlight=False,
+        )
 
 
 @app.command()
@@ -311,7 +334,9 @@ def usage(job_id: str, as_json: bool = JsonOption, home: str | None = HomeOption
 
 @app.command()
 def up(
-    workers: int | None = typer.Option(None, "--workers", help="Worker processes (default: cores, at least 2)."),
+    workers: int | None = typer.Option(
+        None, "--workers", help="Worker processes (default: cores, at least 2)."
+    ),
     home: str | None = HomeOption,
 ) -> None:
     """Start the local daemon (run starts it when needed)."""
@@ -339,8 +364,13 @@ def backends(as_json: bool = JsonOption, home: str | None = HomeOption) -> None:
     table = Table("backend", "provider", "kind", "qubits", "method", "concurrency", "description")
     for info in listed:
         table.add_row(
-            info["name"], info["provider"], info["kind"], str(info["num_qubits"] or "memory"),
-            info["method"], str(info["max_concurrency"]), info["description"],
+            info["name"],
+            info["provider"],
+            info["kind"],
+            str(info["num_qubits"] or "memory"),
+            info["method"],
+            str(info["max_concurrency"]),
+            info["description"],
         )
     out.print(table)
 
@@ -355,12 +385,15 @@ def describe(program: Path, as_json: bool = JsonOption) -> None:
     if as_json:
         _emit_json(info)
         return
-    out.print(f"[bold]{info['name']}[/bold]  (default backend {info['backend']})")
+    out.print(f"{info['name']}  (default backend {info['backend']})", markup=False, style="bold")
     for name, param in info["params"].items():
         default = "required" if param["required"] else f"default {param['default']!r}"
-        out.print(f"  --arg {name}=<{param['type']}>  {default}  {param['help']}")
+        out.print(f"  --arg {name}=<{param['type']}>  {default}  {param['help']}", markup=False)
     for stage in info["stages"]:
-        out.print(f"  stage {stage['name']}: {stage['kind']}, {stage['memory_mb']} MiB, {stage['timeout_s']} s")
+        out.print(
+            f"  stage {stage['name']}: {stage['kind']}, {stage['memory_mb']} MiB, "
+            f"{stage['timeout_s']} s"
+        )
 
 
 def main() -> None:

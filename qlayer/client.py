@@ -53,7 +53,11 @@ class Client:
 
     @classmethod
     def local(
-        cls, home: str | os.PathLike[str] | None = None, *, autostart: bool = True, workers: int | None = None
+        cls,
+        home: str | os.PathLike[str] | None = None,
+        *,
+        autostart: bool = True,
+        workers: int | None = None,
     ) -> Client:
         """A client of the local substrate.
 
@@ -105,7 +109,9 @@ class Client:
 
         if isinstance(program, Workflow):
             if not program.source_path:
-                raise ProgramError("this Workflow was not defined in a file; pass the program's path")
+                raise ProgramError(
+                    "this Workflow was not defined in a file; pass the program's path"
+                )
             path = Path(program.source_path)
         else:
             path = Path(program)
@@ -119,17 +125,36 @@ class Client:
         first = workflow.first_stage
         self.store.put_json(
             keys.job_input(job_id),
-            {"program_id": program_id, "workflow": workflow.name, "arguments": bound, "backend": chosen_backend},
+            {
+                "program_id": program_id,
+                "workflow": workflow.name,
+                "arguments": bound,
+                "backend": chosen_backend,
+            },
         )
         input_key = first_input(self.store, job_id, first, bound)
         with transaction(self._conn):
             state.insert_job(
-                self._conn, job_id=job_id, program_id=program_id, workflow=workflow.name,
-                arguments=bound, backend=chosen_backend, first_stage=first, input_key=input_key,
+                self._conn,
+                job_id=job_id,
+                program_id=program_id,
+                workflow=workflow.name,
+                arguments=bound,
+                backend=chosen_backend,
+                first_stage=first,
+                input_key=input_key,
             )
             self._conn.execute(
                 "UPDATE steps SET detail = ? WHERE job_id = ? AND seq = 0",
-                (json.dumps({"input_key": input_key, "compute": workflow.stages[first].compute.to_json()}), job_id),
+                (
+                    json.dumps(
+                        {
+                            "input_key": input_key,
+                            "compute": workflow.stages[first].compute.to_json(),
+                        }
+                    ),
+                    job_id,
+                ),
             )
         self.ensure_daemon()
         control.poke(self.home)
@@ -142,7 +167,10 @@ class Client:
 
     def jobs(self, *, limit: int = 50, status: str | None = None) -> list[Job]:
         """Recent top-level jobs, newest first."""
-        return [Job(self, row.job_id, row) for row in state.list_jobs(self._conn, limit=limit, status=status)]
+        return [
+            Job(self, row.job_id, row)
+            for row in state.list_jobs(self._conn, limit=limit, status=status)
+        ]
 
     def backends(self) -> list[dict[str, Any]]:
         """Every backend the configuration knows."""
@@ -223,9 +251,13 @@ class Job:
             raise JobFailed(self.job_id, reason)
         if row.status == JobStatus.CANCELLED:
             raise JobCancelled(f"job {self.job_id} was cancelled")
-        raise RuntimeError(f"job {self.job_id} has not finished (status {row.status.value}); use wait=True")
+        raise RuntimeError(
+            f"job {self.job_id} has not finished (status {row.status.value}); use wait=True"
+        )
 
-    def wait(self, timeout: float | None = None, *, progress: ProgressCallback | None = None) -> state.JobRow:
+    def wait(
+        self, timeout: float | None = None, *, progress: ProgressCallback | None = None
+    ) -> state.JobRow:
         """Block until the job ends; restarts a dead daemon so the wait cannot hang."""
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.005
@@ -272,7 +304,7 @@ class Job:
     def files(self) -> list[str]:
         """Names of the files and plots the stages saved."""
         prefix = keys.files_prefix(self.job_id)
-        return [key[len(prefix):] for key in self.client.store.list(prefix)]
+        return [key[len(prefix) :] for key in self.client.store.list(prefix)]
 
     def download(self, name: str, destination: str | os.PathLike[str] | None = None) -> Path:
         """Copy a saved file to ``destination`` (default: the current folder)."""
@@ -291,7 +323,7 @@ class Job:
         requests: dict[int, dict[str, Any]] = {}
         for key in self.client.store.list(prefix):
             if key.endswith("-execute/request.json"):
-                seq = int(key[len(prefix):].split("-", 1)[0])
+                seq = int(key[len(prefix) :].split("-", 1)[0])
                 requests[seq] = self.client.store.get_json(key)
         total = usage.from_timeline(self.timeline(), requests)
         for child in self.children():

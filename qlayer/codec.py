@@ -62,7 +62,9 @@ def loads(text: str | bytes, *, where: str = "value") -> Any:
     try:
         raw = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CodecError(f"{where} is not valid JSON ({exc}); the artifact may be corrupted") from exc
+        raise CodecError(
+            f"{where} is not valid JSON ({exc}); the artifact may be corrupted"
+        ) from exc
     return decode(raw, where=where)
 
 
@@ -100,14 +102,20 @@ def _encode(value: Any, where: str, path: str, depth: int) -> Any:
         return {
             TAG: "map",
             "items": [
-                [_encode(k, where, f"{path}<key>", depth + 1), _encode(v, where, f"{path}[{k!r}]", depth + 1)]
+                [
+                    _encode(k, where, f"{path}<key>", depth + 1),
+                    _encode(v, where, f"{path}[{k!r}]", depth + 1),
+                ]
                 for k, v in value.items()
             ],
         }
     if isinstance(value, list):
         return [_encode(v, where, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
     if isinstance(value, tuple):
-        return {TAG: "tuple", "v": [_encode(v, where, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]}
+        return {
+            TAG: "tuple",
+            "v": [_encode(v, where, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)],
+        }
     if isinstance(value, (bytes, bytearray)):
         return {TAG: "bytes", "b64": base64.b64encode(bytes(value)).decode()}
 
@@ -182,13 +190,17 @@ def _encode_qiskit(value: Any, where: str, path: str, depth: int) -> Any:
             TAG: "pubresult",
             "sampler": type(value).__name__ == "SamplerPubResult",
             "data": _encode(value.data, where, f"{path}.data", depth + 1),
-            "metadata": _encode(_plain_metadata(value.metadata), where, f"{path}.metadata", depth + 1),
+            "metadata": _encode(
+                _plain_metadata(value.metadata), where, f"{path}.metadata", depth + 1
+            ),
         }
     if isinstance(value, PrimitiveResult):
         return {
             TAG: "primresult",
             "pubs": [_encode(p, where, f"{path}[{i}]", depth + 1) for i, p in enumerate(value)],
-            "metadata": _encode(_plain_metadata(value.metadata), where, f"{path}.metadata", depth + 1),
+            "metadata": _encode(
+                _plain_metadata(value.metadata), where, f"{path}.metadata", depth + 1
+            ),
         }
     raise _unsupported(value, where, path)
 

@@ -105,6 +105,7 @@ def route(workflow: Workflow, stage: str, returned: Any) -> Route:
         A :class:`Route`; an unknown stage name becomes an ``error`` route whose
         message lists the workflow's stages.
     """
+
     def known(name: str, role: str) -> str | None:
         if name in workflow.stages:
             return None

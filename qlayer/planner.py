@@ -28,8 +28,26 @@ from qlayer.providers.base import BackendInfo
 
 MIB = 1024 * 1024
 CLIFFORD_GATES = frozenset(
-    {"h", "s", "sdg", "x", "y", "z", "cx", "cz", "cy", "swap", "sx", "sxdg", "id", "ecr",
-     "measure", "barrier", "reset", "delay"}
+    {
+        "h",
+        "s",
+        "sdg",
+        "x",
+        "y",
+        "z",
+        "cx",
+        "cz",
+        "cy",
+        "swap",
+        "sx",
+        "sxdg",
+        "id",
+        "ecr",
+        "measure",
+        "barrier",
+        "reset",
+        "delay",
+    }
 )
 #: Python, qiskit and Aer themselves (measured ~450 MB RSS in a warm worker).
 BASE_MEMORY_MB = 512
@@ -166,6 +184,7 @@ def plan(backend: BackendInfo, load: Workload, limits: Limits) -> Plan:
     method = choose_method(backend, load)
     need = memory_mb(method, load.qubits)
     time = seconds(method, load)
+
     def made(tier: str, reason: str) -> Plan:
         return Plan(tier, method, load.qubits, load.depth, need, round(time, 3), reason)
 

@@ -75,7 +75,8 @@ def check_syntax(data: bytes, filename: str) -> None:
         compile(data, filename, "exec", dont_inherit=True)
     except SyntaxError as exc:
         raise ProgramError(
-            f"syntax error in {exc.filename}, line {exc.lineno}: {exc.msg}\n    {(exc.text or '').rstrip()}"
+            f"syntax error in {exc.filename}, line {exc.lineno}: {exc.msg}\n"
+            f"    {(exc.text or '').rstrip()}"
         ) from exc
     except ValueError as exc:  # null bytes
         raise ProgramError(f"{filename} is not valid Python source: {exc}") from exc
@@ -117,12 +118,12 @@ def import_file(path: Path, module_name: str) -> ModuleType:
             spec.loader.exec_module(module)
         except SyntaxError as exc:
             sys.modules.pop(module_name, None)
-            raise ProgramError(f"syntax error in {exc.filename}, line {exc.lineno}: {exc.msg}") from exc
+            raise ProgramError(
+                f"syntax error in {exc.filename}, line {exc.lineno}: {exc.msg}"
+            ) from exc
         except Exception as exc:
             sys.modules.pop(module_name, None)
-            raise ProgramError(
-                f"importing {path.name} raised {type(exc).__name__}: {exc}"
-            ) from exc
+            raise ProgramError(f"importing {path.name} raised {type(exc).__name__}: {exc}") from exc
         finally:
             try:
                 sys.path.remove(folder)

@@ -69,11 +69,18 @@ def run_stage(
 
 
 def _run_stage(
-    store: ArtifactStore, workflow: Workflow, job: JobInfo, seq: int, stage_name: str, limits: Limits
+    store: ArtifactStore,
+    workflow: Workflow,
+    job: JobInfo,
+    seq: int,
+    stage_name: str,
+    limits: Limits,
 ) -> Decision:
     if stage_name not in workflow.stages:
         return Decision.failed(
-            seq, stage_name, "WorkflowError",
+            seq,
+            stage_name,
+            "WorkflowError",
             f"workflow {workflow.name!r} has no stage {stage_name!r}; "
             f"its stages are: {', '.join(workflow.stages)}",
         )
@@ -108,7 +115,7 @@ def _run_stage(
         try:
             with _redirect_output(sink):
                 returned = stage.fn(data, ctx) if stage.takes_ctx else stage.fn(data)
-        except BaseException as exc:  # noqa: BLE001 - user code may raise anything
+        except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt):
                 raise
             sink.write("".join(traceback.format_exception(exc)))
@@ -116,7 +123,9 @@ def _run_stage(
             logger.error("stage %s raised %s: %s", stage_name, type(exc).__name__, message)
             return Decision.failed(seq, stage_name, type(exc).__name__, message)
         logger.info("stage %s finished in %.3f s", stage_name, time.perf_counter() - started)
-        decision = materialise(store, workflow, job, seq, stage_name, route(workflow, stage_name, returned), limits)
+        decision = materialise(
+            store, workflow, job, seq, stage_name, route(workflow, stage_name, returned), limits
+        )
         if decision.kind == "error":
             logger.error("%s", decision.message)
         return decision
@@ -175,7 +184,10 @@ def materialise(
                 },
             )
             return Decision(
-                "next", seq=seq + 1, stage=decided.stage, input_key=key,
+                "next",
+                seq=seq + 1,
+                stage=decided.stage,
+                input_key=key,
                 compute=workflow.stages[decided.stage].compute.to_json(),
             )
         if decided.kind == "execute":
@@ -193,8 +205,12 @@ def materialise(
             },
         )
         return Decision(
-            "fanout", seq=seq + 1, stage=decided.stage, then=decided.then,
-            items_key=key, count=len(decided.payload),
+            "fanout",
+            seq=seq + 1,
+            stage=decided.stage,
+            then=decided.then,
+            items_key=key,
+            count=len(decided.payload),
             compute=workflow.stages[decided.stage].compute.to_json(),
         )
     except CodecError as exc:
@@ -202,7 +218,13 @@ def materialise(
 
 
 def _materialise_execute(
-    store: ArtifactStore, workflow: Workflow, job: JobInfo, seq: int, stage: str, decided: Route, limits: Limits
+    store: ArtifactStore,
+    workflow: Workflow,
+    job: JobInfo,
+    seq: int,
+    stage: str,
+    decided: Route,
+    limits: Limits,
 ) -> Decision:
     from qlayer.providers.registry import resolve
 
@@ -213,7 +235,9 @@ def _materialise_execute(
         _check_pubs(execute)
         chosen = plan(info, summarise(execute.pubs, execute.shots), limits)
     except (BackendError, PlannerError, ValueError, TypeError) as exc:
-        kind = type(exc).__name__ if isinstance(exc, (BackendError, PlannerError)) else "InvalidPubs"
+        kind = (
+            type(exc).__name__ if isinstance(exc, (BackendError, PlannerError)) else "InvalidPubs"
+        )
         return Decision.failed(seq, stage, kind, f"stage {stage!r} asked to execute: {exc}")
     request = ExecuteRequest.from_execute(execute, backend)
     request.options = {**(request.options or {}), "method": chosen.method}
@@ -224,7 +248,11 @@ def _materialise_execute(
     key = keys.execute_request(job.job_id, seq + 1)
     store.put_json(key, raw)
     return Decision(
-        "execute", seq=seq + 1, then=decided.then, request_key=key, backend=backend,
+        "execute",
+        seq=seq + 1,
+        then=decided.then,
+        request_key=key,
+        backend=backend,
         plan=chosen.to_json(),
     )
 
@@ -268,7 +296,11 @@ def complete_execute(
     input_key = keys.stage_input(job_id, seq + 1, then)
     store.put_json(input_key, {"data_ref": result_key, "state": request_raw.get("state")})
     decision = Decision(
-        "next", seq=seq + 1, stage=then, input_key=input_key, compute=request_raw.get("then_compute")
+        "next",
+        seq=seq + 1,
+        stage=then,
+        input_key=input_key,
+        compute=request_raw.get("then_compute"),
     )
     store.put_json(keys.step_dir(job_id, seq, "execute") + "output.json", decision.to_json())
     return decision
@@ -278,7 +310,9 @@ def child_job_id(job_id: str, seq: int, index: int) -> str:
     return f"{job_id}_{seq}_{index}"
 
 
-def fan_in(store: ArtifactStore, job_id: str, seq: int, items_raw: dict[str, Any], count: int) -> Decision:
+def fan_in(
+    store: ArtifactStore, job_id: str, seq: int, items_raw: dict[str, Any], count: int
+) -> Decision:
     """Hand the results of fan-out step ``seq``'s children, in item order, to ``then``."""
     then = items_raw["then"]
     input_key = keys.stage_input(job_id, seq + 1, then)
@@ -304,7 +338,9 @@ class _LogSink:
     def write(self, text: str) -> int:
         if text:
             self._buffer.append(text)
-            if "\n" in text and (time.monotonic() - self._last_flush > 0.5 or len(self._buffer) > 200):
+            if "\n" in text and (
+                time.monotonic() - self._last_flush > 0.5 or len(self._buffer) > 200
+            ):
                 self.flush()
         return len(text)
 
@@ -335,7 +371,9 @@ class _SinkHandler(logging.Handler):
             self.handleError(record)
 
 
-def _stage_logger(store: ArtifactStore, key: str, job_id: str, stage: str) -> tuple[logging.Logger, _LogSink]:
+def _stage_logger(
+    store: ArtifactStore, key: str, job_id: str, stage: str
+) -> tuple[logging.Logger, _LogSink]:
     sink = _LogSink(store, key)
     # Not registered with logging.getLogger: a warm worker runs many jobs, and the
     # logging module never forgets a registered logger.

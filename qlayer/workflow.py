@@ -156,10 +156,7 @@ class Workflow:
                 raise WorkflowError(
                     f"stage {stage_name!r}: compute={compute!r}; use one of {COMPUTE_KINDS}"
                 )
-            if compute == "batch-gpu" and gpus < 1:
-                gpu_count = 1
-            else:
-                gpu_count = gpus
+            gpu_count = 1 if compute == "batch-gpu" and gpus < 1 else gpus
             if compute != "batch-gpu" and gpus:
                 raise WorkflowError(f"stage {stage_name!r}: gpus need compute='batch-gpu'")
             limit = timeout_s if timeout_s is not None else (900 if compute == "lambda" else 3600)
@@ -268,8 +265,7 @@ def _check_type(key: str, value: Any, expected: type) -> Any:
         raise ArgumentError(f"argument {key!r} must be {expected.__name__}, got bool {value!r}")
     if not isinstance(value, expected):
         raise ArgumentError(
-            f"argument {key!r} must be {expected.__name__}, "
-            f"got {type(value).__name__} {value!r}"
+            f"argument {key!r} must be {expected.__name__}, got {type(value).__name__} {value!r}"
         )
     return value
 

@@ -50,7 +50,7 @@ def start(home: Home, *, workers: int | None = None, wait: bool = True) -> int:
     if workers:
         args += ["--workers", str(workers)]
     with open(home.daemon_log, "ab") as log:
-        process = subprocess.Popen(  # noqa: S603 - our own module
+        process = subprocess.Popen(
             args,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -74,7 +74,10 @@ def start(home: Home, *, workers: int | None = None, wait: bool = True) -> int:
             if process.returncode != 0:
                 break
         time.sleep(0.05)
-    raise DaemonError(f"the qlayer daemon did not start; its log {home.daemon_log} ends with:\n{tail(home.daemon_log)}")
+    raise DaemonError(
+        f"the qlayer daemon did not start; its log {home.daemon_log} ends with:\n"
+        f"{tail(home.daemon_log)}"
+    )
 
 
 def stop(home: Home, *, timeout: float = 20.0) -> bool:

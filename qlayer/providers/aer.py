@@ -29,7 +29,18 @@ IDEAL_METHODS = {
 }
 
 #: Operations a device accepts besides its gates.
-_DIRECTIVES = {"measure", "barrier", "delay", "reset", "store", "if_else", "for_loop", "switch_case", "while_loop", "box"}
+_DIRECTIVES = {
+    "measure",
+    "barrier",
+    "delay",
+    "reset",
+    "store",
+    "if_else",
+    "for_loop",
+    "switch_case",
+    "while_loop",
+    "box",
+}
 
 
 def fake_name(class_name: str) -> str:

@@ -7,19 +7,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-PROGRAM = '''
+PROGRAM = """
 from qlayer import Workflow, Done, Param
 wf = Workflow("cli_demo", params={"nodes": Param(int, 8, "graph size")})
 
 @wf.stage(compute="batch", memory_mb=4096)
 def only(args):
     return Done(args["nodes"])
-'''
+"""
 
 
 def qlayer(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "qlayer.cli", *args, "--home", str(home)] if args[0] not in ("describe",)
+        [sys.executable, "-m", "qlayer.cli", *args, "--home", str(home)]
+        if args[0] not in ("describe",)
         else [sys.executable, "-m", "qlayer.cli", *args],
         capture_output=True,
         text=True,

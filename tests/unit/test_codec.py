@@ -44,8 +44,14 @@ def test_user_dict_with_tag_key_is_not_mistaken_for_a_tagged_object():
 
 @pytest.mark.parametrize(
     "array",
-    [np.arange(12, dtype=np.int64).reshape(3, 4), np.array(2.5), np.zeros((0, 3)), np.eye(3).T,
-     np.array([1 + 1j, 2 - 1j]), np.array([True, False])],
+    [
+        np.arange(12, dtype=np.int64).reshape(3, 4),
+        np.array(2.5),
+        np.zeros((0, 3)),
+        np.eye(3).T,
+        np.array([1 + 1j, 2 - 1j]),
+        np.array([True, False]),
+    ],
 )
 def test_numpy_arrays_keep_dtype_shape_and_values(array):
     back = roundtrip(array)

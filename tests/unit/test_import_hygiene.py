@@ -10,7 +10,9 @@ import pytest
 HEAVY = ("qiskit", "qiskit_aer", "qiskit_ibm_runtime", "numpy", "scipy", "matplotlib", "braket")
 
 
-@pytest.mark.parametrize("module", ["qlayer", "qlayer.client", "qlayer.cli", "qlayer.steps", "qlayer.codec"])
+@pytest.mark.parametrize(
+    "module", ["qlayer", "qlayer.client", "qlayer.cli", "qlayer.steps", "qlayer.codec"]
+)
 def test_light_imports(module):
     code = (
         f"import sys, {module}\n"

@@ -79,10 +79,14 @@ def test_impossible_requests_fail_at_once_with_what_they_need():
 def test_local_limit_is_the_machine():
     local = Limits(local_memory_mb=4096)
     assert plan(IDEAL, summarise([qv(12)], None), local).tier == "local"
-    with pytest.raises(PlannerError, match="this machine offers 4.0 GiB"):
+    with pytest.raises(PlannerError, match=r"this machine offers 4.0 GiB"):
         plan(STATEVECTOR, summarise([qv(30)], None), local)
 
 
 def test_memory_grows_with_method():
-    assert memory_mb("statevector", 30) > memory_mb("matrix_product_state", 30) > memory_mb("stabilizer", 30)
+    assert (
+        memory_mb("statevector", 30)
+        > memory_mb("matrix_product_state", 30)
+        > memory_mb("stabilizer", 30)
+    )
     assert memory_mb("density_matrix", 15) > memory_mb("statevector", 15)

@@ -164,7 +164,9 @@ def test_fan_out_and_fan_in(store):
     assert decision.count == 3
     items_raw = store.get_json(decision.items_key)
     for index in range(3):
-        store.put_value(keys.job_result(child_job_id("job-1", decision.seq, index)), index * 10, where="t")
+        store.put_value(
+            keys.job_result(child_job_id("job-1", decision.seq, index)), index * 10, where="t"
+        )
     following = fan_in(store, "job-1", decision.seq, items_raw, decision.count)
     assert following.stage == "count"
     from qlayer.steps import load_input

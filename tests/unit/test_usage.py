@@ -11,7 +11,12 @@ from qlayer.usage import add, from_timeline, shots_of
 
 
 def request(primitive: str, pubs, shots=None, tier="local"):
-    return {"primitive": primitive, "pubs": codec.encode(pubs), "shots": shots, "plan": {"tier": tier}}
+    return {
+        "primitive": primitive,
+        "pubs": codec.encode(pubs),
+        "shots": shots,
+        "plan": {"tier": tier},
+    }
 
 
 def circuit() -> QuantumCircuit:
@@ -32,12 +37,20 @@ def test_seconds_are_split_by_step_kind_and_tier():
         {"at": 0.0, "seq": 0, "stage": "build", "event": "started"},
         {"at": 1.5, "seq": 0, "stage": "build", "event": "finished"},
         {"at": 1.6, "seq": 1, "stage": "execute", "event": "submitted"},
-        {"at": 2.0, "seq": 1, "stage": "execute", "event": "device running", "detail": {"provider_job_id": "d1"}},
+        {
+            "at": 2.0,
+            "seq": 1,
+            "stage": "execute",
+            "event": "device running",
+            "detail": {"provider_job_id": "d1"},
+        },
         {"at": 5.0, "seq": 1, "stage": "execute", "event": "finished"},
         {"at": 5.0, "seq": 2, "stage": "post", "event": "started"},
         {"at": 5.5, "seq": 2, "stage": "post", "event": "error"},
     ]
-    used = from_timeline(timeline, {1: request("sampler", [circuit().assign_parameters([0.3])], 1000, "qpu")})
+    used = from_timeline(
+        timeline, {1: request("sampler", [circuit().assign_parameters([0.3])], 1000, "qpu")}
+    )
     assert used["stage_seconds"] == 2.0
     assert used["qpu_seconds"] == 3.0
     assert used["simulator_seconds"] == 0.0

@@ -47,9 +47,9 @@ def test_bind_fills_defaults_and_checks_types():
         wf.bind_arguments({"name": "a", "n": "3"})
     with pytest.raises(ArgumentError, match="'n' must be int, got bool"):
         wf.bind_arguments({"name": "a", "n": True})
-    with pytest.raises(ArgumentError, match="'name' .* is required"):
+    with pytest.raises(ArgumentError, match=r"'name' .* is required"):
         wf.bind_arguments({})
-    with pytest.raises(ArgumentError, match="unknown argument.*nodes.*it takes: n, name, x"):
+    with pytest.raises(ArgumentError, match=r"unknown argument.*nodes.*it takes: n, name, x"):
         wf.bind_arguments({"name": "a", "nodes": 4})
 
 
