@@ -218,13 +218,14 @@ def result(
 def logs(
     job_id: str,
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing until the job ends."),
+    children: bool = typer.Option(False, "--children", help="Include fan-out children's logs."),
     home: str | None = HomeOption,
 ) -> None:
     """Everything the job's stages logged, tracebacks included."""
     job = _client(home).job(job_id)
     shown = 0
     while True:
-        text = job.logs()
+        text = job.logs(children=children)
         sys.stdout.write(text[shown:])
         sys.stdout.flush()
         shown = len(text)

@@ -292,14 +292,22 @@ class Job:
         """Stage events in order: submitted, started, finished, errors, device jobs."""
         return state.timeline(self.client._conn, self.job_id)
 
-    def logs(self) -> str:
-        """Everything the stages logged (tracebacks included), in step order."""
+    def logs(self, *, children: bool = False) -> str:
+        """Everything the stages logged (tracebacks included), in step order.
+
+        Args:
+            children: Also include the logs of fan-out children, after the job's own.
+        """
         parts = []
         for key in self.client.store.list(keys.logs_prefix(self.job_id)):
             name = key.rsplit("/", 1)[-1].removesuffix(".log")
             seq, _, stage = name.partition("-")
             parts.append(f"── step {int(seq)}: {stage} ──\n{self.client.store.get_text(key)}")
-        return "\n".join(parts)
+        text = "\n".join(parts)
+        if children:
+            for child in self.children():
+                text += f"\n══ child {child.job_id} ══\n" + child.logs(children=True)
+        return text
 
     def files(self) -> list[str]:
         """Names of the files and plots the stages saved."""
