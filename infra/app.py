@@ -5,7 +5,6 @@ Context: ``-c env_name=prod`` names the environment (default ``dev``).
 """
 
 import aws_cdk as cdk
-
 from qlayer_infra import nag
 from qlayer_infra.stack import QlayerStack
 

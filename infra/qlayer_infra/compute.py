@@ -69,18 +69,40 @@ IMAGE_CONTEXT_EXCLUDE: tuple[str, ...] = (
 
 #: The Batch container command; Ref:: parameters come from SubmitJob's Parameters.
 BATCH_COMMAND: tuple[str, ...] = (
-    "python", "-m", "qlayer.aws.batch_entry",
-    "--job-id", "Ref::job_id",
-    "--seq", "Ref::seq",
-    "--stage", "Ref::stage",
+    "python",
+    "-m",
+    "qlayer.aws.batch_entry",
+    "--job-id",
+    "Ref::job_id",
+    "--seq",
+    "Ref::seq",
+    "--stage",
+    "Ref::stage",
 )
 
 DEFAULT_CPU_INSTANCE_TYPES: tuple[str, ...] = (
-    "c6i.2xlarge", "c6i.4xlarge", "m6i.2xlarge", "m6i.4xlarge", "r6i.2xlarge", "r6i.4xlarge", "r6i.8xlarge",
+    "c6i.2xlarge",
+    "c6i.4xlarge",
+    "m6i.2xlarge",
+    "m6i.4xlarge",
+    "r6i.2xlarge",
+    "r6i.4xlarge",
+    "r6i.8xlarge",
 )
-DEFAULT_GPU_INSTANCE_TYPES: tuple[str, ...] = ("g5.xlarge", "g5.2xlarge", "g5.12xlarge", "p4d.24xlarge")
+DEFAULT_GPU_INSTANCE_TYPES: tuple[str, ...] = (
+    "g5.xlarge",
+    "g5.2xlarge",
+    "g5.12xlarge",
+    "p4d.24xlarge",
+)
 
-_TIMEOUTS_S = {"stage_runner": 900, "simulator": 900, "dispatcher": 120, "poller": 300, "trigger": 60}
+_TIMEOUTS_S = {
+    "stage_runner": 900,
+    "simulator": 900,
+    "dispatcher": 120,
+    "poller": 300,
+    "trigger": 60,
+}
 _DEFAULT_TIMEOUT_S = 60
 
 
@@ -95,9 +117,14 @@ def _digest(paths: Sequence[Path]) -> str:
 def light_layer_sources() -> dict[str, str]:
     """Digests of what the light layer is built from: its requirements and the qlayer package."""
     deps = [LIGHT_LAYER_DIR / "requirements.txt", LIGHT_LAYER_DIR / "build.sh"]
-    code = [REPO_ROOT / "pyproject.toml"] + sorted(
-        p for p in (REPO_ROOT / "qlayer").rglob("*") if p.is_file() and "__pycache__" not in p.parts
-    )
+    code = [
+        REPO_ROOT / "pyproject.toml",
+        *sorted(
+            p
+            for p in (REPO_ROOT / "qlayer").rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts
+        ),
+    ]
     return {"deps": _digest(deps), "code": _digest(code)}
 
 
@@ -118,7 +145,9 @@ def ensure_light_layer() -> str:
     else:
         return str(built)
     env = {**os.environ, "PYTHON": os.environ.get("PYTHON", sys.executable)}
-    subprocess.run(["bash", str(LIGHT_LAYER_DIR / "build.sh"), *args], check=True, cwd=REPO_ROOT, env=env)
+    subprocess.run(
+        ["bash", str(LIGHT_LAYER_DIR / "build.sh"), *args], check=True, cwd=REPO_ROOT, env=env
+    )
     stamp.write_text(json.dumps(want))
     return str(built)
 
@@ -127,7 +156,9 @@ def function_dir(name: str) -> str:
     """The asset folder of handler ``name`` (``functions/<name>``)."""
     path = REPO_ROOT / "functions" / name
     if not path.is_dir():
-        raise FileNotFoundError(f"{path} is missing: every handler lives in functions/<name>/app.py")
+        raise FileNotFoundError(
+            f"{path} is missing: every handler lives in functions/<name>/app.py"
+        )
     return str(path)
 
 
@@ -207,12 +238,18 @@ class Compute(Construct):
                 runtime=lambda_.Runtime.PYTHON_3_11,
                 architecture=lambda_.Architecture.X86_64,
                 handler="app.lambda_handler",
-                code=lambda_.Code.from_asset(function_dir(name), exclude=["**/__pycache__", "**/*.pyc"]),
+                code=lambda_.Code.from_asset(
+                    function_dir(name), exclude=["**/__pycache__", "**/*.pyc"]
+                ),
                 layers=[self.layer],
                 memory_size=memory.get(name, 512),
                 timeout=Duration.seconds(_TIMEOUTS_S.get(name, _DEFAULT_TIMEOUT_S)),
                 tracing=lambda_.Tracing.ACTIVE,
-                environment={**environment, "QLAYER_FUNCTION": name, "POWERTOOLS_SERVICE_NAME": f"qlayer-{name}"},
+                environment={
+                    **environment,
+                    "QLAYER_FUNCTION": name,
+                    "POWERTOOLS_SERVICE_NAME": f"qlayer-{name}",
+                },
                 log_group=self._log_group(name),
                 description=f"qlayer {env_name}: {name}",
             )
@@ -232,7 +269,11 @@ class Compute(Construct):
                 memory_size=memory.get(name, 1024),
                 timeout=Duration.seconds(_TIMEOUTS_S.get(name, _DEFAULT_TIMEOUT_S)),
                 tracing=lambda_.Tracing.ACTIVE,
-                environment={**environment, "QLAYER_FUNCTION": name, "POWERTOOLS_SERVICE_NAME": f"qlayer-{name}"},
+                environment={
+                    **environment,
+                    "QLAYER_FUNCTION": name,
+                    "POWERTOOLS_SERVICE_NAME": f"qlayer-{name}",
+                },
                 log_group=self._log_group(name),
                 description=f"qlayer {env_name}: {name} (runner image)",
             )
@@ -282,14 +323,18 @@ class Compute(Construct):
             max_azs=2,
             nat_gateways=1,
             subnet_configuration=[
-                ec2.SubnetConfiguration(name="public", subnet_type=ec2.SubnetType.PUBLIC, cidr_mask=24),
+                ec2.SubnetConfiguration(
+                    name="public", subnet_type=ec2.SubnetType.PUBLIC, cidr_mask=24
+                ),
                 ec2.SubnetConfiguration(
                     name="batch", subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS, cidr_mask=20
                 ),
             ],
             gateway_endpoints={
                 "S3": ec2.GatewayVpcEndpointOptions(service=ec2.GatewayVpcEndpointAwsService.S3),
-                "DynamoDB": ec2.GatewayVpcEndpointOptions(service=ec2.GatewayVpcEndpointAwsService.DYNAMODB),
+                "DynamoDB": ec2.GatewayVpcEndpointOptions(
+                    service=ec2.GatewayVpcEndpointAwsService.DYNAMODB
+                ),
             },
             flow_logs={
                 "all": ec2.FlowLogOptions(
@@ -332,7 +377,9 @@ class Compute(Construct):
             self,
             "CpuQueue",
             job_queue_name=f"qlayer-{env_name}-cpu",
-            compute_environments=[batch.OrderedComputeEnvironment(compute_environment=cpu_env, order=1)],
+            compute_environments=[
+                batch.OrderedComputeEnvironment(compute_environment=cpu_env, order=1)
+            ],
         )
         gpu_env = batch.ManagedEc2EcsComputeEnvironment(
             self,
@@ -350,7 +397,9 @@ class Compute(Construct):
             self,
             "GpuQueue",
             job_queue_name=f"qlayer-{env_name}-gpu",
-            compute_environments=[batch.OrderedComputeEnvironment(compute_environment=gpu_env, order=1)],
+            compute_environments=[
+                batch.OrderedComputeEnvironment(compute_environment=gpu_env, order=1)
+            ],
         )
 
         batch_env = {**environment, "POWERTOOLS_SERVICE_NAME": "qlayer-batch"}

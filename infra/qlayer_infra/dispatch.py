@@ -63,9 +63,13 @@ class Dispatch(Construct):
             encryption=sqs.QueueEncryption.KMS,
             encryption_master_key=key,
             enforce_ssl=True,
-            visibility_timeout=Duration.seconds(dispatcher_timeout.to_seconds() * VISIBILITY_FACTOR),
+            visibility_timeout=Duration.seconds(
+                dispatcher_timeout.to_seconds() * VISIBILITY_FACTOR
+            ),
             retention_period=Duration.days(4),
-            dead_letter_queue=sqs.DeadLetterQueue(queue=self.dlq, max_receive_count=MAX_RECEIVE_COUNT),
+            dead_letter_queue=sqs.DeadLetterQueue(
+                queue=self.dlq, max_receive_count=MAX_RECEIVE_COUNT
+            ),
         )
         dispatcher.add_event_source(
             event_sources.SqsEventSource(

@@ -34,7 +34,10 @@ DEFAULT_PSEUDO: dict[str, str] = {
     "AWS::AccountId": "123456789012",
     "AWS::URLSuffix": "amazonaws.com",
     "AWS::StackName": "Qlayer",
-    "AWS::StackId": "arn:aws:cloudformation:us-east-1:123456789012:stack/Qlayer/00000000-0000-0000-0000-000000000000",
+    "AWS::StackId": (
+        "arn:aws:cloudformation:us-east-1:123456789012:stack/Qlayer/"
+        "00000000-0000-0000-0000-000000000000"
+    ),
     "AWS::NoValue": "",
 }
 
@@ -43,7 +46,7 @@ _SUB_VAR = re.compile(r"\$\{([^}!][^}]*)\}")
 
 
 class ExtractError(ValueError):
-    """The template has no (or no single) state machine, or an intrinsic this module cannot resolve."""
+    """No (or no single) state machine, or an intrinsic this module cannot resolve."""
 
 
 def find_state_machines(template: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
@@ -86,10 +89,14 @@ def dummy_resolver(
             "AWS::Lambda::Function": f"arn:{part}:lambda:{region}:{account}:function:{lid}",
             "AWS::SQS::Queue": f"arn:{part}:sqs:{region}:{account}:{lid}",
             "AWS::Batch::JobQueue": f"arn:{part}:batch:{region}:{account}:job-queue/{lid}",
-            "AWS::Batch::JobDefinition": f"arn:{part}:batch:{region}:{account}:job-definition/{lid}:1",
+            "AWS::Batch::JobDefinition": (
+                f"arn:{part}:batch:{region}:{account}:job-definition/{lid}:1"
+            ),
             "AWS::S3::Bucket": f"arn:{part}:s3:::{name}",
             "AWS::DynamoDB::Table": f"arn:{part}:dynamodb:{region}:{account}:table/{lid}",
-            "AWS::StepFunctions::StateMachine": f"arn:{part}:states:{region}:{account}:stateMachine:{lid}",
+            "AWS::StepFunctions::StateMachine": (
+                f"arn:{part}:states:{region}:{account}:stateMachine:{lid}"
+            ),
             "AWS::SNS::Topic": f"arn:{part}:sns:{region}:{account}:{lid}",
             "AWS::IAM::Role": f"arn:{part}:iam::{account}:role/{lid}",
         }
@@ -97,8 +104,12 @@ def dummy_resolver(
         if attr == "Ref":
             if rtype == "AWS::SQS::Queue":
                 return f"https://sqs.{region}.{p['AWS::URLSuffix']}/{account}/{lid}"
-            if rtype in {"AWS::Batch::JobQueue", "AWS::Batch::JobDefinition", "AWS::SNS::Topic",
-                         "AWS::StepFunctions::StateMachine"}:
+            if rtype in {
+                "AWS::Batch::JobQueue",
+                "AWS::Batch::JobDefinition",
+                "AWS::SNS::Topic",
+                "AWS::StepFunctions::StateMachine",
+            }:
                 return arn  # Ref of these is their ARN
             return name
         if attr in {"Arn", "QueueArn", "JobQueueArn", "JobDefinitionArn", "TopicArn"}:
@@ -112,7 +123,9 @@ def dummy_resolver(
     return resolve
 
 
-def resolve_intrinsics(value: Any, resolve: Resolver, pseudo: Mapping[str, str] | None = None) -> Any:
+def resolve_intrinsics(
+    value: Any, resolve: Resolver, pseudo: Mapping[str, str] | None = None
+) -> Any:
     """Evaluate CloudFormation intrinsics in ``value`` (Ref, GetAtt, Join, Sub, Select, Split)."""
     p = {**DEFAULT_PSEUDO, **(pseudo or {})}
 
@@ -122,7 +135,7 @@ def resolve_intrinsics(value: Any, resolve: Resolver, pseudo: Mapping[str, str] 
         if not isinstance(v, dict):
             return v
         if len(v) == 1:
-            (fn, arg), = v.items()
+            ((fn, arg),) = v.items()
             if fn == "Ref":
                 return p[arg] if arg in p else resolve(arg, "Ref")
             if fn == "Fn::GetAtt":
@@ -172,12 +185,15 @@ def state_machine_definition(
     if logical_id is None:
         if len(machines) != 1:
             raise ExtractError(
-                f"the template has {len(machines)} state machines ({', '.join(machines) or 'none'}); "
+                f"the template has {len(machines)} state machines "
+                f"({', '.join(machines) or 'none'}); "
                 "pass logical_id="
             )
         logical_id = next(iter(machines))
     if logical_id not in machines:
-        raise ExtractError(f"no state machine {logical_id!r}; the template has: {', '.join(machines)}")
+        raise ExtractError(
+            f"no state machine {logical_id!r}; the template has: {', '.join(machines)}"
+        )
     props = machines[logical_id].get("Properties", {})
     resolve = resolve or dummy_resolver(template, pseudo)
 
@@ -190,7 +206,9 @@ def state_machine_definition(
             text = text.replace("${" + key + "}", str(val))
         definition = json.loads(text)
     else:
-        raise ExtractError(f"state machine {logical_id!r} has no inline definition (DefinitionS3Location?)")
+        raise ExtractError(
+            f"state machine {logical_id!r} has no inline definition (DefinitionS3Location?)"
+        )
     return definition
 
 

@@ -62,7 +62,8 @@ def acknowledge(
     )
     ack(
         stack,
-        "CDK's grant on the stack's customer-managed KMS key: GenerateDataKey*/ReEncrypt* on that one "
+        "CDK's grant on the stack's customer-managed KMS key: GenerateDataKey*/ReEncrypt* on "
+        "that one "
         "key, to read and write the encrypted queues and logs",
         "AwsSolutions-IAM5[Action::kms:GenerateDataKey*]",
         "AwsSolutions-IAM5[Action::kms:ReEncrypt*]",
@@ -98,7 +99,8 @@ def acknowledge(
     )
     ack(
         compute,
-        "Python 3.11 on purpose: the light layer's binary wheels (pydantic-core) and the runner images "
+        "Python 3.11 on purpose: the light layer's binary wheels (pydantic-core) and the "
+        "runner images "
         "are built for CPython 3.11, the project's minimum supported version",
         "AwsSolutions-L1",
     )
@@ -138,7 +140,8 @@ def acknowledge(
     ops_secret = stack.node.find_child("Ops").node.find_child("Providers")
     ack(
         ops_secret,
-        "Provider tokens are issued by IBM Quantum / AWS outside this stack and cannot be rotated by "
+        "Provider tokens are issued by IBM Quantum / AWS outside this stack and cannot be "
+        "rotated by "
         "a Lambda here; rotate them at the provider and update the secret (see infra/README.md)",
         "AwsSolutions-SMG4",
     )

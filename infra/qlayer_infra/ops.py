@@ -69,17 +69,19 @@ class Ops(Construct):
             self,
             "Providers",
             secret_name=secret_name,
-            description="qlayer provider settings: IBM Quantum token/instance, Braket settings (JSON)",
+            description="qlayer provider settings (JSON): IBM Quantum token/instance, Braket",
             removal_policy=removal_policy,
         )
 
-    def add_alarms(self, *, dlq: sqs.IQueue, state_machine: sfn.IStateMachine) -> list[cloudwatch.Alarm]:
+    def add_alarms(
+        self, *, dlq: sqs.IQueue, state_machine: sfn.IStateMachine
+    ) -> list[cloudwatch.Alarm]:
         """Alarm on dead-lettered dispatch messages and on failed executions."""
         action = cw_actions.SnsAction(self.topic)
         dead = cloudwatch.Alarm(
             self,
             "DispatchDeadLetters",
-            alarm_description="QPU dispatch messages reached the dead-letter queue: a submission failed 5 times",
+            alarm_description="QPU dispatch messages in the dead-letter queue: submissions failed",
             metric=dlq.metric_approximate_number_of_messages_visible(period=Duration.minutes(1)),
             threshold=0,
             comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
@@ -89,7 +91,7 @@ class Ops(Construct):
         failed = cloudwatch.Alarm(
             self,
             "ExecutionsFailed",
-            alarm_description="A qlayer job execution failed; its reason is in jobs/<id>/error.json",
+            alarm_description="A qlayer job failed; the reason is in jobs/<id>/error.json",
             metric=state_machine.metric_failed(period=Duration.minutes(1)),
             threshold=0,
             comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,

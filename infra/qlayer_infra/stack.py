@@ -72,7 +72,11 @@ class QlayerStack(Stack):
 
         storage = Storage(self, "Storage", env_name=env_name, removal_policy=removal_policy)
         ops = Ops(
-            self, "Ops", env_name=env_name, secret_name=providers_secret_name, removal_policy=removal_policy
+            self,
+            "Ops",
+            env_name=env_name,
+            secret_name=providers_secret_name,
+            removal_policy=removal_policy,
         )
         compute = Compute(
             self,
@@ -113,18 +117,38 @@ class QlayerStack(Stack):
         ops.add_alarms(dlq=dispatch.dlq, state_machine=machine)
 
         self._grant(storage=storage, ops=ops, compute=compute, dispatch=dispatch, workflow=workflow)
-        nag.acknowledge(self, storage=storage, compute=compute, workflow=workflow, dispatch=dispatch)
+        nag.acknowledge(
+            self, storage=storage, compute=compute, workflow=workflow, dispatch=dispatch
+        )
 
         self.storage, self.ops, self.compute, self.dispatch, self.workflow = (
-            storage, ops, compute, dispatch, workflow,
+            storage,
+            ops,
+            compute,
+            dispatch,
+            workflow,
         )
 
         region = Stack.of(self).region
-        CfnOutput(self, "BucketName", value=storage.bucket.bucket_name, description="Artifacts bucket")
-        CfnOutput(self, "StateMachineArn", value=machine.state_machine_arn, description="Job state machine")
+        CfnOutput(
+            self, "BucketName", value=storage.bucket.bucket_name, description="Artifacts bucket"
+        )
+        CfnOutput(
+            self,
+            "StateMachineArn",
+            value=machine.state_machine_arn,
+            description="Job state machine",
+        )
         CfnOutput(self, "JobsTableName", value=storage.jobs.table_name, description="Jobs table")
-        CfnOutput(self, "TasksTableName", value=storage.tasks.table_name, description="QPU tasks table")
-        CfnOutput(self, "DispatchQueueUrl", value=dispatch.queue.queue_url, description="QPU dispatch queue")
+        CfnOutput(
+            self, "TasksTableName", value=storage.tasks.table_name, description="QPU tasks table"
+        )
+        CfnOutput(
+            self,
+            "DispatchQueueUrl",
+            value=dispatch.queue.queue_url,
+            description="QPU dispatch queue",
+        )
         CfnOutput(
             self,
             "StateMachineConsoleUrl",
@@ -134,7 +158,13 @@ class QlayerStack(Stack):
         )
 
     def _grant(
-        self, *, storage: Storage, ops: Ops, compute: Compute, dispatch: Dispatch, workflow: JobWorkflow
+        self,
+        *,
+        storage: Storage,
+        ops: Ops,
+        compute: Compute,
+        dispatch: Dispatch,
+        workflow: JobWorkflow,
     ) -> None:
         """Least privilege: each function gets only what its step needs."""
         fns = compute.functions
@@ -158,8 +188,18 @@ class QlayerStack(Stack):
         # steps of the state machine: read the job's artifacts and the program, write the job's.
         for name in ("loader", "stage_runner", "start_children"):
             bucket.grant_read(fns[name], f"{PROGRAMS_PREFIX}*")
-        for name in ("loader", "stage_runner", "simulator", "read_outcome", "start_children", "fan_in",
-                     "finaliser", "fail_job", "dispatcher", "poller"):
+        for name in (
+            "loader",
+            "stage_runner",
+            "simulator",
+            "read_outcome",
+            "start_children",
+            "fan_in",
+            "finaliser",
+            "fail_job",
+            "dispatcher",
+            "poller",
+        ):
             bucket.grant_read_write(fns[name], jobs_objects)
             jobs.grant_read_write_data(fns[name])
         bucket.grant_read_write(compute.batch_job_role, jobs_objects)
@@ -181,8 +221,12 @@ class QlayerStack(Stack):
             fn.add_environment("QLAYER_BRAKET_BUCKET", storage.braket_results.bucket_name)
             fn.add_to_role_policy(
                 iam.PolicyStatement(
-                    actions=["braket:GetDevice", "braket:SearchDevices", "braket:GetQuantumTask",
-                             "braket:CancelQuantumTask"]
+                    actions=[
+                        "braket:GetDevice",
+                        "braket:SearchDevices",
+                        "braket:GetQuantumTask",
+                        "braket:CancelQuantumTask",
+                    ]
                     + (["braket:CreateQuantumTask"] if name == "dispatcher" else []),
                     resources=["*"],
                 )

@@ -45,7 +45,9 @@ class Storage(Construct):
             encryption=s3.BucketEncryption.S3_MANAGED,
             block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
             enforce_ssl=True,
-            lifecycle_rules=[s3.LifecycleRule(id="expire-access-logs", expiration=Duration.days(365))],
+            lifecycle_rules=[
+                s3.LifecycleRule(id="expire-access-logs", expiration=Duration.days(365))
+            ],
             removal_policy=removal_policy,
             auto_delete_objects=auto_delete,
         )
@@ -81,7 +83,10 @@ class Storage(Construct):
                     expiration=Duration.days(7),
                     noncurrent_version_expiration=Duration.days(1),
                 ),
-                s3.LifecycleRule(id="abort-incomplete-uploads", abort_incomplete_multipart_upload_after=Duration.days(1)),
+                s3.LifecycleRule(
+                    id="abort-incomplete-uploads",
+                    abort_incomplete_multipart_upload_after=Duration.days(1),
+                ),
             ],
             removal_policy=removal_policy,
             auto_delete_objects=auto_delete,
@@ -96,7 +101,9 @@ class Storage(Construct):
             enforce_ssl=True,
             server_access_logs_bucket=self.access_logs,
             server_access_logs_prefix="braket/",
-            lifecycle_rules=[s3.LifecycleRule(id="expire-braket-results", expiration=Duration.days(90))],
+            lifecycle_rules=[
+                s3.LifecycleRule(id="expire-braket-results", expiration=Duration.days(90))
+            ],
             removal_policy=removal_policy,
             auto_delete_objects=auto_delete,
         )
@@ -123,7 +130,9 @@ class Storage(Construct):
         self.tasks = dynamodb.Table(
             self,
             "QpuTasks",
-            partition_key=dynamodb.Attribute(name="idempotency_key", type=dynamodb.AttributeType.STRING),
+            partition_key=dynamodb.Attribute(
+                name="idempotency_key", type=dynamodb.AttributeType.STRING
+            ),
             billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
             encryption=dynamodb.TableEncryption.AWS_MANAGED,
             point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(

@@ -6,16 +6,18 @@ Only ``$.job_id``, ``$.decision`` and small pointers travel in the state.
 
 ::
 
-    Load job -> Route -+- next    -> Choose compute -+- lambda    -> Run stage on Lambda ------> Route
-                       |                              +- batch     -> Run stage on Batch -----+
-                       |                              +- batch-gpu -> Run stage on Batch GPU -+-> Read stage outcome -> Route
-                       +- execute -> Execute --------+- lambda    -> Simulate on Lambda -------> Route
-                       |                              +- batch     -> Simulate on Batch ------+
-                       |                              +- batch-gpu -> Simulate on Batch GPU --+-> Read stage outcome
-                       |                              +- qpu       -> Wait for QPU (SQS + task token) -> Route
-                       +- fanout  -> Start children -> Inline or distributed -> Run children [...] -> Fan in -> Route
-                       +- done    -> Finalise -> Job done
-                       +- error   -> Fail job -> Job failed
+    Load job -> Route
+    Route -next->    Choose compute -lambda->    Run stage on Lambda -> Route
+                                    -batch->     Run stage on Batch -> Read stage outcome -> Route
+                                    -batch-gpu-> Run stage on Batch GPU -> Read stage outcome
+    Route -execute-> Execute -lambda->    Simulate on Lambda -> Route
+                             -batch->     Simulate on Batch -> Read stage outcome
+                             -batch-gpu-> Simulate on Batch GPU -> Read stage outcome
+                             -qpu->       Wait for QPU (SQS + task token) -> Route
+    Route -fanout->  Fan out -> Start children -> Inline or distributed
+                     -> Run children | Run children (distributed) -> Fan in -> Route
+    Route -done->    Finalise -> Job done
+    Route -error->   Fail job -> Job failed
 
 Every task catches every error into ``$.error`` and goes to "Record failure" ->
 "Fail job", so a failure always lands the job in ERROR with its reason.
@@ -85,7 +87,11 @@ ROUTES: dict[str, str] = {
     "error": FAIL_JOB,
 }
 #: Choose compute: decision.compute.kind -> state.
-COMPUTE_ROUTES: dict[str, str] = {"lambda": RUN_LAMBDA, "batch": RUN_BATCH, "batch-gpu": RUN_BATCH_GPU}
+COMPUTE_ROUTES: dict[str, str] = {
+    "lambda": RUN_LAMBDA,
+    "batch": RUN_BATCH,
+    "batch-gpu": RUN_BATCH_GPU,
+}
 #: Execute: decision.plan.tier -> state.
 TIER_ROUTES: dict[str, str] = {
     "lambda": SIM_LAMBDA,
@@ -131,24 +137,35 @@ class JobWorkflow(Construct):
         super().__init__(scope, id)
         self.name = state_machine_name(env_name)
         fns = compute.functions
-        self._catchables: list[sfn.TaskStateBase | sfn.CustomState | sfn.Map | sfn.DistributedMap] = []
+        self._catchables: list[
+            sfn.TaskStateBase | sfn.CustomState | sfn.Map | sfn.DistributedMap
+        ] = []
 
         # -- the ends ------------------------------------------------------------------
         job_failed = sfn.Fail(
-            self, "JobFailed", state_name=JOB_FAILED,
-            error="JobFailed", cause="The job is in ERROR; the reason is in jobs/<job_id>/error.json",
+            self,
+            "JobFailed",
+            state_name=JOB_FAILED,
+            error="JobFailed",
+            cause="The job is in ERROR; the reason is in jobs/<job_id>/error.json",
         )
         not_recorded = sfn.Fail(
-            self, "FailureNotRecorded", state_name=FAILURE_NOT_RECORDED,
+            self,
+            "FailureNotRecorded",
+            state_name=FAILURE_NOT_RECORDED,
             error="FailureNotRecorded",
             cause="The job failed and fail_job could not record it; see this execution's history",
         )
-        fail_job = self._lambda(FAIL_JOB, fns["fail_job"], result_path=sfn.JsonPath.DISCARD, catch=False)
+        fail_job = self._lambda(
+            FAIL_JOB, fns["fail_job"], result_path=sfn.JsonPath.DISCARD, catch=False
+        )
         fail_job.add_catch(not_recorded, errors=["States.ALL"], result_path="$.error")
         fail_job.next(job_failed)
 
         self.record_failure = sfn.Pass(
-            self, "RecordFailure", state_name=RECORD_FAILURE,
+            self,
+            "RecordFailure",
+            state_name=RECORD_FAILURE,
             comment="A step raised or timed out: turn the caught error into an error decision",
             parameters={
                 "job_id": sfn.JsonPath.string_at("$.job_id"),
@@ -160,14 +177,17 @@ class JobWorkflow(Construct):
             },
         ).next(fail_job)
         unroutable = sfn.Pass(
-            self, "Unroutable", state_name=UNROUTABLE,
+            self,
+            "Unroutable",
+            state_name=UNROUTABLE,
             comment="A decision this state machine cannot route: fail the job with it",
             parameters={
                 "job_id": sfn.JsonPath.string_at("$.job_id"),
                 "decision": {
                     "kind": "error",
                     "error_type": "UnroutableDecision",
-                    "message": "a step returned a decision without a known kind, compute.kind or plan.tier",
+                    "message": "a step returned a decision with no known kind, compute.kind "
+                    "or plan.tier",
                     "failure": sfn.JsonPath.object_at("$.decision"),
                 },
             },
@@ -177,9 +197,12 @@ class JobWorkflow(Construct):
         finalise.next(sfn.Succeed(self, "JobDone", state_name=JOB_DONE))
 
         # -- route ---------------------------------------------------------------------
-        route = sfn.Choice(self, "Route", state_name=ROUTE, comment="Where the last step's decision goes")
+        route = sfn.Choice(
+            self, "Route", state_name=ROUTE, comment="Where the last step's decision goes"
+        )
         load = self._lambda(
-            LOAD, fns["loader"],
+            LOAD,
+            fns["loader"],
             payload={"job_id.$": "$.job_id", "execution.$": "$$.Execution.Id"},
         )
         load.next(route)
@@ -189,16 +212,24 @@ class JobWorkflow(Construct):
         read_outcome.next(route)
         run_lambda = self._lambda(RUN_LAMBDA, fns["stage_runner"])
         run_lambda.next(route)
-        run_batch = self._batch(RUN_BATCH, compute.cpu_queue, compute.cpu_job, stage="$.decision.stage")
+        run_batch = self._batch(
+            RUN_BATCH, compute.cpu_queue, compute.cpu_job, stage="$.decision.stage"
+        )
         run_batch.next(read_outcome)
         run_batch_gpu = self._batch(
             RUN_BATCH_GPU, compute.gpu_queue, compute.gpu_job, stage="$.decision.stage", gpus=True
         )
         run_batch_gpu.next(read_outcome)
         choose = self._choice(
-            CHOOSE_COMPUTE, "$.decision.compute.kind", {
-                "lambda": run_lambda, "batch": run_batch, "batch-gpu": run_batch_gpu,
-            }, unroutable, comment="Where the next stage runs (its @wf.stage(compute=...))",
+            CHOOSE_COMPUTE,
+            "$.decision.compute.kind",
+            {
+                "lambda": run_lambda,
+                "batch": run_batch,
+                "batch-gpu": run_batch_gpu,
+            },
+            unroutable,
+            comment="Where the next stage runs (its @wf.stage(compute=...))",
         )
 
         # -- execute -------------------------------------------------------------------
@@ -206,21 +237,27 @@ class JobWorkflow(Construct):
         sim_lambda.next(route)
         sim_batch = self._batch(SIM_BATCH, compute.cpu_queue, compute.cpu_job, stage=None)
         sim_batch.next(read_outcome)
-        sim_batch_gpu = self._batch(SIM_BATCH_GPU, compute.gpu_queue, compute.gpu_job, stage=None, gpus=True)
+        sim_batch_gpu = self._batch(
+            SIM_BATCH_GPU, compute.gpu_queue, compute.gpu_job, stage=None, gpus=True
+        )
         sim_batch_gpu.next(read_outcome)
         wait_qpu = tasks.SqsSendMessage(
-            self, "WaitForQpu", state_name=WAIT_QPU,
-            comment="Queue the request to the dispatcher; it calls SendTaskSuccess with the next decision",
+            self,
+            "WaitForQpu",
+            state_name=WAIT_QPU,
+            comment="Queue the request to the dispatcher; SendTaskSuccess brings the next decision",
             queue=dispatch_queue,
             integration_pattern=sfn.IntegrationPattern.WAIT_FOR_TASK_TOKEN,
-            message_body=sfn.TaskInput.from_object({
-                "task_token": sfn.JsonPath.task_token,
-                "job_id": sfn.JsonPath.string_at("$.job_id"),
-                "seq": sfn.JsonPath.number_at("$.decision.seq"),
-                "request_key": sfn.JsonPath.string_at("$.decision.request_key"),
-                "backend": sfn.JsonPath.string_at("$.decision.backend"),
-                "execution": sfn.JsonPath.string_at("$$.Execution.Id"),
-            }),
+            message_body=sfn.TaskInput.from_object(
+                {
+                    "task_token": sfn.JsonPath.task_token,
+                    "job_id": sfn.JsonPath.string_at("$.job_id"),
+                    "seq": sfn.JsonPath.number_at("$.decision.seq"),
+                    "request_key": sfn.JsonPath.string_at("$.decision.request_key"),
+                    "backend": sfn.JsonPath.string_at("$.decision.backend"),
+                    "execution": sfn.JsonPath.string_at("$$.Execution.Id"),
+                }
+            ),
             heartbeat_timeout=sfn.Timeout.duration(qpu_heartbeat),
             task_timeout=sfn.Timeout.duration(qpu_timeout),
             result_path="$.decision",
@@ -228,22 +265,33 @@ class JobWorkflow(Construct):
         self._catchables.append(wait_qpu)
         wait_qpu.next(route)
         execute = self._choice(
-            EXECUTE, "$.decision.plan.tier", {
-                "lambda": sim_lambda, "batch": sim_batch, "batch-gpu": sim_batch_gpu, "qpu": wait_qpu,
-            }, unroutable, comment="The resource planner's tier for this execute request",
+            EXECUTE,
+            "$.decision.plan.tier",
+            {
+                "lambda": sim_lambda,
+                "batch": sim_batch,
+                "batch-gpu": sim_batch_gpu,
+                "qpu": wait_qpu,
+            },
+            unroutable,
+            comment="The resource planner's tier for this execute request",
         )
 
         # -- fan out -------------------------------------------------------------------
         start_children = self._lambda(START_CHILDREN, fns["start_children"], result_path="$.fanout")
         fan_out = sfn.Pass(
-            self, "FanOut", state_name=FAN_OUT,
-            comment="A fan-out decision: one child job per item, then 'Fan in' hands their results on",
+            self,
+            "FanOut",
+            state_name=FAN_OUT,
+            comment="A fan-out decision: one child job per item; 'Fan in' hands on their results",
         ).next(start_children)
         own_machine = sfn.StateMachine.from_state_machine_name(self, "Self", self.name)
 
         def run_child(construct_id: str, name: str) -> tasks.StepFunctionsStartExecution:
             return tasks.StepFunctionsStartExecution(
-                self, construct_id, state_name=name,
+                self,
+                construct_id,
+                state_name=name,
                 comment="Run one child job (this state machine, execution name = child job id)",
                 state_machine=own_machine,
                 integration_pattern=sfn.IntegrationPattern.RUN_JOB,
@@ -254,14 +302,18 @@ class JobWorkflow(Construct):
             )
 
         inline = sfn.Map(
-            self, "RunChildren", state_name=RUN_CHILDREN,
+            self,
+            "RunChildren",
+            state_name=RUN_CHILDREN,
             items_path="$.fanout.children",
             item_selector={"child_id": sfn.JsonPath.string_at("$$.Map.Item.Value")},
             max_concurrency=max_children_concurrency,
             result_path=sfn.JsonPath.DISCARD,
         ).item_processor(run_child("RunChild", RUN_CHILD))
         distributed = sfn.DistributedMap(
-            self, "RunChildrenDistributed", state_name=RUN_CHILDREN_DISTRIBUTED,
+            self,
+            "RunChildrenDistributed",
+            state_name=RUN_CHILDREN_DISTRIBUTED,
             item_reader=sfn.S3JsonItemReader(
                 bucket=bucket, key=sfn.JsonPath.string_at("$.fanout.children_key")
             ),
@@ -278,7 +330,7 @@ class JobWorkflow(Construct):
         # ignored in favour of mapExecutionType; both say STANDARD.
         Annotations.of(distributed).acknowledge_warning(
             "@aws-cdk/aws-stepfunctions:propertyIgnored",
-            "ProcessorConfig.executionType is required by CDK's own validation and equals the map's type",
+            "ProcessorConfig.executionType is required by CDK's own validation; same type",
         )
         self._catchables += [inline, distributed]
         fan_in = self._lambda(FAN_IN, fns["fan_in"])
@@ -287,10 +339,14 @@ class JobWorkflow(Construct):
         fan_in.next(route)
         start_children.next(
             sfn.Choice(
-                self, "InlineOrDistributed", state_name=INLINE_OR_DISTRIBUTED,
-                comment=f"Map runs inline up to {INLINE_MAP_LIMIT} children, Distributed Map past it",
+                self,
+                "InlineOrDistributed",
+                state_name=INLINE_OR_DISTRIBUTED,
+                comment=f"Map inline up to {INLINE_MAP_LIMIT} children, Distributed Map past it",
             )
-            .when(sfn.Condition.number_greater_than("$.decision.count", INLINE_MAP_LIMIT), distributed)
+            .when(
+                sfn.Condition.number_greater_than("$.decision.count", INLINE_MAP_LIMIT), distributed
+            )
             .otherwise(inline)
         )
 
@@ -310,20 +366,24 @@ class JobWorkflow(Construct):
             state.add_catch(self.record_failure, errors=["States.ALL"], result_path="$.error")
 
         self.log_group = logs.LogGroup(
-            self, "Logs",
+            self,
+            "Logs",
             log_group_name=f"/aws/vendedlogs/states/{self.name}",
             retention=log_retention,
             encryption_key=key,
             removal_policy=removal_policy,
         )
         self.state_machine = sfn.StateMachine(
-            self, "StateMachine",
+            self,
+            "StateMachine",
             state_machine_name=self.name,
             state_machine_type=sfn.StateMachineType.STANDARD,
-            comment="qlayer: one execution per job; input {\"job_id\": \"<id>\"}, name = job id",
+            comment='qlayer: one execution per job; input {"job_id": "<id>"}, name = job id',
             definition_body=sfn.DefinitionBody.from_chainable(load),
             tracing_enabled=True,
-            logs=sfn.LogOptions(destination=self.log_group, level=sfn.LogLevel.ALL, include_execution_data=True),
+            logs=sfn.LogOptions(
+                destination=self.log_group, level=sfn.LogLevel.ALL, include_execution_data=True
+            ),
         )
         self._grant_batch(compute)
         # A child (or Distributed Map iteration) starts an execution of this same machine.
@@ -335,7 +395,8 @@ class JobWorkflow(Construct):
         )
 
         self.status_rule = events.Rule(
-            self, "ExecutionEnded",
+            self,
+            "ExecutionEnded",
             description="qlayer: record jobs whose execution failed, timed out or was stopped",
             event_pattern=events.EventPattern(
                 source=["aws.states"],
@@ -359,7 +420,9 @@ class JobWorkflow(Construct):
         catch: bool = True,
     ) -> tasks.LambdaInvoke:
         task = tasks.LambdaInvoke(
-            self, _construct_id(name), state_name=name,
+            self,
+            _construct_id(name),
+            state_name=name,
             lambda_function=fn,
             payload=sfn.TaskInput.from_object(dict(payload)),
             payload_response_only=True,
@@ -371,9 +434,15 @@ class JobWorkflow(Construct):
         return task
 
     def _batch(
-        self, name: str, queue: object, job_definition: object, *, stage: str | None, gpus: bool = False
+        self,
+        name: str,
+        queue: object,
+        job_definition: object,
+        *,
+        stage: str | None,
+        gpus: bool = False,
     ) -> sfn.CustomState:
-        """A Batch submitJob.sync state; the container writes output.json, "Read stage outcome" reads it.
+        """A Batch submitJob.sync state; the container writes output.json for "Read stage outcome".
 
         ``stage`` is the JSONPath of the stage name, or None for a simulation (stage "execute").
         The decision's ``compute`` gives vCPUs, memory (MiB) and, on the GPU queue, GPUs.
@@ -383,13 +452,16 @@ class JobWorkflow(Construct):
             {"Type": "MEMORY", "Value.$": "States.Format('{}', $.decision.compute.memory_mb)"},
         ]
         if gpus:
-            requirements.append({"Type": "GPU", "Value.$": "States.Format('{}', $.decision.compute.gpus)"})
+            requirements.append(
+                {"Type": "GPU", "Value.$": "States.Format('{}', $.decision.compute.gpus)"}
+            )
         stage_param: dict[str, str] = {"stage.$": stage} if stage else {"stage": "execute"}
         state = sfn.CustomState(
-            self, name,  # CustomState takes its state name from the construct id
+            self,
+            name,  # CustomState takes its state name from the construct id
             state_json={
                 "Type": "Task",
-                "Comment": "Run qlayer.aws.batch_entry in the runner image; Batch returns no payload",
+                "Comment": "qlayer.aws.batch_entry in the runner image; Batch returns no payload",
                 "Resource": f"arn:{Aws.PARTITION}:states:::batch:submitJob.sync",
                 "Parameters": {
                     "JobName.$": "States.Format('{}-{}', $.job_id, $.decision.seq)",
@@ -439,14 +511,18 @@ class JobWorkflow(Construct):
         )
         # submitJob.sync: Step Functions watches the job through a managed EventBridge rule.
         self.state_machine.add_to_role_policy(
-            iam.PolicyStatement(actions=["batch:DescribeJobs", "batch:TerminateJob"], resources=["*"])
+            iam.PolicyStatement(
+                actions=["batch:DescribeJobs", "batch:TerminateJob"], resources=["*"]
+            )
         )
         self.state_machine.add_to_role_policy(
             iam.PolicyStatement(
                 actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"],
                 resources=[
                     stack.format_arn(
-                        service="events", resource="rule", resource_name="StepFunctionsGetEventsForBatchJobsRule"
+                        service="events",
+                        resource="rule",
+                        resource_name="StepFunctionsGetEventsForBatchJobsRule",
                     )
                 ],
             )

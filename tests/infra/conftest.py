@@ -36,7 +36,7 @@ from qlayer_infra.stack import QlayerStack  # noqa: E402
 
 
 def cdk_context() -> dict[str, Any]:
-    """The app context (feature flags) of infra/cdk.json, so tests synthesize what `cdk synth` does."""
+    """The context (feature flags) of infra/cdk.json: tests synthesize what `cdk synth` does."""
     return json.loads((INFRA / "cdk.json").read_text())["context"]
 
 

@@ -14,7 +14,8 @@ VALIDATOR = INFRA / "node_modules" / ".bin" / "asl-validator"
 
 def test_definition_is_valid_asl(definition: dict[str, Any], tmp_path: Path) -> None:
     assert VALIDATOR.exists(), (
-        f"{VALIDATOR} is missing: run `npm ci --prefix infra` (installs asl-validator and the CDK CLI)"
+        f"{VALIDATOR} is missing: run `npm ci --prefix infra` "
+        "(installs asl-validator and the CDK CLI)"
     )
     path = tmp_path / "definition.asl.json"
     path.write_text(json.dumps(definition, indent=2))

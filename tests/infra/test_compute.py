@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from aws_cdk.assertions import Match, Template
-
 from qlayer_infra.compute import (
     BATCH_COMMAND,
     IMAGE_FUNCTIONS,
@@ -70,14 +69,15 @@ def test_light_layer_fits_lambda_and_has_no_qiskit() -> None:
     assert (site / "qlayer" / "__init__.py").is_file()
     assert (site / "aws_lambda_powertools").is_dir() and (site / "pydantic").is_dir()
     assert not (site / "qiskit").exists(), "qiskit belongs in the runner image, not the light layer"
-    assert LIGHT_LAYER_DIR == built.parent
+    assert built.parent == LIGHT_LAYER_DIR
 
 
 def test_light_handlers_import_from_the_layer_alone() -> None:
     """What Lambda does: the function folder + the layer, no site-packages; qiskit never loads."""
     if sys.version_info[:2] != (3, 11) or sys.platform != "linux":
         raise AssertionError(
-            "the light layer holds CPython 3.11 manylinux wheels: run tests/infra with Python 3.11 on Linux"
+            "the light layer holds CPython 3.11 manylinux wheels: "
+            "run tests/infra with Python 3.11 on Linux"
         )
     site = Path(ensure_light_layer()) / "python"
     for name in LIGHT_FUNCTIONS:
@@ -87,12 +87,16 @@ def test_light_handlers_import_from_the_layer_alone() -> None:
             "import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
             "import app\n"
             "assert callable(app.lambda_handler)\n"
-            "heavy = sorted(m for m in ('qiskit', 'qiskit_aer', 'numpy', 'scipy') if m in sys.modules)\n"
+            "heavy = [m for m in ('qiskit', 'qiskit_aer', 'numpy', 'scipy')"
+            " if m in sys.modules]\n"
             "assert not heavy, heavy\n"
         )
         result = subprocess.run(
             [sys.executable, "-S", "-c", probe, str(site), str(app.parent)],
-            capture_output=True, text=True, timeout=120, cwd="/",
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd="/",
             env={"PATH": "/usr/bin:/bin", "AWS_DEFAULT_REGION": "us-east-1"},
         )
         assert result.returncode == 0, f"{name}: {result.stderr[-2000:]}"
@@ -108,6 +112,7 @@ def test_runner_images_are_built_from_the_repository_without_clutter(template_pa
         names = {p.name for p in context.iterdir()}
         assert {"qlayer", "functions", "pyproject.toml", "layers"} <= names
         assert not names & {".venv", "node_modules", "cdk.out", ".git", "tests", "infra"}
+        assert {p.name for p in (context / "layers").iterdir()} <= {"runner", "runner-gpu"}
 
 
 def test_gpu_image_swaps_in_aer_gpu() -> None:
@@ -122,16 +127,20 @@ def test_batch_job_definitions_run_batch_entry(template: Template) -> None:
         {
             "Type": "container",
             "ContainerProperties": Match.object_like({"Command": list(BATCH_COMMAND)}),
-            "Parameters": {"job_id": Match.any_value(), "seq": Match.any_value(), "stage": Match.any_value()},
+            "Parameters": {
+                "job_id": Match.any_value(),
+                "seq": Match.any_value(),
+                "stage": Match.any_value(),
+            },
         },
     )
     template.has_resource_properties(
         "AWS::Batch::JobDefinition",
         {
             "JobDefinitionName": "qlayer-dev-gpu",
-            "ContainerProperties": Match.object_like({
-                "ResourceRequirements": Match.array_with([{"Type": "GPU", "Value": "1"}])
-            }),
+            "ContainerProperties": Match.object_like(
+                {"ResourceRequirements": Match.array_with([{"Type": "GPU", "Value": "1"}])}
+            ),
         },
     )
 
@@ -141,19 +150,24 @@ def test_gpu_compute_environment_uses_gpu_instances_and_ami(template: Template) 
         "AWS::Batch::ComputeEnvironment",
         {
             "Type": "managed",
-            "ComputeResources": Match.object_like({
-                "MinvCpus": 0,
-                "InstanceTypes": Match.array_with(["g5.xlarge", "p4d.24xlarge"]),
-                "Ec2Configuration": [{"ImageType": "ECS_AL2023_NVIDIA"}],
-            }),
+            "ComputeResources": Match.object_like(
+                {
+                    "MinvCpus": 0,
+                    "InstanceTypes": Match.array_with(["g5.xlarge", "p4d.24xlarge"]),
+                    "Ec2Configuration": [{"ImageType": "ECS_AL2023_NVIDIA"}],
+                }
+            ),
         },
     )
 
 
-def test_batch_runs_in_private_subnets_of_a_logged_vpc(template: Template, template_json: dict[str, Any]) -> None:
+def test_batch_runs_in_private_subnets_of_a_logged_vpc(
+    template: Template, template_json: dict[str, Any]
+) -> None:
     template.has_resource_properties("AWS::EC2::FlowLog", {"TrafficType": "ALL"})
     private = {
-        k for k, v in resources_of(template_json, "AWS::EC2::Subnet").items()
+        k
+        for k, v in resources_of(template_json, "AWS::EC2::Subnet").items()
         if not v["Properties"].get("MapPublicIpOnLaunch", False)
     }
     assert len(private) == 2

@@ -1,9 +1,8 @@
-"""Dispatch: the SQS queue + DLQ, the dispatcher's event source, the poller schedule, Braket events."""
+"""Dispatch: SQS queue + DLQ, the dispatcher's event source, the poller schedule, Braket."""
 
 from __future__ import annotations
 
 from aws_cdk.assertions import Capture, Match, Template
-
 from qlayer_infra.dispatch import MAX_RECEIVE_COUNT, VISIBILITY_FACTOR
 
 
@@ -13,7 +12,10 @@ def test_queue_visibility_is_six_times_the_dispatcher_timeout(template: Template
         "AWS::SQS::Queue",
         {
             "VisibilityTimeout": visibility,
-            "RedrivePolicy": {"deadLetterTargetArn": Match.any_value(), "maxReceiveCount": MAX_RECEIVE_COUNT},
+            "RedrivePolicy": {
+                "deadLetterTargetArn": Match.any_value(),
+                "maxReceiveCount": MAX_RECEIVE_COUNT,
+            },
             "KmsMasterKeyId": Match.any_value(),
         },
     )
@@ -26,7 +28,10 @@ def test_queues_are_encrypted_and_tls_only(template: Template) -> None:
         assert "KmsMasterKeyId" in queue["Properties"]
     for policy in template.find_resources("AWS::SQS::QueuePolicy").values():
         statements = policy["Properties"]["PolicyDocument"]["Statement"]
-        assert any(s["Effect"] == "Deny" and "aws:SecureTransport" in str(s.get("Condition")) for s in statements)
+        assert any(
+            s["Effect"] == "Deny" and "aws:SecureTransport" in str(s.get("Condition"))
+            for s in statements
+        )
 
 
 def test_dispatcher_reports_partial_batch_failures(template: Template, stack) -> None:
@@ -45,7 +50,11 @@ def test_poller_runs_every_minute(template: Template, stack) -> None:
         "AWS::Events::Rule",
         {
             "ScheduleExpression": "rate(1 minute)",
-            "Targets": [Match.object_like({"Arn": stack.resolve(stack.compute.functions["poller"].function_arn)})],
+            "Targets": [
+                Match.object_like(
+                    {"Arn": stack.resolve(stack.compute.functions["poller"].function_arn)}
+                )
+            ],
         },
     )
 
@@ -59,6 +68,10 @@ def test_braket_task_events_reach_the_poller(template: Template, stack) -> None:
                 "detail-type": ["Braket Task State Change"],
                 "detail": Match.any_value(),
             },
-            "Targets": [Match.object_like({"Arn": stack.resolve(stack.compute.functions["poller"].function_arn)})],
+            "Targets": [
+                Match.object_like(
+                    {"Arn": stack.resolve(stack.compute.functions["poller"].function_arn)}
+                )
+            ],
         },
     )

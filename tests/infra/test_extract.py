@@ -1,4 +1,4 @@
-"""qlayer_infra.extract: the state machine definition as real JSON, references resolved by the caller."""
+"""qlayer_infra.extract: the definition as real JSON, references resolved by the caller."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 import pytest
-
 from qlayer_infra.compute import IMAGE_FUNCTIONS, LIGHT_FUNCTIONS
 from qlayer_infra.extract import (
     ExtractError,
@@ -31,16 +30,27 @@ def test_caller_resolves_every_reference(template_json: dict[str, Any]) -> None:
             return f"arn:aws:lambda:eu-west-1:111111111111:function:moto-{by_id[lid]}"
         return fallback(lid, attr)
 
-    definition = state_machine_definition(template_json, resolve, pseudo={"AWS::Region": "eu-west-1"})
+    definition = state_machine_definition(
+        template_json, resolve, pseudo={"AWS::Region": "eu-west-1"}
+    )
     text = json.dumps(definition)
     assert "Fn::" not in text and '"Ref"' not in text and "${" not in text
     states = all_states(definition)
-    assert states["Load job"]["Resource"] == "arn:aws:lambda:eu-west-1:111111111111:function:moto-loader"
+    assert (
+        states["Load job"]["Resource"]
+        == "arn:aws:lambda:eu-west-1:111111111111:function:moto-loader"
+    )
     assert states["Fan in"]["Resource"].endswith("moto-fan_in")
     assert states["Run stage on Lambda"]["Resource"].endswith("moto-stage_runner")
     assert states["Wait for QPU"]["Resource"] == "arn:aws:states:::sqs:sendMessage.waitForTaskToken"
-    assert states["Run child job"]["Parameters"]["StateMachineArn"].startswith("arn:aws:states:eu-west-1:")
-    assert {lid for lid, _ in asked} >= set(fn_ids.values()) - {fn_ids["trigger"], fn_ids["dispatcher"], fn_ids["poller"]}
+    assert states["Run child job"]["Parameters"]["StateMachineArn"].startswith(
+        "arn:aws:states:eu-west-1:"
+    )
+    assert {lid for lid, _ in asked} >= set(fn_ids.values()) - {
+        fn_ids["trigger"],
+        fn_ids["dispatcher"],
+        fn_ids["poller"],
+    }
 
 
 def test_intrinsics() -> None:
@@ -69,7 +79,10 @@ def test_definition_substitutions_and_errors() -> None:
             "M": {
                 "Type": "AWS::StepFunctions::StateMachine",
                 "Properties": {
-                    "DefinitionString": '{"StartAt":"A","States":{"A":{"Type":"Task","Resource":"${Fn}","End":true}}}',
+                    "DefinitionString": (
+                        '{"StartAt":"A","States":{"A":{"Type":"Task","Resource":"${Fn}",'
+                        '"End":true}}}'
+                    ),
                     "DefinitionSubstitutions": {"Fn": {"Fn::GetAtt": ["F", "Arn"]}},
                 },
             },
@@ -77,7 +90,9 @@ def test_definition_substitutions_and_errors() -> None:
         }
     }
     definition = state_machine_definition(template)
-    assert definition["States"]["A"]["Resource"] == "arn:aws:lambda:us-east-1:123456789012:function:F"
+    assert (
+        definition["States"]["A"]["Resource"] == "arn:aws:lambda:us-east-1:123456789012:function:F"
+    )
     with pytest.raises(ExtractError, match="0 state machines"):
         state_machine_definition({"Resources": {}})
     with pytest.raises(ExtractError, match="no state machine 'X'"):

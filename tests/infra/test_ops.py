@@ -57,7 +57,11 @@ def _roles_with_action(template_json: dict[str, Any], action: str) -> set[str]:
     roles: set[str] = set()
     for policy in resources_of(template_json, "AWS::IAM::Policy").values():
         statements = policy["Properties"]["PolicyDocument"]["Statement"]
-        actions = {a for s in statements for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
+        actions = {
+            a
+            for s in statements
+            for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
+        }
         if action in actions:
             roles.update(r["Ref"] for r in policy["Properties"]["Roles"])
     return roles

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from aws_cdk.assertions import Match, Template
-
 from qlayer_infra.extract import state_machine_definition
 from qlayer_infra.stack import QlayerStack
 
@@ -23,7 +22,14 @@ def test_outputs(template: Template) -> None:
     }
     template.has_output(
         "StateMachineConsoleUrl",
-        {"Value": {"Fn::Join": ["", Match.array_with([Match.string_like_regexp("console.aws.amazon.com/states")])]}},
+        {
+            "Value": {
+                "Fn::Join": [
+                    "",
+                    Match.array_with([Match.string_like_regexp("console.aws.amazon.com/states")]),
+                ]
+            }
+        },
     )
 
 
@@ -39,14 +45,19 @@ def test_properties_reach_the_resources(tmp_path) -> None:
         simulator_memory_mb=8192,
     )
     template = Template.from_stack(stack)
-    template.has_resource_properties("AWS::StepFunctions::StateMachine", {"StateMachineName": "qlayer-prod-jobs"})
+    template.has_resource_properties(
+        "AWS::StepFunctions::StateMachine", {"StateMachineName": "qlayer-prod-jobs"}
+    )
     template.has_resource_properties(
         "AWS::Batch::ComputeEnvironment",
         {"ComputeResources": Match.object_like({"InstanceTypes": ["g5.48xlarge"]})},
     )
     template.has_resource_properties(
         "AWS::Lambda::Function",
-        {"MemorySize": 8192, "Environment": {"Variables": Match.object_like({"QLAYER_FUNCTION": "simulator"})}},
+        {
+            "MemorySize": 8192,
+            "Environment": {"Variables": Match.object_like({"QLAYER_FUNCTION": "simulator"})},
+        },
     )
     wait = state_machine_definition(template.to_json())["States"]["Wait for QPU"]
     assert (wait["HeartbeatSeconds"], wait["TimeoutSeconds"]) == (600, 86400)

@@ -21,7 +21,10 @@ def test_artifacts_bucket_is_encrypted_versioned_private_and_logged(template: Te
                 "IgnorePublicAcls": True,
                 "RestrictPublicBuckets": True,
             },
-            "LoggingConfiguration": {"DestinationBucketName": Match.any_value(), "LogFilePrefix": "artifacts/"},
+            "LoggingConfiguration": {
+                "DestinationBucketName": Match.any_value(),
+                "LogFilePrefix": "artifacts/",
+            },
         },
     )
 
@@ -31,14 +34,20 @@ def test_log_versions_expire_by_tag_under_jobs(template: Template) -> None:
         "AWS::S3::Bucket",
         {
             "LifecycleConfiguration": {
-                "Rules": Match.array_with([
-                    Match.object_like({
-                        "Prefix": "jobs/",
-                        "TagFilters": [{"Key": "qlayer-artifact", "Value": "log"}],
-                        "NoncurrentVersionExpiration": {"NoncurrentDays": Match.any_value()},
-                        "Status": "Enabled",
-                    })
-                ])
+                "Rules": Match.array_with(
+                    [
+                        Match.object_like(
+                            {
+                                "Prefix": "jobs/",
+                                "TagFilters": [{"Key": "qlayer-artifact", "Value": "log"}],
+                                "NoncurrentVersionExpiration": {
+                                    "NoncurrentDays": Match.any_value()
+                                },
+                                "Status": "Enabled",
+                            }
+                        )
+                    ]
+                )
             }
         },
     )
@@ -50,7 +59,8 @@ def test_every_bucket_refuses_plain_http(template: Template) -> None:
     for policy in policies.values():
         statements = policy["Properties"]["PolicyDocument"]["Statement"]
         assert any(
-            s["Effect"] == "Deny" and s.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport") == "false"
+            s["Effect"] == "Deny"
+            and s.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport") == "false"
             for s in statements
         )
 
@@ -66,10 +76,12 @@ def test_inbox_json_uploads_notify_the_trigger(template: Template, stack) -> Non
                         "Events": ["s3:ObjectCreated:*"],
                         "Filter": {
                             "Key": {
-                                "FilterRules": Match.array_with([
-                                    {"Name": "suffix", "Value": ".json"},
-                                    {"Name": "prefix", "Value": "inbox/"},
-                                ])
+                                "FilterRules": Match.array_with(
+                                    [
+                                        {"Name": "suffix", "Value": ".json"},
+                                        {"Name": "prefix", "Value": "inbox/"},
+                                    ]
+                                )
                             }
                         },
                         "LambdaFunctionArn": trigger,
@@ -83,7 +95,11 @@ def test_inbox_json_uploads_notify_the_trigger(template: Template, stack) -> Non
 def test_braket_results_bucket_has_the_name_braket_requires(template: Template) -> None:
     template.has_resource_properties(
         "AWS::S3::Bucket",
-        {"BucketName": {"Fn::Join": ["", Match.array_with([Match.string_like_regexp("^amazon-braket-")])]}},
+        {
+            "BucketName": {
+                "Fn::Join": ["", Match.array_with([Match.string_like_regexp("^amazon-braket-")])]
+            }
+        },
     )
 
 
@@ -96,13 +112,15 @@ def test_jobs_table(template: Template) -> None:
             "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": True},
             "SSESpecification": {"SSEEnabled": True},
             "GlobalSecondaryIndexes": [
-                Match.object_like({
-                    "IndexName": "by_created",
-                    "KeySchema": [
-                        {"AttributeName": "kind", "KeyType": "HASH"},
-                        {"AttributeName": "created_at", "KeyType": "RANGE"},
-                    ],
-                })
+                Match.object_like(
+                    {
+                        "IndexName": "by_created",
+                        "KeySchema": [
+                            {"AttributeName": "kind", "KeyType": "HASH"},
+                            {"AttributeName": "created_at", "KeyType": "RANGE"},
+                        ],
+                    }
+                )
             ],
         },
     )

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 from aws_cdk.assertions import Match, Template
-
-from qlayer import interpreter
 from qlayer_infra import workflow as wf
 from qlayer_infra.extract import all_states
+
+from qlayer import interpreter
 
 STEP_PAYLOAD = {"job_id.$": "$.job_id", "decision.$": "$.decision"}
 
@@ -26,7 +26,11 @@ def test_state_machine_is_traced_logged_and_named(template: Template) -> None:
             "StateMachineName": "qlayer-dev-jobs",
             "StateMachineType": "STANDARD",
             "TracingConfiguration": {"Enabled": True},
-            "LoggingConfiguration": {"Level": "ALL", "IncludeExecutionData": True, "Destinations": Match.any_value()},
+            "LoggingConfiguration": {
+                "Level": "ALL",
+                "IncludeExecutionData": True,
+                "Destinations": Match.any_value(),
+            },
         },
     )
     template.has_resource_properties(
@@ -91,10 +95,14 @@ def test_execute_routes_on_the_planner_tier(definition: dict[str, Any]) -> None:
         ("Fan in", "Route"),
     ],
 )
-def test_decision_steps_get_pointers_and_return_a_decision(definition: dict[str, Any], state: str, then: str) -> None:
+def test_decision_steps_get_pointers_and_return_a_decision(
+    definition: dict[str, Any], state: str, then: str
+) -> None:
     task = definition["States"][state]
     assert task["Type"] == "Task"
-    assert task["Resource"].startswith("arn:aws:lambda:")  # payload only: the handler's return value
+    assert task["Resource"].startswith(
+        "arn:aws:lambda:"
+    )  # payload only: the handler's return value
     assert task["Parameters"] == STEP_PAYLOAD
     assert task["ResultPath"] == "$.decision"
     assert task["Next"] == then
@@ -109,7 +117,14 @@ def test_decision_steps_get_pointers_and_return_a_decision(definition: dict[str,
         ("Simulate on Batch GPU", "gpu_queue", True),
     ],
 )
-def test_batch_steps(definition: dict[str, Any], template_json: dict[str, Any], stack, state: str, queue: str, gpu: bool) -> None:
+def test_batch_steps(
+    definition: dict[str, Any],
+    template_json: dict[str, Any],
+    stack,
+    state: str,
+    queue: str,
+    gpu: bool,
+) -> None:
     task = definition["States"][state]
     assert task["Resource"] == "arn:aws:states:::batch:submitJob.sync"
     params = task["Parameters"]
@@ -123,7 +138,9 @@ def test_batch_steps(definition: dict[str, Any], template_json: dict[str, Any], 
         assert params["Parameters"]["stage.$"] == "$.decision.stage"
     kinds = {r["Type"] for r in params["ContainerOverrides"]["ResourceRequirements"]}
     assert kinds == ({"VCPU", "MEMORY", "GPU"} if gpu else {"VCPU", "MEMORY"})
-    assert task["ResultPath"] == "$.batch"  # Batch returns no decision: keep $.decision for the reader
+    assert (
+        task["ResultPath"] == "$.batch"
+    )  # Batch returns no decision: keep $.decision for the reader
     assert task["Next"] == "Read stage outcome"
 
 
@@ -145,7 +162,9 @@ def test_wait_for_qpu(definition: dict[str, Any]) -> None:
     assert wait["Next"] == "Route"
 
 
-def test_fan_out_inline_up_to_the_interpreter_limit_then_distributed(definition: dict[str, Any]) -> None:
+def test_fan_out_inline_up_to_the_interpreter_limit_then_distributed(
+    definition: dict[str, Any],
+) -> None:
     states = definition["States"]
     assert states["Fan out"]["Next"] == "Start children"
     start = states["Start children"]
@@ -154,8 +173,11 @@ def test_fan_out_inline_up_to_the_interpreter_limit_then_distributed(definition:
     choice = states["Inline or distributed"]
     assert wf.INLINE_MAP_LIMIT == interpreter.INLINE_MAP_LIMIT
     assert choice["Choices"] == [
-        {"Variable": "$.decision.count", "NumericGreaterThan": interpreter.INLINE_MAP_LIMIT,
-         "Next": "Run children (distributed)"}
+        {
+            "Variable": "$.decision.count",
+            "NumericGreaterThan": interpreter.INLINE_MAP_LIMIT,
+            "Next": "Run children (distributed)",
+        }
     ]
     assert choice["Default"] == "Run children"
 
@@ -220,11 +242,33 @@ def test_every_choice_guards_a_missing_field(definition: dict[str, Any]) -> None
 def test_console_names(definition: dict[str, Any]) -> None:
     names = set(all_states(definition))
     expected = {
-        wf.LOAD, wf.ROUTE, wf.CHOOSE_COMPUTE, wf.RUN_LAMBDA, wf.RUN_BATCH, wf.RUN_BATCH_GPU,
-        wf.READ_OUTCOME, wf.EXECUTE, wf.SIM_LAMBDA, wf.SIM_BATCH, wf.SIM_BATCH_GPU, wf.WAIT_QPU,
-        wf.FAN_OUT, wf.START_CHILDREN, wf.INLINE_OR_DISTRIBUTED, wf.RUN_CHILDREN,
-        wf.RUN_CHILDREN_DISTRIBUTED, wf.RUN_CHILD, wf.RUN_CHILD_DISTRIBUTED, wf.FAN_IN, wf.FINALISE,
-        wf.JOB_DONE, wf.FAIL_JOB, wf.JOB_FAILED, wf.RECORD_FAILURE, wf.UNROUTABLE, wf.FAILURE_NOT_RECORDED,
+        wf.LOAD,
+        wf.ROUTE,
+        wf.CHOOSE_COMPUTE,
+        wf.RUN_LAMBDA,
+        wf.RUN_BATCH,
+        wf.RUN_BATCH_GPU,
+        wf.READ_OUTCOME,
+        wf.EXECUTE,
+        wf.SIM_LAMBDA,
+        wf.SIM_BATCH,
+        wf.SIM_BATCH_GPU,
+        wf.WAIT_QPU,
+        wf.FAN_OUT,
+        wf.START_CHILDREN,
+        wf.INLINE_OR_DISTRIBUTED,
+        wf.RUN_CHILDREN,
+        wf.RUN_CHILDREN_DISTRIBUTED,
+        wf.RUN_CHILD,
+        wf.RUN_CHILD_DISTRIBUTED,
+        wf.FAN_IN,
+        wf.FINALISE,
+        wf.JOB_DONE,
+        wf.FAIL_JOB,
+        wf.JOB_FAILED,
+        wf.RECORD_FAILURE,
+        wf.UNROUTABLE,
+        wf.FAILURE_NOT_RECORDED,
     }
     assert names == expected
 
@@ -236,15 +280,24 @@ def test_state_machine_may_submit_to_its_batch_queues(template: Template, stack)
         {
             "Roles": [stack.resolve(stack.workflow.state_machine.role.role_name)],
             "PolicyDocument": {
-                "Statement": Match.array_with([
-                    Match.object_like({
-                        "Action": "batch:SubmitJob",
-                        "Resource": [stack.resolve(x) for x in (
-                            c.cpu_queue.job_queue_arn, c.gpu_queue.job_queue_arn,
-                            c.cpu_job.job_definition_arn, c.gpu_job.job_definition_arn,
-                        )],
-                    })
-                ])
+                "Statement": Match.array_with(
+                    [
+                        Match.object_like(
+                            {
+                                "Action": "batch:SubmitJob",
+                                "Resource": [
+                                    stack.resolve(x)
+                                    for x in (
+                                        c.cpu_queue.job_queue_arn,
+                                        c.gpu_queue.job_queue_arn,
+                                        c.cpu_job.job_definition_arn,
+                                        c.gpu_job.job_definition_arn,
+                                    )
+                                ],
+                            }
+                        )
+                    ]
+                )
             },
         },
     )
@@ -259,9 +312,15 @@ def test_ended_executions_reach_fail_job(template: Template, stack) -> None:
                 "detail-type": ["Step Functions Execution Status Change"],
                 "detail": {
                     "status": ["FAILED", "TIMED_OUT", "ABORTED"],
-                    "stateMachineArn": [stack.resolve(stack.workflow.state_machine.state_machine_arn)],
+                    "stateMachineArn": [
+                        stack.resolve(stack.workflow.state_machine.state_machine_arn)
+                    ],
                 },
             },
-            "Targets": [Match.object_like({"Arn": stack.resolve(stack.compute.functions["fail_job"].function_arn)})],
+            "Targets": [
+                Match.object_like(
+                    {"Arn": stack.resolve(stack.compute.functions["fail_job"].function_arn)}
+                )
+            ],
         },
     )
