@@ -24,9 +24,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qlayer-batch", description=__doc__.splitlines()[0])
     parser.add_argument("--job-id", required=True)
     parser.add_argument("--seq", required=True, type=int)
-    parser.add_argument("--stage", required=True, help="the stage to run, or 'execute' for a simulation")
+    parser.add_argument(
+        "--stage", required=True, help="the stage to run, or 'execute' for a simulation"
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     from qlayer.aws.handlers import run_stage_for, services, simulate_step
 
     keys.check_name(args.job_id, "job id")

@@ -71,7 +71,11 @@ def prepare_job(
     first = workflow.first_stage
     input_key = first_input(svc.store, job_id, first, bound)
     decision = Decision(
-        "next", seq=0, stage=first, input_key=input_key, compute=workflow.stages[first].compute.to_json()
+        "next",
+        seq=0,
+        stage=first,
+        input_key=input_key,
+        compute=workflow.stages[first].compute.to_json(),
     )
     svc.store.put_json(
         keys.job_input(job_id),
@@ -85,7 +89,12 @@ def prepare_job(
         },
     )
     svc.jobs.put_job(
-        job_id, program_id=program_id, workflow=workflow.name, arguments=bound, backend=chosen, stage=first
+        job_id,
+        program_id=program_id,
+        workflow=workflow.name,
+        arguments=bound,
+        backend=chosen,
+        stage=first,
     )
     return job_id
 
@@ -158,7 +167,10 @@ class AwsClient:
 
     def jobs(self, *, limit: int = 50, status: str | None = None) -> list[AwsJob]:
         """Recent top-level jobs, newest first."""
-        return [AwsJob(self, r.job_id, r) for r in self.services.jobs.list_jobs(limit=limit, status=status)]
+        return [
+            AwsJob(self, r.job_id, r)
+            for r in self.services.jobs.list_jobs(limit=limit, status=status)
+        ]
 
     def backends(self) -> list[dict[str, Any]]:
         """Every backend the configuration knows."""
@@ -226,7 +238,11 @@ class AwsJob:
         return info
 
     def result(
-        self, wait: bool = True, timeout: float | None = None, *, progress: ProgressCallback | None = None
+        self,
+        wait: bool = True,
+        timeout: float | None = None,
+        *,
+        progress: ProgressCallback | None = None,
     ) -> Any:
         """The job's final result.
 
@@ -243,7 +259,9 @@ class AwsJob:
             raise JobFailed(self.job_id, reason)
         if row.status == JobStatus.CANCELLED:
             raise JobCancelled(f"job {self.job_id} was cancelled")
-        raise RuntimeError(f"job {self.job_id} has not finished (status {row.status.value}); use wait=True")
+        raise RuntimeError(
+            f"job {self.job_id} has not finished (status {row.status.value}); use wait=True"
+        )
 
     def wait(
         self,
@@ -281,11 +299,15 @@ class AwsJob:
         record = self._fetch()
         if record.execution_arn:
             try:
-                svc.sfn.stop_execution(executionArn=record.execution_arn, cause="cancelled by the user")
+                svc.sfn.stop_execution(
+                    executionArn=record.execution_arn, cause="cancelled by the user"
+                )
             except ClientError as exc:
                 if exc.response["Error"]["Code"] != "ExecutionDoesNotExist":
                     raise
-        svc.jobs.update(self.job_id, status=JobStatus.CANCELLED, clear_stage=True, event="cancelled")
+        svc.jobs.update(
+            self.job_id, status=JobStatus.CANCELLED, clear_stage=True, event="cancelled"
+        )
         cancel_provider_tasks(svc, record)
         for child in self.children():
             child.cancel()
@@ -295,20 +317,43 @@ class AwsJob:
         """Stage events in order: submitted, started, finished, errors, provider jobs."""
         return list(self._fetch().timeline)
 
-    def logs(self) -> str:
-        """Everything the stages logged (tracebacks included), in step order."""
+    def logs(self, *, children: bool = False) -> str:
+        """Everything the stages logged (tracebacks included), in step order.
+
+        Args:
+            children: Also include the logs of fan-out children, after the job's own.
+        """
         store = self._svc.store
         parts = []
         for key in store.list(keys.logs_prefix(self.job_id)):
             name = key.rsplit("/", 1)[-1].removesuffix(".log")
             seq, _, stage = name.partition("-")
             parts.append(f"── step {int(seq)}: {stage} ──\n{store.get_text(key)}")
-        return "\n".join(parts)
+        text = "\n".join(parts)
+        if children:
+            for child in self.children():
+                text += f"\n══ child {child.job_id} ══\n" + child.logs(children=True)
+        return text
+
+    def usage(self) -> dict[str, Any]:
+        """Shots, QPU seconds, simulator seconds and stage compute seconds, children included."""
+        from qlayer import usage
+
+        store = self._svc.store
+        prefix = keys.job_prefix(self.job_id) + "stages/"
+        requests: dict[int, dict[str, Any]] = {}
+        for key in store.list(prefix):
+            if key.endswith("-execute/request.json"):
+                requests[int(key[len(prefix) :].split("-", 1)[0])] = store.get_json(key)
+        total = usage.from_timeline(self.timeline(), requests)
+        for child in self.children():
+            usage.add(total, child.usage())
+        return total
 
     def files(self) -> list[str]:
         """Names of the files and plots the stages saved."""
         prefix = keys.files_prefix(self.job_id)
-        return [key[len(prefix):] for key in self._svc.store.list(prefix)]
+        return [key[len(prefix) :] for key in self._svc.store.list(prefix)]
 
     def download(self, name: str, destination: str | os.PathLike[str] | None = None) -> Path:
         """Copy a saved file to ``destination`` (default: the current folder)."""
@@ -323,7 +368,9 @@ class AwsJob:
         from qlayer.steps import child_job_id
 
         record = record or self._fetch()
-        ids = [child_job_id(self.job_id, record.fanout_seq, i) for i in range(record.children_total)]
+        ids = [
+            child_job_id(self.job_id, record.fanout_seq, i) for i in range(record.children_total)
+        ]
         return self._svc.jobs.get_many(ids)
 
     def children(self) -> list[AwsJob]:
@@ -333,4 +380,3 @@ class AwsJob:
         """``jobs/<id>/error.json``: why the job failed, or None."""
         key = keys.job_error(self.job_id)
         return self._svc.store.get_json(key) if self._svc.store.exists(key) else None
-

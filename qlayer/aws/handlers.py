@@ -145,36 +145,44 @@ def _log_line(svc: Services, job_id: str, seq: int, name: str, text: str) -> Non
 
 
 def advance(svc: Services, job_id: str, label: str, finished_seq: int, decision: Decision) -> None:
-    """Record a finished step in the job's row: a timeline event, and where it goes next."""
-    detail = {"decision": decision.kind}
+    """Record a finished step in the job's row: a timeline event, and where it goes next.
+
+    The event (``finished`` or ``error``) names the step that ended (``finished_seq``,
+    ``label``); the row's stage and seq move on to the step the decision starts.
+    """
+    where = {"event_seq": finished_seq, "event_stage": label}
     if decision.kind == "error":
         svc.jobs.update(
             job_id,
-            seq=finished_seq,
             event="error",
             detail={"error_type": decision.error_type, "message": decision.message},
+            **where,
         )
         return
+    detail: dict[str, Any] = {"decision": decision.kind}
     if decision.kind == "next":
         svc.jobs.update(
             job_id,
             status=JobStatus.RUNNING,
             stage=decision.stage,
             seq=decision.seq,
-            event=f"finished {label}",
+            event="finished",
             detail=detail,
+            **where,
         )
     elif decision.kind == "execute":
+        detail.update(backend=decision.backend, plan=decision.plan)
         svc.jobs.update(
             job_id,
             status=JobStatus.RUNNING,
             stage="execute",
             seq=decision.seq,
-            event=f"finished {label}",
-            detail={**detail, "backend": decision.backend, "plan": decision.plan},
+            event="finished",
+            detail=detail,
+            **where,
         )
     else:
-        svc.jobs.update(job_id, seq=finished_seq, event=f"finished {label}", detail=detail)
+        svc.jobs.update(job_id, event="finished", detail=detail, **where)
 
 
 def _decision_of(event: StepEvent) -> Decision:
@@ -383,8 +391,10 @@ def simulate_step(
         status=status,
         stage="execute",
         seq=seq,
-        event="execute started",
-        detail={"backend": backend},
+        event="device running" if status == JobStatus.WAITING_FOR_QPU else "started",
+        detail={"backend": backend, "provider_job_id": task_key(job_id, seq)}
+        if status == JobStatus.WAITING_FOR_QPU
+        else {"backend": backend},
     )
     try:
         request_raw = svc.store.get_json(request_key or keys.execute_request(job_id, seq))
@@ -470,7 +480,7 @@ def start_children(event: StepEvent, svc: Services) -> dict[str, Any]:
     svc.jobs.update(
         job_id,
         status=JobStatus.RUNNING,
-        stage=f"{decision.stage} ×{len(ids)}",  # noqa: RUF001 - as the local engine shows it
+        stage=f"{decision.stage} ×{len(ids)}",
         seq=seq,
         children_total=len(ids),
         attrs={"fanout_seq": seq},

@@ -242,10 +242,13 @@ class JobTable:
         provider_job_id: str | None = None,
         clear_stage: bool = False,
         attrs: Mapping[str, Any] | None = None,
+        event_seq: int | None = None,
+        event_stage: str | None = None,
     ) -> bool:
         """Update a job that has not ended; False if it had (nothing is written then).
 
-        ``event`` appends a timeline entry in the same write.
+        ``event`` appends a timeline entry in the same write, for step ``event_seq`` of
+        ``event_stage`` (default: ``seq`` and ``stage``).
         """
         from botocore.exceptions import ClientError
 
@@ -283,7 +286,15 @@ class JobTable:
             put(name, value)
         if event is not None:
             names["#timeline"] = "timeline"
-            values[":event"] = [self._event(now, seq, stage, event, detail)]
+            values[":event"] = [
+                self._event(
+                    now,
+                    seq if event_seq is None else event_seq,
+                    stage if event_stage is None else event_stage,
+                    event,
+                    detail,
+                )
+            ]
             values[":empty"] = []
             sets.append("#timeline = list_append(if_not_exists(#timeline, :empty), :event)")
         if provider_job_id is not None:

@@ -48,12 +48,16 @@ def create_tables(dynamodb: Any) -> None:
             {"AttributeName": "created_at", "AttributeType": "S"},
         ],
         KeySchema=[{"AttributeName": "job_id", "KeyType": "HASH"}],
-        GlobalSecondaryIndexes=[{
-            "IndexName": "by_created",
-            "KeySchema": [{"AttributeName": "kind", "KeyType": "HASH"},
-                          {"AttributeName": "created_at", "KeyType": "RANGE"}],
-            "Projection": {"ProjectionType": "ALL"},
-        }],
+        GlobalSecondaryIndexes=[
+            {
+                "IndexName": "by_created",
+                "KeySchema": [
+                    {"AttributeName": "kind", "KeyType": "HASH"},
+                    {"AttributeName": "created_at", "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+        ],
     )
     dynamodb.create_table(
         TableName=TASKS_TABLE,
@@ -64,12 +68,16 @@ def create_tables(dynamodb: Any) -> None:
             {"AttributeName": "submitted_at", "AttributeType": "S"},
         ],
         KeySchema=[{"AttributeName": "idempotency_key", "KeyType": "HASH"}],
-        GlobalSecondaryIndexes=[{
-            "IndexName": "by_status",
-            "KeySchema": [{"AttributeName": "status", "KeyType": "HASH"},
-                          {"AttributeName": "submitted_at", "KeyType": "RANGE"}],
-            "Projection": {"ProjectionType": "ALL"},
-        }],
+        GlobalSecondaryIndexes=[
+            {
+                "IndexName": "by_status",
+                "KeySchema": [
+                    {"AttributeName": "status", "KeyType": "HASH"},
+                    {"AttributeName": "submitted_at", "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+        ],
     )
 
 
@@ -88,23 +96,32 @@ def aws(aws_env: None, tmp_path: Path) -> Any:
         create_tables(session.client("dynamodb"))
         iam = session.client("iam")
         role = iam.create_role(
-            RoleName="sfn", AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []})
+            RoleName="sfn",
+            AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}),
         )["Role"]["Arn"]
         machine = session.client("stepfunctions").create_state_machine(
             name="qlayer-test-jobs", definition=PASS_DEFINITION, roleArn=role
         )["stateMachineArn"]
         queue = session.client("sqs").create_queue(QueueName="qlayer-dispatch")["QueueUrl"]
         config = AwsConfig(
-            bucket=BUCKET, jobs_table=JOBS_TABLE, tasks_table=TASKS_TABLE,
-            state_machine_arn=machine, dispatch_queue_url=queue, region=REGION,
+            bucket=BUCKET,
+            jobs_table=JOBS_TABLE,
+            tasks_table=TASKS_TABLE,
+            state_machine_arn=machine,
+            dispatch_queue_url=queue,
+            region=REGION,
         )
         svc = Services.create(config, session, scratch=tmp_path / "scratch")
         svc.session = session  # type: ignore[attr-defined]
         yield svc
 
 
-def submit(svc: Any, program: str = "aws_tiny.py", arguments: dict[str, Any] | None = None,
-           backend: str | None = None) -> str:
+def submit(
+    svc: Any,
+    program: str = "aws_tiny.py",
+    arguments: dict[str, Any] | None = None,
+    backend: str | None = None,
+) -> str:
     """Submit like AwsClient.run does, without starting an execution; returns the job id."""
     from qlayer.aws.client import prepare_job
 
@@ -114,11 +131,13 @@ def submit(svc: Any, program: str = "aws_tiny.py", arguments: dict[str, Any] | N
 def lambda_env(svc: Any) -> dict[str, str]:
     c = svc.config
     return {
-        "QLAYER_BUCKET": c.bucket, "QLAYER_JOBS_TABLE": c.jobs_table, "QLAYER_TASKS_TABLE": c.tasks_table,
-        "QLAYER_STATE_MACHINE_ARN": c.state_machine_arn, "QLAYER_DISPATCH_QUEUE_URL": c.dispatch_queue_url,
+        "QLAYER_BUCKET": c.bucket,
+        "QLAYER_JOBS_TABLE": c.jobs_table,
+        "QLAYER_TASKS_TABLE": c.tasks_table,
+        "QLAYER_STATE_MACHINE_ARN": c.state_machine_arn,
+        "QLAYER_DISPATCH_QUEUE_URL": c.dispatch_queue_url,
         "AWS_REGION": REGION,
     }
-
 
 
 class Context:
@@ -153,7 +172,9 @@ def invoke(name: str, payload: dict[str, Any], svc: Any, monkeypatch: pytest.Mon
         handlers.services.cache_clear()
 
 
-def run_until(svc: Any, job_id: str, decision: dict[str, Any], *, stop: str = "done") -> dict[str, Any]:
+def run_until(
+    svc: Any, job_id: str, decision: dict[str, Any], *, stop: str = "done"
+) -> dict[str, Any]:
     """Drive a job through the step handlers as the state machine's Route would (Lambda tiers)."""
     from qlayer.aws import handlers
     from qlayer.aws.events import StepEvent, parse

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_fixtures import aws, aws_env, event, invoke, submit  # noqa: F401
+from aws_fixtures import event, invoke, submit
 
 from qlayer import keys
 from qlayer.status import JobStatus
@@ -23,7 +23,9 @@ def test_error_decision_puts_the_job_in_error(aws, monkeypatch):
 def test_caught_failure_keeps_the_cause(aws, monkeypatch):
     """moto: 'Record failure' output (States error + Lambda cause JSON) -> readable message."""
     job_id = submit(aws)
-    out = invoke("fail_job", {**event("fail_job_record_failure"), "job_id": job_id}, aws, monkeypatch)
+    out = invoke(
+        "fail_job", {**event("fail_job_record_failure"), "job_id": job_id}, aws, monkeypatch
+    )
     assert out["changed"] is True
     record = aws.jobs.get(job_id)
     assert record.error_type == "States.TaskFailed"

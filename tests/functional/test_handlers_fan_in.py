@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_fixtures import aws, aws_env, event, invoke, run_until  # noqa: F401
+from aws_fixtures import event, invoke, run_until
 from test_handlers_start_children import fan_out
 
 from qlayer import keys

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_fixtures import aws, aws_env, event, invoke, run_until, submit  # noqa: F401
+from aws_fixtures import event, invoke, run_until, submit
 
 from qlayer.aws import handlers
 from qlayer.aws.events import LoadEvent, StepEvent, parse
@@ -25,7 +25,9 @@ def test_finalise_does_not_revive_a_cancelled_job(aws, monkeypatch):
     """moto: the conditional write keeps CANCELLED."""
     job_id = submit(aws)
     aws.jobs.update(job_id, status=JobStatus.CANCELLED)
-    out = invoke("finaliser", {"job_id": job_id, "decision": {"kind": "done", "seq": 2}}, aws, monkeypatch)
+    out = invoke(
+        "finaliser", {"job_id": job_id, "decision": {"kind": "done", "seq": 2}}, aws, monkeypatch
+    )
     assert out["status"] == "CANCELLED" and out["changed"] is False
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from aws_fixtures import aws, aws_env, event, invoke, submit  # noqa: F401
+from aws_fixtures import event, invoke, submit
 
 from qlayer.aws.events import EventError, LoadEvent, parse
 from qlayer.status import JobStatus

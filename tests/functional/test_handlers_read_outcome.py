@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_fixtures import aws, aws_env, event, invoke, submit  # noqa: F401
+from aws_fixtures import event, invoke, submit
 
 from qlayer.aws import batch_entry, handlers
 from qlayer.aws.events import LoadEvent, StepEvent, parse
@@ -43,7 +43,9 @@ def test_batch_bound_execute_gets_compute():
     """An execute decision for Batch carries the compute its Batch state reads."""
     from qlayer.interpreter import Decision
 
-    d = handlers.with_compute(Decision("execute", seq=1, plan={"tier": "batch-gpu", "memory_mb": 40000}))
+    d = handlers.with_compute(
+        Decision("execute", seq=1, plan={"tier": "batch-gpu", "memory_mb": 40000})
+    )
     assert d.compute is not None and d.compute["kind"] == "batch-gpu" and d.compute["gpus"] == 1
 
 

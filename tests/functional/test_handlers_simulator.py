@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_fixtures import aws, aws_env, event, invoke, submit  # noqa: F401
+from aws_fixtures import event, invoke, submit
 
 from qlayer import keys
 from qlayer.aws import handlers
@@ -12,7 +12,9 @@ from qlayer.aws.events import LoadEvent, StepEvent, parse
 def _to_execute(svc, **arguments):
     job_id = submit(svc, arguments=arguments)
     first = handlers.load_job(LoadEvent(job_id=job_id), svc)
-    return job_id, handlers.run_stage_step(parse(StepEvent, {"job_id": job_id, "decision": first}), svc)
+    return job_id, handlers.run_stage_step(
+        parse(StepEvent, {"job_id": job_id, "decision": first}), svc
+    )
 
 
 def test_simulator_runs_the_request_and_hands_it_on(aws, monkeypatch):

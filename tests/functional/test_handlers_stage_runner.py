@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_fixtures import aws, aws_env, event, submit  # noqa: F401
+from aws_fixtures import event, submit
 
 from qlayer import keys
 from qlayer.aws import handlers
@@ -62,15 +62,19 @@ def test_stage_error_becomes_an_error_decision(aws):
 
 def test_prepare_for_a_spec_job(aws):
     """moto: a job whose first stage is unknown (inbox spec) is prepared by the stage runner."""
-    from qlayer.program import bundle, upload
-
     from aws_fixtures import PROGRAMS
+
+    from qlayer.program import bundle, upload
 
     program_id = upload(aws.store, bundle(PROGRAMS / "aws_tiny.py"))
     job_id = "20260101-000000-abcdef"
-    aws.store.put_json(keys.job_input(job_id), {"program_id": program_id, "arguments": {"shots": 16},
-                                                 "backend": None, "prepared": False})
-    aws.jobs.put_job(job_id, program_id=program_id, workflow="", arguments={"shots": 16}, backend="")
+    aws.store.put_json(
+        keys.job_input(job_id),
+        {"program_id": program_id, "arguments": {"shots": 16}, "backend": None, "prepared": False},
+    )
+    aws.jobs.put_job(
+        job_id, program_id=program_id, workflow="", arguments={"shots": 16}, backend=""
+    )
     decision = handlers.load_job(LoadEvent(job_id=job_id), aws)
     assert decision["compute"] == {"kind": "lambda"} and decision["extra"] == {"prepare": True}
     decision = step(aws, handlers.run_stage_step, job_id, decision)
@@ -82,14 +86,16 @@ def test_prepare_for_a_spec_job(aws):
 
 def test_prepare_reports_bad_arguments(aws):
     """moto: unknown arguments in a spec job -> error decision naming them."""
-    from qlayer.program import bundle, upload
-
     from aws_fixtures import PROGRAMS
+
+    from qlayer.program import bundle, upload
 
     program_id = upload(aws.store, bundle(PROGRAMS / "aws_tiny.py"))
     job_id = "20260101-000000-bbbbbb"
-    aws.store.put_json(keys.job_input(job_id), {"program_id": program_id, "arguments": {"nope": 1},
-                                                 "prepared": False})
+    aws.store.put_json(
+        keys.job_input(job_id),
+        {"program_id": program_id, "arguments": {"nope": 1}, "prepared": False},
+    )
     aws.jobs.put_job(job_id, program_id=program_id, workflow="", arguments={"nope": 1}, backend="")
     decision = handlers.load_job(LoadEvent(job_id=job_id), aws)
     decision = step(aws, handlers.run_stage_step, job_id, decision)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_fixtures import aws, aws_env, event, invoke, submit  # noqa: F401
+from aws_fixtures import event, invoke, submit
 
 from qlayer import keys
 from qlayer.aws import handlers
@@ -23,8 +23,11 @@ def test_creates_one_child_job_per_item(aws, monkeypatch):
     job_id, decision = fan_out(aws, 3)
     out = invoke("start_children", {"job_id": job_id, "decision": decision}, aws, monkeypatch)
     ids = [f"{job_id}_1_{i}" for i in range(3)]
-    assert out == {"children": ids, "children_key": keys.step_dir(job_id, 1, "fanout") + "children.json",
-                   "count": 3}
+    assert out == {
+        "children": ids,
+        "children_key": keys.step_dir(job_id, 1, "fanout") + "children.json",
+        "count": 3,
+    }
     assert aws.store.get_json(out["children_key"]) == ids
     child = aws.jobs.get(ids[2])
     assert child.parent_id == job_id and child.item_index == 2 and child.status == JobStatus.QUEUED

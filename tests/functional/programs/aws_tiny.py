@@ -24,7 +24,9 @@ def build(args, ctx):
     qc.h(0)
     qc.cx(0, 1)
     qc.measure_all()
-    return Execute.sampler([qc], then="tally", shots=args["shots"], seed=7, state={"shots": args["shots"]})
+    return Execute.sampler(
+        [qc], then="tally", shots=args["shots"], seed=7, state={"shots": args["shots"]}
+    )
 
 
 @wf.stage()
