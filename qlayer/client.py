@@ -17,7 +17,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qlayer import keys
 from qlayer.errors import JobCancelled, JobFailed, ProgramError
@@ -29,6 +29,9 @@ from qlayer.status import JobStatus
 from qlayer.steps import first_input
 from qlayer.store.local import FolderStore
 from qlayer.workflow import Workflow
+
+if TYPE_CHECKING:
+    from qlayer.aws.client import AwsClient
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 
@@ -67,6 +70,21 @@ class Client:
             workers: Worker processes for a daemon this client starts.
         """
         return cls(Home.resolve(home), autostart=autostart, workers=workers)
+
+    @classmethod
+    def aws(
+        cls, stack: str = "Qlayer", region: str | None = None, session: Any = None
+    ) -> AwsClient:
+        """A client of a deployed AWS stack (same methods; needs the ``aws`` extra).
+
+        Args:
+            stack: The CloudFormation stack name given to ``cdk deploy``.
+            region: AWS region (default: the session's).
+            session: A ``boto3.Session`` (default: a new one). Nothing is called until used.
+        """
+        from qlayer.aws.client import AwsClient
+
+        return AwsClient(stack=stack, region=region, session=session)
 
     # -- daemon ----------------------------------------------------------------------
     def up(self) -> int:
