@@ -92,6 +92,32 @@ CREATE TABLE IF NOT EXISTS device_jobs (
 CREATE INDEX IF NOT EXISTS device_jobs_status ON device_jobs (status, submitted_at);
 """
 
+LEDGER_SCHEMA = """
+-- The remote providers' ledger (qlayer.local.ledger.SqliteLedger, the port of
+-- qlayer.dispatch.Ledger): one row per execute request sent to a QPU service, keyed
+-- by the same idempotency key job_id/seq. A row is created (claimed) before the
+-- provider is called and gets the provider's job id once (first id wins).
+CREATE TABLE IF NOT EXISTS provider_ledger (
+    key TEXT PRIMARY KEY,
+    job_id TEXT,
+    seq INTEGER,
+    backend TEXT NOT NULL,
+    request_key TEXT NOT NULL,
+    state TEXT NOT NULL,  -- CLAIMED | SUBMITTED | QUEUED | RUNNING | DONE | ERROR | CANCELLED
+    provider_job_id TEXT,
+    message TEXT,
+    owner TEXT,
+    lease_until REAL NOT NULL DEFAULT 0,
+    claims INTEGER NOT NULL DEFAULT 1,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS provider_ledger_state ON provider_ledger (state);
+CREATE INDEX IF NOT EXISTS provider_ledger_job ON provider_ledger (job_id);
+"""
+
+SCHEMA += LEDGER_SCHEMA
+
 
 def connect(path: Path) -> sqlite3.Connection:
     """Open the state database (creating it) in WAL mode with a busy timeout."""
@@ -259,7 +285,36 @@ def stage_runs(conn: sqlite3.Connection, job_id: str) -> dict[str, int]:
 
 
 def device_jobs_for(conn: sqlite3.Connection, job_id: str) -> list[dict[str, Any]]:
-    rows = conn.execute(
-        "SELECT * FROM device_jobs WHERE job_id = ? ORDER BY submitted_at", (job_id,)
-    ).fetchall()
-    return [dict(row) for row in rows]
+    """The job's provider jobs: simulated devices (``device_jobs``) and remote providers
+    (``provider_ledger`` rows that have a provider job id), in submission order.
+
+    Every row has ``device_job_id`` (the provider's job id), ``idempotency_key``,
+    ``backend``, ``status`` and ``message``; remote rows also say ``remote: True``.
+    """
+    rows = [
+        dict(row)
+        for row in conn.execute("SELECT * FROM device_jobs WHERE job_id = ?", (job_id,)).fetchall()
+    ]
+    for row in conn.execute(
+        "SELECT * FROM provider_ledger WHERE job_id = ? AND provider_job_id IS NOT NULL",
+        (job_id,),
+    ).fetchall():
+        rows.append(
+            {
+                "device_job_id": row["provider_job_id"],
+                "idempotency_key": row["key"],
+                "job_id": row["job_id"],
+                "seq": row["seq"],
+                "backend": row["backend"],
+                "request_key": row["request_key"],
+                "status": row["state"],
+                "attempts": row["claims"],
+                "message": row["message"],
+                "submitted_at": row["created_at"],
+                "started_at": None,
+                "finished_at": None,
+                "remote": True,
+            }
+        )
+    rows.sort(key=lambda r: (r["submitted_at"], r["seq"]))
+    return rows
