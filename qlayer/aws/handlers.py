@@ -150,7 +150,7 @@ def advance(svc: Services, job_id: str, label: str, finished_seq: int, decision:
     The event (``finished`` or ``error``) names the step that ended (``finished_seq``,
     ``label``); the row's stage and seq move on to the step the decision starts.
     """
-    where = {"event_seq": finished_seq, "event_stage": label}
+    where: dict[str, Any] = {"event_seq": finished_seq, "event_stage": label}
     if decision.kind == "error":
         svc.jobs.update(
             job_id,
