@@ -109,8 +109,12 @@ _DEFAULT_TIMEOUT_S = 60
 def _digest(paths: Sequence[Path]) -> str:
     sha = hashlib.sha256()
     for path in paths:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:  # an editor's temporary file, gone since the listing
+            continue
         sha.update(str(path.relative_to(REPO_ROOT)).encode())
-        sha.update(path.read_bytes())
+        sha.update(data)
     return sha.hexdigest()
 
 
