@@ -429,8 +429,15 @@ class RateLimiter:
         self._lock = threading.Lock()
 
     def limits_for(self, backend: str) -> Limits:
-        """Exact backend name first, then its provider's defaults."""
-        return self._limits.get(backend) or self._limits[provider_of(backend)]
+        """Exact backend name first, then the longest configured prefix (``ibm`` for
+        ``ibm_torino``, a plugin's prefix for its backends), then its provider's defaults."""
+        exact = self._limits.get(backend)
+        if exact is not None:
+            return exact
+        prefixes = [name for name in self._limits if backend.startswith(name + "_")]
+        if prefixes:
+            return self._limits[max(prefixes, key=len)]
+        return self._limits[provider_of(backend)]
 
     def in_flight(self, backend: str) -> int:
         return self._in_flight.get(backend, 0)

@@ -96,7 +96,8 @@ class SqliteLedger(Ledger):
             if not inserted:
                 self.conn.execute(
                     "UPDATE provider_ledger SET owner = ?, lease_until = ?, claims = claims + 1,"
-                    " updated_at = ? WHERE key = ? AND provider_job_id IS NULL AND lease_until <= ?",
+                    " updated_at = ? WHERE key = ? AND provider_job_id IS NULL"
+                    " AND lease_until <= ?",
                     (owner, now + lease_s, now, key, now),
                 )
             entry = self._get(key)
@@ -107,8 +108,8 @@ class SqliteLedger(Ledger):
         with self._tx():
             self._require(key)
             self.conn.execute(
-                "UPDATE provider_ledger SET provider_job_id = ?, state = 'SUBMITTED', updated_at = ?"
-                " WHERE key = ? AND provider_job_id IS NULL",
+                "UPDATE provider_ledger SET provider_job_id = ?, state = 'SUBMITTED',"
+                " updated_at = ? WHERE key = ? AND provider_job_id IS NULL",
                 (provider_job_id, self._clock(), key),
             )
             return self._require(key)
@@ -135,7 +136,8 @@ class SqliteLedger(Ledger):
         marks = ",".join("?" * len(wanted))
         with self._lock:
             rows = self.conn.execute(
-                f"SELECT {_COLUMNS} FROM provider_ledger WHERE state IN ({marks}) ORDER BY created_at",
+                f"SELECT {_COLUMNS} FROM provider_ledger WHERE state IN ({marks})"
+                " ORDER BY created_at",
                 wanted,
             ).fetchall()
         return [_entry(row) for row in rows]

@@ -6,6 +6,23 @@
 - ``braket_*`` and Braket device ARNs: :class:`~qlayer.providers.braket.BraketProvider`
   (needs ``pip install 'qlayer[braket]'``).
 
+- Plugins: ``QLAYER_PROVIDERS`` names extra providers, comma-separated, each as
+  ``[prefix=]module.path:factory`` or ``[prefix=]/path/to/file.py:factory``. ``factory``
+  (a class or a function, called without arguments) returns a
+  :class:`~qlayer.providers.base.SyncProvider` or an
+  :class:`~qlayer.providers.base.AsyncProvider`; it serves every backend named
+  ``<prefix>`` or ``<prefix>_*`` (``prefix`` defaults to the provider's ``name``), before
+  the built-in providers. A backend name resolves through the provider's ``backends()``
+  list, or its ``info(name)`` method if it has one. An optional ``limits`` attribute
+  (``{backend or prefix: qlayer.dispatch.Limits}``) sets its dispatch limits. The
+  variable must be set for the client and the daemon alike (a daemon started by the
+  client inherits it). Example::
+
+      QLAYER_PROVIDERS="myqpu=my_company.qlayer_plugin:MyQpuProvider"
+
+- Limits: ``QLAYER_LIMITS`` (JSON ``{backend or prefix: {max_in_flight, submits_per_s,
+  burst, max_pubs}}``) overrides the dispatcher's per-backend limits.
+
 Nothing here touches the network: whether a remote device is reachable is reported as
 unknown (``reachable: None``) until a provider call is made.
 """
@@ -14,7 +31,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qlayer.errors import BackendError
@@ -25,9 +47,13 @@ if TYPE_CHECKING:
     from qiskit.primitives import PrimitiveResult
     from qiskit.transpiler import Target
 
+    from qlayer.dispatch import Limits
     from qlayer.providers.braket import BraketProvider
     from qlayer.providers.ibm import IbmProvider
     from qlayer.request import ExecuteRequest
+
+PLUGINS_ENV = "QLAYER_PROVIDERS"
+LIMITS_ENV = "QLAYER_LIMITS"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +90,136 @@ def braket_provider() -> BraketProvider:
     return BraketProvider()
 
 
+# --------------------------------------------------------------------------- plugins
+
+
+@dataclasses.dataclass(frozen=True)
+class Plugin:
+    """An extra provider registered through ``QLAYER_PROVIDERS``."""
+
+    prefix: str
+    spec: str
+    provider: SyncProvider | AsyncProvider
+
+    def serves(self, backend: str) -> bool:
+        return backend == self.prefix or backend.startswith(self.prefix + "_")
+
+
+def _load_factory(target: str) -> Any:
+    where, sep, attr = target.rpartition(":")
+    if not sep or not where or not attr:
+        raise BackendError(
+            f"{PLUGINS_ENV} entry {target!r} must look like module.path:factory "
+            "or /path/to/file.py:factory"
+        )
+    if where.endswith(".py"):
+        path = Path(where).expanduser().resolve()
+        name = f"qlayer_plugin_{path.stem}_{abs(hash(str(path))) % 10**8}"
+        module = sys.modules.get(name)
+        if module is None:
+            spec = importlib.util.spec_from_file_location(name, path)
+            if spec is None or spec.loader is None:
+                raise BackendError(f"{PLUGINS_ENV}: cannot load provider file {path}")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(where)
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise BackendError(f"{PLUGINS_ENV}: {where} has no {attr!r}") from None
+
+
+@functools.lru_cache(maxsize=8)
+def _plugins_for(value: str) -> tuple[Plugin, ...]:
+    plugins = []
+    for raw in value.split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        prefix, sep, target = entry.partition("=")
+        if not sep:
+            prefix, target = "", entry
+        made = _load_factory(target.strip())()
+        if not isinstance(made, (SyncProvider, AsyncProvider)):
+            raise BackendError(
+                f"{PLUGINS_ENV}: {target} made a {type(made).__name__}, "
+                "not a SyncProvider or an AsyncProvider"
+            )
+        plugins.append(Plugin(prefix.strip() or made.name, entry, made))
+    return tuple(plugins)
+
+
+def plugins() -> tuple[Plugin, ...]:
+    """The providers registered through ``QLAYER_PROVIDERS`` (loaded once per value)."""
+    return _plugins_for(os.environ.get(PLUGINS_ENV, ""))
+
+
+def plugin_for(backend: str) -> Plugin | None:
+    for plugin in plugins():
+        if plugin.serves(backend):
+            return plugin
+    return None
+
+
+def _plugin_info(plugin: Plugin, backend: str) -> BackendInfo:
+    for info in plugin.provider.backends():
+        if info.name == backend:
+            return info
+    info_of = getattr(plugin.provider, "info", None)
+    if callable(info_of):
+        found = info_of(backend)
+        if isinstance(found, BackendInfo):
+            return found
+    raise BackendError(
+        f"unknown backend {backend!r} of provider {plugin.prefix!r} ({plugin.spec}). "
+        f"Known backends: {', '.join(known_names())}."
+    )
+
+
+def configured_limits() -> dict[str, Limits]:
+    """Dispatch limits beyond the defaults: plugins' ``limits``, then ``QLAYER_LIMITS``."""
+    from qlayer.dispatch import Limits
+
+    out: dict[str, Limits] = {}
+    for plugin in plugins():
+        out.update(getattr(plugin.provider, "limits", None) or {})
+    raw = os.environ.get(LIMITS_ENV)
+    if raw:
+        try:
+            table = json.loads(raw)
+            for name, fields in table.items():
+                out[name] = Limits(
+                    max_in_flight=int(fields["max_in_flight"]),
+                    submits_per_s=float(fields.get("submits_per_s", 1000.0)),
+                    burst=int(fields.get("burst", fields["max_in_flight"])),
+                    max_pubs=int(fields.get("max_pubs", 300)),
+                    source=f"{LIMITS_ENV}",
+                )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise BackendError(
+                f"{LIMITS_ENV} must be JSON like "
+                '{"ibm": {"max_in_flight": 3, "submits_per_s": 0.08, "burst": 3}}: '
+                f"{exc}"
+            ) from exc
+    return out
+
+
+def is_remote(backend: str) -> bool:
+    """True when ``backend`` is served by a provider with its own queue (a QPU service),
+    submitted and polled by the dispatcher rather than run by a worker."""
+    if backend == "braket_local":
+        return False  # an AsyncProvider that runs in-process at submit (see _DispatchOnly)
+    try:
+        return isinstance(provider(backend), AsyncProvider)
+    except BackendError:
+        return False
+
+
+# --------------------------------------------------------------------------- built-ins
+
+
 def braket_installed() -> bool:
     return importlib.util.find_spec("braket") is not None and (
         importlib.util.find_spec("qiskit_braket_provider") is not None
@@ -71,7 +227,11 @@ def braket_installed() -> bool:
 
 
 def provider_name(backend: str) -> str:
-    """``aer``, ``ibm`` or ``braket`` by the name's shape (the name need not exist)."""
+    """``aer``, ``ibm``, ``braket`` or a plugin's prefix, by the name's shape (the name
+    need not exist)."""
+    plugin = plugin_for(backend)
+    if plugin is not None:
+        return plugin.prefix
     if backend.startswith("ibm_"):
         return "ibm"
     if backend.startswith("braket_") or backend.startswith("arn:aws:braket"):
@@ -82,6 +242,9 @@ def provider_name(backend: str) -> str:
 def provider(backend: str) -> SyncProvider | AsyncProvider:
     """The provider that serves ``backend``: sync (simulators) or async (QPU services)."""
     resolve(backend)
+    plugin = plugin_for(backend)
+    if plugin is not None:
+        return plugin.provider
     kind = provider_name(backend)
     if kind == "ibm":
         return ibm_provider()
@@ -142,6 +305,12 @@ def resolve(backend: str) -> BackendInfo:
     """
     if not isinstance(backend, str) or not backend:
         raise BackendError(f"backend must be a non-empty name, got {backend!r}")
+    plugin = plugin_for(backend)
+    if plugin is not None:
+        info = _plugin_info(plugin, backend)
+        if isinstance(plugin.provider, AsyncProvider):
+            return _remote(info, configured=True)
+        return info
     aer = aer_provider()
     if backend in IDEAL_METHODS:
         return aer.info(backend)
@@ -184,7 +353,7 @@ def _ibm_info(backend: str) -> BackendInfo:
 def _remote(info: BackendInfo, *, configured: bool) -> RemoteBackendInfo:
     from qlayer.dispatch import RateLimiter
 
-    limits = RateLimiter().limits_for(info.name)
+    limits = RateLimiter(configured_limits()).limits_for(info.name)
     fields = {f.name: getattr(info, f.name) for f in dataclasses.fields(BackendInfo)}
     return RemoteBackendInfo(
         **fields,
@@ -207,7 +376,15 @@ def known_backends() -> list[BackendInfo]:
     """Every backend the configuration knows (remote ones with ``reachable: None``)."""
     from qlayer.providers.ibm import IBM_DEVICES, ibm_configured
 
-    infos: list[BackendInfo] = list(aer_provider().backends())
+    infos: list[BackendInfo] = []
+    for plugin in plugins():
+        for info in plugin.provider.backends():
+            infos.append(
+                _remote(info, configured=True)
+                if isinstance(plugin.provider, AsyncProvider)
+                else info
+            )
+    infos.extend(aer_provider().backends())
     ibm_ok = ibm_configured()
     infos.extend(_remote(_ibm_info(name), configured=ibm_ok) for name in IBM_DEVICES)
     if braket_installed():
