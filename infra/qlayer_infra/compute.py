@@ -12,11 +12,13 @@ Batch runs the same image (x86_64) with ``python -m qlayer.aws.batch_entry``.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -137,22 +139,26 @@ def ensure_light_layer() -> str:
 
     The build stamps ``build/.sources.json`` with :func:`light_layer_sources`: a changed
     requirements list rebuilds everything, a changed ``qlayer/`` refreshes only qlayer.
+    A lock file serialises builds between processes (two test runs, a synth and a test).
     """
     built = LIGHT_LAYER_DIR / "build"
     stamp = built / LAYER_STAMP
     want = light_layer_sources()
-    have = json.loads(stamp.read_text()) if stamp.is_file() else {}
-    if not (built / "python").is_dir() or have.get("deps") != want["deps"]:
-        args = []
-    elif have.get("code") != want["code"]:
-        args = ["--code-only"]
-    else:
-        return str(built)
-    env = {**os.environ, "PYTHON": os.environ.get("PYTHON", sys.executable)}
-    subprocess.run(
-        ["bash", str(LIGHT_LAYER_DIR / "build.sh"), *args], check=True, cwd=REPO_ROOT, env=env
-    )
-    stamp.write_text(json.dumps(want))
+    repo_tag = hashlib.sha256(str(REPO_ROOT).encode()).hexdigest()[:12]
+    lock_path = Path(tempfile.gettempdir()) / f"qlayer-light-layer-{repo_tag}.lock"
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        have = json.loads(stamp.read_text()) if stamp.is_file() else {}
+        if not (built / "python").is_dir() or have.get("deps") != want["deps"]:
+            args = []
+        elif have.get("code") != want["code"]:
+            args = ["--code-only"]
+        else:
+            return str(built)
+        env = {**os.environ, "PYTHON": os.environ.get("PYTHON", sys.executable)}
+        script = str(LIGHT_LAYER_DIR / "build.sh")
+        subprocess.run(["bash", script, *args], check=True, cwd=REPO_ROOT, env=env)
+        stamp.write_text(json.dumps(want))
     return str(built)
 
 
