@@ -15,8 +15,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -e .
 	touch $@
 
-$(VENV)/.installed-dev: $(VENV)/.installed pyproject.toml
+$(VENV)/.installed-dev: $(VENV)/.installed pyproject.toml infra/package-lock.json
 	$(PIP) install -q -e '.[dev,aws,infra,braket]'
+	npm ci --prefix infra --no-audit --no-fund --loglevel=error
 	touch $@
 
 install: $(VENV)/.installed
@@ -44,6 +45,10 @@ types: $(VENV)/.installed-dev
 ## bench: the local-layer benchmarks (figures go to docs/benchmarks.md)
 bench: $(VENV)/.installed-dev
 	$(PY) bench/local_overhead.py
+
+## synth: synthesise the CDK app (no Docker, no AWS account needed)
+synth: $(VENV)/.installed-dev
+	PYTHON="$(CURDIR)/$(PY)" bash infra/synth.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
