@@ -35,10 +35,39 @@ HomeOption = typer.Option(
 JsonOption = typer.Option(False, "--json", help="Print JSON for scripts.")
 
 
+_TARGET: dict[str, str | None] = {"target": "local", "stack": "Qlayer", "region": None}
+
+
+@app.callback()
+def _global(
+    target: str = typer.Option(
+        "local", "--target", "-t", envvar="QLAYER_TARGET", help="Where jobs run: local or aws."
+    ),
+    stack: str = typer.Option(
+        "Qlayer", "--stack", envvar="QLAYER_STACK", help="With --target aws: the stack's name."
+    ),
+    region: str | None = typer.Option(
+        None, "--region", envvar="AWS_REGION", help="With --target aws: the stack's region."
+    ),
+) -> None:
+    """Run quantum–classical programs as durable staged jobs. Submit, walk away, come back."""
+    if target not in ("local", "aws"):
+        raise typer.BadParameter("use local or aws", param_hint="--target")
+    _TARGET.update(target=target, stack=stack, region=region)
+
+
 def _client(home: str | None) -> Any:
     from qlayer.client import Client
 
+    if _TARGET["target"] == "aws":
+        return Client.aws(stack=_TARGET["stack"] or "Qlayer", region=_TARGET["region"])
     return Client.local(home)
+
+
+def _local_only(command: str) -> None:
+    if _TARGET["target"] != "local":
+        err.print(f"'qlayer {command}' manages the local daemon; with --target aws there is none")
+        raise typer.Exit(2)
 
 
 def _emit_json(value: Any) -> None:
@@ -343,6 +372,7 @@ def up(
     """Start the local daemon (run starts it when needed)."""
     from qlayer.client import Client
 
+    _local_only("up")
     client = Client.local(home, workers=workers)
     pid = client.up()
     out.print(f"qlayer daemon running (pid {pid}, home {client.home.root})")
@@ -351,6 +381,7 @@ def up(
 @app.command()
 def down(home: str | None = HomeOption) -> None:
     """Stop the local daemon. Unfinished jobs resume when it starts again."""
+    _local_only("down")
     stopped = _client(home).down()
     out.print("qlayer daemon stopped" if stopped else "qlayer daemon was not running")
 
