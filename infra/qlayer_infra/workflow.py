@@ -386,14 +386,6 @@ class JobWorkflow(Construct):
             ),
         )
         self._grant_batch(compute)
-        # A child (or Distributed Map iteration) starts an execution of this same machine.
-        self.state_machine.add_to_role_policy(
-            iam.PolicyStatement(
-                actions=["states:StartExecution"],
-                resources=[own_machine.state_machine_arn],
-            )
-        )
-
         self.status_rule = events.Rule(
             self,
             "ExecutionEnded",

@@ -324,3 +324,31 @@ def test_ended_executions_reach_fail_job(template: Template, stack) -> None:
             ],
         },
     )
+
+
+def test_state_machine_may_start_its_children(template: Template, stack) -> None:
+    own_arn = {
+        "Fn::Join": [
+            "",
+            [
+                "arn:",
+                {"Ref": "AWS::Partition"},
+                ":states:",
+                {"Ref": "AWS::Region"},
+                ":",
+                {"Ref": "AWS::AccountId"},
+                ":stateMachine:qlayer-dev-jobs",
+            ],
+        ]
+    }
+    template.has_resource_properties(
+        "AWS::IAM::Policy",
+        {
+            "Roles": [stack.resolve(stack.workflow.state_machine.role.role_name)],
+            "PolicyDocument": {
+                "Statement": Match.array_with(
+                    [Match.object_like({"Action": "states:StartExecution", "Resource": own_arn})]
+                )
+            },
+        },
+    )
