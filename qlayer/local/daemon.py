@@ -17,25 +17,42 @@ import json
 import logging
 import multiprocessing
 import os
+import queue
 import secrets
 import signal
 import socket
 import sqlite3
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from qlayer import keys
+from qlayer.dispatch import (
+    ACTIVE_STATES,
+    FINAL_STATES,
+    FindsJobs,
+    NotSubmitted,
+    RateLimiter,
+    poll_once,
+    submit_once,
+    with_retries,
+)
+from qlayer.dispatch import Limits as DispatchLimits
 from qlayer.interpreter import Decision
 from qlayer.local import state
+from qlayer.local.ledger import SqliteLedger
 from qlayer.local.paths import Home
 from qlayer.local.state import add_event, transaction
 from qlayer.local.worker import worker_main
 from qlayer.planner import Limits
+from qlayer.providers.base import ProviderError
+from qlayer.request import decode_request
 from qlayer.status import JobStatus
-from qlayer.steps import child_job_id, fan_in
+from qlayer.steps import child_job_id, complete_execute, fan_in
 from qlayer.store.local import FolderStore
 
 log = logging.getLogger("qlayer.daemon")
@@ -103,6 +120,7 @@ class Daemon:
         self.stopping = False
         self.wake_socket: socket.socket | None = None
         self.device_concurrency: dict[str, int] = {}
+        self.remote = RemoteDispatcher(self)
 
     # -- lifecycle -------------------------------------------------------------------
     def start_workers(self) -> None:
@@ -140,6 +158,7 @@ class Daemon:
 
     def run(self) -> None:
         self.recover()
+        self.remote.recover()
         self.open_wake_socket()
         self.start_workers()
         log.info("daemon %d ready with %d workers", os.getpid(), len(self.workers))
@@ -147,6 +166,7 @@ class Daemon:
             while not self.stopping:
                 self.tick()
         finally:
+            self.remote.shutdown()
             for worker in self.workers:
                 worker.kill()
             if self.wake_socket is not None:
@@ -159,13 +179,18 @@ class Daemon:
     def tick(self) -> None:
         self.handle_cancels()
         self.dispatch()
+        self.remote.pump()
         waitables: list[Any] = [w.conn for w in self.workers]
         waitables += [w.process.sentinel for w in self.workers]
+        waitables.append(self.remote.wake_r)
         if self.wake_socket is not None:
             waitables.append(self.wake_socket)
         ready = wait(waitables, timeout=self.next_timeout())
         if self.wake_socket is not None and self.wake_socket in ready:
             self._drain_wake_socket()
+        if self.remote.wake_r in ready:
+            self.remote.drain_wake()
+        self.remote.collect()
         for worker in list(self.workers):
             if worker not in self.workers:
                 continue  # replaced meanwhile (a cancel or a failure stopped its job)
@@ -178,6 +203,9 @@ class Daemon:
     def next_timeout(self) -> float:
         now = time.time()
         deadlines = [w.busy.deadline - now for w in self.workers if w.busy and w.busy.deadline]
+        remote = self.remote.next_timeout(now)
+        if remote is not None:
+            deadlines.append(remote)
         return max(0.0, min([IDLE_POLL_S, *deadlines]))
 
     def _drain_wake_socket(self) -> None:
@@ -225,6 +253,9 @@ class Daemon:
         for row in rows:
             decision = Decision.from_json(json.loads(row["detail"]))
             key = f"{row['job_id']}/{row['seq']}"
+            if self.remote.is_remote(decision.backend):
+                self.queue_remote(row, decision)
+                continue
             with transaction(self.conn):
                 existing = self.conn.execute(
                     "SELECT device_job_id FROM device_jobs WHERE idempotency_key = ?", (key,)
@@ -246,6 +277,16 @@ class Daemon:
                               provider_job_id=device_job_id)
                 add_event(self.conn, row["job_id"], row["seq"], "execute", "submitted",
                           {"backend": decision.backend, "provider_job_id": device_job_id, "plan": plan})
+
+    def queue_remote(self, row: sqlite3.Row, decision: Decision) -> None:
+        """An execute step for a QPU service: the remote dispatcher submits it (once)."""
+        assert decision.backend is not None and decision.request_key is not None
+        with transaction(self.conn):
+            self.conn.execute("UPDATE steps SET state = 'waiting' WHERE step_id = ?", (row["step_id"],))
+            self._set_job(row["job_id"], status=JobStatus.WAITING_FOR_QPU, stage="execute", seq=row["seq"])
+            add_event(self.conn, row["job_id"], row["seq"], "execute", "queued for provider",
+                      {"backend": decision.backend, "plan": decision.plan or {}})
+        self.remote.track(row, decision.backend, decision.request_key)
 
     def assign_next(self, worker: WorkerHandle) -> bool:
         step = self.conn.execute(
@@ -571,6 +612,7 @@ class Daemon:
         for row in cancelled:
             add_event(self.conn, job_id, None, "execute", "device job cancelled",
                       {"provider_job_id": row["device_job_id"]})
+        self.remote.cancel_job(job_id)
         self.conn.execute(
             "UPDATE steps SET state = 'done' WHERE job_id = ? AND state != 'done'", (job_id,)
         )
@@ -638,6 +680,470 @@ class Daemon:
                         "UPDATE device_jobs SET status = 'QUEUED' WHERE device_job_id = ? AND status = 'RUNNING'",
                         (busy.device_job_id,),
                     )
+
+
+# --------------------------------------------------------------------------- remote providers
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value else default
+
+
+@dataclass
+class RemoteConfig:
+    """How the daemon drives QPU services (``AsyncProvider`` backends). From the environment:
+
+    * ``QLAYER_QPU_TIMEOUT_S`` (7 days): an execute step whose provider job has not
+      completed this long after the step was queued ends the job in ERROR (and the
+      provider job is cancelled): a completion that never arrives is never a hang;
+    * ``QLAYER_QPU_POLL_S`` (5 s): time between two polls of one provider job;
+    * ``QLAYER_QPU_POLLS_PER_S`` (10): polls per second per provider (token bucket);
+    * ``QLAYER_QPU_RETRIES`` (5) and ``QLAYER_QPU_RETRY_BASE_S`` (1 s): backoff of a
+      retryable provider error (throttling, transient network) within one call;
+    * ``QLAYER_QPU_RETRY_LATER_S`` (30 s): when a call still fails after its retries,
+      try again this much later (the timeout above bounds it all);
+    * ``QLAYER_PROVIDER_THREADS`` (8): threads making provider calls.
+    """
+
+    timeout_s: float = 7 * 24 * 3600.0
+    poll_s: float = 5.0
+    polls_per_s: float = 10.0
+    retries: int = 5
+    retry_base_s: float = 1.0
+    retry_later_s: float = 30.0
+    threads: int = 8
+
+    @classmethod
+    def from_env(cls) -> RemoteConfig:
+        return cls(
+            timeout_s=_env_float("QLAYER_QPU_TIMEOUT_S", cls.timeout_s),
+            poll_s=_env_float("QLAYER_QPU_POLL_S", cls.poll_s),
+            polls_per_s=_env_float("QLAYER_QPU_POLLS_PER_S", cls.polls_per_s),
+            retries=int(_env_float("QLAYER_QPU_RETRIES", cls.retries)),
+            retry_base_s=_env_float("QLAYER_QPU_RETRY_BASE_S", cls.retry_base_s),
+            retry_later_s=_env_float("QLAYER_QPU_RETRY_LATER_S", cls.retry_later_s),
+            threads=int(_env_float("QLAYER_PROVIDER_THREADS", cls.threads)),
+        )
+
+
+@dataclass
+class RemoteWork:
+    """One execute step waiting on a remote provider (the daemon's memory of it; the
+    durable truth is the step row and the ledger entry)."""
+
+    key: str
+    job_id: str
+    seq: int
+    step_id: int
+    backend: str
+    request_key: str
+    queued_at: float  # the step's creation: the timeout counts from here
+    phase: str = "submit"  # submit | poll
+    provider_job_id: str | None = None
+    next_at: float = 0.0
+    busy: bool = False  # a provider call for it is in flight on a thread
+    holds_slot: bool = False  # counted against the backend's max_in_flight
+    last_state: str | None = None
+    cancelled: bool = False
+
+
+class RemoteDispatcher:
+    """Submits execute steps of remote backends exactly once, polls them, collects results.
+
+    Provider calls are network calls: they run on a small thread pool, never on the
+    daemon's loop, and never on the warm workers (which are the machine's compute for
+    stages and simulations; a worker blocked for minutes on a slow API would starve
+    them). The threads touch only the provider, the ledger (their own SQLite
+    connection) and the artifact store; every job transition stays on the loop, in
+    one transaction each. A thread reports back through a queue and wakes the loop
+    with a byte on a socket pair.
+    """
+
+    def __init__(self, daemon: Daemon) -> None:
+        from qlayer.providers.registry import configured_limits, plugins
+
+        self.daemon = daemon
+        self.config = RemoteConfig.from_env()
+        self.ledger = SqliteLedger(daemon.home.db)
+        self.owner = f"daemon-{os.getpid()}-{secrets.token_hex(4)}"
+        self.works: dict[str, RemoteWork] = {}
+        self.submits = RateLimiter(configured_limits())
+        poll_limits = DispatchLimits(
+            max_in_flight=10**9,
+            submits_per_s=self.config.polls_per_s,
+            burst=max(1, int(self.config.polls_per_s)),
+            source="QLAYER_QPU_POLLS_PER_S",
+        )
+        names = {"aer", "ibm", "braket", *(p.prefix for p in plugins())}
+        self.polls = RateLimiter({name: poll_limits for name in names})
+        self.results: queue.SimpleQueue[tuple[str, str, Any, BaseException | None]] = (
+            queue.SimpleQueue()
+        )
+        self.wake_r, self.wake_w = socket.socketpair()
+        self.wake_r.setblocking(False)
+        self.pool = ThreadPoolExecutor(
+            max_workers=max(1, self.config.threads), thread_name_prefix="provider"
+        )
+        self._remote_backends: dict[str, bool] = {}
+        self.slots: dict[str, int] = {}  # provider jobs in flight per backend (ours)
+
+    # -- which backends ---------------------------------------------------------------
+    def is_remote(self, backend: str | None) -> bool:
+        if not backend:
+            return False
+        if backend not in self._remote_backends:
+            from qlayer.providers.registry import is_remote
+
+            self._remote_backends[backend] = is_remote(backend)
+        return self._remote_backends[backend]
+
+    # -- loop integration ----------------------------------------------------------------
+    def track(self, row: sqlite3.Row, backend: str, request_key: str) -> None:
+        """An execute step of a remote backend is queued (or queued again: a duplicate
+        entry goes through ``submit_once`` again and finds the recorded provider job)."""
+        key = f"{row['job_id']}/{row['seq']}"
+        work = self.works.get(key)
+        if work is None:
+            work = RemoteWork(
+                key, row["job_id"], row["seq"], row["step_id"], backend, request_key,
+                queued_at=row["created_at"],
+            )
+            self.works[key] = work
+        elif not work.busy:
+            work.phase, work.next_at = "submit", 0.0
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def next_timeout(self, now: float) -> float | None:
+        times = []
+        for work in self.works.values():
+            times.append(work.queued_at + self.config.timeout_s)
+            if not work.busy:
+                times.append(work.next_at)
+        return min(times) - now if times else None
+
+    def drain_wake(self) -> None:
+        try:
+            while self.wake_r.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    # -- recovery ------------------------------------------------------------------------
+    def recover(self) -> None:
+        """Reload waiting remote steps after a restart: polled again, never resubmitted."""
+        # This daemon holds the home's lock: no other dispatcher is alive, so claims
+        # without a provider id were left by a killed daemon. Take them over now; the
+        # next submit_once asks the provider (find_job) before submitting anything.
+        self.ledger.expire_claims()
+        conn = self.daemon.conn
+        rows = conn.execute(
+            "SELECT * FROM steps WHERE kind = 'execute' AND state = 'waiting' ORDER BY step_id"
+        ).fetchall()
+        for row in rows:
+            decision = Decision.from_json(json.loads(row["detail"]))
+            if not self.is_remote(decision.backend):
+                continue
+            assert decision.backend is not None and decision.request_key is not None
+            self.track(row, decision.backend, decision.request_key)
+            work = self.works[f"{row['job_id']}/{row['seq']}"]
+            entry = self.ledger.get(work.key)
+            if entry is not None and entry.provider_job_id is not None:
+                work.phase, work.provider_job_id = "poll", entry.provider_job_id
+                if entry.state not in FINAL_STATES:
+                    self._take_slot(work)
+                work.last_state = entry.state
+        # Provider jobs whose qlayer job ended while the daemon was down (a cancel that
+        # did not reach the provider yet): cancel them now.
+        for entry in self.ledger.entries_in(ACTIVE_STATES):
+            if entry.key in self.works:
+                continue
+            job_id = entry.key.rpartition("/")[0]
+            row = conn.execute("SELECT status FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            if row is None or JobStatus(row["status"]).is_final:
+                self._call(entry.key, "cancel", self._cancel_call(entry.key, entry.backend))
+        if self.works:
+            log.info("recovered %d remote execute steps", len(self.works))
+
+    # -- scheduling -------------------------------------------------------------------
+    def pump(self) -> None:
+        """Start the provider calls that are due, within each backend's limits."""
+        now = time.time()
+        for work in list(self.works.values()):
+            if work.busy or work.cancelled:
+                continue
+            if now >= work.queued_at + self.config.timeout_s:
+                self._timed_out(work)
+                continue
+            if work.next_at > now:
+                continue
+            if work.phase == "submit":
+                if not work.holds_slot:
+                    in_flight = self.slots.get(work.backend, 0)
+                    wait_s = self.submits.try_acquire(work.backend, in_flight=in_flight)
+                    if wait_s > 0:
+                        # At the cap: woken by a release. Rate-limited: retry when a token is due.
+                        work.next_at = float("inf") if wait_s == float("inf") else now + wait_s
+                        continue
+                    self._take_slot(work)
+                work.busy = True
+                self._call(work.key, "submit", self._submit_call(work))
+            else:
+                wait_s = self.polls.try_acquire(work.backend)
+                if wait_s > 0:
+                    work.next_at = now + min(wait_s, 1.0)
+                    continue
+                self.polls.release(work.backend)
+                work.busy = True
+                self._call(work.key, "poll", self._poll_call(work))
+
+    def _take_slot(self, work: RemoteWork) -> None:
+        work.holds_slot = True
+        self.slots[work.backend] = self.slots.get(work.backend, 0) + 1
+
+    def _release(self, work: RemoteWork) -> None:
+        if work.holds_slot:
+            work.holds_slot = False
+            self.slots[work.backend] = max(0, self.slots.get(work.backend, 1) - 1)
+            for other in self.works.values():  # wake those waiting for a slot
+                if other.backend == work.backend and other.next_at == float("inf"):
+                    other.next_at = 0.0
+
+    def _forget(self, work: RemoteWork) -> None:
+        self._release(work)
+        self.works.pop(work.key, None)
+
+    # -- provider calls (on the pool's threads) ------------------------------------------
+    def _call(self, key: str, kind: str, fn: Callable[[], Any]) -> None:
+        def run() -> None:
+            try:
+                outcome: Any = fn()
+                error: BaseException | None = None
+            except BaseException as exc:  # reported to the loop, which decides
+                outcome, error = None, exc
+            self.results.put((key, kind, outcome, error))
+            try:
+                self.wake_w.send(b"!")
+            except OSError:
+                pass
+
+        self.pool.submit(run)
+
+    def _retry(self, fn: Callable[[], Any]) -> Any:
+        return with_retries(fn, self.config.retries, self.config.retry_base_s, max_delay=60.0)
+
+    def _submit_call(self, work: RemoteWork) -> Callable[[], str]:
+        from qlayer.providers.registry import async_provider_for
+
+        key, backend, request_key = work.key, work.backend, work.request_key
+        store, ledger, owner = self.daemon.store, self.ledger, self.owner
+
+        def submit() -> str:
+            provider = async_provider_for(backend)
+            request = decode_request(store.get_json(request_key))
+            return str(
+                self._retry(
+                    lambda: submit_once(
+                        ledger, provider, key, backend, request,
+                        request_key=request_key, owner=owner,
+                    )
+                )
+            )
+
+        return submit
+
+    def _poll_call(self, work: RemoteWork) -> Callable[[], Any]:
+        from qlayer.providers.registry import async_provider_for
+
+        key, backend, request_key = work.key, work.backend, work.request_key
+        job_id, seq = work.job_id, work.seq
+        store, ledger = self.daemon.store, self.ledger
+
+        def poll() -> tuple[Any, Decision | None]:
+            provider = async_provider_for(backend)
+            status = self._retry(lambda: poll_once(ledger, provider, key))
+            if status.state != "DONE":
+                return status, None
+            recorded = keys.step_dir(job_id, seq, "execute") + "output.json"
+            if store.exists(recorded):  # collected before a crash: not fetched again
+                try:
+                    return status, Decision.from_json(store.get_json(recorded))
+                except (ValueError, TypeError, KeyError):
+                    pass
+            entry = ledger.get(key)
+            assert entry is not None and entry.provider_job_id is not None
+            provider_job_id = entry.provider_job_id
+            result = self._retry(lambda: provider.result(provider_job_id))
+            request_raw = store.get_json(request_key)
+            return status, complete_execute(store, job_id, seq, request_raw, result)
+
+        return poll
+
+    def _cancel_call(self, key: str, backend: str) -> Callable[[], str | None]:
+        from qlayer.providers.registry import async_provider_for
+
+        ledger = self.ledger
+
+        def cancel() -> str | None:
+            provider = async_provider_for(backend)
+            entry = ledger.get(key)
+            provider_job_id = entry.provider_job_id if entry else None
+            if provider_job_id is None and isinstance(provider, FindsJobs):
+                # A claim whose submission may have been accepted before a crash.
+                provider_job_id = self._retry(lambda: provider.find_job(backend, key))
+                if provider_job_id is not None:
+                    ledger.record_submission(key, provider_job_id)
+            if provider_job_id is not None:
+                found = provider_job_id
+                self._retry(lambda: provider.cancel(found))
+            if entry is not None:
+                ledger.set_state(key, "CANCELLED", "cancelled by qlayer")
+            return provider_job_id
+
+        return cancel
+
+    # -- results (on the loop) -----------------------------------------------------------
+    def collect(self) -> None:
+        """Apply what the provider calls returned."""
+        while True:
+            try:
+                key, kind, outcome, error = self.results.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                self._collect_one(key, kind, outcome, error)
+            except Exception:  # never let one bad reply stop the daemon
+                log.exception("handling the %s reply of %s failed", kind, key)
+
+    def _collect_one(self, key: str, kind: str, outcome: Any, error: BaseException | None) -> None:
+        daemon, conn = self.daemon, self.daemon.conn
+        job_id = key.rpartition("/")[0]
+        if kind == "cancel":
+            with transaction(conn):
+                if error is not None:
+                    add_event(conn, job_id, None, "execute", "provider cancel failed",
+                              {"message": str(error)})
+                else:
+                    add_event(conn, job_id, None, "execute", "provider job cancelled",
+                              {"provider_job_id": outcome})
+            return
+        work = self.works.get(key)
+        if work is None:
+            return
+        work.busy = False
+        now = time.time()
+        if work.cancelled:  # cancelled while the call was in flight: cancel what it made
+            self._forget(work)
+            self._call(key, "cancel", self._cancel_call(key, work.backend))
+            return
+        if error is not None:
+            self._call_failed(work, kind, error, now)
+            return
+        if kind == "submit":
+            provider_job_id = str(outcome)
+            first = work.provider_job_id != provider_job_id
+            work.provider_job_id, work.phase = provider_job_id, "poll"
+            work.next_at = now + self.config.poll_s
+            if first:
+                with transaction(conn):
+                    daemon._set_job(job_id, status=JobStatus.WAITING_FOR_QPU, stage="execute",
+                                    seq=work.seq, provider_job_id=provider_job_id)
+                    add_event(conn, job_id, work.seq, "execute", "submitted",
+                              {"backend": work.backend, "provider_job_id": provider_job_id,
+                               "idempotency_key": key})
+            return
+        status, decision = outcome
+        if status.state != work.last_state:
+            work.last_state = status.state
+            detail: dict[str, Any] = {"provider_job_id": work.provider_job_id,
+                                      "backend": work.backend, "state": status.state}
+            if status.queue_position is not None:
+                detail["queue_position"] = status.queue_position
+            if status.usage_seconds is not None:
+                detail["usage_seconds"] = status.usage_seconds
+            event = "device running" if status.state == "RUNNING" else "provider state"
+            with transaction(conn):
+                add_event(conn, job_id, work.seq, "execute", event, detail)
+        if status.state in ("QUEUED", "RUNNING", "SUBMITTED"):
+            work.next_at = now + self.config.poll_s
+            return
+        self._forget(work)
+        if status.state == "DONE":
+            assert decision is not None
+        elif status.state == "ERROR":
+            message = (f"provider job {work.provider_job_id} on {work.backend} failed: "
+                       f"{status.message or 'the provider gave no reason'}")
+            decision = Decision.failed(work.seq, "execute", "ProviderError", message)
+        else:  # CANCELLED by someone else (the provider's console)
+            message = (f"provider job {work.provider_job_id} on {work.backend} was cancelled "
+                       f"outside qlayer{': ' + status.message if status.message else ''}")
+            decision = Decision.failed(work.seq, "execute", "ProviderCancelled", message)
+        if decision.kind == "error":
+            daemon._log(job_id, work.seq, "execute", (decision.message or "") + "\n")
+        with transaction(conn):
+            daemon.apply(job_id, work.step_id, decision)
+
+    def _call_failed(self, work: RemoteWork, kind: str, error: BaseException, now: float) -> None:
+        daemon, conn = self.daemon, self.daemon.conn
+        if isinstance(error, NotSubmitted):
+            work.phase, work.next_at = "submit", now
+            return
+        if isinstance(error, ProviderError) and error.retryable:
+            # Still failing after its backoff: try again later (the timeout bounds it).
+            work.next_at = now + self.config.retry_later_s
+            with transaction(conn):
+                add_event(conn, work.job_id, work.seq, "execute", "provider busy, retrying",
+                          {"call": kind, "message": str(error),
+                           "retry_in_s": self.config.retry_later_s})
+            return
+        self._forget(work)
+        doing = "refused" if kind == "submit" else "failed"
+        what = "provider job " + work.provider_job_id if work.provider_job_id else "execute request"
+        message = f"{work.backend} {doing} {what} {work.key}: {error}"
+        if not isinstance(error, ProviderError):
+            message = f"{work.backend}: {type(error).__name__}: {error}"
+        entry = self.ledger.get(work.key)
+        if entry is not None and entry.state not in FINAL_STATES:
+            self.ledger.set_state(work.key, "ERROR", str(error))
+        daemon._log(work.job_id, work.seq, "execute", message + "\n")
+        with transaction(conn):
+            error_type = "ProviderError" if isinstance(error, ProviderError) else type(error).__name__
+            daemon.apply(work.job_id, work.step_id,
+                         Decision.failed(work.seq, "execute", error_type, message))
+
+    def _timed_out(self, work: RemoteWork) -> None:
+        daemon, conn = self.daemon, self.daemon.conn
+        self._forget(work)
+        waited = time.time() - work.queued_at
+        message = (
+            f"no completion from {work.backend} for "
+            f"{'provider job ' + work.provider_job_id if work.provider_job_id else 'execute request ' + work.key}"
+            f" within {self.config.timeout_s:g} s (QLAYER_QPU_TIMEOUT_S; waited {waited:.0f} s, "
+            f"last state {work.last_state or 'not submitted'}); the provider job was cancelled"
+        )
+        daemon._log(work.job_id, work.seq, "execute", message + "\n")
+        with transaction(conn):
+            daemon.apply(work.job_id, work.step_id,
+                         Decision.failed(work.seq, "execute", "Timeout", message))
+        self._call(work.key, "cancel", self._cancel_call(work.key, work.backend))
+
+    def cancel_job(self, job_id: str) -> None:
+        """The job is being cancelled (caller holds the transaction): cancel its provider jobs."""
+        for work in [w for w in self.works.values() if w.job_id == job_id]:
+            work.cancelled = True
+            add_event(self.daemon.conn, job_id, work.seq, "execute", "provider job cancel requested",
+                      {"provider_job_id": work.provider_job_id, "backend": work.backend})
+            if work.busy:
+                continue  # cancelled when its call returns (it may create the provider job)
+            self._forget(work)
+            # Read through the daemon's connection: this runs inside its transaction.
+            claimed = self.daemon.conn.execute(
+                "SELECT 1 FROM provider_ledger WHERE key = ?", (work.key,)
+            ).fetchone()
+            if work.provider_job_id is not None or claimed is not None:
+                self._call(work.key, "cancel", self._cancel_call(work.key, work.backend))
 
 
 def _preload() -> None:
