@@ -2,11 +2,24 @@
 
 * Lambda: moto without Docker does not run function code. ``patch_lambda_invoke`` makes
   ``LambdaFunction.invoke`` call our real handler (``functions/<name>/app.py``) in this
-  process, chosen by the function's name.
+  process, chosen by the function's name. With ``use_docker: False`` the Invoke API goes
+  to ``LambdaSimpleBackend.invoke``, which only echoes the payload and never reaches
+  ``LambdaFunction.invoke``; the patch routes it back through ``LambdaBackend.invoke``
+  (S3 notifications call ``LambdaFunction.invoke`` directly).
+* Batch: moto without Docker (``batch_simple``) marks every job SUCCEEDED without running
+  it. ``patch_batch_run`` makes ``BatchSimpleBackend._mark_job_as_finished`` call
+  ``run(job)`` (the harness runs the job definition's command in this process) and marks
+  the job SUCCEEDED or FAILED (with a status reason and exit code) by its answer.
 * Step Functions: moto's interpreter leaves ``_normalise_parameters`` a stub, so a task
   such as ``batch:submitJob.sync`` sends ``JobName`` where botocore wants ``jobName`` and
   fails with States.Runtime. ``patch_normalise_parameters`` renames keys to the botocore
   operation's member names, recursively, case-insensitively.
+* Step Functions: ``_normalise_response`` is a stub too, so a service task's result keeps
+  botocore's camelCase (``jobId``) where Step Functions gives PascalCase (``JobId``):
+  ``submitJob.sync`` then fails with States.Runtime ``'JobId'`` (its own sync resolver
+  reads ``JobId``), and a ``ResultSelector`` on ``$.JobId``/``$.Status`` finds nothing.
+  ``patch_normalise_response`` applies moto's own (unused) ``_from_boto_response`` with
+  the operation's output shape, as the LocalStack original does.
 
 Every patched attribute is listed in ``PATCHED`` and checked by
 ``test_moto_internals.py``: if moto moves them, that test fails loudly first.
@@ -30,6 +43,21 @@ PATCHED: tuple[tuple[str, str, str], ...] = (
         "StateTaskService",
         "_normalise_parameters",
     ),
+    (
+        "moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service",
+        "StateTaskService",
+        "_normalise_response",
+    ),
+    (
+        "moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service",
+        "StateTaskService",
+        "_from_boto_response",
+    ),
+    ("moto.batch_simple.models", "BatchSimpleBackend", "_mark_job_as_finished"),
+    ("moto.awslambda_simple.models", "LambdaSimpleBackend", "invoke"),
+    ("moto.awslambda.models", "LambdaBackend", "invoke"),
+    ("moto.batch.models", "Job", "_add_parameters_to_command"),
+    ("moto.batch.models", "Job", "_mark_stopped"),
 )
 
 
@@ -57,11 +85,22 @@ def patch_lambda_invoke(
             return json.dumps({"errorMessage": str(exc), "errorType": type(exc).__name__}).encode()
         return json.dumps(result).encode()
 
+    simple = _attr("moto.awslambda_simple.models", "LambdaSimpleBackend")
+    base = _attr("moto.awslambda.models", "LambdaBackend")
+    original_simple = simple.invoke
+
+    def simple_invoke(self: Any, function_name: str, qualifier: Any, *args: Any) -> Any:
+        if handler_for(self.get_function(function_name, qualifier).function_name) is None:
+            return original_simple(self, function_name, qualifier, *args)
+        return base.invoke(self, function_name, qualifier, *args)
+
     cls.invoke = invoke
+    simple.invoke = simple_invoke
     try:
         yield
     finally:
         cls.invoke = original
+        simple.invoke = original_simple
 
 
 def _rename(value: Any, shape: Any) -> Any:
@@ -118,3 +157,78 @@ def patch_normalise_parameters() -> Iterator[None]:
         yield
     finally:
         cls._normalise_parameters = original
+
+
+@contextmanager
+def patch_batch_run(run: Callable[[Any], tuple[bool, str | None]]) -> Iterator[None]:
+    """Run each submitted Batch job with ``run(job) -> (succeeded, reason)``, synchronously.
+
+    ``job`` is moto's ``moto.batch.models.Job``: ``job.job_name``,
+    ``job._add_parameters_to_command(job.job_definition.container_properties["command"])``.
+    Array jobs are not supported (qlayer submits none).
+    """
+    import datetime
+
+    cls = _attr("moto.batch_simple.models", "BatchSimpleBackend")
+    original = cls._mark_job_as_finished
+
+    def mark(self: Any, include_start_attempt: bool, job: Any) -> None:
+        self.backend._jobs[job.job_id] = job
+        job.job_started_at = datetime.datetime.now()
+        job.log_stream_name = job._stream_name
+        if include_start_attempt:
+            job._start_attempt()
+        ok, reason = run(job)
+        if not ok:
+            job.exit_code = 1
+            job.job_stopped_reason = reason
+        else:
+            job.exit_code = 0
+        job._mark_stopped(success=ok)
+
+    cls._mark_job_as_finished = mark
+    try:
+        yield
+    finally:
+        cls._mark_job_as_finished = original
+
+
+def _operation(service: str, action: str) -> Any:
+    """botocore's operation model for ``service`` and a snake_case or camelCase action."""
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model(service)
+    wanted = action.replace("_", "").lower()
+    return next(model.operation_model(n) for n in model.operation_names if n.lower() == wanted)
+
+
+@contextmanager
+def patch_normalise_response() -> Iterator[None]:
+    """Give service task results Step Functions' PascalCase member names."""
+    cls = _attr(PATCHED[2][0], PATCHED[2][1])
+    original = cls._normalise_response
+
+    def normalise(
+        self: Any,
+        response: Any,
+        boto_service_name: str | None = None,
+        service_action_name: str | None = None,
+    ) -> None:
+        original(self, response, boto_service_name, service_action_name)
+        if not isinstance(response, dict):
+            return
+        try:
+            operation = _operation(
+                self._get_boto_service_name(boto_service_name),
+                self._get_boto_service_action(service_action_name),
+            )
+        except Exception:
+            return
+        if operation.output_shape is not None:
+            self._from_boto_response(response, operation.output_shape)
+
+    cls._normalise_response = normalise
+    try:
+        yield
+    finally:
+        cls._normalise_response = original
