@@ -7,7 +7,7 @@ local engine and the AWS state machine each route on ``kind`` alone:
 ========  ===================================  ====================================
 kind      local engine                         Step Functions state
 ========  ===================================  ====================================
-next      queue a stage task                   ``Run stage``
+next      queue a stage task                   ``Choose compute``
 execute   hand the request to the dispatcher   ``Execute``
 fanout    start one child job per item         ``Fan out``
 done      mark the job DONE                    ``Finalise``
@@ -32,7 +32,7 @@ DECISION_KINDS: tuple[str, ...] = ("next", "execute", "fanout", "done", "error")
 
 #: kind -> (local engine action, state machine state name)
 ROUTES: dict[str, tuple[str, str]] = {
-    "next": ("queue_stage", "Run stage"),
+    "next": ("queue_stage", "Choose compute"),
     "execute": ("dispatch_execute", "Execute"),
     "fanout": ("start_children", "Fan out"),
     "done": ("finish_job", "Finalise"),

@@ -58,10 +58,9 @@ def test_route_follows_the_interpreter(definition: dict[str, Any]) -> None:
         "error": "Fail job",
     }
     assert set(_choices(route)) == set(interpreter.DECISION_KINDS)
-    # The interpreter's table names the same states, except "next", whose first state is a Choice.
-    for kind, (_, state) in interpreter.ROUTES.items():
-        if kind != "next":
-            assert wf.ROUTES[kind] == state
+    # The interpreter's table and the synthesised Route state say the same thing.
+    assert _choices(route) == {kind: state for kind, (_, state) in interpreter.ROUTES.items()}
+    assert wf.ROUTES == _choices(route)
     assert route["Default"] == "Unroutable decision"
 
 
