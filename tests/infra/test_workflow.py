@@ -60,7 +60,7 @@ def test_route_follows_the_interpreter(definition: dict[str, Any]) -> None:
     assert set(_choices(route)) == set(interpreter.DECISION_KINDS)
     # The interpreter's table and the synthesised Route state say the same thing.
     assert _choices(route) == {kind: state for kind, (_, state) in interpreter.ROUTES.items()}
-    assert wf.ROUTES == _choices(route)
+    assert _choices(route) == wf.ROUTES
     assert route["Default"] == "Unroutable decision"
 
 
