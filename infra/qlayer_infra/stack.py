@@ -231,3 +231,8 @@ class QlayerStack(Stack):
                     resources=["*"],
                 )
             )
+        # The stage runner checks backend names when a stage returns Execute: it must know
+        # that remote providers are configured (the ARN only; it cannot read the secret).
+        fns["stage_runner"].add_environment(
+            "QLAYER_PROVIDERS_SECRET_ARN", ops.providers_secret.secret_arn
+        )

@@ -198,6 +198,10 @@ class IbmProvider(AsyncProvider):
             try:
                 from qiskit_ibm_runtime import QiskitRuntimeService
 
+                if self._token_provider is None:
+                    from qlayer.aws.secrets import ibm_credentials_from_env
+
+                    self._token_provider = ibm_credentials_from_env()
                 if self._token_provider is not None:
                     creds = dict(self._token_provider())
                     if not creds.get("token"):
@@ -445,12 +449,12 @@ class IbmProvider(AsyncProvider):
 def ibm_configured() -> bool:
     """Whether an IBM account could be used without asking the network.
 
-    True when ``QISKIT_IBM_TOKEN`` or ``QLAYER_IBM_TOKEN_SECRET`` (a Secrets Manager
-    secret, on AWS) is set, or a saved account file exists.
+    True when ``QISKIT_IBM_TOKEN`` or ``QLAYER_PROVIDERS_SECRET_ARN`` (the stack's
+    Secrets Manager secret, on AWS) is set, or a saved account file exists.
     """
     import os
     from pathlib import Path
 
-    if os.environ.get("QISKIT_IBM_TOKEN") or os.environ.get("QLAYER_IBM_TOKEN_SECRET"):
+    if os.environ.get("QISKIT_IBM_TOKEN") or os.environ.get("QLAYER_PROVIDERS_SECRET_ARN"):
         return True
     return (Path.home() / ".qiskit" / "qiskit-ibm.json").is_file()

@@ -325,7 +325,7 @@ def test_registry_routes_ibm_names_without_network(monkeypatch, tmp_path):
 
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("QISKIT_IBM_TOKEN", raising=False)
-    monkeypatch.delenv("QLAYER_IBM_TOKEN_SECRET", raising=False)
+    monkeypatch.delenv("QLAYER_PROVIDERS_SECRET_ARN", raising=False)
     with pytest.raises(BackendError, match="no IBM Quantum account"):
         registry.resolve("ibm_brisbane")
     listed = {b.name: b.to_json() for b in registry.known_backends()}

@@ -1,0 +1,58 @@
+"""Provider credentials from Secrets Manager (the ``qlayer/providers`` secret of the stack).
+
+The secret's JSON holds provider settings, e.g.
+``{"ibm_token": "...", "ibm_instance": "crn:...", "ibm_channel": "ibm_quantum_platform"}``.
+It is read on first use, never at import, and kept for the life of the Lambda process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+SECRET_ENV = "QLAYER_PROVIDERS_SECRET_ARN"
+_LOCK = threading.Lock()
+_CACHE: dict[str, dict[str, Any]] = {}
+
+
+def provider_settings(secret_id: str, client: Any = None) -> dict[str, Any]:
+    """The secret's JSON as a dict (cached per process).
+
+    Raises:
+        ValueError: The secret is not a JSON object.
+    """
+    with _LOCK:
+        if secret_id not in _CACHE:
+            if client is None:
+                import boto3
+
+                client = boto3.client("secretsmanager")
+            raw = client.get_secret_value(SecretId=secret_id)["SecretString"]
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"secret {secret_id} is not JSON: {exc.msg}") from exc
+            if not isinstance(value, dict):
+                raise ValueError(f"secret {secret_id} must hold a JSON object of provider settings")
+            _CACHE[secret_id] = value
+        return _CACHE[secret_id]
+
+
+def ibm_credentials_from_env(client: Any = None) -> Callable[[], dict[str, Any]] | None:
+    """A token provider for :class:`~qlayer.providers.ibm.IbmProvider`, when the stack set one."""
+    secret_id = os.environ.get(SECRET_ENV)
+    if not secret_id:
+        return None
+
+    def credentials() -> dict[str, Any]:
+        settings = provider_settings(secret_id, client)
+        return {
+            "token": settings.get("ibm_token"),
+            "instance": settings.get("ibm_instance"),
+            "channel": settings.get("ibm_channel") or "ibm_quantum_platform",
+        }
+
+    return credentials
