@@ -15,25 +15,23 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qlayer import keys
-from qlayer.errors import JobCancelled, JobFailed, ProgramError
+from qlayer.errors import ProgramError
+from qlayer.job import BaseJob
 from qlayer.local import control, state
 from qlayer.local.paths import Home
 from qlayer.local.state import transaction
 from qlayer.program import bundle, load_path, upload
-from qlayer.status import JobStatus
 from qlayer.steps import first_input
 from qlayer.store.local import FolderStore
 from qlayer.workflow import Workflow
 
 if TYPE_CHECKING:
     from qlayer.aws.client import AwsClient
-
-ProgressCallback = Callable[[dict[str, Any]], None]
 
 
 def new_job_id() -> str:
@@ -197,24 +195,27 @@ class Client:
         return [info.to_json() for info in known_backends()]
 
 
-class Job:
-    """A handle on one job. Rebuild it from its id alone with ``client.job(job_id)``."""
+class Job(BaseJob):
+    """A handle on one local job. Rebuild it from its id alone with ``client.job(job_id)``."""
 
     def __init__(self, client: Client, job_id: str, row: state.JobRow | None = None) -> None:
+        super().__init__(job_id)
         self.client = client
-        self.job_id = job_id
         self._row = row
 
-    def __repr__(self) -> str:
-        return f"<Job {self.job_id}>"
+    @property
+    def store(self) -> FolderStore:
+        return self.client.store
 
     def _fetch(self) -> state.JobRow:
         self._row = state.get_job(self.client._conn, self.job_id)
         return self._row
 
-    def status(self) -> JobStatus:
-        """The job's status, one of :class:`JobStatus`."""
-        return self._fetch().status
+    def _progress_key(self, row: Any) -> tuple[Any, ...]:
+        return (row.status, row.stage, row.seq, row.children_done)
+
+    def _keep_alive(self) -> None:
+        self.client.ensure_daemon()  # a dead daemon is restarted: a wait cannot hang
 
     def info(self) -> dict[str, Any]:
         """The job's status record as JSON (what ``qlayer status --json`` prints)."""
@@ -242,62 +243,6 @@ class Job:
             info["item_index"] = row.item_index
         return info
 
-    def result(
-        self,
-        wait: bool = True,
-        timeout: float | None = None,
-        *,
-        progress: ProgressCallback | None = None,
-    ) -> Any:
-        """The job's final result.
-
-        Args:
-            wait: Block until the job ends (else raise if it has not).
-            timeout: Give up after this many seconds (TimeoutError).
-            progress: Called with :meth:`info` whenever the stage changes.
-
-        Raises:
-            JobFailed: The job ended in ERROR; the message is the recorded reason.
-            JobCancelled: The job was cancelled.
-            TimeoutError: ``timeout`` passed first.
-        """
-        row = self.wait(timeout=timeout, progress=progress) if wait else self._fetch()
-        if row.status == JobStatus.DONE:
-            return self.client.store.get_value(keys.job_result(self.job_id))
-        if row.status == JobStatus.ERROR:
-            reason = f"{row.error_type}: {row.message}" if row.error_type else str(row.message)
-            raise JobFailed(self.job_id, reason)
-        if row.status == JobStatus.CANCELLED:
-            raise JobCancelled(f"job {self.job_id} was cancelled")
-        raise RuntimeError(
-            f"job {self.job_id} has not finished (status {row.status.value}); use wait=True"
-        )
-
-    def wait(
-        self, timeout: float | None = None, *, progress: ProgressCallback | None = None
-    ) -> state.JobRow:
-        """Block until the job ends; restarts a dead daemon so the wait cannot hang."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.005
-        last_seen: tuple[Any, ...] | None = None
-        last_check = time.monotonic()
-        while True:
-            row = self._fetch()
-            seen = (row.status, row.stage, row.seq, row.children_done)
-            if progress is not None and seen != last_seen:
-                progress(self.info())
-            last_seen = seen
-            if row.status.is_final:
-                return row
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                raise TimeoutError(f"job {self.job_id} still {row.status.value} after {timeout} s")
-            if now - last_check > 2.0:
-                self.client.ensure_daemon()
-                last_check = now
-            time.sleep(delay if deadline is None else min(delay, max(0.0, deadline - now)))
-            delay = min(delay * 1.5, 0.2)
-
     def cancel(self) -> bool:
         """Cancel the job, its children and its device jobs. False if it had ended."""
         changed = state.request_cancel(self.client._conn, self.job_id)
@@ -310,53 +255,8 @@ class Job:
         """Stage events in order: submitted, started, finished, errors, device jobs."""
         return state.timeline(self.client._conn, self.job_id)
 
-    def logs(self, *, children: bool = False) -> str:
-        """Everything the stages logged (tracebacks included), in step order.
-
-        Args:
-            children: Also include the logs of fan-out children, after the job's own.
-        """
-        parts = []
-        for key in self.client.store.list(keys.logs_prefix(self.job_id)):
-            name = key.rsplit("/", 1)[-1].removesuffix(".log")
-            seq, _, stage = name.partition("-")
-            parts.append(f"── step {int(seq)}: {stage} ──\n{self.client.store.get_text(key)}")
-        text = "\n".join(parts)
-        if children:
-            for child in self.children():
-                text += f"\n══ child {child.job_id} ══\n" + child.logs(children=True)
-        return text
-
-    def files(self) -> list[str]:
-        """Names of the files and plots the stages saved."""
-        prefix = keys.files_prefix(self.job_id)
-        return [key[len(prefix) :] for key in self.client.store.list(prefix)]
-
-    def download(self, name: str, destination: str | os.PathLike[str] | None = None) -> Path:
-        """Copy a saved file to ``destination`` (default: the current folder)."""
-        data = self.client.store.get_bytes(keys.file_key(self.job_id, name))
-        target = Path(destination) if destination else Path(Path(name).name)
-        if target.is_dir():
-            target = target / Path(name).name
-        target.write_bytes(data)
-        return target
-
-    def usage(self) -> dict[str, Any]:
-        """Shots, QPU seconds, simulator seconds and stage compute seconds, children included."""
-        from qlayer import usage
-
-        prefix = keys.job_prefix(self.job_id) + "stages/"
-        requests: dict[int, dict[str, Any]] = {}
-        for key in self.client.store.list(prefix):
-            if key.endswith("-execute/request.json"):
-                seq = int(key[len(prefix) :].split("-", 1)[0])
-                requests[seq] = self.client.store.get_json(key)
-        total = usage.from_timeline(self.timeline(), requests)
-        for child in self.children():
-            usage.add(total, child.usage())
-        return total
-
     def children(self) -> list[Job]:
+        """Fan-out children, in item order."""
         rows = self.client._conn.execute(
             "SELECT job_id FROM jobs WHERE parent_id = ? ORDER BY item_index", (self.job_id,)
         ).fetchall()

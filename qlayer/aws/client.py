@@ -14,7 +14,6 @@ No network call happens until a method needs one: the stack's outputs are read
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,9 +21,11 @@ from typing import Any
 from qlayer import keys
 from qlayer.aws.handlers import Services, cancel_provider_tasks
 from qlayer.aws.jobs import JobRecord
-from qlayer.errors import JobCancelled, JobFailed, ProgramError
+from qlayer.errors import ProgramError
 from qlayer.interpreter import Decision
+from qlayer.job import BaseJob
 from qlayer.status import JobStatus
+from qlayer.store.base import ArtifactStore
 from qlayer.workflow import Workflow
 
 ProgressCallback = Callable[[dict[str, Any]], None]
@@ -179,28 +180,28 @@ class AwsClient:
         return [info.to_json() for info in known_backends()]
 
 
-class AwsJob:
+class AwsJob(BaseJob):
     """A handle on one job of the AWS substrate. Rebuild it with ``client.job(job_id)``."""
 
-    def __init__(self, client: AwsClient, job_id: str, record: JobRecord | None = None) -> None:
-        self.client = client
-        self.job_id = job_id
-        self._record = record
+    poll_start_s = 0.5
+    poll_max_s = 10.0
 
-    def __repr__(self) -> str:
-        return f"<AwsJob {self.job_id}>"
+    def __init__(self, client: AwsClient, job_id: str, record: JobRecord | None = None) -> None:
+        super().__init__(job_id)
+        self.client = client
+        self._record = record
 
     @property
     def _svc(self) -> Services:
         return self.client.services
 
+    @property
+    def store(self) -> ArtifactStore:
+        return self._svc.store
+
     def _fetch(self) -> JobRecord:
         self._record = self._svc.jobs.get(self.job_id)
         return self._record
-
-    def status(self) -> JobStatus:
-        """The job's status, one of :class:`JobStatus`."""
-        return self._fetch().status
 
     def console_url(self) -> str | None:
         record = self._record or self._fetch()
@@ -237,58 +238,6 @@ class AwsJob:
             info["item_index"] = row.item_index
         return info
 
-    def result(
-        self,
-        wait: bool = True,
-        timeout: float | None = None,
-        *,
-        progress: ProgressCallback | None = None,
-    ) -> Any:
-        """The job's final result.
-
-        Raises:
-            JobFailed: The job ended in ERROR; the message is the recorded reason.
-            JobCancelled: The job was cancelled.
-            TimeoutError: ``timeout`` passed first.
-        """
-        row = self.wait(timeout=timeout, progress=progress) if wait else self._fetch()
-        if row.status == JobStatus.DONE:
-            return self._svc.store.get_value(keys.job_result(self.job_id))
-        if row.status == JobStatus.ERROR:
-            reason = f"{row.error_type}: {row.message}" if row.error_type else str(row.message)
-            raise JobFailed(self.job_id, reason)
-        if row.status == JobStatus.CANCELLED:
-            raise JobCancelled(f"job {self.job_id} was cancelled")
-        raise RuntimeError(
-            f"job {self.job_id} has not finished (status {row.status.value}); use wait=True"
-        )
-
-    def wait(
-        self,
-        timeout: float | None = None,
-        *,
-        progress: ProgressCallback | None = None,
-        poll_s: float = 0.5,
-        max_poll_s: float = 10.0,
-    ) -> JobRecord:
-        """Block until the job ends, polling the jobs table with backoff."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = poll_s
-        last_seen: tuple[Any, ...] | None = None
-        while True:
-            row = self._fetch()
-            seen = (row.status, row.stage, row.seq)
-            if progress is not None and seen != last_seen:
-                progress(self.info())
-            last_seen = seen
-            if row.status.is_final:
-                return row
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                raise TimeoutError(f"job {self.job_id} still {row.status.value} after {timeout} s")
-            time.sleep(delay if deadline is None else min(delay, max(0.0, deadline - now)))
-            delay = min(delay * 1.5, max_poll_s)
-
     def cancel(self) -> bool:
         """Stop the execution, cancel the provider job and the children. False if it had ended."""
         from botocore.exceptions import ClientError
@@ -317,53 +266,6 @@ class AwsJob:
         """Stage events in order: submitted, started, finished, errors, provider jobs."""
         return list(self._fetch().timeline)
 
-    def logs(self, *, children: bool = False) -> str:
-        """Everything the stages logged (tracebacks included), in step order.
-
-        Args:
-            children: Also include the logs of fan-out children, after the job's own.
-        """
-        store = self._svc.store
-        parts = []
-        for key in store.list(keys.logs_prefix(self.job_id)):
-            name = key.rsplit("/", 1)[-1].removesuffix(".log")
-            seq, _, stage = name.partition("-")
-            parts.append(f"── step {int(seq)}: {stage} ──\n{store.get_text(key)}")
-        text = "\n".join(parts)
-        if children:
-            for child in self.children():
-                text += f"\n══ child {child.job_id} ══\n" + child.logs(children=True)
-        return text
-
-    def usage(self) -> dict[str, Any]:
-        """Shots, QPU seconds, simulator seconds and stage compute seconds, children included."""
-        from qlayer import usage
-
-        store = self._svc.store
-        prefix = keys.job_prefix(self.job_id) + "stages/"
-        requests: dict[int, dict[str, Any]] = {}
-        for key in store.list(prefix):
-            if key.endswith("-execute/request.json"):
-                requests[int(key[len(prefix) :].split("-", 1)[0])] = store.get_json(key)
-        total = usage.from_timeline(self.timeline(), requests)
-        for child in self.children():
-            usage.add(total, child.usage())
-        return total
-
-    def files(self) -> list[str]:
-        """Names of the files and plots the stages saved."""
-        prefix = keys.files_prefix(self.job_id)
-        return [key[len(prefix) :] for key in self._svc.store.list(prefix)]
-
-    def download(self, name: str, destination: str | os.PathLike[str] | None = None) -> Path:
-        """Copy a saved file to ``destination`` (default: the current folder)."""
-        data = self._svc.store.get_bytes(keys.file_key(self.job_id, name))
-        target = Path(destination) if destination else Path(Path(name).name)
-        if target.is_dir():
-            target = target / Path(name).name
-        target.write_bytes(data)
-        return target
-
     def children_records(self, record: JobRecord | None = None) -> list[JobRecord | None]:
         from qlayer.steps import child_job_id
 
@@ -375,8 +277,3 @@ class AwsJob:
 
     def children(self) -> list[AwsJob]:
         return [AwsJob(self.client, r.job_id, r) for r in self.children_records() if r is not None]
-
-    def error(self) -> dict[str, Any] | None:
-        """``jobs/<id>/error.json``: why the job failed, or None."""
-        key = keys.job_error(self.job_id)
-        return self._svc.store.get_json(key) if self._svc.store.exists(key) else None

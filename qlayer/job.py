@@ -1,0 +1,203 @@
+"""What a job handle does on every substrate, over the artifact store and a status record.
+
+:class:`BaseJob` holds everything that reads artifacts (result, logs, files, usage) and the
+wait loop. A substrate's job class says how to fetch the status record, the timeline and
+the children, and how to cancel.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from qlayer import keys
+from qlayer.errors import JobCancelled, JobFailed
+from qlayer.status import JobStatus
+from qlayer.store.base import ArtifactStore
+
+ProgressCallback = Callable[[dict[str, Any]], None]
+
+
+class StatusRecord(Protocol):
+    """The fields of a job's status record that every substrate has."""
+
+    status: JobStatus
+    stage: str | None
+    seq: int
+    message: str | None
+    error_type: str | None
+
+
+class BaseJob(ABC):
+    """A handle on one job. Rebuild it from its id alone with ``client.job(job_id)``."""
+
+    #: First and longest pause between status reads while waiting.
+    poll_start_s = 0.005
+    poll_max_s = 0.2
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.job_id}>"
+
+    # -- what a substrate provides -------------------------------------------------------
+    @property
+    @abstractmethod
+    def store(self) -> ArtifactStore:
+        """The artifact store the job's artifacts live in."""
+
+    @abstractmethod
+    def _fetch(self) -> StatusRecord:
+        """Read the job's status record now."""
+
+    @abstractmethod
+    def info(self) -> dict[str, Any]:
+        """The job's status record as JSON (what ``qlayer status --json`` prints)."""
+
+    @abstractmethod
+    def timeline(self) -> list[dict[str, Any]]:
+        """Stage events in order: submitted, started, finished, errors, provider jobs."""
+
+    @abstractmethod
+    def children(self) -> Sequence[BaseJob]:
+        """Fan-out children, in item order."""
+
+    @abstractmethod
+    def cancel(self) -> bool:
+        """Cancel the job, its children and its provider jobs. False if it had ended."""
+
+    def _progress_key(self, row: Any) -> tuple[Any, ...]:
+        """What, when it changes, is worth reporting to a progress callback."""
+        return (row.status, row.stage, row.seq)
+
+    def _keep_alive(self) -> None:  # noqa: B027 - an optional hook, empty by default
+        """Called every few seconds while waiting (the local client restarts a dead daemon)."""
+
+    # -- shared behaviour ----------------------------------------------------------------
+    def status(self) -> JobStatus:
+        """The job's status, one of :class:`JobStatus`."""
+        return self._fetch().status
+
+    def result(
+        self,
+        wait: bool = True,
+        timeout: float | None = None,
+        *,
+        progress: ProgressCallback | None = None,
+    ) -> Any:
+        """The job's final result.
+
+        Args:
+            wait: Block until the job ends (else raise if it has not).
+            timeout: Give up after this many seconds (TimeoutError).
+            progress: Called with :meth:`info` whenever the stage changes.
+
+        Raises:
+            JobFailed: The job ended in ERROR; the message is the recorded reason.
+            JobCancelled: The job was cancelled.
+            TimeoutError: ``timeout`` passed first.
+        """
+        row = self.wait(timeout=timeout, progress=progress) if wait else self._fetch()
+        if row.status == JobStatus.DONE:
+            return self.store.get_value(keys.job_result(self.job_id))
+        if row.status == JobStatus.ERROR:
+            reason = f"{row.error_type}: {row.message}" if row.error_type else str(row.message)
+            raise JobFailed(self.job_id, reason)
+        if row.status == JobStatus.CANCELLED:
+            raise JobCancelled(f"job {self.job_id} was cancelled")
+        raise RuntimeError(
+            f"job {self.job_id} has not finished (status {row.status.value}); use wait=True"
+        )
+
+    def wait(
+        self,
+        timeout: float | None = None,
+        *,
+        progress: ProgressCallback | None = None,
+        poll_s: float | None = None,
+        max_poll_s: float | None = None,
+    ) -> Any:
+        """Block until the job ends; returns its final status record.
+
+        Args:
+            timeout: Give up after this many seconds (TimeoutError).
+            progress: Called with :meth:`info` whenever the stage changes.
+            poll_s: First pause between status reads (default: the substrate's).
+            max_poll_s: Longest pause between status reads (default: the substrate's).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = poll_s if poll_s is not None else self.poll_start_s
+        longest = max_poll_s if max_poll_s is not None else self.poll_max_s
+        last_seen: tuple[Any, ...] | None = None
+        last_check = time.monotonic()
+        while True:
+            row = self._fetch()
+            seen = self._progress_key(row)
+            if progress is not None and seen != last_seen:
+                progress(self.info())
+            last_seen = seen
+            if row.status.is_final:
+                return row
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                raise TimeoutError(f"job {self.job_id} still {row.status.value} after {timeout} s")
+            if now - last_check > 2.0:
+                self._keep_alive()
+                last_check = now
+            time.sleep(delay if deadline is None else min(delay, max(0.0, deadline - now)))
+            delay = min(delay * 1.5, longest)
+
+    def logs(self, *, children: bool = False) -> str:
+        """Everything the stages logged (tracebacks included), in step order.
+
+        Args:
+            children: Also include the logs of fan-out children, after the job's own.
+        """
+        parts = []
+        for key in self.store.list(keys.logs_prefix(self.job_id)):
+            name = key.rsplit("/", 1)[-1].removesuffix(".log")
+            seq, _, stage = name.partition("-")
+            parts.append(f"── step {int(seq)}: {stage} ──\n{self.store.get_text(key)}")
+        text = "\n".join(parts)
+        if children:
+            for child in self.children():
+                text += f"\n══ child {child.job_id} ══\n" + child.logs(children=True)
+        return text
+
+    def usage(self) -> dict[str, Any]:
+        """Shots, QPU seconds, simulator seconds and stage compute seconds, children included."""
+        from qlayer import usage
+
+        prefix = keys.job_prefix(self.job_id) + "stages/"
+        requests: dict[int, dict[str, Any]] = {}
+        for key in self.store.list(prefix):
+            if key.endswith("-execute/request.json"):
+                requests[int(key[len(prefix) :].split("-", 1)[0])] = self.store.get_json(key)
+        total = usage.from_timeline(self.timeline(), requests)
+        for child in self.children():
+            usage.add(total, child.usage())
+        return total
+
+    def files(self) -> list[str]:
+        """Names of the files and plots the stages saved."""
+        prefix = keys.files_prefix(self.job_id)
+        return [key[len(prefix) :] for key in self.store.list(prefix)]
+
+    def download(self, name: str, destination: str | os.PathLike[str] | None = None) -> Path:
+        """Copy a saved file to ``destination`` (default: the current folder)."""
+        data = self.store.get_bytes(keys.file_key(self.job_id, name))
+        target = Path(destination) if destination else Path(Path(name).name)
+        if target.is_dir():
+            target = target / Path(name).name
+        target.write_bytes(data)
+        return target
+
+    def error(self) -> dict[str, Any] | None:
+        """``jobs/<id>/error.json``: why the job failed, or None."""
+        key = keys.job_error(self.job_id)
+        return self.store.get_json(key) if self.store.exists(key) else None
