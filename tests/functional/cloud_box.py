@@ -54,9 +54,12 @@ PER_FUNCTION_VARS = {"QLAYER_FUNCTION", "POWERTOOLS_SERVICE_NAME"}
 
 
 def _infra_on_path() -> None:
+    """qlayer_infra (as infra/app.py imports it) and functions/ (as Lambda's task root)."""
     os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
     if str(INFRA) not in sys.path:
         sys.path.insert(0, str(INFRA))
+    if str(REPO) not in sys.path:
+        sys.path.append(str(REPO))
 
 
 def synthesize(outdir: Path, **props: Any) -> dict[str, Any]:
@@ -138,7 +141,7 @@ class CloudBox:
         self.role = role
 
         # Names first (the functions' environments and the definition refer to them).
-        for lid, res in _of_type(self.template, "AWS::S3::Bucket").items():
+        for lid in _of_type(self.template, "AWS::S3::Bucket"):
             name = f"{self.tag}-{lid.lower()}"[:63]
             self._set(lid, Ref=name, Arn=f"arn:aws:s3:::{name}")
             s.client("s3").create_bucket(Bucket=name)
@@ -174,9 +177,9 @@ class CloudBox:
                 attrs["RedrivePolicy"] = json.dumps(self.ev(props["RedrivePolicy"]))
             name = f"{self.tag}-{lid}"
             url = sqs.create_queue(QueueName=name, Attributes=attrs)["QueueUrl"]
-            arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])[
-                "Attributes"
-            ]["QueueArn"]
+            arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+                "QueueArn"
+            ]
             self._set(lid, Ref=url, Arn=arn, QueueUrl=url, QueueName=name)
         for lid in _of_type(self.template, "AWS::SecretsManager::Secret"):
             arn = s.client("secretsmanager").create_secret(
@@ -234,9 +237,7 @@ class CloudBox:
         lam = self.session.client("lambda")
         for name, lid in functions_by_name(self.template).items():
             props = self.template["Resources"][lid]["Properties"]
-            env = {
-                k: str(v) for k, v in self.ev(props["Environment"]["Variables"]).items()
-            }
+            env = {k: str(v) for k, v in self.ev(props["Environment"]["Variables"]).items()}
             fn_name = f"{self.tag}-{name}"
             arn = lam.create_function(
                 FunctionName=fn_name,
@@ -260,7 +261,7 @@ class CloudBox:
             state="ENABLED",
             serviceRole=self.role,
         )["computeEnvironmentArn"]
-        for lid, res in _of_type(self.template, "AWS::Batch::ComputeEnvironment").items():
+        for lid in _of_type(self.template, "AWS::Batch::ComputeEnvironment"):
             self._set(lid, Ref=ce, ComputeEnvironmentArn=ce)
         for lid, res in _of_type(self.template, "AWS::Batch::JobQueue").items():
             props = res["Properties"]
@@ -297,9 +298,7 @@ class CloudBox:
     def _build_notifications(self) -> None:
         s3 = self.session.client("s3")
         for res in _of_type(self.template, "Custom::S3BucketNotifications").values():
-            props = self.ev(
-                {k: v for k, v in res["Properties"].items() if k != "ServiceToken"}
-            )
+            props = self.ev({k: v for k, v in res["Properties"].items() if k != "ServiceToken"})
             s3.put_bucket_notification_configuration(
                 Bucket=props["BucketName"],
                 NotificationConfiguration=props["NotificationConfiguration"],
@@ -390,7 +389,9 @@ class CloudBox:
                 failed = {f["itemIdentifier"] for f in response.get("batchItemFailures", [])}
                 for m in got:
                     if m["MessageId"] not in failed:
-                        sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=m["ReceiptHandle"])
+                        sqs.delete_message(
+                            QueueUrl=self.queue_url, ReceiptHandle=m["ReceiptHandle"]
+                        )
             except Exception as exc:  # surfaced by the tests through pump_errors
                 self.pump_errors.append(exc)
                 time.sleep(0.2)
@@ -439,14 +440,15 @@ class CloudBox:
                 raise TimeoutError(f"execution {job_id} still RUNNING after {timeout} s")
             time.sleep(0.05)
 
-    def history(self, job_id: str) -> list[dict[str, Any]]:
+    def history(self, job_id: str, machine_arn: str | None = None) -> list[dict[str, Any]]:
         sfn = self.session.client("stepfunctions")
-        return sfn.get_execution_history(executionArn=self.execution_arn(job_id))["events"]  # type: ignore[no-any-return]
+        arn = self.execution_arn(job_id, machine_arn)
+        return sfn.get_execution_history(executionArn=arn)["events"]  # type: ignore[no-any-return]
 
-    def entered_states(self, job_id: str) -> list[str]:
+    def entered_states(self, job_id: str, machine_arn: str | None = None) -> list[str]:
         return [
             e["stateEnteredEventDetails"]["name"]
-            for e in self.history(job_id)
+            for e in self.history(job_id, machine_arn)
             if "stateEnteredEventDetails" in e
         ]
 
