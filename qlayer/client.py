@@ -13,30 +13,19 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qlayer import keys
-from qlayer.errors import ProgramError
 from qlayer.job import BaseJob
 from qlayer.local import control, state
 from qlayer.local.paths import Home
 from qlayer.local.state import transaction
-from qlayer.program import bundle, load_path, upload
-from qlayer.steps import first_input
 from qlayer.store.local import FolderStore
+from qlayer.submit import prepare_job
 from qlayer.workflow import Workflow
 
 if TYPE_CHECKING:
     from qlayer.aws.client import AwsClient
-
-
-def new_job_id() -> str:
-    """A sortable, readable job id: ``20261123-203112-7f3a9c``."""
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
 
 
 class Client:
@@ -121,60 +110,28 @@ class Client:
             ArgumentError: The arguments do not match the declared parameters.
             BackendError: The backend name is unknown.
         """
-        from qlayer.providers.registry import resolve
-
-        if isinstance(program, Workflow):
-            if not program.source_path:
-                raise ProgramError(
-                    "this Workflow was not defined in a file; pass the program's path"
-                )
-            path = Path(program.source_path)
-        else:
-            path = Path(program)
-        program_bundle = bundle(path)  # missing files and syntax errors surface here, before import
-        workflow = program if isinstance(program, Workflow) else load_path(path)
-        bound = workflow.bind_arguments(dict(arguments or {}))
-        chosen_backend = backend or workflow.backend
-        resolve(chosen_backend)
-        program_id = upload(self.store, program_bundle)
-        job_id = new_job_id()
-        first = workflow.first_stage
-        self.store.put_json(
-            keys.job_input(job_id),
-            {
-                "program_id": program_id,
-                "workflow": workflow.name,
-                "arguments": bound,
-                "backend": chosen_backend,
-            },
-        )
-        input_key = first_input(self.store, job_id, first, bound)
+        job = prepare_job(self.store, program, arguments, backend=backend)
         with transaction(self._conn):
             state.insert_job(
                 self._conn,
-                job_id=job_id,
-                program_id=program_id,
-                workflow=workflow.name,
-                arguments=bound,
-                backend=chosen_backend,
-                first_stage=first,
-                input_key=input_key,
+                job_id=job.job_id,
+                program_id=job.program_id,
+                workflow=job.workflow.name,
+                arguments=job.arguments,
+                backend=job.backend,
+                first_stage=job.first_stage,
+                input_key=job.first.input_key or "",
             )
             self._conn.execute(
                 "UPDATE steps SET detail = ? WHERE job_id = ? AND seq = 0",
                 (
-                    json.dumps(
-                        {
-                            "input_key": input_key,
-                            "compute": workflow.stages[first].compute.to_json(),
-                        }
-                    ),
-                    job_id,
+                    json.dumps({"input_key": job.first.input_key, "compute": job.first.compute}),
+                    job.job_id,
                 ),
             )
         self.ensure_daemon()
         control.poke(self.home)
-        return Job(self, job_id)
+        return Job(self, job.job_id)
 
     def job(self, job_id: str) -> Job:
         """A handle on an existing job (raises JobNotFound if there is none)."""

@@ -15,14 +15,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
-from qlayer import keys
 from qlayer.aws.handlers import Services, cancel_provider_tasks
 from qlayer.aws.jobs import JobRecord
-from qlayer.errors import ProgramError
-from qlayer.interpreter import Decision
 from qlayer.job import BaseJob
 from qlayer.status import JobStatus
 from qlayer.store.base import ArtifactStore
@@ -47,57 +43,21 @@ def prepare_job(
     *,
     backend: str | None = None,
 ) -> str:
-    """Upload the program, write the job's input and first stage input, put its row.
-
-    Returns the new job id; nothing is started (see :meth:`AwsClient.run`).
+    """Upload the program, write the job's inputs (:func:`qlayer.submit.prepare_job`), put
+    its row. Returns the new job id; nothing is started (see :meth:`AwsClient.run`).
     """
-    from qlayer.client import new_job_id
-    from qlayer.program import bundle, load_path, upload
-    from qlayer.providers.registry import resolve
-    from qlayer.steps import first_input
+    from qlayer.submit import prepare_job as prepare
 
-    if isinstance(program, Workflow):
-        if not program.source_path:
-            raise ProgramError("this Workflow was not defined in a file; pass the program's path")
-        path = Path(program.source_path)
-    else:
-        path = Path(program)
-    program_bundle = bundle(path)
-    workflow = program if isinstance(program, Workflow) else load_path(path)
-    bound = workflow.bind_arguments(dict(arguments or {}))
-    chosen = backend or workflow.backend
-    resolve(chosen)
-    program_id = upload(svc.store, program_bundle)
-    job_id = new_job_id()
-    first = workflow.first_stage
-    input_key = first_input(svc.store, job_id, first, bound)
-    decision = Decision(
-        "next",
-        seq=0,
-        stage=first,
-        input_key=input_key,
-        compute=workflow.stages[first].compute.to_json(),
-    )
-    svc.store.put_json(
-        keys.job_input(job_id),
-        {
-            "program_id": program_id,
-            "workflow": workflow.name,
-            "arguments": bound,
-            "backend": chosen,
-            "first": decision.to_json(),
-            "prepared": True,
-        },
-    )
+    job = prepare(svc.store, program, arguments, backend=backend)
     svc.jobs.put_job(
-        job_id,
-        program_id=program_id,
-        workflow=workflow.name,
-        arguments=bound,
-        backend=chosen,
-        stage=first,
+        job.job_id,
+        program_id=job.program_id,
+        workflow=job.workflow.name,
+        arguments=job.arguments,
+        backend=job.backend,
+        stage=job.first_stage,
     )
-    return job_id
+    return job.job_id
 
 
 class AwsClient:

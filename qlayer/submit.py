@@ -1,0 +1,97 @@
+"""Preparing a job: what every substrate does before it starts one.
+
+Check the program (it exists, parses, defines one Workflow), bind the arguments, check
+the backend name, upload the bundle, and write the job's input and its first stage's
+input. The substrate then records the job and starts it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qlayer import keys
+from qlayer.errors import ProgramError
+from qlayer.interpreter import Decision
+from qlayer.program import bundle, load_path, upload
+from qlayer.steps import first_input
+from qlayer.store.base import ArtifactStore
+from qlayer.workflow import Workflow
+
+
+def new_job_id() -> str:
+    """A sortable, readable job id: ``20261123-203112-7f3a9c``."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+@dataclass(frozen=True)
+class PreparedJob:
+    """A job whose artifacts are written, ready to be recorded and started."""
+
+    job_id: str
+    program_id: str
+    workflow: Workflow
+    arguments: dict[str, Any]
+    backend: str
+    first: Decision  # the decision that runs the first stage
+
+    @property
+    def first_stage(self) -> str:
+        assert self.first.stage is not None
+        return self.first.stage
+
+
+def prepare_job(
+    store: ArtifactStore,
+    program: str | os.PathLike[str] | Workflow,
+    arguments: Mapping[str, Any] | None = None,
+    *,
+    backend: str | None = None,
+) -> PreparedJob:
+    """Check and upload a program and write a new job's inputs.
+
+    Raises:
+        ProgramError: The program is missing, does not parse, or defines no Workflow.
+        ArgumentError: The arguments do not match the declared parameters.
+        BackendError: The backend name is unknown.
+    """
+    from qlayer.providers.registry import resolve
+
+    if isinstance(program, Workflow):
+        if not program.source_path:
+            raise ProgramError("this Workflow was not defined in a file; pass the program's path")
+        path = Path(program.source_path)
+    else:
+        path = Path(program)
+    program_bundle = bundle(path)  # missing files and syntax errors surface here, before import
+    workflow = program if isinstance(program, Workflow) else load_path(path)
+    bound = workflow.bind_arguments(dict(arguments or {}))
+    chosen = backend or workflow.backend
+    resolve(chosen)
+    program_id = upload(store, program_bundle)
+    job_id = new_job_id()
+    stage = workflow.first_stage
+    first = Decision(
+        "next",
+        seq=0,
+        stage=stage,
+        input_key=first_input(store, job_id, stage, bound),
+        compute=workflow.stages[stage].compute.to_json(),
+    )
+    store.put_json(
+        keys.job_input(job_id),
+        {
+            "program_id": program_id,
+            "workflow": workflow.name,
+            "arguments": bound,
+            "backend": chosen,
+            "first": first.to_json(),
+            "prepared": True,
+        },
+    )
+    return PreparedJob(job_id, program_id, workflow, bound, chosen, first)
