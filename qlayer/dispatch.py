@@ -596,7 +596,9 @@ class Coalescer:
         """Batches to submit now (full ones, and groups whose window has passed)."""
         now = self._clock()
         for group_key, group in list(self._groups.items()):
-            if now - group.opened_at >= self.window_s:
+            # The same arithmetic as next_deadline(): a caller that sleeps until that
+            # deadline must find the group ready (now - opened_at may round below window).
+            if now >= group.opened_at + self.window_s:
                 self._ready.append(self._batch(group.members))
                 del self._groups[group_key]
         out, self._ready = self._ready, []
