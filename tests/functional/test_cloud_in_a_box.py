@@ -125,7 +125,10 @@ def assert_same(aws: Any, local: Any, *, rel: float = 1e-9, path: str = "$") -> 
 def run_both(
     box: CloudBox, cloud: Any, local: Any, program: Path, args: dict[str, Any]
 ) -> tuple[Any, Any, Any, Any]:
-    """Submit to both substrates (the local daemon works meanwhile); (aws job, row, local job, row)."""
+    """Submit to both substrates (the local daemon works meanwhile).
+
+    Returns (aws job, its info, local job, its info).
+    """
     local_job = local.run(program, args)
     aws_job = cloud.run(program, args)
     aws_row = finish(box, aws_job)
