@@ -60,8 +60,6 @@ def prepare_job(
         ArgumentError: The arguments do not match the declared parameters.
         BackendError: The backend name is unknown.
     """
-    from qlayer.providers.registry import resolve
-
     if isinstance(program, Workflow):
         if not program.source_path:
             raise ProgramError("this Workflow was not defined in a file; pass the program's path")
@@ -70,11 +68,35 @@ def prepare_job(
         path = Path(program)
     program_bundle = bundle(path)  # missing files and syntax errors surface here, before import
     workflow = program if isinstance(program, Workflow) else load_path(path)
-    bound = workflow.bind_arguments(dict(arguments or {}))
+    bound = workflow.bind_arguments(dict(arguments or {}))  # before anything is written
+    program_id = upload(store, program_bundle)
+    return write_inputs(store, new_job_id(), program_id, workflow, bound, backend=backend)
+
+
+def write_inputs(
+    store: ArtifactStore,
+    job_id: str,
+    program_id: str,
+    workflow: Workflow,
+    arguments: Mapping[str, Any],
+    *,
+    backend: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> PreparedJob:
+    """Bind the arguments, check the backend, and write ``input.json`` and the first input.
+
+    Args:
+        extra: More fields for ``input.json`` (a substrate's own bookkeeping).
+
+    Raises:
+        ArgumentError: The arguments do not match the declared parameters.
+        BackendError: The backend name is unknown.
+    """
+    from qlayer.providers.registry import resolve
+
+    bound = workflow.bind_arguments(dict(arguments))
     chosen = backend or workflow.backend
     resolve(chosen)
-    program_id = upload(store, program_bundle)
-    job_id = new_job_id()
     stage = workflow.first_stage
     first = Decision(
         "next",
@@ -86,6 +108,7 @@ def prepare_job(
     store.put_json(
         keys.job_input(job_id),
         {
+            **(extra or {}),
             "program_id": program_id,
             "workflow": workflow.name,
             "arguments": bound,

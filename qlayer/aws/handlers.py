@@ -244,45 +244,34 @@ def load_job(event: LoadEvent, svc: Services) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ stages
 def prepare(svc: Services, job_id: str) -> Decision:
     """Import the program, bind the arguments and write the first stage's input."""
-    from qlayer.providers.registry import resolve
-    from qlayer.steps import first_input
+    from qlayer.submit import write_inputs
 
     raw = svc.store.get_json(keys.job_input(job_id))
     try:
         workflow = svc.programs().workflow(raw["program_id"])
-        bound = workflow.bind_arguments(raw.get("arguments") or {})
-        backend = raw.get("backend") or workflow.backend
-        resolve(backend)
-        first = workflow.first_stage
+        job = write_inputs(
+            svc.store,
+            job_id,
+            raw["program_id"],
+            workflow,
+            raw.get("arguments") or {},
+            backend=raw.get("backend"),
+            extra=raw,
+        )
     except QlayerError as exc:
         _log_line(svc, job_id, 0, "prepare", f"cannot start the job: {type(exc).__name__}: {exc}")
         return Decision.failed(0, None, type(exc).__name__, str(exc))
-    input_key = first_input(svc.store, job_id, first, bound)
-    decision = Decision(
-        "next",
-        seq=0,
-        stage=first,
-        input_key=input_key,
-        compute=workflow.stages[first].compute.to_json(),
-    )
-    svc.store.put_json(
-        keys.job_input(job_id),
-        {
-            **raw,
-            "workflow": workflow.name,
-            "arguments": bound,
-            "backend": backend,
-            "first": decision.to_json(),
-            "prepared": True,
-        },
-    )
     svc.jobs.update(
         job_id,
-        stage=first,
+        stage=job.first_stage,
         seq=0,
-        attrs={"workflow": workflow.name, "backend": backend, "arguments": json.dumps(bound)},
+        attrs={
+            "workflow": workflow.name,
+            "backend": job.backend,
+            "arguments": json.dumps(job.arguments),
+        },
     )
-    return decision
+    return job.first
 
 
 def run_stage_step(event: StepEvent, svc: Services) -> dict[str, Any]:
