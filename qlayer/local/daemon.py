@@ -77,7 +77,9 @@ class Assignment:
 class WorkerHandle:
     """One warm worker process and what it is doing."""
 
-    def __init__(self, ctx: Any, home: Home, local_memory_mb: int, lock_fd: int | None = None) -> None:
+    def __init__(
+        self, ctx: Any, home: Home, local_memory_mb: int, lock_fd: int | None = None
+    ) -> None:
         parent_conn, child_conn = multiprocessing.Pipe(duplex=True)
         self.conn: Connection = parent_conn
         self.process = ctx.Process(
@@ -109,7 +111,9 @@ class WorkerHandle:
 class Daemon:
     """The engine of the local substrate."""
 
-    def __init__(self, home: Home, *, workers: int | None = None, lock_fd: int | None = None) -> None:
+    def __init__(
+        self, home: Home, *, workers: int | None = None, lock_fd: int | None = None
+    ) -> None:
         self.home = home
         self.lock_fd = lock_fd  # workers drop it: see worker.release_daemon_lock
         self.store = FolderStore(home.artifacts)
@@ -149,7 +153,9 @@ class Daemon:
         except FileNotFoundError:
             pass
         if len(path) >= 100:
-            log.warning("state path too long for a wake-up socket; polling every %.2f s", IDLE_POLL_S)
+            log.warning(
+                "state path too long for a wake-up socket; polling every %.2f s", IDLE_POLL_S
+            )
             return
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(path)
@@ -222,11 +228,18 @@ class Daemon:
         with transaction(self.conn):
             rows = self.conn.execute("SELECT * FROM steps WHERE state = 'running'").fetchall()
             for row in rows:
-                self.conn.execute("UPDATE steps SET state = 'pending' WHERE step_id = ?", (row["step_id"],))
-                add_event(self.conn, row["job_id"], row["seq"], row["stage"], "recovered after restart", None)
-            self.conn.execute(
-                "UPDATE device_jobs SET status = 'QUEUED' WHERE status = 'RUNNING'"
-            )
+                self.conn.execute(
+                    "UPDATE steps SET state = 'pending' WHERE step_id = ?", (row["step_id"],)
+                )
+                add_event(
+                    self.conn,
+                    row["job_id"],
+                    row["seq"],
+                    row["stage"],
+                    "recovered after restart",
+                    None,
+                )
+            self.conn.execute("UPDATE device_jobs SET status = 'QUEUED' WHERE status = 'RUNNING'")
         waiting = self.conn.execute(
             "SELECT job_id FROM steps WHERE kind = 'fanin' AND state = 'waiting'"
         ).fetchall()
@@ -265,27 +278,60 @@ class Daemon:
                     self.conn.execute(
                         "INSERT INTO device_jobs (device_job_id, idempotency_key, job_id, seq, backend,"
                         " request_key, status, submitted_at) VALUES (?,?,?,?,?,?,?,?)",
-                        (device_job_id, key, row["job_id"], row["seq"], decision.backend,
-                         decision.request_key, "QUEUED", time.time()),
+                        (
+                            device_job_id,
+                            key,
+                            row["job_id"],
+                            row["seq"],
+                            decision.backend,
+                            decision.request_key,
+                            "QUEUED",
+                            time.time(),
+                        ),
                     )
                 else:
                     device_job_id = existing["device_job_id"]
-                self.conn.execute("UPDATE steps SET state = 'waiting' WHERE step_id = ?", (row["step_id"],))
+                self.conn.execute(
+                    "UPDATE steps SET state = 'waiting' WHERE step_id = ?", (row["step_id"],)
+                )
                 plan = decision.plan or {}
-                status = JobStatus.WAITING_FOR_QPU if plan.get("tier") == "qpu" else JobStatus.RUNNING
-                self._set_job(row["job_id"], status=status, stage="execute", seq=row["seq"],
-                              provider_job_id=device_job_id)
-                add_event(self.conn, row["job_id"], row["seq"], "execute", "submitted",
-                          {"backend": decision.backend, "provider_job_id": device_job_id, "plan": plan})
+                status = (
+                    JobStatus.WAITING_FOR_QPU if plan.get("tier") == "qpu" else JobStatus.RUNNING
+                )
+                self._set_job(
+                    row["job_id"],
+                    status=status,
+                    stage="execute",
+                    seq=row["seq"],
+                    provider_job_id=device_job_id,
+                )
+                add_event(
+                    self.conn,
+                    row["job_id"],
+                    row["seq"],
+                    "execute",
+                    "submitted",
+                    {"backend": decision.backend, "provider_job_id": device_job_id, "plan": plan},
+                )
 
     def queue_remote(self, row: sqlite3.Row, decision: Decision) -> None:
         """An execute step for a QPU service: the remote dispatcher submits it (once)."""
         assert decision.backend is not None and decision.request_key is not None
         with transaction(self.conn):
-            self.conn.execute("UPDATE steps SET state = 'waiting' WHERE step_id = ?", (row["step_id"],))
-            self._set_job(row["job_id"], status=JobStatus.WAITING_FOR_QPU, stage="execute", seq=row["seq"])
-            add_event(self.conn, row["job_id"], row["seq"], "execute", "queued for provider",
-                      {"backend": decision.backend, "plan": decision.plan or {}})
+            self.conn.execute(
+                "UPDATE steps SET state = 'waiting' WHERE step_id = ?", (row["step_id"],)
+            )
+            self._set_job(
+                row["job_id"], status=JobStatus.WAITING_FOR_QPU, stage="execute", seq=row["seq"]
+            )
+            add_event(
+                self.conn,
+                row["job_id"],
+                row["seq"],
+                "execute",
+                "queued for provider",
+                {"backend": decision.backend, "plan": decision.plan or {}},
+            )
         self.remote.track(row, decision.backend, decision.request_key)
 
     def assign_next(self, worker: WorkerHandle) -> bool:
@@ -326,7 +372,9 @@ class Daemon:
             override = os.environ.get("QLAYER_DEVICE_CONCURRENCY")
             if override and backend.startswith("fake_"):
                 limit = int(override)
-            self.device_concurrency[backend] = max(1, limit if backend.startswith("fake_") else self.n_workers)
+            self.device_concurrency[backend] = max(
+                1, limit if backend.startswith("fake_") else self.n_workers
+            )
         return self.device_concurrency[backend]
 
     def start_stage(self, worker: WorkerHandle, step: sqlite3.Row) -> None:
@@ -337,19 +385,34 @@ class Daemon:
         timeout_s = int(compute.get("timeout_s") or 900)
         if self.limits.local_memory_mb and memory_mb > self.limits.local_memory_mb:
             with transaction(self.conn):
-                self.conn.execute("UPDATE steps SET state = 'done' WHERE step_id = ?", (step["step_id"],))
-                self._fail(job.job_id, step["seq"], step["stage"], "PlannerError",
-                           f"stage {step['stage']!r} declares memory_mb={memory_mb}; this machine "
-                           f"offers {self.limits.local_memory_mb} MiB")
+                self.conn.execute(
+                    "UPDATE steps SET state = 'done' WHERE step_id = ?", (step["step_id"],)
+                )
+                self._fail(
+                    job.job_id,
+                    step["seq"],
+                    step["stage"],
+                    "PlannerError",
+                    f"stage {step['stage']!r} declares memory_mb={memory_mb}; this machine "
+                    f"offers {self.limits.local_memory_mb} MiB",
+                )
             return
         with transaction(self.conn):
             self.conn.execute(
                 "UPDATE steps SET state = 'running', started_at = ?, attempts = attempts + 1 WHERE step_id = ?",
                 (time.time(), step["step_id"]),
             )
-            self._set_job(job.job_id, status=JobStatus.RUNNING, stage=step["stage"], seq=step["seq"])
-            add_event(self.conn, job.job_id, step["seq"], step["stage"], "started",
-                      {"attempt": step["attempts"] + 1, "worker": worker.process.pid})
+            self._set_job(
+                job.job_id, status=JobStatus.RUNNING, stage=step["stage"], seq=step["seq"]
+            )
+            add_event(
+                self.conn,
+                job.job_id,
+                step["seq"],
+                step["stage"],
+                "started",
+                {"attempt": step["attempts"] + 1, "worker": worker.process.pid},
+            )
         runs = state.stage_runs(self.conn, job.job_id)
         worker.send(
             {
@@ -366,8 +429,16 @@ class Daemon:
                     "runs": runs,
                 },
             },
-            Assignment("stage", job.job_id, step["seq"], step["stage"], step_id=step["step_id"],
-                       deadline=time.time() + timeout_s, timeout_s=timeout_s, memory_mb=memory_mb),
+            Assignment(
+                "stage",
+                job.job_id,
+                step["seq"],
+                step["stage"],
+                step_id=step["step_id"],
+                deadline=time.time() + timeout_s,
+                timeout_s=timeout_s,
+                memory_mb=memory_mb,
+            ),
         )
 
     def start_device_job(self, worker: WorkerHandle, device: sqlite3.Row) -> None:
@@ -377,9 +448,18 @@ class Daemon:
                 "WHERE device_job_id = ?",
                 (time.time(), device["device_job_id"]),
             )
-            add_event(self.conn, device["job_id"], device["seq"], "execute", "device running",
-                      {"provider_job_id": device["device_job_id"], "backend": device["backend"],
-                       "worker": worker.process.pid})
+            add_event(
+                self.conn,
+                device["job_id"],
+                device["seq"],
+                "execute",
+                "device running",
+                {
+                    "provider_job_id": device["device_job_id"],
+                    "backend": device["backend"],
+                    "worker": worker.process.pid,
+                },
+            )
         worker.send(
             {
                 "op": "device",
@@ -388,8 +468,13 @@ class Daemon:
                 "job_id": device["job_id"],
                 "seq": device["seq"],
             },
-            Assignment("device", device["job_id"], device["seq"], "execute",
-                       device_job_id=device["device_job_id"]),
+            Assignment(
+                "device",
+                device["job_id"],
+                device["seq"],
+                "execute",
+                device_job_id=device["device_job_id"],
+            ),
         )
 
     # -- replies ---------------------------------------------------------------------
@@ -411,10 +496,17 @@ class Daemon:
         assert assignment.step_id is not None
         if not reply.get("ok"):
             decision = Decision.failed(
-                assignment.seq, assignment.stage, reply.get("error_type", "InternalError"),
+                assignment.seq,
+                assignment.stage,
+                reply.get("error_type", "InternalError"),
                 f"qlayer failed running stage {assignment.stage!r}: {reply.get('message')}",
             )
-            self._log(assignment.job_id, assignment.seq, assignment.stage or "stage", reply.get("traceback", ""))
+            self._log(
+                assignment.job_id,
+                assignment.seq,
+                assignment.stage or "stage",
+                reply.get("traceback", ""),
+            )
         else:
             decision = Decision.from_json(reply["decision"])
         with transaction(self.conn):
@@ -422,7 +514,8 @@ class Daemon:
 
     def finish_device_job(self, assignment: Assignment, reply: dict[str, Any]) -> None:
         step = self.conn.execute(
-            "SELECT step_id FROM steps WHERE job_id = ? AND seq = ?", (assignment.job_id, assignment.seq)
+            "SELECT step_id FROM steps WHERE job_id = ? AND seq = ?",
+            (assignment.job_id, assignment.seq),
         ).fetchone()
         with transaction(self.conn):
             status = "DONE" if reply.get("ok") else "ERROR"
@@ -436,7 +529,9 @@ class Daemon:
             else:
                 message = f"backend job {assignment.device_job_id} failed: {reply.get('message')}"
                 self._log(assignment.job_id, assignment.seq, "execute", message + "\n")
-                decision = Decision.failed(assignment.seq, "execute", reply.get("error_type", "BackendError"), message)
+                decision = Decision.failed(
+                    assignment.seq, "execute", reply.get("error_type", "BackendError"), message
+                )
             if step is not None:
                 self.apply(assignment.job_id, step["step_id"], decision)
 
@@ -455,18 +550,36 @@ class Daemon:
             return
         label = step["stage"] if step["kind"] == "stage" else step["kind"]
         if decision.kind != "error":
-            add_event(self.conn, job_id, step["seq"], label, "finished", {"decision": decision.kind})
+            add_event(
+                self.conn, job_id, step["seq"], label, "finished", {"decision": decision.kind}
+            )
         now = time.time()
         if decision.kind == "next":
             self.conn.execute(
                 "INSERT INTO steps (job_id, seq, kind, stage, state, detail, created_at) VALUES (?,?,?,?,?,?,?)",
-                (job_id, decision.seq, "stage", decision.stage, "pending", json.dumps(decision.to_json()), now),
+                (
+                    job_id,
+                    decision.seq,
+                    "stage",
+                    decision.stage,
+                    "pending",
+                    json.dumps(decision.to_json()),
+                    now,
+                ),
             )
             self._set_job(job_id, status=JobStatus.RUNNING, stage=decision.stage, seq=decision.seq)
         elif decision.kind == "execute":
             self.conn.execute(
                 "INSERT INTO steps (job_id, seq, kind, stage, state, detail, created_at) VALUES (?,?,?,?,?,?,?)",
-                (job_id, decision.seq, "execute", "execute", "pending", json.dumps(decision.to_json()), now),
+                (
+                    job_id,
+                    decision.seq,
+                    "execute",
+                    "execute",
+                    "pending",
+                    json.dumps(decision.to_json()),
+                    now,
+                ),
             )
             self._set_job(job_id, status=JobStatus.RUNNING, stage="execute", seq=decision.seq)
         elif decision.kind == "fanout":
@@ -476,7 +589,13 @@ class Daemon:
             add_event(self.conn, job_id, decision.seq, None, "done", None)
             self._child_finished(job)
         else:
-            self._fail(job_id, decision.seq, decision.stage, decision.error_type or "Error", decision.message or "")
+            self._fail(
+                job_id,
+                decision.seq,
+                decision.stage,
+                decision.error_type or "Error",
+                decision.message or "",
+            )
 
     def _start_children(self, job: state.JobRow, decision: Decision) -> None:
         assert decision.items_key is not None and decision.stage is not None
@@ -485,7 +604,15 @@ class Daemon:
         now = time.time()
         self.conn.execute(
             "INSERT INTO steps (job_id, seq, kind, stage, state, detail, created_at) VALUES (?,?,?,?,?,?,?)",
-            (job.job_id, decision.seq, "fanin", "fan-in", "waiting", json.dumps(decision.to_json()), now),
+            (
+                job.job_id,
+                decision.seq,
+                "fanin",
+                "fan-in",
+                "waiting",
+                json.dumps(decision.to_json()),
+                now,
+            ),
         )
         compute = self._compute_of(decision)
         for index, item in enumerate(items):
@@ -493,9 +620,16 @@ class Daemon:
             input_key = keys.stage_input(child, 0, decision.stage)
             self.store.put_json(input_key, {"data": item, "state": None})
             state.insert_job(
-                self.conn, job_id=child, program_id=job.program_id, workflow=job.workflow,
-                arguments=job.arguments, backend=job.backend, first_stage=decision.stage,
-                input_key=input_key, parent_id=job.job_id, item_index=index,
+                self.conn,
+                job_id=child,
+                program_id=job.program_id,
+                workflow=job.workflow,
+                arguments=job.arguments,
+                backend=job.backend,
+                first_stage=decision.stage,
+                input_key=input_key,
+                parent_id=job.job_id,
+                item_index=index,
             )
             if compute:
                 self.conn.execute(
@@ -503,10 +637,23 @@ class Daemon:
                     (json.dumps({"input_key": input_key, "compute": compute}), child),
                 )
         self.conn.execute(
-            "UPDATE jobs SET children_total = ?, children_done = 0 WHERE job_id = ?", (len(items), job.job_id)
+            "UPDATE jobs SET children_total = ?, children_done = 0 WHERE job_id = ?",
+            (len(items), job.job_id),
         )
-        self._set_job(job.job_id, status=JobStatus.RUNNING, stage=f"{decision.stage} ×{len(items)}", seq=decision.seq)
-        add_event(self.conn, job.job_id, decision.seq, decision.stage, "fanned out", {"children": len(items)})
+        self._set_job(
+            job.job_id,
+            status=JobStatus.RUNNING,
+            stage=f"{decision.stage} ×{len(items)}",
+            seq=decision.seq,
+        )
+        add_event(
+            self.conn,
+            job.job_id,
+            decision.seq,
+            decision.stage,
+            "fanned out",
+            {"children": len(items)},
+        )
 
     def _compute_of(self, decision: Decision) -> dict[str, Any] | None:
         return decision.compute  # a fan-out decision carries its children's first stage compute
@@ -524,7 +671,8 @@ class Daemon:
         if parent.status.is_final or parent.children_done < parent.children_total:
             return
         step = self.conn.execute(
-            "SELECT * FROM steps WHERE job_id = ? AND kind = 'fanin' AND state = 'waiting'", (parent_id,)
+            "SELECT * FROM steps WHERE job_id = ? AND kind = 'fanin' AND state = 'waiting'",
+            (parent_id,),
         ).fetchone()
         if step is None:
             return
@@ -534,23 +682,31 @@ class Daemon:
         decision = fan_in(self.store, parent_id, step["seq"], items_raw, fanout.count)
         self.apply(parent_id, step["step_id"], decision)
 
-    def _fail(self, job_id: str, seq: int, stage: str | None, error_type: str, message: str) -> None:
+    def _fail(
+        self, job_id: str, seq: int, stage: str | None, error_type: str, message: str
+    ) -> None:
         self.store.put_json(
-            keys.job_error(job_id), {"error_type": error_type, "message": message, "stage": stage, "seq": seq}
+            keys.job_error(job_id),
+            {"error_type": error_type, "message": message, "stage": stage, "seq": seq},
         )
         self.conn.execute(
             "UPDATE jobs SET status = ?, message = ?, error_type = ?, updated_at = ?, finished_at = ? "
             "WHERE job_id = ?",
             (JobStatus.ERROR.value, message, error_type, time.time(), time.time(), job_id),
         )
-        add_event(self.conn, job_id, seq, stage, "error", {"error_type": error_type, "message": message})
+        add_event(
+            self.conn, job_id, seq, stage, "error", {"error_type": error_type, "message": message}
+        )
         job = state.get_job(self.conn, job_id)
         if job.parent_id is not None:
             parent = state.get_job(self.conn, job.parent_id)
             if not parent.status.is_final:
                 self._cancel_children(parent.job_id, except_id=job_id)
                 self._fail(
-                    parent.job_id, parent.seq, parent.stage, error_type,
+                    parent.job_id,
+                    parent.seq,
+                    parent.stage,
+                    error_type,
                     f"fan-out item {job.item_index} ({job_id}) failed: {message}",
                 )
         self._cancel_children(job_id)
@@ -562,7 +718,9 @@ class Daemon:
         ).fetchall()
         for row in rows:
             if row["job_id"] != except_id:
-                self.conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE job_id = ?", (row["job_id"],))
+                self.conn.execute(
+                    "UPDATE jobs SET cancel_requested = 1 WHERE job_id = ?", (row["job_id"],)
+                )
                 self._cancel_job(row["job_id"])
 
     def _set_job(
@@ -586,7 +744,9 @@ class Daemon:
     def _log(self, job_id: str, seq: int, stage: str, text: str) -> None:
         if text:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-            self.store.append_text(keys.log_key(job_id, seq, stage), f"{stamp} qlayer  {text.rstrip()}\n")
+            self.store.append_text(
+                keys.log_key(job_id, seq, stage), f"{stamp} qlayer  {text.rstrip()}\n"
+            )
 
     # -- cancel, deadlines, deaths ---------------------------------------------------
     def handle_cancels(self) -> None:
@@ -610,8 +770,14 @@ class Daemon:
             (time.time(), job_id),
         ).fetchall()
         for row in cancelled:
-            add_event(self.conn, job_id, None, "execute", "device job cancelled",
-                      {"provider_job_id": row["device_job_id"]})
+            add_event(
+                self.conn,
+                job_id,
+                None,
+                "execute",
+                "device job cancelled",
+                {"provider_job_id": row["device_job_id"]},
+            )
         self.remote.cancel_job(job_id)
         self.conn.execute(
             "UPDATE steps SET state = 'done' WHERE job_id = ? AND state != 'done'", (job_id,)
@@ -631,14 +797,20 @@ class Daemon:
             busy = worker.busy
             if busy is None or busy.deadline is None or now < busy.deadline:
                 continue
-            log.warning("stage %s of %s passed its timeout; killing worker", busy.stage, busy.job_id)
+            log.warning(
+                "stage %s of %s passed its timeout; killing worker", busy.stage, busy.job_id
+            )
             worker.busy = None
             self.replace_worker(worker)
-            message = f"stage {busy.stage!r} exceeded its timeout of {busy.timeout_s} s and was stopped"
+            message = (
+                f"stage {busy.stage!r} exceeded its timeout of {busy.timeout_s} s and was stopped"
+            )
             self._log(busy.job_id, busy.seq, busy.stage or "stage", message)
             with transaction(self.conn):
                 if busy.step_id is not None:
-                    self.conn.execute("UPDATE steps SET state = 'done' WHERE step_id = ?", (busy.step_id,))
+                    self.conn.execute(
+                        "UPDATE steps SET state = 'done' WHERE step_id = ?", (busy.step_id,)
+                    )
                 self._fail(busy.job_id, busy.seq, busy.stage, "Timeout", message)
 
     def worker_died(self, worker: WorkerHandle) -> None:
@@ -651,7 +823,9 @@ class Daemon:
         log.warning("worker died (%s) running %s of %s", how, busy.stage, busy.job_id)
         with transaction(self.conn):
             if busy.kind == "stage":
-                row = self.conn.execute("SELECT attempts FROM steps WHERE step_id = ?", (busy.step_id,)).fetchone()
+                row = self.conn.execute(
+                    "SELECT attempts FROM steps WHERE step_id = ?", (busy.step_id,)
+                ).fetchone()
                 attempts = row["attempts"] if row else MAX_ATTEMPTS
                 if attempts >= MAX_ATTEMPTS:
                     message = (
@@ -659,22 +833,39 @@ class Daemon:
                         f"If it ran out of memory, raise memory_mb (now {busy.memory_mb} MiB) in @wf.stage()."
                     )
                     self._log(busy.job_id, busy.seq, busy.stage or "stage", message)
-                    self.conn.execute("UPDATE steps SET state = 'done' WHERE step_id = ?", (busy.step_id,))
+                    self.conn.execute(
+                        "UPDATE steps SET state = 'done' WHERE step_id = ?", (busy.step_id,)
+                    )
                     self._fail(busy.job_id, busy.seq, busy.stage, "WorkerDied", message)
                 else:
-                    self.conn.execute("UPDATE steps SET state = 'pending' WHERE step_id = ?", (busy.step_id,))
-                    add_event(self.conn, busy.job_id, busy.seq, busy.stage, "worker died, retrying", {"how": how})
+                    self.conn.execute(
+                        "UPDATE steps SET state = 'pending' WHERE step_id = ?", (busy.step_id,)
+                    )
+                    add_event(
+                        self.conn,
+                        busy.job_id,
+                        busy.seq,
+                        busy.stage,
+                        "worker died, retrying",
+                        {"how": how},
+                    )
             else:
                 row = self.conn.execute(
-                    "SELECT attempts FROM device_jobs WHERE device_job_id = ?", (busy.device_job_id,)
+                    "SELECT attempts FROM device_jobs WHERE device_job_id = ?",
+                    (busy.device_job_id,),
                 ).fetchone()
                 if row and row["attempts"] >= MAX_ATTEMPTS:
                     self.conn.execute(
                         "UPDATE device_jobs SET status = 'ERROR', message = ? WHERE device_job_id = ?",
                         (f"simulator died ({how})", busy.device_job_id),
                     )
-                    self._fail(busy.job_id, busy.seq, "execute", "WorkerDied",
-                               f"the simulator running {busy.device_job_id} died ({how}) {row['attempts']} times")
+                    self._fail(
+                        busy.job_id,
+                        busy.seq,
+                        "execute",
+                        "WorkerDied",
+                        f"the simulator running {busy.device_job_id} died ({how}) {row['attempts']} times",
+                    )
                 else:
                     self.conn.execute(
                         "UPDATE device_jobs SET status = 'QUEUED' WHERE device_job_id = ? AND status = 'RUNNING'",
@@ -806,7 +997,12 @@ class RemoteDispatcher:
         work = self.works.get(key)
         if work is None:
             work = RemoteWork(
-                key, row["job_id"], row["seq"], row["step_id"], backend, request_key,
+                key,
+                row["job_id"],
+                row["seq"],
+                row["step_id"],
+                backend,
+                request_key,
                 queued_at=row["created_at"],
             )
             self.works[key] = work
@@ -946,8 +1142,13 @@ class RemoteDispatcher:
             return str(
                 self._retry(
                     lambda: submit_once(
-                        ledger, provider, key, backend, request,
-                        request_key=request_key, owner=owner,
+                        ledger,
+                        provider,
+                        key,
+                        backend,
+                        request,
+                        request_key=request_key,
+                        owner=owner,
                     )
                 )
             )
@@ -1023,11 +1224,23 @@ class RemoteDispatcher:
         if kind == "cancel":
             with transaction(conn):
                 if error is not None:
-                    add_event(conn, job_id, None, "execute", "provider cancel failed",
-                              {"message": str(error)})
+                    add_event(
+                        conn,
+                        job_id,
+                        None,
+                        "execute",
+                        "provider cancel failed",
+                        {"message": str(error)},
+                    )
                 else:
-                    add_event(conn, job_id, None, "execute", "provider job cancelled",
-                              {"provider_job_id": outcome})
+                    add_event(
+                        conn,
+                        job_id,
+                        None,
+                        "execute",
+                        "provider job cancelled",
+                        {"provider_job_id": outcome},
+                    )
             return
         work = self.works.get(key)
         if work is None:
@@ -1048,17 +1261,34 @@ class RemoteDispatcher:
             work.next_at = now + self.config.poll_s
             if first:
                 with transaction(conn):
-                    daemon._set_job(job_id, status=JobStatus.WAITING_FOR_QPU, stage="execute",
-                                    seq=work.seq, provider_job_id=provider_job_id)
-                    add_event(conn, job_id, work.seq, "execute", "submitted",
-                              {"backend": work.backend, "provider_job_id": provider_job_id,
-                               "idempotency_key": key})
+                    daemon._set_job(
+                        job_id,
+                        status=JobStatus.WAITING_FOR_QPU,
+                        stage="execute",
+                        seq=work.seq,
+                        provider_job_id=provider_job_id,
+                    )
+                    add_event(
+                        conn,
+                        job_id,
+                        work.seq,
+                        "execute",
+                        "submitted",
+                        {
+                            "backend": work.backend,
+                            "provider_job_id": provider_job_id,
+                            "idempotency_key": key,
+                        },
+                    )
             return
         status, decision = outcome
         if status.state != work.last_state:
             work.last_state = status.state
-            detail: dict[str, Any] = {"provider_job_id": work.provider_job_id,
-                                      "backend": work.backend, "state": status.state}
+            detail: dict[str, Any] = {
+                "provider_job_id": work.provider_job_id,
+                "backend": work.backend,
+                "state": status.state,
+            }
             if status.queue_position is not None:
                 detail["queue_position"] = status.queue_position
             if status.usage_seconds is not None:
@@ -1073,12 +1303,16 @@ class RemoteDispatcher:
         if status.state == "DONE":
             assert decision is not None
         elif status.state == "ERROR":
-            message = (f"provider job {work.provider_job_id} on {work.backend} failed: "
-                       f"{status.message or 'the provider gave no reason'}")
+            message = (
+                f"provider job {work.provider_job_id} on {work.backend} failed: "
+                f"{status.message or 'the provider gave no reason'}"
+            )
             decision = Decision.failed(work.seq, "execute", "ProviderError", message)
         else:  # CANCELLED by someone else (the provider's console)
-            message = (f"provider job {work.provider_job_id} on {work.backend} was cancelled "
-                       f"outside qlayer{': ' + status.message if status.message else ''}")
+            message = (
+                f"provider job {work.provider_job_id} on {work.backend} was cancelled "
+                f"outside qlayer{': ' + status.message if status.message else ''}"
+            )
             decision = Decision.failed(work.seq, "execute", "ProviderCancelled", message)
         if decision.kind == "error":
             daemon._log(job_id, work.seq, "execute", (decision.message or "") + "\n")
@@ -1094,9 +1328,14 @@ class RemoteDispatcher:
             # Still failing after its backoff: try again later (the timeout bounds it).
             work.next_at = now + self.config.retry_later_s
             with transaction(conn):
-                add_event(conn, work.job_id, work.seq, "execute", "provider busy, retrying",
-                          {"call": kind, "message": str(error),
-                           "retry_in_s": self.config.retry_later_s})
+                add_event(
+                    conn,
+                    work.job_id,
+                    work.seq,
+                    "execute",
+                    "provider busy, retrying",
+                    {"call": kind, "message": str(error), "retry_in_s": self.config.retry_later_s},
+                )
             return
         self._forget(work)
         doing = "refused" if kind == "submit" else "failed"
@@ -1109,32 +1348,46 @@ class RemoteDispatcher:
             self.ledger.set_state(work.key, "ERROR", str(error))
         daemon._log(work.job_id, work.seq, "execute", message + "\n")
         with transaction(conn):
-            error_type = "ProviderError" if isinstance(error, ProviderError) else type(error).__name__
-            daemon.apply(work.job_id, work.step_id,
-                         Decision.failed(work.seq, "execute", error_type, message))
+            error_type = (
+                "ProviderError" if isinstance(error, ProviderError) else type(error).__name__
+            )
+            daemon.apply(
+                work.job_id, work.step_id, Decision.failed(work.seq, "execute", error_type, message)
+            )
 
     def _timed_out(self, work: RemoteWork) -> None:
         daemon, conn = self.daemon, self.daemon.conn
         self._forget(work)
         waited = time.time() - work.queued_at
+        what = (
+            f"provider job {work.provider_job_id}"
+            if work.provider_job_id
+            else f"execute request {work.key}"
+        )
         message = (
-            f"no completion from {work.backend} for "
-            f"{'provider job ' + work.provider_job_id if work.provider_job_id else 'execute request ' + work.key}"
+            f"no completion from {work.backend} for {what}"
             f" within {self.config.timeout_s:g} s (QLAYER_QPU_TIMEOUT_S; waited {waited:.0f} s, "
             f"last state {work.last_state or 'not submitted'}); the provider job was cancelled"
         )
         daemon._log(work.job_id, work.seq, "execute", message + "\n")
         with transaction(conn):
-            daemon.apply(work.job_id, work.step_id,
-                         Decision.failed(work.seq, "execute", "Timeout", message))
+            daemon.apply(
+                work.job_id, work.step_id, Decision.failed(work.seq, "execute", "Timeout", message)
+            )
         self._call(work.key, "cancel", self._cancel_call(work.key, work.backend))
 
     def cancel_job(self, job_id: str) -> None:
         """The job is being cancelled (caller holds the transaction): cancel its provider jobs."""
         for work in [w for w in self.works.values() if w.job_id == job_id]:
             work.cancelled = True
-            add_event(self.daemon.conn, job_id, work.seq, "execute", "provider job cancel requested",
-                      {"provider_job_id": work.provider_job_id, "backend": work.backend})
+            add_event(
+                self.daemon.conn,
+                job_id,
+                work.seq,
+                "execute",
+                "provider job cancel requested",
+                {"provider_job_id": work.provider_job_id, "backend": work.backend},
+            )
             if work.busy:
                 continue  # cancelled when its call returns (it may create the provider job)
             self._forget(work)
@@ -1149,10 +1402,10 @@ class RemoteDispatcher:
 def _preload() -> None:
     """Import what stages use, once, before forking workers."""
     import numpy  # noqa: F401
-    import qiskit  # noqa: F401
-    import qiskit.primitives  # noqa: F401
+    import qiskit
+    import qiskit.primitives
     import qiskit.qpy  # noqa: F401
-    import qiskit_aer  # noqa: F401
+    import qiskit_aer
     import qiskit_aer.primitives  # noqa: F401
     import scipy.optimize  # noqa: F401
     from qiskit.transpiler import generate_preset_pass_manager  # noqa: F401
@@ -1165,7 +1418,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     home = Home.resolve(args.home)
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
     logging.getLogger("qiskit").setLevel(logging.WARNING)
     lock = open(home.lock_file, "a+")  # noqa: SIM115 - held for the daemon's life

@@ -193,11 +193,24 @@ def insert_job(
     conn.execute(
         "INSERT INTO jobs (job_id, parent_id, item_index, program_id, workflow, arguments, backend,"
         " status, stage, seq, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-        (job_id, parent_id, item_index, program_id, workflow, json.dumps(arguments), backend,
-         JobStatus.QUEUED.value, first_stage, 0, now, now),
+        (
+            job_id,
+            parent_id,
+            item_index,
+            program_id,
+            workflow,
+            json.dumps(arguments),
+            backend,
+            JobStatus.QUEUED.value,
+            first_stage,
+            0,
+            now,
+            now,
+        ),
     )
     conn.execute(
-        "INSERT INTO steps (job_id, seq, kind, stage, state, detail, created_at) VALUES (?,?,?,?,?,?,?)",
+        "INSERT INTO steps (job_id, seq, kind, stage, state, detail, created_at)"
+        " VALUES (?,?,?,?,?,?,?)",
         (job_id, 0, "stage", first_stage, "pending", json.dumps({"input_key": input_key}), now),
     )
     add_event(conn, job_id, 0, first_stage, "submitted", None, at=now)
@@ -215,7 +228,14 @@ def add_event(
 ) -> None:
     conn.execute(
         "INSERT INTO events (job_id, at, seq, stage, event, detail) VALUES (?,?,?,?,?,?)",
-        (job_id, at or time.time(), seq, stage, event, None if detail is None else json.dumps(detail)),
+        (
+            job_id,
+            at or time.time(),
+            seq,
+            stage,
+            event,
+            None if detail is None else json.dumps(detail),
+        ),
     )
 
 
@@ -227,7 +247,11 @@ def get_job(conn: sqlite3.Connection, job_id: str) -> JobRow:
 
 
 def list_jobs(
-    conn: sqlite3.Connection, *, limit: int = 50, status: str | None = None, include_children: bool = False
+    conn: sqlite3.Connection,
+    *,
+    limit: int = 50,
+    status: str | None = None,
+    include_children: bool = False,
 ) -> list[JobRow]:
     where, params = [], []
     if not include_children:
@@ -237,14 +261,16 @@ def list_jobs(
         params.append(status)
     clause = ("WHERE " + " AND ".join(where)) if where else ""
     rows = conn.execute(
-        f"SELECT * FROM jobs {clause} ORDER BY created_at DESC, job_id DESC LIMIT ?", (*params, limit)
+        f"SELECT * FROM jobs {clause} ORDER BY created_at DESC, job_id DESC LIMIT ?",
+        (*params, limit),
     ).fetchall()
     return [JobRow.from_row(row) for row in rows]
 
 
 def timeline(conn: sqlite3.Connection, job_id: str) -> list[dict[str, Any]]:
     rows = conn.execute(
-        "SELECT at, seq, stage, event, detail FROM events WHERE job_id = ? ORDER BY event_id", (job_id,)
+        "SELECT at, seq, stage, event, detail FROM events WHERE job_id = ? ORDER BY event_id",
+        (job_id,),
     ).fetchall()
     return [
         {
@@ -277,8 +303,8 @@ def request_cancel(conn: sqlite3.Connection, job_id: str) -> bool:
 
 def stage_runs(conn: sqlite3.Connection, job_id: str) -> dict[str, int]:
     rows = conn.execute(
-        "SELECT stage, COUNT(*) AS n FROM steps WHERE job_id = ? AND kind = 'stage' AND state = 'done' "
-        "GROUP BY stage",
+        "SELECT stage, COUNT(*) AS n FROM steps WHERE job_id = ? AND kind = 'stage'"
+        " AND state = 'done' GROUP BY stage",
         (job_id,),
     ).fetchall()
     return {row["stage"]: row["n"] for row in rows}

@@ -120,7 +120,9 @@ def worker_main(
         conn.send_bytes(json.dumps(reply).encode())
 
 
-def _handle(message: dict[str, Any], store: FolderStore, programs: ProgramCache, limits: Limits) -> dict[str, Any]:
+def _handle(
+    message: dict[str, Any], store: FolderStore, programs: ProgramCache, limits: Limits
+) -> dict[str, Any]:
     if message["op"] == "stage":
         job = JobInfo(**message["job"])
         try:
@@ -133,8 +135,11 @@ def _handle(message: dict[str, Any], store: FolderStore, programs: ProgramCache,
             return {
                 "ok": True,
                 "decision": {
-                    "kind": "error", "seq": message["seq"], "stage": message["stage"],
-                    "error_type": "ProgramError", "message": str(exc),
+                    "kind": "error",
+                    "seq": message["seq"],
+                    "stage": message["stage"],
+                    "error_type": "ProgramError",
+                    "message": str(exc),
                 },
             }
         with MemoryLimit(message.get("memory_mb")):
@@ -149,7 +154,10 @@ def _handle(message: dict[str, Any], store: FolderStore, programs: ProgramCache,
         recorded = keys.step_dir(message["job_id"], message["seq"], "execute") + "output.json"
         if store.exists(recorded):
             try:
-                return {"ok": True, "decision": Decision.from_json(store.get_json(recorded)).to_json()}
+                return {
+                    "ok": True,
+                    "decision": Decision.from_json(store.get_json(recorded)).to_json(),
+                }
             except (ArtifactError, ValueError, TypeError):
                 pass  # torn or corrupted: run it again
         request_raw = store.get_json(message["request_key"])
