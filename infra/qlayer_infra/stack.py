@@ -173,8 +173,13 @@ class QlayerStack(Stack):
         jobs_objects = f"{JOBS_PREFIX}*"
 
         # trigger: an upload to inbox/*.json starts a job.
+        # It reads the spec (and a .py it names, under inbox/ or programs/), uploads the
+        # program bundle, writes the job's inputs, and reports next to the spec.
         trigger = fns["trigger"]
         bucket.grant_read(trigger, f"{INBOX_PREFIX}*")
+        bucket.grant_put(trigger, f"{INBOX_PREFIX}*")
+        bucket.grant_read(trigger, f"{PROGRAMS_PREFIX}*")
+        bucket.grant_put(trigger, f"{PROGRAMS_PREFIX}*")
         bucket.grant_put(trigger, jobs_objects)
         jobs.grant_read_write_data(trigger)
         machine.grant_start_execution(trigger)
@@ -205,6 +210,10 @@ class QlayerStack(Stack):
         bucket.grant_read_write(compute.batch_job_role, jobs_objects)
         bucket.grant_read(compute.batch_job_role, f"{PROGRAMS_PREFIX}*")
         jobs.grant_read_write_data(compute.batch_job_role)
+
+        # finaliser and fail_job: a job started from an inbox spec gets its outcome next to it.
+        for name in ("finaliser", "fail_job"):
+            bucket.grant_put(fns[name], f"{INBOX_PREFIX}*")
 
         # fail_job: also cancels the provider job of a stopped execution through the dispatcher.
         dispatch.queue.grant_send_messages(fns["fail_job"])

@@ -22,7 +22,7 @@ from qlayer.interpreter import DECISION_KINDS
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$"
 _PROGRAM_DIR = re.compile(r"^programs/([A-Za-z0-9_-]{1,64})/?$")
-_PY_KEY = re.compile(r"^[A-Za-z0-9_.\-/]+\.py$")
+_PY_KEY = re.compile(r"^(programs|inbox)/[A-Za-z0-9_.\-/]+\.py$")
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -116,7 +116,7 @@ class JobSpec(_Model):
             return value
         raise ValueError(
             "must be an uploaded program folder 'programs/<id>/' or the S3 key of a .py file "
-            "in this bucket (letters, digits, '_', '-', '.', '/')"
+            "under programs/ or inbox/ in this bucket (letters, digits, '_', '-', '.', '/')"
         )
 
     @property

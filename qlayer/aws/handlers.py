@@ -53,6 +53,10 @@ log = logging.getLogger("qlayer.aws")
 
 #: Key suffix of the error report written next to a malformed inbox spec.
 SPEC_ERROR_SUFFIX = ".error.json"
+#: Written next to a spec when its job starts, and when it ends.
+SPEC_JOB_SUFFIX = ".job.json"
+SPEC_RESULT_SUFFIX = ".result.json"
+_OWN_REPORTS = (SPEC_ERROR_SUFFIX, SPEC_JOB_SUFFIX, SPEC_RESULT_SUFFIX)
 #: Token errors that mean the state already moved on (a duplicate delivery): ignored.
 _STALE_TOKEN = {"TaskDoesNotExist", "InvalidToken", "TaskTimedOut"}
 
@@ -519,6 +523,8 @@ def finalise(event: StepEvent, svc: Services) -> dict[str, Any]:
         event.job_id, status=JobStatus.DONE, clear_stage=True, seq=decision.seq, event="done"
     )
     record = svc.jobs.get(event.job_id)
+    if changed:
+        report_to_spec(svc, event.job_id)
     return {"job_id": event.job_id, "status": record.status.value, "changed": changed}
 
 
@@ -579,6 +585,7 @@ def record_failure(
         )
     if changed:
         cancel_provider_tasks(svc, record)
+        report_to_spec(svc, job_id)
     return changed
 
 
@@ -671,8 +678,8 @@ def trigger_from_s3(event: Mapping[str, Any], svc: Services) -> list[dict[str, A
     started = []
     for record in parsed.Records:
         key = urllib.parse.unquote_plus(record.s3.object.key)
-        if key.endswith(SPEC_ERROR_SUFFIX):
-            continue  # our own error report
+        if key.endswith(_OWN_REPORTS):
+            continue  # our own reports next to a spec
         obj = record.s3.object
         job_id = spec_job_id(
             record.s3.bucket.name,
@@ -747,8 +754,36 @@ def start_from_spec(svc: Services, key: str, job_id: str) -> dict[str, Any]:
         arguments=spec.arguments,
         backend=spec.backend or "",
     )
-    start_execution(svc, job_id)
+    arn = start_execution(svc, job_id)
+    svc.store.put_json(
+        key + SPEC_JOB_SUFFIX,
+        {"job_id": job_id, "execution_arn": arn, "job_prefix": keys.job_prefix(job_id)},
+    )
     return {"key": key, "job_id": job_id}
+
+
+def report_to_spec(svc: Services, job_id: str) -> None:
+    """If the job came from an inbox spec, write how it ended next to the spec.
+
+    ``<spec>.result.json`` holds the status, the result's key and the result itself as
+    stored (plain JSON for plain values; see :mod:`qlayer.codec` for tagged ones), or the
+    error. Nothing is decoded, so this needs no qiskit.
+    """
+    try:
+        spec_key = svc.store.get_json(keys.job_input(job_id)).get("spec_key")
+    except ArtifactError:
+        return
+    if not spec_key:
+        return
+    record = svc.jobs.get(job_id)
+    report: dict[str, Any] = {"job_id": job_id, "status": record.status.value}
+    if record.status == JobStatus.DONE:
+        report["result_key"] = keys.job_result(job_id)
+        report["result"] = svc.store.get_json(keys.job_result(job_id))
+    else:
+        report["error_type"] = record.error_type
+        report["message"] = record.message
+    svc.store.put_json(spec_key + SPEC_RESULT_SUFFIX, report)
 
 
 def _spec_program(svc: Services, spec: JobSpec) -> str:
@@ -879,6 +914,22 @@ def dispatch_message(message: DispatchMessage, svc: Services) -> None:
         message.seq is not None and message.backend is not None and message.request_key is not None
     )
     key = task_key(message.job_id, message.seq)
+    job = svc.jobs.find(message.job_id)
+    if job is None or job.status.is_final:
+        # A late message for a job that ended (cancelled, timed out): never submit
+        # provider work for it — on a real QPU that would be paid for and thrown away.
+        log.warning(
+            "not dispatching %s: job %s", key, "unknown" if job is None else job.status.value
+        )
+        if message.task_token:
+            _send(
+                svc,
+                "send_task_failure",
+                taskToken=message.task_token,
+                error="JobEnded",
+                cause=f"job {message.job_id} has already ended",
+            )
+        return
     owner = uuid.uuid4().hex
     task = svc.tasks.claim(
         job_id=message.job_id,

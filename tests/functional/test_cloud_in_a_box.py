@@ -279,9 +279,17 @@ def test_a_qpu_task_timing_out_ends_in_error(box: CloudBox) -> None:
     assert row["message"].startswith(row["error_type"])
     states = box.entered_states(job.job_id, machine_arn=box.short_machine_arn)  # type: ignore[attr-defined]
     assert states[-4:] == ["Wait for QPU", "Record failure", "Fail job", "Job failed"]
-    # the late message is still delivered once the pump runs: the job stays in ERROR
+    # the late message is still delivered once the pump runs: the job stays in ERROR,
+    # and the dispatcher runs nothing for a job that has ended
     wait_queue_empty(box)
     assert job.status().value == "ERROR"
+    assert_no_execute_result(short, job.job_id)
+
+
+def assert_no_execute_result(client: Any, job_id: str) -> None:
+    store = client.services.store
+    ran = [k for k in store.list(f"jobs/{job_id}/stages/") if k.endswith("-execute/result.json")]
+    assert ran == [], f"the dispatcher ran provider work for an ended job: {ran}"
 
 
 def wait_queue_empty(box: CloudBox, timeout: float = 30) -> None:
@@ -318,6 +326,7 @@ def test_cancel_while_waiting_for_the_qpu(box: CloudBox, cloud: Any) -> None:
     desc = box.wait_execution(job.job_id, 30)
     assert desc["status"] in ("ABORTED", "FAILED")  # FAILED: moto, see above
     wait_queue_empty(box)
+    assert_no_execute_result(cloud, job.job_id)
     assert job.status().value == "CANCELLED"
     assert job.info()["error_type"] is None
     assert job.cancel() is False
@@ -357,9 +366,9 @@ def test_an_inbox_upload_starts_a_job(box: CloudBox, cloud: Any) -> None:
     """S3 ObjectCreated on inbox/*.json -> trigger Lambda (moto calls it) -> a DONE job."""
     s3 = box.session.client("s3")
     bucket = box.outputs["BucketName"]
-    s3.put_object(Bucket=bucket, Key="uploads/tiny.py", Body=TINY.read_bytes())
+    s3.put_object(Bucket=bucket, Key="inbox/tiny.py", Body=TINY.read_bytes())
     since = _now()
-    spec = {"program": "uploads/tiny.py", "arguments": {"shots": 32}, "backend": "aer"}
+    spec = {"program": "inbox/tiny.py", "arguments": {"shots": 32}, "backend": "aer"}
     s3.put_object(Bucket=bucket, Key="inbox/my spec 1.json", Body=json.dumps(spec).encode())
     row = _wait_row(box, since)
     job = cloud.job(row["job_id"]["S"])
@@ -369,9 +378,14 @@ def test_an_inbox_upload_starts_a_job(box: CloudBox, cloud: Any) -> None:
     # the spec's key (with a space) reached the trigger and is recorded in the job's input
     from qlayer import keys
 
-    assert cloud.services.store.get_json(keys.job_input(job.job_id))["spec_key"] == (
-        "inbox/my spec 1.json"
-    )
+    store = cloud.services.store
+    assert store.get_json(keys.job_input(job.job_id))["spec_key"] == "inbox/my spec 1.json"
+    # the job id, and then the result, are written next to the spec
+    started = store.get_json("inbox/my spec 1.json.job.json")
+    assert started["job_id"] == job.job_id and started["execution_arn"].endswith(job.job_id)
+    report = store.get_json("inbox/my spec 1.json.result.json")
+    assert report["status"] == "DONE" and report["result_key"] == keys.job_result(job.job_id)
+    assert report["result"]["shots"] == 32
 
 
 def test_a_malformed_inbox_spec_yields_an_error_object_and_an_error_job(

@@ -42,8 +42,8 @@ def test_spec_with_uploaded_program_starts_an_execution(aws, monkeypatch):
 
 def test_spec_pointing_at_a_py_file_uploads_it(aws, monkeypatch):
     """moto: 'program' may be the key of a .py in the bucket: it is bundled and uploaded."""
-    aws.store.put_bytes("uploads/aws_tiny.py", (PROGRAMS / "aws_tiny.py").read_bytes())
-    aws.store.put_json(KEY, {"program": "uploads/aws_tiny.py"})
+    aws.store.put_bytes("programs/uploads/aws_tiny.py", (PROGRAMS / "aws_tiny.py").read_bytes())
+    aws.store.put_json(KEY, {"program": "programs/uploads/aws_tiny.py"})
     [out] = invoke("trigger", s3_event(), aws, monkeypatch)
     record = aws.jobs.get(out["job_id"])
     assert aws.store.exists(keys.program_prefix(record.program_id) + "manifest.json")
@@ -65,12 +65,13 @@ def test_not_json_and_syntax_errors(aws, monkeypatch):
     aws.store.put_bytes(KEY, b"{nope")
     [out] = invoke("trigger", s3_event(), aws, monkeypatch)
     assert "not JSON" in out["error"]
-    aws.store.put_bytes("uploads/bad.py", b"def broken(:\n")
-    aws.store.put_json("inbox/b.json", {"program": "uploads/bad.py"})
+    aws.store.put_bytes("inbox/bad.py", b"def broken(:\n")
+    aws.store.put_json("inbox/b.json", {"program": "inbox/bad.py"})
     [out] = invoke("trigger", s3_event("inbox/b.json"), aws, monkeypatch)
     assert "syntax error" in out["error"]
 
 
 def test_own_error_reports_are_ignored(aws, monkeypatch):
     """moto: the <key>.error.json we write also matches inbox/*.json: it starts nothing."""
-    assert invoke("trigger", s3_event("inbox/x.json.error.json"), aws, monkeypatch) == []
+    for own in ("inbox/x.json.error.json", "inbox/x.json.job.json", "inbox/x.json.result.json"):
+        assert invoke("trigger", s3_event(own), aws, monkeypatch) == []

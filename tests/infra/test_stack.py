@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from aws_cdk.assertions import Match, Template
 from qlayer_infra.extract import state_machine_definition
@@ -82,3 +84,45 @@ def test_synthesis_leaves_no_warnings(synthesized) -> None:
     stack, _ = synthesized
     warnings = Found.from_stack(stack).find_warning("*", Match.any_value())
     assert not warnings, [w.entry.data for w in warnings]
+
+
+def _policy_statements_of(raw: dict, function: str) -> list[dict]:
+    from qlayer_infra.extract import functions_by_name
+
+    resources = raw["Resources"]
+    fn = resources[functions_by_name(raw)[function]]
+    role = fn["Properties"]["Role"]["Fn::GetAtt"][0]
+    statements = []
+    for resource in resources.values():
+        if (
+            resource["Type"] == "AWS::IAM::Policy"
+            and {"Ref": role} in resource["Properties"]["Roles"]
+        ):
+            statements += resource["Properties"]["PolicyDocument"]["Statement"]
+    return statements
+
+
+def _can_put(statements: list[dict], prefix: str) -> bool:
+    for statement in statements:
+        actions = (
+            statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        )
+        targets = (
+            statement["Resource"]
+            if isinstance(statement["Resource"], list)
+            else [statement["Resource"]]
+        )
+        if "s3:PutObject" in actions and any(prefix in json.dumps(t) for t in targets):
+            return True
+    return False
+
+
+def test_inbox_reports_are_allowed_and_only_where_needed(template: Template) -> None:
+    """The trigger writes <spec>.error.json / .job.json and uploads programs; the
+    finaliser and fail_job write <spec>.result.json. The stage runner may not touch inbox/."""
+    raw = template.to_json()
+    assert _can_put(_policy_statements_of(raw, "trigger"), "/inbox/*")
+    assert _can_put(_policy_statements_of(raw, "trigger"), "/programs/*")
+    assert _can_put(_policy_statements_of(raw, "finaliser"), "/inbox/*")
+    assert _can_put(_policy_statements_of(raw, "fail_job"), "/inbox/*")
+    assert not _can_put(_policy_statements_of(raw, "stage_runner"), "/inbox/*")
