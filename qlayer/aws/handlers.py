@@ -555,10 +555,30 @@ def record_failure(
     stage: str | None = None,
     cancel: bool = False,
 ) -> bool:
-    """Put the job in ERROR (or CANCELLED) with its reason; never overwrites a final status."""
+    """Put the job in ERROR (or CANCELLED) with its reason; never overwrites a final status.
+
+    A job with no row yet (an execution started by hand for a job that was never
+    prepared) gets one, in ERROR, so the failure is visible to ``qlayer status``.
+    """
     record = svc.jobs.find(job_id)
     if record is None:
-        return False
+        if cancel:
+            return False
+        svc.jobs.put_job(
+            job_id,
+            program_id="",
+            workflow="",
+            arguments={},
+            backend="",
+            status=JobStatus.ERROR,
+            message=message,
+            error_type=error_type,
+        )
+        svc.store.put_json(
+            keys.job_error(job_id),
+            {"error_type": error_type, "message": message, "stage": stage, "seq": seq or 0},
+        )
+        return True
     if record.status.is_final:
         return False
     if cancel:

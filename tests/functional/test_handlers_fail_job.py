@@ -62,3 +62,16 @@ def test_aborted_execution_without_cancel_is_an_error(aws, monkeypatch):
     invoke("fail_job", payload, aws, monkeypatch)
     record = aws.jobs.get(job_id)
     assert record.status == JobStatus.ERROR and record.error_type == "ExecutionAborted"
+
+
+def test_a_job_never_prepared_still_ends_visibly_in_error(aws, monkeypatch):
+    """moto: an execution started by hand for a job with no row and no input.json fails
+    in "Load job"; "Fail job" records the job in ERROR instead of dropping the failure."""
+    job_id = "20261123-000000-abcdef"
+    payload = {**event("fail_job_record_failure"), "job_id": job_id}
+    out = invoke("fail_job", payload, aws, monkeypatch)
+    assert out["changed"] is True
+    record = aws.jobs.get(job_id)
+    assert record.status == JobStatus.ERROR
+    assert record.error_type == "States.TaskFailed"
+    assert aws.store.get_json(keys.job_error(job_id))["error_type"] == "States.TaskFailed"
