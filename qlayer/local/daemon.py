@@ -42,7 +42,7 @@ from qlayer.dispatch import (
     with_retries,
 )
 from qlayer.dispatch import Limits as DispatchLimits
-from qlayer.interpreter import Decision
+from qlayer.interpreter import ROUTES, Decision
 from qlayer.local import state
 from qlayer.local.ledger import SqliteLedger
 from qlayer.local.paths import Home
@@ -276,7 +276,8 @@ class Daemon:
                 if existing is None:
                     device_job_id = "dev-" + secrets.token_hex(6)
                     self.conn.execute(
-                        "INSERT INTO device_jobs (device_job_id, idempotency_key, job_id, seq, backend,"
+                        "INSERT INTO device_jobs (device_job_id, idempotency_key, job_id, seq, "
+                        "backend,"
                         " request_key, status, submitted_at) VALUES (?,?,?,?,?,?,?,?)",
                         (
                             device_job_id,
@@ -336,7 +337,8 @@ class Daemon:
 
     def assign_next(self, worker: WorkerHandle) -> bool:
         step = self.conn.execute(
-            "SELECT * FROM steps WHERE kind = 'stage' AND state = 'pending' ORDER BY step_id LIMIT 1"
+            "SELECT * FROM steps WHERE kind = 'stage' AND state = 'pending' ORDER BY step_id "
+            "LIMIT 1"
         ).fetchone()
         device = self._next_device_job()
         if step is None and device is None:
@@ -351,7 +353,8 @@ class Daemon:
     def _next_device_job(self) -> sqlite3.Row | None:
         running: dict[str, int] = {}
         for row in self.conn.execute(
-            "SELECT backend, COUNT(*) AS n FROM device_jobs WHERE status = 'RUNNING' GROUP BY backend"
+            "SELECT backend, COUNT(*) AS n FROM device_jobs WHERE status = 'RUNNING' GROUP BY "
+            "backend"
         ):
             running[row["backend"]] = row["n"]
         for row in self.conn.execute(
@@ -399,7 +402,8 @@ class Daemon:
             return
         with transaction(self.conn):
             self.conn.execute(
-                "UPDATE steps SET state = 'running', started_at = ?, attempts = attempts + 1 WHERE step_id = ?",
+                "UPDATE steps SET state = 'running', started_at = ?, attempts = attempts + 1 "
+                "WHERE step_id = ?",
                 (time.time(), step["step_id"]),
             )
             self._set_job(
@@ -444,7 +448,8 @@ class Daemon:
     def start_device_job(self, worker: WorkerHandle, device: sqlite3.Row) -> None:
         with transaction(self.conn):
             self.conn.execute(
-                "UPDATE device_jobs SET status = 'RUNNING', started_at = ?, attempts = attempts + 1 "
+                "UPDATE device_jobs SET status = 'RUNNING', started_at = ?, attempts = attempts + "
+                "1 "
                 "WHERE device_job_id = ?",
                 (time.time(), device["device_job_id"]),
             )
@@ -520,7 +525,8 @@ class Daemon:
         with transaction(self.conn):
             status = "DONE" if reply.get("ok") else "ERROR"
             self.conn.execute(
-                "UPDATE device_jobs SET status = ?, finished_at = ?, message = ? WHERE device_job_id = ? "
+                "UPDATE device_jobs SET status = ?, finished_at = ?, message = ? WHERE "
+                "device_job_id = ? "
                 "AND status = 'RUNNING'",
                 (status, time.time(), reply.get("message"), assignment.device_job_id),
             )
@@ -553,67 +559,55 @@ class Daemon:
             add_event(
                 self.conn, job_id, step["seq"], label, "finished", {"decision": decision.kind}
             )
-        now = time.time()
-        if decision.kind == "next":
-            self.conn.execute(
-                "INSERT INTO steps (job_id, seq, kind, stage, state, detail, created_at) VALUES (?,?,?,?,?,?,?)",
-                (
-                    job_id,
-                    decision.seq,
-                    "stage",
-                    decision.stage,
-                    "pending",
-                    json.dumps(decision.to_json()),
-                    now,
-                ),
-            )
-            self._set_job(job_id, status=JobStatus.RUNNING, stage=decision.stage, seq=decision.seq)
-        elif decision.kind == "execute":
-            self.conn.execute(
-                "INSERT INTO steps (job_id, seq, kind, stage, state, detail, created_at) VALUES (?,?,?,?,?,?,?)",
-                (
-                    job_id,
-                    decision.seq,
-                    "execute",
-                    "execute",
-                    "pending",
-                    json.dumps(decision.to_json()),
-                    now,
-                ),
-            )
-            self._set_job(job_id, status=JobStatus.RUNNING, stage="execute", seq=decision.seq)
-        elif decision.kind == "fanout":
-            self._start_children(job, decision)
-        elif decision.kind == "done":
-            self._set_job(job_id, status=JobStatus.DONE, stage=None, finished=True)
-            add_event(self.conn, job_id, decision.seq, None, "done", None)
-            self._child_finished(job)
-        else:
-            self._fail(
+        action = ROUTES[decision.kind][0]  # the interpreter's table drives the engine
+        getattr(self, "_" + action)(job, decision)
+
+    # The five routes of qlayer.interpreter.ROUTES (caller holds the transaction).
+    def _queue_stage(self, job: state.JobRow, decision: Decision) -> None:
+        self._insert_step(job.job_id, decision, "stage", decision.stage, "pending")
+        self._set_job(job.job_id, status=JobStatus.RUNNING, stage=decision.stage, seq=decision.seq)
+
+    def _dispatch_execute(self, job: state.JobRow, decision: Decision) -> None:
+        self._insert_step(job.job_id, decision, "execute", "execute", "pending")
+        self._set_job(job.job_id, status=JobStatus.RUNNING, stage="execute", seq=decision.seq)
+
+    def _finish_job(self, job: state.JobRow, decision: Decision) -> None:
+        self._set_job(job.job_id, status=JobStatus.DONE, stage=None, finished=True)
+        add_event(self.conn, job.job_id, decision.seq, None, "done", None)
+        self._child_finished(job)
+
+    def _fail_job(self, job: state.JobRow, decision: Decision) -> None:
+        self._fail(
+            job.job_id,
+            decision.seq,
+            decision.stage,
+            decision.error_type or "Error",
+            decision.message or "",
+        )
+
+    def _insert_step(
+        self, job_id: str, decision: Decision, kind: str, stage: str | None, step_state: str
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO steps (job_id, seq, kind, stage, state, detail, created_at) "
+            "VALUES (?,?,?,?,?,?,?)",
+            (
                 job_id,
                 decision.seq,
-                decision.stage,
-                decision.error_type or "Error",
-                decision.message or "",
-            )
+                kind,
+                stage,
+                step_state,
+                json.dumps(decision.to_json()),
+                time.time(),
+            ),
+        )
 
     def _start_children(self, job: state.JobRow, decision: Decision) -> None:
+        """The fan-out route: one child job per item; the parent waits in a fan-in step."""
         assert decision.items_key is not None and decision.stage is not None
         raw = self.store.get_json(decision.items_key)
         items = raw["items"]
-        now = time.time()
-        self.conn.execute(
-            "INSERT INTO steps (job_id, seq, kind, stage, state, detail, created_at) VALUES (?,?,?,?,?,?,?)",
-            (
-                job.job_id,
-                decision.seq,
-                "fanin",
-                "fan-in",
-                "waiting",
-                json.dumps(decision.to_json()),
-                now,
-            ),
-        )
+        self._insert_step(job.job_id, decision, "fanin", "fan-in", "waiting")
         compute = self._compute_of(decision)
         for index, item in enumerate(items):
             child = child_job_id(job.job_id, decision.seq, index)
@@ -690,7 +684,8 @@ class Daemon:
             {"error_type": error_type, "message": message, "stage": stage, "seq": seq},
         )
         self.conn.execute(
-            "UPDATE jobs SET status = ?, message = ?, error_type = ?, updated_at = ?, finished_at = ? "
+            "UPDATE jobs SET status = ?, message = ?, error_type = ?, updated_at = ?, finished_at "
+            "= ? "
             "WHERE job_id = ?",
             (JobStatus.ERROR.value, message, error_type, time.time(), time.time(), job_id),
         )
@@ -713,7 +708,8 @@ class Daemon:
 
     def _cancel_children(self, job_id: str, except_id: str | None = None) -> None:
         rows = self.conn.execute(
-            "SELECT job_id FROM jobs WHERE parent_id = ? AND status NOT IN ('DONE','ERROR','CANCELLED')",
+            "SELECT job_id FROM jobs WHERE parent_id = ? AND status NOT IN "
+            "('DONE','ERROR','CANCELLED')",
             (job_id,),
         ).fetchall()
         for row in rows:
@@ -751,7 +747,8 @@ class Daemon:
     # -- cancel, deadlines, deaths ---------------------------------------------------
     def handle_cancels(self) -> None:
         rows = self.conn.execute(
-            "SELECT job_id FROM jobs WHERE cancel_requested = 1 AND status NOT IN ('DONE','ERROR','CANCELLED')"
+            "SELECT job_id FROM jobs WHERE cancel_requested = 1 AND status NOT IN "
+            "('DONE','ERROR','CANCELLED')"
         ).fetchall()
         for row in rows:
             with transaction(self.conn):
@@ -785,7 +782,8 @@ class Daemon:
         self._set_job(job_id, status=JobStatus.CANCELLED, stage=None, finished=True)
         add_event(self.conn, job_id, None, None, "cancelled", None)
         children = self.conn.execute(
-            "SELECT job_id FROM jobs WHERE parent_id = ? AND status NOT IN ('DONE','ERROR','CANCELLED')",
+            "SELECT job_id FROM jobs WHERE parent_id = ? AND status NOT IN "
+            "('DONE','ERROR','CANCELLED')",
             (job_id,),
         ).fetchall()
         for row in children:
@@ -830,7 +828,8 @@ class Daemon:
                 if attempts >= MAX_ATTEMPTS:
                     message = (
                         f"the worker running stage {busy.stage!r} died ({how}) {attempts} times. "
-                        f"If it ran out of memory, raise memory_mb (now {busy.memory_mb} MiB) in @wf.stage()."
+                        f"If it ran out of memory, raise memory_mb (now {busy.memory_mb} MiB) in "
+                        "@wf.stage()."
                     )
                     self._log(busy.job_id, busy.seq, busy.stage or "stage", message)
                     self.conn.execute(
@@ -856,7 +855,8 @@ class Daemon:
                 ).fetchone()
                 if row and row["attempts"] >= MAX_ATTEMPTS:
                     self.conn.execute(
-                        "UPDATE device_jobs SET status = 'ERROR', message = ? WHERE device_job_id = ?",
+                        "UPDATE device_jobs SET status = 'ERROR', message = ? WHERE device_job_id "
+                        "= ?",
                         (f"simulator died ({how})", busy.device_job_id),
                     )
                     self._fail(
@@ -864,11 +864,13 @@ class Daemon:
                         busy.seq,
                         "execute",
                         "WorkerDied",
-                        f"the simulator running {busy.device_job_id} died ({how}) {row['attempts']} times",
+                        f"the simulator running {busy.device_job_id} died ({how}) "
+                        f"{row['attempts']} times",
                     )
                 else:
                     self.conn.execute(
-                        "UPDATE device_jobs SET status = 'QUEUED' WHERE device_job_id = ? AND status = 'RUNNING'",
+                        "UPDATE device_jobs SET status = 'QUEUED' WHERE device_job_id = ? AND "
+                        "status = 'RUNNING'",
                         (busy.device_job_id,),
                     )
 

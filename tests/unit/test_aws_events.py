@@ -51,9 +51,10 @@ def test_every_sample_event_parses(model, name):
 def test_job_spec_accepts_the_documented_forms():
     assert JobSpec.model_validate({"program": "programs/abc123/"}).program_id == "abc123"
     spec = JobSpec.model_validate(
-        {"program": "uploads/ghz.py", "arguments": {"n": 3}, "backend": "aer"}
+        {"program": "inbox/ghz.py", "arguments": {"n": 3}, "backend": "aer"}
     )
     assert spec.program_id is None and spec.arguments == {"n": 3}
+    assert JobSpec.model_validate({"program": "programs/uploads/ghz.py"}).program_id is None
 
 
 @pytest.mark.parametrize(
@@ -62,6 +63,7 @@ def test_job_spec_accepts_the_documented_forms():
         ({}, "program: Field required"),
         ({"program": "../../etc/passwd.py"}, "program"),
         ({"program": "run.sh"}, "programs/<id>/"),
+        ({"program": "private/keys.py"}, "under programs/ or inbox/"),
         ({"program": "programs/a/", "arguments": [1]}, "arguments"),
         ({"program": "programs/a/", "extra": 1}, "extra: Extra inputs are not permitted"),
         ({"program": "programs/a/", "backend": ""}, "backend"),

@@ -79,3 +79,11 @@ def test_execute_builders_validate_pubs():
         Execute.sampler([], then="b")
     with pytest.raises(TypeError, match="list of PUBs"):
         Execute.estimator(bell(), then="b")  # type: ignore[arg-type]
+
+
+def test_the_local_engine_has_a_route_for_every_kind():
+    """The daemon dispatches decisions through ROUTES: each action is one of its methods."""
+    from qlayer.local.daemon import Daemon
+
+    for kind, (action, _state) in ROUTES.items():
+        assert callable(getattr(Daemon, "_" + action, None)), f"no local route for {kind!r}"
