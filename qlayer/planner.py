@@ -95,7 +95,7 @@ class Workload:
     """What the planner needs to know of a request's circuits."""
 
     qubits: int  # the most active qubits of any PUB
-    depth: int  # the deepest PUB
+    depth: int  # depth of the longest PUB (by instruction count)
     gates: int  # two-qubit-equivalent gate count, all PUBs
     clifford: bool  # every gate is Clifford
     executions: int  # circuit executions: PUBs x parameter sets
@@ -110,16 +110,20 @@ def summarise(pubs: list[Any], shots: int | None) -> Workload:
 
     qubits = depth = gates = executions = 0
     clifford = True
+    deepest: Any = None
     for pub, circuit in zip(pubs, pub_circuits(pubs), strict=True):
+        index = {bit: i for i, bit in enumerate(circuit.qubits)}
         active: set[int] = set()
         for inst in circuit.data:
-            if inst.operation.name == "barrier":
+            name = inst.operation.name
+            if name == "barrier":
                 continue
-            active.update(circuit.find_bit(q).index for q in inst.qubits)
-            if inst.operation.name not in CLIFFORD_GATES:
+            active.update(index[q] for q in inst.qubits)
+            if clifford and name not in CLIFFORD_GATES:
                 clifford = False
         qubits = max(qubits, len(active))
-        depth = max(depth, circuit.depth())
+        if deepest is None or len(circuit.data) > len(deepest.data):
+            deepest = circuit
         gates += len(circuit.data)
         sets = 1
         if isinstance(pub, (tuple, list)):
@@ -128,6 +132,8 @@ def summarise(pubs: list[Any], shots: int | None) -> Workload:
                 if array is not None and array.dtype.kind == "f" and array.ndim >= 1:
                     sets = max(sets, int(np.prod(array.shape[:-1])) if array.ndim > 1 else 1)
         executions += sets
+    if deepest is not None:
+        depth = deepest.depth()  # of the longest circuit: depth() is costly on many PUBs
     return Workload(qubits, depth, gates, clifford, max(executions, 1), shots or 1024)
 
 
