@@ -2,7 +2,7 @@
 
 - ``aer``, ``aer_*`` and ``fake_*``: :class:`~qlayer.providers.aer.AerProvider` (unchanged).
 - ``ibm_*``: :class:`~qlayer.providers.ibm.IbmProvider`, when an IBM Quantum account is
-  configured (saved account, ``QISKIT_IBM_TOKEN``, or ``QLAYER_IBM_TOKEN_SECRET`` on AWS).
+  configured (saved account, ``QISKIT_IBM_TOKEN``, or ``QLAYER_PROVIDERS_SECRET_ARN`` on AWS).
 - ``braket_*`` and Braket device ARNs: :class:`~qlayer.providers.braket.BraketProvider`
   (needs ``pip install 'qlayer[braket]'``).
 
