@@ -314,6 +314,13 @@ class Daemon:
                     "submitted",
                     {"backend": decision.backend, "provider_job_id": device_job_id, "plan": plan},
                 )
+            self._log(
+                row["job_id"],
+                row["seq"],
+                "execute",
+                f"submitted to {decision.backend}: provider job {device_job_id} (key {key}); "
+                f"plan {plan.get('tier')}, {plan.get('method')}, ~{plan.get('memory_mb')} MiB",
+            )
 
     def queue_remote(self, row: sqlite3.Row, decision: Decision) -> None:
         """An execute step for a QPU service: the remote dispatcher submits it (once)."""
@@ -532,6 +539,12 @@ class Daemon:
             )
             if reply.get("ok"):
                 decision = Decision.from_json(reply["decision"])
+                self._log(
+                    assignment.job_id,
+                    assignment.seq,
+                    "execute",
+                    f"provider job {assignment.device_job_id} done",
+                )
             else:
                 message = f"backend job {assignment.device_job_id} failed: {reply.get('message')}"
                 self._log(assignment.job_id, assignment.seq, "execute", message + "\n")
@@ -1282,6 +1295,12 @@ class RemoteDispatcher:
                             "idempotency_key": key,
                         },
                     )
+                daemon._log(
+                    job_id,
+                    work.seq,
+                    "execute",
+                    f"submitted to {work.backend}: provider job {provider_job_id} (key {key})",
+                )
             return
         status, decision = outcome
         if status.state != work.last_state:

@@ -64,6 +64,10 @@ def test_ghz_sampling_on_noisy_device(client: Client, tmp_path: Path) -> None:
     assert "transpiled at O3" in logs
     assert "P(GHZ) = " in logs
     assert "saved file histogram.png" in logs
+    # the simulated device's provider job id is in the logs, as in status
+    provider_job = job.info()["provider_job_ids"][0]
+    assert f"submitted to fake_brisbane: provider job {provider_job}" in logs
+    assert f"provider job {provider_job} done" in logs
 
 
 def test_qaoa_maxcut_flagship(client: Client, tmp_path: Path) -> None:
