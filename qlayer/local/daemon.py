@@ -26,7 +26,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -72,6 +72,15 @@ class Assignment:
     deadline: float | None = None
     timeout_s: int | None = None
     memory_mb: int | None = None
+    riders: list[dict[str, Any]] = field(default_factory=list)  # coalesced device jobs
+
+    def members(self) -> list[dict[str, Any]]:
+        """The device jobs this assignment runs: the leader, then its riders."""
+        lead = {"device_job_id": self.device_job_id, "job_id": self.job_id, "seq": self.seq}
+        return [lead, *self.riders]
+
+    def involves(self, job_id: str) -> bool:
+        return self.job_id == job_id or any(r["job_id"] == job_id for r in self.riders)
 
 
 class WorkerHandle:
@@ -452,26 +461,70 @@ class Daemon:
             ),
         )
 
-    def start_device_job(self, worker: WorkerHandle, device: sqlite3.Row) -> None:
-        with transaction(self.conn):
-            self.conn.execute(
-                "UPDATE device_jobs SET status = 'RUNNING', started_at = ?, attempts = attempts + "
-                "1 "
-                "WHERE device_job_id = ?",
-                (time.time(), device["device_job_id"]),
-            )
-            add_event(
-                self.conn,
-                device["job_id"],
-                device["seq"],
-                "execute",
-                "device running",
+    def _riders_for(self, lead: sqlite3.Row) -> list[dict[str, Any]]:
+        """Queued requests for the same device that can run with ``lead`` as one job."""
+        from qlayer import coalesce
+
+        if not coalesce.enabled():
+            return []
+        try:
+            key = coalesce.compat_key(self.store.get_json(lead["request_key"]))
+        except Exception:
+            return []
+        if key is None:
+            return []
+        riders: list[dict[str, Any]] = []
+        pubs = len(self.store.get_json(lead["request_key"])["pubs"])
+        for row in self.conn.execute(
+            "SELECT * FROM device_jobs WHERE status = 'QUEUED' AND backend = ? "
+            "AND device_job_id != ? ORDER BY submitted_at LIMIT 500",
+            (lead["backend"], lead["device_job_id"]),
+        ):
+            try:
+                raw = self.store.get_json(row["request_key"])
+            except Exception:
+                continue  # a corrupted request fails on its own run, not here
+            if coalesce.compat_key(raw) != key or pubs + len(raw["pubs"]) > coalesce.MAX_PUBS:
+                continue
+            pubs += len(raw["pubs"])
+            riders.append(
                 {
-                    "provider_job_id": device["device_job_id"],
+                    "device_job_id": row["device_job_id"],
+                    "job_id": row["job_id"],
+                    "seq": row["seq"],
+                    "request_key": row["request_key"],
+                }
+            )
+            if len(riders) + 1 >= coalesce.MAX_MEMBERS:
+                break
+        return riders
+
+    def start_device_job(self, worker: WorkerHandle, device: sqlite3.Row) -> None:
+        riders = self._riders_for(device)
+        lead = {
+            "device_job_id": device["device_job_id"],
+            "job_id": device["job_id"],
+            "seq": device["seq"],
+        }
+        with transaction(self.conn):
+            for member in [lead, *riders]:
+                self.conn.execute(
+                    "UPDATE device_jobs SET status = 'RUNNING', started_at = ?, "
+                    "attempts = attempts + 1 WHERE device_job_id = ?",
+                    (time.time(), member["device_job_id"]),
+                )
+                detail: dict[str, Any] = {
+                    "provider_job_id": member["device_job_id"],
                     "backend": device["backend"],
                     "worker": worker.process.pid,
-                },
-            )
+                }
+                if riders:
+                    detail["coalesced_with"] = [
+                        m["device_job_id"] for m in [lead, *riders] if m is not member
+                    ]
+                add_event(
+                    self.conn, member["job_id"], member["seq"], "execute", "device running", detail
+                )
         worker.send(
             {
                 "op": "device",
@@ -479,6 +532,7 @@ class Daemon:
                 "request_key": device["request_key"],
                 "job_id": device["job_id"],
                 "seq": device["seq"],
+                "riders": riders,
             },
             Assignment(
                 "device",
@@ -486,6 +540,7 @@ class Daemon:
                 device["seq"],
                 "execute",
                 device_job_id=device["device_job_id"],
+                riders=riders,
             ),
         )
 
@@ -525,6 +580,26 @@ class Daemon:
             self.apply(assignment.job_id, assignment.step_id, decision)
 
     def finish_device_job(self, assignment: Assignment, reply: dict[str, Any]) -> None:
+        riders = reply.get("riders") or {}
+        for rider in assignment.riders:
+            answer = riders.get(rider["device_job_id"]) or {
+                "ok": False,
+                "error_type": "InternalError",
+                "message": "the coalesced run returned no result for this request",
+            }
+            self._finish_one_device_job(
+                Assignment(
+                    "device",
+                    rider["job_id"],
+                    rider["seq"],
+                    "execute",
+                    device_job_id=rider["device_job_id"],
+                ),
+                answer,
+            )
+        self._finish_one_device_job(assignment, reply)
+
+    def _finish_one_device_job(self, assignment: Assignment, reply: dict[str, Any]) -> None:
         step = self.conn.execute(
             "SELECT step_id FROM steps WHERE job_id = ? AND seq = ?",
             (assignment.job_id, assignment.seq),
@@ -770,10 +845,18 @@ class Daemon:
     def _cancel_job(self, job_id: str) -> None:
         """Stop a job wherever it is: kill its worker, cancel its device jobs, mark it."""
         for worker in self.workers:
-            if worker.busy is not None and worker.busy.job_id == job_id:
+            if worker.busy is not None and worker.busy.involves(job_id):
                 log.info("cancel: stopping worker %s running %s", worker.process.pid, job_id)
-                worker.busy = None
+                busy, worker.busy = worker.busy, None
                 self.replace_worker(worker)
+                if busy.kind == "device":  # the others it was running wait for the device again
+                    for member in busy.members():
+                        if member["job_id"] != job_id:
+                            self.conn.execute(
+                                "UPDATE device_jobs SET status = 'QUEUED' WHERE device_job_id = ? "
+                                "AND status = 'RUNNING'",
+                                (member["device_job_id"],),
+                            )
         cancelled = self.conn.execute(
             "UPDATE device_jobs SET status = 'CANCELLED', finished_at = ? WHERE job_id = ? "
             "AND status IN ('QUEUED','RUNNING') RETURNING device_job_id",
@@ -862,30 +945,33 @@ class Daemon:
                         {"how": how},
                     )
             else:
-                row = self.conn.execute(
-                    "SELECT attempts FROM device_jobs WHERE device_job_id = ?",
-                    (busy.device_job_id,),
-                ).fetchone()
-                if row and row["attempts"] >= MAX_ATTEMPTS:
-                    self.conn.execute(
-                        "UPDATE device_jobs SET status = 'ERROR', message = ? WHERE device_job_id "
-                        "= ?",
-                        (f"simulator died ({how})", busy.device_job_id),
-                    )
-                    self._fail(
-                        busy.job_id,
-                        busy.seq,
-                        "execute",
-                        "WorkerDied",
-                        f"the simulator running {busy.device_job_id} died ({how}) "
-                        f"{row['attempts']} times",
-                    )
-                else:
-                    self.conn.execute(
-                        "UPDATE device_jobs SET status = 'QUEUED' WHERE device_job_id = ? AND "
-                        "status = 'RUNNING'",
-                        (busy.device_job_id,),
-                    )
+                for member in busy.members():
+                    self._device_member_died(member, how)
+
+    def _device_member_died(self, member: dict[str, Any], how: str) -> None:
+        """A device job whose simulator died: queued again, or failed after MAX_ATTEMPTS."""
+        row = self.conn.execute(
+            "SELECT attempts FROM device_jobs WHERE device_job_id = ?", (member["device_job_id"],)
+        ).fetchone()
+        if row and row["attempts"] >= MAX_ATTEMPTS:
+            self.conn.execute(
+                "UPDATE device_jobs SET status = 'ERROR', message = ? WHERE device_job_id = ?",
+                (f"simulator died ({how})", member["device_job_id"]),
+            )
+            self._fail(
+                member["job_id"],
+                member["seq"],
+                "execute",
+                "WorkerDied",
+                f"the simulator running {member['device_job_id']} died ({how}) "
+                f"{row['attempts']} times",
+            )
+        else:
+            self.conn.execute(
+                "UPDATE device_jobs SET status = 'QUEUED' WHERE device_job_id = ? AND "
+                "status = 'RUNNING'",
+                (member["device_job_id"],),
+            )
 
 
 # --------------------------------------------------------------------------- remote providers

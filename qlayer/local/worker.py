@@ -147,7 +147,6 @@ def _handle(
         return {"ok": True, "decision": decision.to_json()}
     if message["op"] == "device":
         from qlayer.interpreter import Decision
-        from qlayer.providers.registry import provider_for
 
         # Idempotent like every step: a device job whose outcome was recorded (the
         # daemon died before it heard of it) is not run again.
@@ -163,12 +162,82 @@ def _handle(
         request_raw = store.get_json(message["request_key"])
         request = decode_request(request_raw)
         backend = message["backend"]
-        try:
-            result = provider_for(backend).run(backend, request)
-        except Exception as exc:
-            return {"ok": False, "error_type": type(exc).__name__, "message": str(exc) or repr(exc)}
-        decision = complete_execute(store, message["job_id"], message["seq"], request_raw, result)
-        return {"ok": True, "decision": decision.to_json()}
+        riders = message.get("riders") or []
+        if riders:
+            merged = _run_coalesced(store, backend, message, request_raw, request, riders)
+            if merged is not None:
+                return merged
+            # the merged run failed: each request runs on its own, so one bad request
+            # cannot fail the others
+            return {
+                **_run_alone(store, backend, message, request_raw, request),
+                "riders": {
+                    r["device_job_id"]: _run_alone(
+                        store, backend, r, store.get_json(r["request_key"]), None
+                    )
+                    for r in riders
+                },
+            }
+        return _run_alone(store, backend, message, request_raw, request)
     if message["op"] == "ping":
         return {"ok": True, "pid": os.getpid()}
     raise ValueError(f"unknown op {message['op']!r}")
+
+
+def _run_alone(
+    store: FolderStore, backend: str, member: dict[str, Any], raw: dict[str, Any], request: Any
+) -> dict[str, Any]:
+    from qlayer.providers.registry import provider_for
+
+    try:
+        result = provider_for(backend).run(backend, request or decode_request(raw))
+    except Exception as exc:
+        return {"ok": False, "error_type": type(exc).__name__, "message": str(exc) or repr(exc)}
+    decision = complete_execute(store, member["job_id"], member["seq"], raw, result)
+    return {"ok": True, "decision": decision.to_json()}
+
+
+def _run_coalesced(
+    store: FolderStore,
+    backend: str,
+    lead: dict[str, Any],
+    lead_raw: dict[str, Any],
+    lead_request: Any,
+    riders: list[dict[str, Any]],
+) -> dict[str, Any] | None:
+    """One device run for the leader and its riders; None if the merged run failed."""
+    from qlayer.coalesce import split
+    from qlayer.providers.registry import provider_for
+    from qlayer.request import ExecuteRequest
+
+    raws = [lead_raw] + [store.get_json(r["request_key"]) for r in riders]
+    requests = [lead_request] + [decode_request(raw) for raw in raws[1:]]
+    merged = ExecuteRequest(
+        primitive=lead_request.primitive,
+        pubs=[pub for request in requests for pub in request.pubs],
+        backend=backend,
+        then=lead_request.then,
+        shots=lead_request.shots,
+        precision=lead_request.precision,
+        seed=None,
+        options=lead_request.options,
+    )
+    try:
+        result = provider_for(backend).run(backend, merged)
+        parts = split(result, [len(request.pubs) for request in requests])
+    except Exception:
+        return None
+    members = [lead, *riders]
+    decisions = [
+        complete_execute(store, m["job_id"], m["seq"], raw, part).to_json()
+        for m, raw, part in zip(members, raws, parts, strict=True)
+    ]
+    return {
+        "ok": True,
+        "decision": decisions[0],
+        "riders": {
+            m["device_job_id"]: {"ok": True, "decision": d}
+            for m, d in zip(riders, decisions[1:], strict=True)
+        },
+        "coalesced": len(members),
+    }
