@@ -36,8 +36,8 @@ test: $(VENV)/.installed-dev
 check: lint types test
 
 lint: $(VENV)/.installed-dev
-	$(VENV)/bin/ruff check qlayer tests bench examples
-	$(VENV)/bin/ruff format --check qlayer tests bench examples
+	$(VENV)/bin/ruff check qlayer tests bench examples infra functions
+	$(VENV)/bin/ruff format --check qlayer tests bench examples infra functions
 
 types: $(VENV)/.installed-dev
 	$(VENV)/bin/mypy
