@@ -18,6 +18,8 @@ import functools
 import hashlib
 import json
 import logging
+import math
+import os
 import tempfile
 import time
 import traceback
@@ -59,6 +61,16 @@ SPEC_RESULT_SUFFIX = ".result.json"
 _OWN_REPORTS = (SPEC_ERROR_SUFFIX, SPEC_JOB_SUFFIX, SPEC_RESULT_SUFFIX)
 #: Token errors that mean the state already moved on (a duplicate delivery): ignored.
 _STALE_TOKEN = {"TaskDoesNotExist", "InvalidToken", "TaskTimedOut"}
+#: Seconds a dispatch message deferred by a backend's in-flight limit stays invisible
+#: before SQS delivers it again (instead of the queue's whole visibility timeout).
+DEFER_ENV = "QLAYER_DISPATCH_DEFER_S"
+DEFAULT_DEFER_S = 30
+#: SQS's largest visibility timeout (12 hours).
+_MAX_VISIBILITY_S = 43200
+
+
+def _defer_s_from_env() -> int:
+    return int(os.environ.get(DEFER_ENV, DEFAULT_DEFER_S))
 
 
 @dataclass
@@ -73,6 +85,16 @@ class Services:
     sqs: Any = None
     provider_for: Callable[[str], Any] | None = None
     scratch: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "qlayer-programs")
+    #: Provider calls: tries per call and the first backoff delay (``with_retries``);
+    #: ``sleep`` is injected by tests. A Lambda must finish within its timeout, so few.
+    retry_attempts: int = 4
+    retry_base_s: float = 0.5
+    sleep: Callable[[float], None] = time.sleep
+    #: Seconds before a message deferred by an in-flight limit comes back (QLAYER_DISPATCH_DEFER_S).
+    defer_s: int = field(default_factory=_defer_s_from_env)
+    #: Per-backend limits (``qlayer.dispatch``: providers' published quotas, plugins'
+    #: ``limits``, then QLAYER_LIMITS); built on first use.
+    limiter: Any = None
     _programs: Any = None
 
     @classmethod
@@ -101,6 +123,22 @@ class Services:
         if self._programs is None:
             self._programs = ProgramCache(self.store, self.scratch)
         return self._programs
+
+    def limits(self) -> Any:
+        """The process's :class:`qlayer.dispatch.RateLimiter` (token buckets are per process;
+        the in-flight cap is counted in the tasks table, across all dispatchers)."""
+        if self.limiter is None:
+            from qlayer.dispatch import RateLimiter
+            from qlayer.providers.registry import configured_limits
+
+            self.limiter = RateLimiter(configured_limits())
+        return self.limiter
+
+    def retry(self, fn: Callable[[], Any]) -> Any:
+        """``fn`` with retries of retryable provider errors (throttling, transient network)."""
+        from qlayer.dispatch import with_retries
+
+        return with_retries(fn, self.retry_attempts, self.retry_base_s, sleep=self.sleep)
 
     def provider(self, backend: str) -> Any:
         if self.provider_for is not None:
@@ -855,8 +893,22 @@ def start_execution(svc: Services, job_id: str) -> str:
 
 
 # ------------------------------------------------------------------------------ dispatcher
+class Deferred(Exception):
+    """The message cannot go now (a backend's limit, a live claim elsewhere): SQS brings it
+    back after ``delay_s`` seconds (its visibility is changed), not after the full timeout."""
+
+    def __init__(self, delay_s: float, reason: str) -> None:
+        super().__init__(reason)
+        self.delay_s = delay_s
+
+
 def dispatcher(event: Mapping[str, Any], svc: Services) -> dict[str, Any]:
-    """SQS batch -> each message submitted once; failed ones are reported for redelivery."""
+    """SQS batch -> each message submitted once; failed ones are reported for redelivery.
+
+    A message deferred by a backend's in-flight or rate limit (or by a live claim held by
+    another dispatcher) is a partial batch failure too, and its visibility is set to the
+    deferral's delay so SQS delivers it again soon, not after the queue's visibility timeout.
+    """
     batch = parse(SqsEvent, event, what="SQS event")
     failures = []
     for record in batch.Records:
@@ -881,12 +933,30 @@ def dispatcher(event: Mapping[str, Any], svc: Services) -> dict[str, Any]:
             continue
         try:
             dispatch_message(message, svc)
+        except Deferred as deferred:
+            log.info("message %s (%s) deferred: %s", record.messageId, message.job_id, deferred)
+            failures.append({"itemIdentifier": record.messageId})
+            _defer(svc, record.receiptHandle, deferred.delay_s)
         except Exception:
             log.exception(
                 "message %s (%s) failed; it will be redelivered", record.messageId, message.job_id
             )
             failures.append({"itemIdentifier": record.messageId})
     return {"batchItemFailures": failures}
+
+
+def _defer(svc: Services, receipt_handle: str | None, delay_s: float) -> None:
+    """Make a failed message visible again after ``delay_s`` (best effort)."""
+    if svc.sqs is None or not svc.config.dispatch_queue_url or not receipt_handle:
+        return
+    try:
+        svc.sqs.change_message_visibility(
+            QueueUrl=svc.config.dispatch_queue_url,
+            ReceiptHandle=receipt_handle,
+            VisibilityTimeout=max(0, min(_MAX_VISIBILITY_S, math.ceil(delay_s))),
+        )
+    except Exception:  # the message still comes back, after the queue's timeout
+        log.exception("cannot change the visibility of a deferred message")
 
 
 def _send(svc: Services, method: str, **kwargs: Any) -> bool:
@@ -921,8 +991,11 @@ def _finish_task(svc: Services, key: str, token: str | None, decision: Decision)
 
 
 def dispatch_message(message: DispatchMessage, svc: Services) -> None:
-    """Submit one execute request to its provider, exactly once per ``job_id/seq``."""
-    from qlayer.dispatch import SubmissionInProgress
+    """Submit one execute request to its provider, exactly once per ``job_id/seq``.
+
+    Raises:
+        Deferred: Not now (a limit, or another dispatcher's live claim); SQS redelivers.
+    """
     from qlayer.providers.base import AsyncProvider
 
     if svc.tasks is None:
@@ -972,30 +1045,13 @@ def dispatch_message(message: DispatchMessage, svc: Services) -> None:
     if task.status == "CANCELLED" or task.provider_job_id is not None:
         return  # cancelled, or submitted: the poller finishes it
     if task.owner != owner:
-        raise SubmissionInProgress(key, task.owner)
+        # A duplicate delivery while another dispatcher holds the claim: come back when
+        # its lease ends, and find the provider job it recorded (or take the claim over).
+        wait_s = max(1.0, task.lease_until - svc.tasks.clock())
+        raise Deferred(wait_s, f"submission of {key} is in progress elsewhere ({task.owner})")
     provider = svc.provider(message.backend)
     if isinstance(provider, AsyncProvider):
-        from qlayer.dispatch import FindsJobs
-        from qlayer.request import decode_request
-
-        found = (
-            provider.find_job(message.backend, key)
-            if task.claims > 1 and isinstance(provider, FindsJobs)
-            else None
-        )
-        if found is None:
-            request = decode_request(svc.store.get_json(message.request_key))
-            found = provider.submit(message.backend, request, idempotency_key=key)
-        recorded = svc.tasks.record_submission(key, found)
-        svc.jobs.update(
-            message.job_id,
-            status=JobStatus.WAITING_FOR_QPU,
-            stage="execute",
-            seq=message.seq,
-            provider_job_id=recorded.provider_job_id,
-            event="submitted",
-            detail={"backend": message.backend, "provider_job_id": recorded.provider_job_id},
-        )
+        _submit_remote(svc, message, task.claims, owner, provider)
         return
     # A provider that runs on our compute (Aer; simulated devices): run it here, now.
     svc.jobs.update(
@@ -1019,69 +1075,271 @@ def dispatch_message(message: DispatchMessage, svc: Services) -> None:
     _finish_task(svc, key, task.task_token or message.task_token, decision)
 
 
+def _submit_remote(
+    svc: Services, message: DispatchMessage, claims: int, owner: str, provider: Any
+) -> None:
+    """Submit a claimed task to a provider with its own queue, within the backend's limits.
+
+    Order: a slot of the backend's in-flight limit (counted in the tasks table, across
+    every dispatcher), a token of its submission rate, then — for a claim taken over
+    from a dispatcher that died — ``find_job`` before any submit.
+    """
+    from qlayer.dispatch import FindsJobs
+    from qlayer.providers.base import ProviderError
+    from qlayer.request import decode_request
+
+    assert svc.tasks is not None
+    assert message.seq is not None and message.backend and message.request_key
+    job_id, seq, backend = message.job_id, message.seq, message.backend
+    key = task_key(job_id, seq)
+    limits = svc.limits().limits_for(backend)
+    if not svc.tasks.take_slot(key, owner, backend, limits.max_in_flight):
+        svc.tasks.release_claim(key, owner, undo=True)
+        raise Deferred(
+            svc.defer_s,
+            f"{backend} has {limits.max_in_flight} provider jobs in flight, its limit "
+            f"({limits.source or 'configured'})",
+        )
+    wait_s = svc.limits().try_acquire(backend, in_flight=0)
+    if wait_s > 0:
+        svc.tasks.give_back_slot(key)
+        svc.tasks.release_claim(key, owner, undo=True)
+        raise Deferred(
+            wait_s,
+            f"{backend} is at its submission rate ({limits.submits_per_s:g}/s, "
+            f"{limits.source or 'configured'})",
+        )
+    try:
+        found = (
+            svc.retry(lambda: provider.find_job(backend, key))
+            if claims > 1 and isinstance(provider, FindsJobs)
+            else None
+        )
+        how = "found"
+        if found is None:
+            request = decode_request(svc.store.get_json(message.request_key))
+            found = svc.retry(lambda: provider.submit(backend, request, idempotency_key=key))
+            how = "submitted"
+    except ProviderError as exc:
+        if exc.retryable:  # throttled past our retries: give the slot back, come back later
+            svc.tasks.give_back_slot(key)
+            svc.tasks.release_claim(key, owner)
+            raise Deferred(svc.defer_s, f"{backend} still refuses: {exc}") from exc
+        # Fatal (a bad request, auth): the provider's words end the step.
+        text = f"submit to {backend} failed: {exc}"
+        _log_line(svc, job_id, seq, "execute", f"{text} (key {key})")
+        decision = Decision.failed(seq, "execute", "ProviderError", text)
+        svc.store.put_json(
+            keys.step_dir(job_id, seq, "execute") + "output.json", decision.to_json()
+        )
+        advance(svc, job_id, "execute", seq, decision)
+        _finish_task(svc, key, _token_of(svc, key, message.task_token), decision)
+        return
+    except Exception:
+        # Not the provider's answer (our own fault): let the next delivery try at once,
+        # asking find_job first (the provider may have accepted the job).
+        svc.tasks.give_back_slot(key)
+        svc.tasks.release_claim(key, owner)
+        raise
+    recorded = svc.tasks.record_submission(key, str(found))
+    provider_job_id = recorded.provider_job_id or str(found)
+    if how == "submitted":
+        _log_line(
+            svc,
+            job_id,
+            seq,
+            "execute",
+            f"submitted to {backend}: provider job {provider_job_id} (key {key})",
+        )
+    else:
+        _log_line(
+            svc,
+            job_id,
+            seq,
+            "execute",
+            f"found provider job {provider_job_id} on {backend} (key {key}): accepted before "
+            "its dispatcher stopped; not submitted again",
+        )
+    if recorded.status == "CANCELLED":  # cancelled while the submission was in flight
+        _cancel_provider_job(svc, provider, recorded.idempotency_key, backend, provider_job_id)
+        return
+    svc.jobs.update(
+        job_id,
+        status=JobStatus.WAITING_FOR_QPU,
+        stage="execute",
+        seq=seq,
+        provider_job_id=provider_job_id,
+        event="submitted",
+        detail={"backend": backend, "provider_job_id": provider_job_id, "idempotency_key": key},
+    )
+
+
+def _token_of(svc: Services, key: str, fallback: str | None) -> str | None:
+    assert svc.tasks is not None
+    task = svc.tasks.get(key)
+    return (task.task_token if task else None) or fallback
+
+
+def _cancel_provider_job(
+    svc: Services, provider: Any, key: str, backend: str, provider_job_id: str
+) -> None:
+    svc.retry(lambda: provider.cancel(provider_job_id))
+    job_id, _, seq = key.rpartition("/")
+    _log_line(
+        svc,
+        job_id,
+        int(seq),
+        "execute",
+        f"cancelled provider job {provider_job_id} on {backend} (key {key})",
+    )
+
+
 def cancel_task(svc: Services, job_id: str, seq: int | None) -> None:
-    """Cancel the provider job of ``job_id`` (its execute step ``seq``, or its current step)."""
+    """Cancel the provider job of ``job_id`` (its execute step ``seq``, or its current step).
+
+    A task still CLAIMED may have reached the provider before its dispatcher stopped:
+    the provider is asked (``find_job``) so that job is cancelled too.
+    """
+    from qlayer.dispatch import FindsJobs
     from qlayer.providers.base import AsyncProvider
 
     assert svc.tasks is not None
     if seq is None:
         record = svc.jobs.find(job_id)
         seq = record.seq if record else 0
-    task = svc.tasks.get(task_key(job_id, seq))
-    if task is None or task.status in ("DONE", "ERROR", "CANCELLED"):
+    key = task_key(job_id, seq)
+    task = svc.tasks.get(key)
+    if task is None or task.status in ("DONE", "ERROR"):
         return
-    if task.provider_job_id:
-        provider = svc.provider(task.backend)
-        if isinstance(provider, AsyncProvider):
-            provider.cancel(task.provider_job_id)
-    svc.tasks.finish(task.idempotency_key, "CANCELLED", message="cancelled with the job")
+    if task.status != "CANCELLED":
+        svc.tasks.finish(key, "CANCELLED", message="cancelled with the job")
+        task = svc.tasks.get(key)
+        if task is None or task.status != "CANCELLED":
+            return  # it ended meanwhile
+    # Cancelled (now, or by a delivery of this message whose provider call failed): make
+    # sure the provider got it. Cancelling an ended provider job is not an error.
+    provider = svc.provider(task.backend)
+    if not isinstance(provider, AsyncProvider):
+        return
+    provider_job_id = task.provider_job_id
+    if provider_job_id is None and isinstance(provider, FindsJobs):
+        backend = task.backend
+        provider_job_id = svc.retry(lambda: provider.find_job(backend, key))
+        if provider_job_id is not None:
+            svc.tasks.record_submission(key, provider_job_id)
+    if provider_job_id is not None:
+        _cancel_provider_job(svc, provider, key, task.backend, provider_job_id)
+    # else: the dispatcher holding the claim records its id on a CANCELLED task and
+    # cancels the job itself (see _submit_remote).
 
 
 # ------------------------------------------------------------------------------ poller
 def poller(event: Mapping[str, Any], svc: Services) -> dict[str, Any]:
-    """Check every submitted provider job: finish ended ones, keep the others' tokens alive."""
-    from qlayer.providers.base import AsyncProvider
-    from qlayer.steps import complete_execute
+    """Check every submitted provider job: finish ended ones, keep the others' tokens alive.
+
+    Harmless to repeat and to race: a final state is delivered once (``record_outcome``
+    is a conditional write, first poller wins), a result already stored is not fetched
+    again, and a task whose outcome was recorded by a poller that died before waking the
+    state machine is delivered by the next poll. States after the first final one (a
+    stale RUNNING after DONE) are never seen: the task is no longer open.
+    """
+    from qlayer.providers.base import AsyncProvider, ProviderError
 
     assert svc.tasks is not None
     counts = {"done": 0, "failed": 0, "waiting": 0, "errors": 0}
     for task in svc.tasks.open_tasks():
         try:
+            if task.decision is not None:  # recorded before a crash: deliver it now
+                _deliver(svc, task, Decision.from_json(task.decision))
+                counts["failed" if task.decision.get("kind") == "error" else "done"] += 1
+                continue
             provider = svc.provider(task.backend)
             if not isinstance(provider, AsyncProvider) or task.provider_job_id is None:
                 continue
-            status = provider.status(task.provider_job_id)
-            if status.state == "DONE":
-                request_raw = svc.store.get_json(task.request_key)
-                decision = complete_execute(
-                    svc.store,
-                    task.job_id,
-                    task.seq,
-                    request_raw,
-                    provider.result(task.provider_job_id),
+            try:
+                decision = _poll_task(svc, task, provider)
+            except ProviderError as exc:
+                if exc.retryable:
+                    raise
+                decision = _failed(
+                    svc,
+                    task,
+                    f"provider job {task.provider_job_id} on {task.backend} cannot be "
+                    f"followed: {exc}",
                 )
-                counts["done"] += 1
-            elif status.state in ("ERROR", "CANCELLED"):
-                decision = Decision.failed(
-                    task.seq,
-                    "execute",
-                    "ProviderJobFailed",
-                    f"provider job {task.provider_job_id} on {task.backend} ended {status.state}"
-                    + (f": {status.message}" if status.message else ""),
-                )
-                svc.store.put_json(
-                    keys.step_dir(task.job_id, task.seq, "execute") + "output.json",
-                    decision.to_json(),
-                )
-                counts["failed"] += 1
-            else:
+            if decision is None:
                 if task.task_token:
                     _send(svc, "send_task_heartbeat", taskToken=task.task_token)
                 counts["waiting"] += 1
                 continue
-            advance(svc, task.job_id, "execute", task.seq, decision)
-            _finish_task(svc, task.idempotency_key, task.task_token, decision)
+            if not svc.tasks.record_outcome(task.idempotency_key, decision.to_json()):
+                continue  # another poller (or a cancel) got there first
+            _deliver(svc, task, decision)
+            counts["failed" if decision.kind == "error" else "done"] += 1
         except Exception:
             log.exception("polling %s failed; it is polled again next time", task.idempotency_key)
             counts["errors"] += 1
     return counts
+
+
+def _poll_task(svc: Services, task: Any, provider: Any) -> Decision | None:
+    """The task's decision once its provider job ended; None while it is queued or running."""
+    from qlayer.steps import complete_execute
+
+    provider_job_id = task.provider_job_id
+    status = svc.retry(lambda: provider.status(provider_job_id))
+    if status.state == "DONE":
+        out_key = keys.step_dir(task.job_id, task.seq, "execute") + "output.json"
+        if svc.store.exists(out_key):  # collected before a crash: not fetched again
+            try:
+                return Decision.from_json(svc.store.get_json(out_key))
+            except (ArtifactError, ValueError, TypeError, KeyError):
+                pass
+        result = svc.retry(lambda: provider.result(provider_job_id))
+        request_raw = svc.store.get_json(task.request_key)
+        decision = complete_execute(svc.store, task.job_id, task.seq, request_raw, result)
+        _log_line(
+            svc,
+            task.job_id,
+            task.seq,
+            "execute",
+            f"provider job {provider_job_id} on {task.backend} done (key {task.idempotency_key})",
+        )
+        return decision
+    if status.state in ("ERROR", "CANCELLED"):
+        return _failed(
+            svc,
+            task,
+            f"provider job {provider_job_id} on {task.backend} ended {status.state}"
+            + (f": {status.message}" if status.message else ""),
+        )
+    return None
+
+
+def _failed(svc: Services, task: Any, text: str) -> Decision:
+    _log_line(svc, task.job_id, task.seq, "execute", f"{text} (key {task.idempotency_key})")
+    decision = Decision.failed(task.seq, "execute", "ProviderJobFailed", text)
+    svc.store.put_json(
+        keys.step_dir(task.job_id, task.seq, "execute") + "output.json", decision.to_json()
+    )
+    return decision
+
+
+def _deliver(svc: Services, task: Any, decision: Decision) -> None:
+    """Advance the job, wake the state machine, close the task (in that order: a crash
+    before the close repeats the first two, which are harmless to repeat)."""
+    assert svc.tasks is not None
+    advance(svc, task.job_id, "execute", task.seq, decision)
+    if task.task_token:
+        _send(
+            svc,
+            "send_task_success",
+            taskToken=task.task_token,
+            output=json.dumps(with_compute(decision).to_json()),
+        )
+    svc.tasks.finish(
+        task.idempotency_key,
+        "ERROR" if decision.kind == "error" else "DONE",
+        decision=decision.to_json(),
+        message=decision.message,
+    )

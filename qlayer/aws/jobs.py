@@ -477,6 +477,7 @@ class TaskRecord:
     decision: dict[str, Any] | None = None
     message: str | None = None
     submitted_at: str | None = None
+    slot: bool = False  # holds one of its backend's in-flight slots (see TaskTable.take_slot)
 
 
 def task_key(job_id: str, seq: int) -> str:
@@ -489,9 +490,17 @@ class TaskTable:
     ``claim`` is a conditional put (``attribute_not_exists``), so a redelivered SQS
     message never submits a second provider job; ``record_submission`` only sets a
     provider job id where none is set (first writer wins).
+
+    Per-backend in-flight limits: one counter item per backend (key ``#limit/<backend>``,
+    attribute ``in_flight``; it has no ``status``, so the ``by_status`` index never lists
+    it). A task takes a slot (``take_slot``) in one transaction with the counter's
+    conditional increment (``in_flight < max``) and gives it back in one transaction with
+    its final status (``finish``), so concurrent dispatchers never push a backend past
+    its limit and the counter cannot drift from the tasks that hold slots.
     """
 
-    OPEN = ("SUBMITTED",)
+    OPEN = ("CLAIMED", "SUBMITTED")
+    LIMIT_PREFIX = "#limit/"
 
     def __init__(self, table: str, client: Any, *, clock: Any = time.time) -> None:
         self.table = table
@@ -520,6 +529,7 @@ class TaskTable:
             decision=json.loads(decision) if decision else None,
             message=data.get("message"),
             submitted_at=data.get("submitted_at"),
+            slot=bool(data.get("slot_backend")),
         )
 
     def get(self, key: str) -> TaskRecord | None:
@@ -606,7 +616,143 @@ class TaskTable:
         assert record is not None
         return record
 
+    def release_claim(self, key: str, owner: str, *, undo: bool = False) -> bool:
+        """Let the next delivery take the claim over at once (lease ends now).
+
+        ``undo`` also takes back this claim's count: for a claim that never called the
+        provider (deferred by a limit), so the next one need not ask ``find_job``.
+        """
+        from botocore.exceptions import ClientError
+
+        expression = "SET lease_until = :zero" + (" ADD claims :minus" if undo else "")
+        values: dict[str, Any] = {":zero": 0, ":o": owner, ":claimed": "CLAIMED"}
+        if undo:
+            values[":minus"] = -1
+        try:
+            self.client.update_item(
+                TableName=self.table,
+                Key={"idempotency_key": {"S": key}},
+                UpdateExpression=expression,
+                ConditionExpression="#owner = :o AND #status = :claimed "
+                "AND attribute_not_exists(provider_job_id)",
+                ExpressionAttributeNames={"#owner": "owner", "#status": "status"},
+                ExpressionAttributeValues=self._dump(values),
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+            return False
+        return True
+
+    # -- in-flight slots -----------------------------------------------------------------
+    def limit_key(self, backend: str) -> str:
+        return self.LIMIT_PREFIX + backend
+
+    def in_flight(self, backend: str) -> int:
+        """Provider jobs of ``backend`` holding a slot now (the counter item)."""
+        item = self.client.get_item(
+            TableName=self.table,
+            Key={"idempotency_key": {"S": self.limit_key(backend)}},
+            ConsistentRead=True,
+        ).get("Item")
+        return int(item["in_flight"]["N"]) if item and "in_flight" in item else 0
+
+    def take_slot(self, key: str, owner: str, backend: str, max_in_flight: int) -> bool:
+        """Take one of ``backend``'s ``max_in_flight`` slots for task ``key`` (claimed by
+        ``owner``); False when they are all taken. Idempotent: a task that holds a slot
+        (a takeover after a crash) keeps it."""
+        from botocore.exceptions import ClientError
+
+        current = self.get(key)
+        if current is not None and current.slot:
+            return True
+        try:
+            self.client.transact_write_items(
+                TransactItems=[
+                    {
+                        "Update": {
+                            "TableName": self.table,
+                            "Key": {"idempotency_key": {"S": self.limit_key(backend)}},
+                            "UpdateExpression": "SET in_flight = if_not_exists(in_flight, :zero)"
+                            " + :one",
+                            "ConditionExpression": "attribute_not_exists(in_flight) "
+                            "OR in_flight < :max",
+                            "ExpressionAttributeValues": self._dump(
+                                {":zero": 0, ":one": 1, ":max": max_in_flight}
+                            ),
+                        }
+                    },
+                    {
+                        "Update": {
+                            "TableName": self.table,
+                            "Key": {"idempotency_key": {"S": key}},
+                            "UpdateExpression": "SET slot_backend = :b",
+                            "ConditionExpression": "#owner = :o AND #status = :claimed "
+                            "AND attribute_not_exists(slot_backend)",
+                            "ExpressionAttributeNames": {"#owner": "owner", "#status": "status"},
+                            "ExpressionAttributeValues": self._dump(
+                                {":b": backend, ":o": owner, ":claimed": "CLAIMED"}
+                            ),
+                        }
+                    },
+                ]
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "TransactionCanceledException":
+                raise
+            return False
+        return True
+
+    def give_back_slot(self, key: str) -> bool:
+        """Return task ``key``'s slot without ending the task (its submission did not go)."""
+        from botocore.exceptions import ClientError
+
+        current = self.get(key)
+        if current is None or not current.slot:
+            return False
+        backend = self._slot_backend(key)
+        try:
+            self.client.transact_write_items(
+                TransactItems=[
+                    {
+                        "Update": {
+                            "TableName": self.table,
+                            "Key": {"idempotency_key": {"S": key}},
+                            "UpdateExpression": "REMOVE slot_backend",
+                            "ConditionExpression": "attribute_exists(slot_backend)",
+                        }
+                    },
+                    self._decrement(backend),
+                ]
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "TransactionCanceledException":
+                raise
+            return False
+        return True
+
+    def _slot_backend(self, key: str) -> str:
+        item = self.client.get_item(
+            TableName=self.table, Key={"idempotency_key": {"S": key}}, ConsistentRead=True
+        )["Item"]
+        return str(item["slot_backend"]["S"])
+
+    def _decrement(self, backend: str) -> dict[str, Any]:
+        return {
+            "Update": {
+                "TableName": self.table,
+                "Key": {"idempotency_key": {"S": self.limit_key(backend)}},
+                "UpdateExpression": "ADD in_flight :minus",
+                "ExpressionAttributeValues": {":minus": {"N": "-1"}},
+            }
+        }
+
     def record_submission(self, key: str, provider_job_id: str) -> TaskRecord:
+        """Set the provider job id if none is set yet (first writer wins).
+
+        The status moves CLAIMED -> SUBMITTED; a task cancelled while its submission was
+        in flight keeps CANCELLED but still gets the id, so the caller can cancel the job.
+        """
         from botocore.exceptions import ClientError
 
         try:
@@ -614,16 +760,59 @@ class TaskTable:
                 TableName=self.table,
                 Key={"idempotency_key": {"S": key}},
                 UpdateExpression="SET provider_job_id = :p, #status = :s",
-                ConditionExpression="attribute_not_exists(provider_job_id)",
+                ConditionExpression="attribute_not_exists(provider_job_id) AND #status = :claimed",
                 ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={":p": {"S": provider_job_id}, ":s": {"S": "SUBMITTED"}},
+                ExpressionAttributeValues={
+                    ":p": {"S": provider_job_id},
+                    ":s": {"S": "SUBMITTED"},
+                    ":claimed": {"S": "CLAIMED"},
+                },
             )
         except ClientError as exc:
             if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
                 raise
+            try:
+                self.client.update_item(
+                    TableName=self.table,
+                    Key={"idempotency_key": {"S": key}},
+                    UpdateExpression="SET provider_job_id = :p",
+                    ConditionExpression="attribute_not_exists(provider_job_id)",
+                    ExpressionAttributeValues={":p": {"S": provider_job_id}},
+                )
+            except ClientError as again:
+                if again.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                    raise
         record = self.get(key)
         assert record is not None
         return record
+
+    def record_outcome(self, key: str, decision: Mapping[str, Any]) -> bool:
+        """Record the decision for a submitted task, once: True for the caller that wrote it.
+
+        The poller's gate against duplicates: of two pollers that both saw DONE, only the
+        one that records the outcome advances the job and wakes the state machine. A task
+        with an outcome but still SUBMITTED (its poller died before ``finish``) is
+        delivered again by the next poll.
+        """
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.update_item(
+                TableName=self.table,
+                Key={"idempotency_key": {"S": key}},
+                UpdateExpression="SET decision = :d",
+                ConditionExpression="#status = :submitted AND attribute_not_exists(decision)",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={
+                    ":d": {"S": json.dumps(dict(decision))},
+                    ":submitted": {"S": "SUBMITTED"},
+                },
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+            return False
+        return True
 
     def finish(
         self,
@@ -632,9 +821,16 @@ class TaskTable:
         *,
         decision: Mapping[str, Any] | None = None,
         message: str | None = None,
-    ) -> None:
-        """Record the outcome (DONE/ERROR/CANCELLED) and the decision sent to the state machine."""
-        values: dict[str, Any] = {":s": status}
+    ) -> bool:
+        """Record the outcome (DONE/ERROR/CANCELLED) and the decision sent to the state machine.
+
+        Only an open task (CLAIMED, SUBMITTED) is finished: True when this call ended it,
+        False when it had ended already. A task holding an in-flight slot gives it back in
+        the same transaction.
+        """
+        from botocore.exceptions import ClientError
+
+        values: dict[str, Any] = {":s": status, ":open0": self.OPEN[0], ":open1": self.OPEN[1]}
         sets = ["#status = :s"]
         if decision is not None:
             values[":d"] = json.dumps(dict(decision))
@@ -642,13 +838,44 @@ class TaskTable:
         if message is not None:
             values[":m"] = message
             sets.append("message = :m")
-        self.client.update_item(
-            TableName=self.table,
-            Key={"idempotency_key": {"S": key}},
-            UpdateExpression="SET " + ", ".join(sets),
-            ExpressionAttributeNames={"#status": "status"},
-            ExpressionAttributeValues=self._dump(values),
-        )
+        condition = "#status IN (:open0, :open1)"
+        update: dict[str, Any] = {
+            "TableName": self.table,
+            "Key": {"idempotency_key": {"S": key}},
+            "UpdateExpression": "SET " + ", ".join(sets),
+            "ExpressionAttributeNames": {"#status": "status"},
+            "ExpressionAttributeValues": self._dump(values),
+        }
+        for _ in range(5):  # a slot taken or given back meanwhile: read again, try again
+            current = self.get(key)
+            if current is None or current.status not in self.OPEN:
+                return False
+            try:
+                if current.slot:
+                    with_slot = {
+                        **update,
+                        "UpdateExpression": update["UpdateExpression"] + " REMOVE slot_backend",
+                        "ConditionExpression": condition + " AND attribute_exists(slot_backend)",
+                    }
+                    self.client.transact_write_items(
+                        TransactItems=[
+                            {"Update": with_slot},
+                            self._decrement(self._slot_backend(key)),
+                        ]
+                    )
+                else:
+                    self.client.update_item(
+                        **update,
+                        ConditionExpression=condition + " AND attribute_not_exists(slot_backend)",
+                    )
+                return True
+            except ClientError as exc:
+                if exc.response["Error"]["Code"] not in (
+                    "TransactionCanceledException",
+                    "ConditionalCheckFailedException",
+                ):
+                    raise
+        return False
 
     def open_tasks(self, limit: int = 500) -> list[TaskRecord]:
         """Tasks submitted to a provider and not finished, oldest first (GSI ``by_status``)."""
