@@ -1083,6 +1083,13 @@ def _submit_remote(
     Order: a slot of the backend's in-flight limit (counted in the tasks table, across
     every dispatcher), a token of its submission rate, then — for a claim taken over
     from a dispatcher that died — ``find_job`` before any submit.
+
+    The limits are :data:`qlayer.dispatch.DEFAULT_LIMITS` (each with its ``source``: IBM
+    Open Plan, 3 pending jobs and 5 job creations a minute; Braket quotas,
+    CreateQuantumTask 20/s with bursts of 40 and 35 concurrent SV1/DM1 or 10 TN1 tasks),
+    then a plugin's ``limits``, then ``QLAYER_LIMITS`` (JSON), longest name prefix first.
+    A slot left by a claim whose message never came back is given back when the job
+    ends: Fail job sends a cancel, and ``cancel_task`` finishes the claim.
     """
     from qlayer.dispatch import FindsJobs
     from qlayer.providers.base import ProviderError
