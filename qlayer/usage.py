@@ -5,8 +5,9 @@ step started and ended, and the request artifacts say how many shots were asked 
 
 * ``stage_seconds``: wall time of stage steps (worker compute);
 * ``simulator_seconds``: wall time of execute steps run by simulators;
-* ``qpu_seconds``: time reported by QPU providers (simulated devices count their
-  simulation time here, as a real device reports its usage);
+* ``qpu_seconds``: the QPU time a provider reports (``usage_seconds`` on its status,
+  recorded in the timeline); where it reports none, the time the device ran the job
+  (simulated devices count their simulation time here);
 * ``shots``: shots requested by sampler PUBs (parameter sets × shots);
 * ``executes``: execute requests; ``provider_jobs``: provider job ids.
 """
@@ -43,9 +44,13 @@ def from_timeline(
     """
     total = empty()
     open_steps: dict[tuple[int | None, str | None], float] = {}
+    reported: dict[int | None, float] = {}  # seq -> QPU seconds the provider reported
     for event in timeline:
         key = (event.get("seq"), "execute" if event.get("stage") == "execute" else "stage")
         name = event["event"]
+        provider_seconds = (event.get("detail") or {}).get("usage_seconds")
+        if provider_seconds is not None:
+            reported[event.get("seq")] = float(provider_seconds)
         if name in START_EVENTS:
             open_steps[key] = event["at"]
             if name == "device running":
@@ -59,6 +64,8 @@ def from_timeline(
             else:
                 tier = (requests.get(key[0] or 0, {}).get("plan") or {}).get("tier")
                 bucket = "qpu_seconds" if tier == "qpu" else "simulator_seconds"
+                if bucket == "qpu_seconds" and key[0] in reported:
+                    seconds = reported[key[0]]  # the provider's own figure wins
                 total[bucket] += seconds
     for request in requests.values():
         total["executes"] += 1

@@ -58,3 +58,25 @@ def test_seconds_are_split_by_step_kind_and_tier():
     assert used["provider_jobs"] == ["d1"]
     total = add(from_timeline([], {}), used)
     assert total["qpu_seconds"] == 3.0 and total["executes"] == 1
+
+
+def test_qpu_seconds_reported_by_the_provider_win_over_wall_time():
+    timeline = [
+        {
+            "at": 0.0,
+            "seq": 1,
+            "stage": "execute",
+            "event": "device running",
+            "detail": {"provider_job_id": "ibm-1", "state": "RUNNING"},
+        },
+        {
+            "at": 100.0,
+            "seq": 1,
+            "stage": "execute",
+            "event": "provider state",
+            "detail": {"provider_job_id": "ibm-1", "state": "DONE", "usage_seconds": 4.2},
+        },
+        {"at": 100.5, "seq": 1, "stage": "execute", "event": "finished"},
+    ]
+    request = {"primitive": "estimator", "pubs": [], "plan": {"tier": "qpu"}}
+    assert from_timeline(timeline, {1: request})["qpu_seconds"] == 4.2
