@@ -182,21 +182,8 @@ class Job(BaseJob):
         """The job's status record as JSON (what ``qlayer status --json`` prints)."""
         row = self._fetch()
         devices = state.device_jobs_for(self.client._conn, self.job_id)
-        info: dict[str, Any] = {
-            "job_id": row.job_id,
-            "status": row.status.value,
-            "stage": row.stage,
-            "seq": row.seq,
-            "workflow": row.workflow,
-            "backend": row.backend,
-            "arguments": row.arguments,
-            "message": row.message,
-            "error_type": row.error_type,
-            "created_at": row.created_at,
-            "updated_at": row.updated_at,
-            "finished_at": row.finished_at,
-            "provider_job_ids": [d["device_job_id"] for d in devices],
-        }
+        info = self._status_json(row)
+        info["provider_job_ids"] = [d["device_job_id"] for d in devices]
         if row.children_total:
             info["children"] = {"total": row.children_total, "done": row.children_done}
         if row.parent_id:

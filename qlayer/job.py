@@ -79,6 +79,24 @@ class BaseJob(ABC):
         """Called every few seconds while waiting (the local client restarts a dead daemon)."""
 
     # -- shared behaviour ----------------------------------------------------------------
+    @staticmethod
+    def _status_json(row: Any) -> dict[str, Any]:
+        """The fields every substrate's status record has, as ``info()`` shows them."""
+        return {
+            "job_id": row.job_id,
+            "status": row.status.value,
+            "stage": row.stage,
+            "seq": row.seq,
+            "workflow": row.workflow,
+            "backend": row.backend,
+            "arguments": row.arguments,
+            "message": row.message,
+            "error_type": row.error_type,
+            "created_at": row.created_at,
+            "updated_at": row.updated_at,
+            "finished_at": row.finished_at,
+        }
+
     def status(self) -> JobStatus:
         """The job's status, one of :class:`JobStatus`."""
         return self._fetch().status

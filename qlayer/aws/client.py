@@ -172,23 +172,10 @@ class AwsJob(BaseJob):
     def info(self) -> dict[str, Any]:
         """The job's status record as JSON, with the Step Functions console URL."""
         row = self._fetch()
-        info: dict[str, Any] = {
-            "job_id": row.job_id,
-            "status": row.status.value,
-            "stage": row.stage,
-            "seq": row.seq,
-            "workflow": row.workflow,
-            "backend": row.backend,
-            "arguments": row.arguments,
-            "message": row.message,
-            "error_type": row.error_type,
-            "created_at": row.created_at,
-            "updated_at": row.updated_at,
-            "finished_at": row.finished_at,
-            "provider_job_ids": row.provider_job_ids,
-            "execution_arn": row.execution_arn,
-            "console_url": self.console_url(),
-        }
+        info = self._status_json(row)
+        info["provider_job_ids"] = row.provider_job_ids
+        info["execution_arn"] = row.execution_arn
+        info["console_url"] = self.console_url()
         if row.children_total:
             children = [c for c in self.children_records(row) if c is not None]
             done = sum(1 for c in children if c.status == JobStatus.DONE)

@@ -17,7 +17,9 @@ import helpers
 
 from qlayer.status import JobStatus
 
-BASIS = helpers.PROGRAMS / "basis_state.py"
+BASIS = (
+    Path(__file__).resolve().parents[2] / "bench" / "programs" / "basis_state.py"
+)  # shared with the benchmark
 
 
 @pytest.fixture
