@@ -468,13 +468,14 @@ class Daemon:
         if not coalesce.enabled():
             return []
         try:
-            key = coalesce.compat_key(self.store.get_json(lead["request_key"]))
+            lead_raw = self.store.get_json(lead["request_key"])
+            key = coalesce.compat_key(lead_raw)
         except Exception:
             return []
         if key is None:
             return []
         riders: list[dict[str, Any]] = []
-        pubs = len(self.store.get_json(lead["request_key"])["pubs"])
+        pubs = len(lead_raw["pubs"])
         for row in self.conn.execute(
             "SELECT * FROM device_jobs WHERE status = 'QUEUED' AND backend = ? "
             "AND device_job_id != ? ORDER BY submitted_at LIMIT 500",
