@@ -136,8 +136,8 @@ class JobRecord:
         return {stage: sum(1 for s in seqs if s < seq) for stage, seqs in self.runs.items()}
 
 
-class JobTable:
-    """The ``jobs`` table. ``client`` is a boto3 DynamoDB client (injected)."""
+class _Table:
+    """A DynamoDB table behind an injected boto3 client, with typed (de)serialisation."""
 
     def __init__(self, table: str, client: Any, *, clock: Any = time.time) -> None:
         self.table = table
@@ -145,12 +145,15 @@ class JobTable:
         self.clock = clock
         self._ser, self._de = _serializer()
 
-    # -- helpers -------------------------------------------------------------------------
     def _dump(self, values: Mapping[str, Any]) -> dict[str, Any]:
         return {k: self._ser.serialize(_to_dynamo(v)) for k, v in values.items()}
 
     def _load(self, item: Mapping[str, Any]) -> dict[str, Any]:
         return {k: self._de.deserialize(v) for k, v in item.items()}
+
+
+class JobTable(_Table):
+    """The ``jobs`` table. ``client`` is a boto3 DynamoDB client (injected)."""
 
     @staticmethod
     def _event(
@@ -484,7 +487,7 @@ def task_key(job_id: str, seq: int) -> str:
     return f"{job_id}/{seq}"
 
 
-class TaskTable:
+class TaskTable(_Table):
     """The ``qpu_tasks`` table: one item per execute request sent to the dispatcher.
 
     ``claim`` is a conditional put (``attribute_not_exists``), so a redelivered SQS
@@ -501,15 +504,6 @@ class TaskTable:
 
     OPEN = ("CLAIMED", "SUBMITTED")
     LIMIT_PREFIX = "#limit/"
-
-    def __init__(self, table: str, client: Any, *, clock: Any = time.time) -> None:
-        self.table = table
-        self.client = client
-        self.clock = clock
-        self._ser, self._de = _serializer()
-
-    def _dump(self, values: Mapping[str, Any]) -> dict[str, Any]:
-        return {k: self._ser.serialize(_to_dynamo(v)) for k, v in values.items()}
 
     def _record(self, item: Mapping[str, Any]) -> TaskRecord:
         data = _to_python({k: self._de.deserialize(v) for k, v in item.items()})
