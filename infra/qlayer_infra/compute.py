@@ -415,47 +415,40 @@ class Compute(Construct):
         batch_env = {**environment, "POWERTOOLS_SERVICE_NAME": "qlayer-batch"}
         parameters = {"job_id": "unset", "seq": "0", "stage": "unset"}
         logging = ecs.LogDriver.aws_logs(stream_prefix="qlayer", log_group=batch_logs)
-        self.cpu_job = batch.EcsJobDefinition(
-            self,
-            "CpuJob",
-            job_definition_name=f"qlayer-{env_name}-cpu",
-            parameters=parameters,
-            timeout=batch_timeout,
-            retry_attempts=1,
-            propagate_tags=True,
-            container=batch.EcsEc2ContainerDefinition(
+
+        def job_definition(
+            kind: str,
+            image: ecr_assets.DockerImageAsset,
+            *,
+            cpu: int,
+            memory_gib: int,
+            gpu: int | None = None,
+        ) -> batch.EcsJobDefinition:
+            """One Batch job definition running the stage runner (``kind``: Cpu or Gpu)."""
+            return batch.EcsJobDefinition(
                 self,
-                "CpuContainer",
-                image=ecs.ContainerImage.from_docker_image_asset(self.runner_image),
-                cpu=1,
-                memory=Size.gibibytes(2),
-                command=list(BATCH_COMMAND),
-                environment=batch_env,
-                job_role=self.batch_job_role,
-                logging=logging,
-            ),
-        )
-        self.gpu_job = batch.EcsJobDefinition(
-            self,
-            "GpuJob",
-            job_definition_name=f"qlayer-{env_name}-gpu",
-            parameters=parameters,
-            timeout=batch_timeout,
-            retry_attempts=1,
-            propagate_tags=True,
-            container=batch.EcsEc2ContainerDefinition(
-                self,
-                "GpuContainer",
-                image=ecs.ContainerImage.from_docker_image_asset(self.runner_gpu_image),
-                cpu=4,
-                memory=Size.gibibytes(15),
-                gpu=1,
-                command=list(BATCH_COMMAND),
-                environment=batch_env,
-                job_role=self.batch_job_role,
-                logging=logging,
-            ),
-        )
+                f"{kind}Job",
+                job_definition_name=f"qlayer-{env_name}-{kind.lower()}",
+                parameters=parameters,
+                timeout=batch_timeout,
+                retry_attempts=1,
+                propagate_tags=True,
+                container=batch.EcsEc2ContainerDefinition(
+                    self,
+                    f"{kind}Container",
+                    image=ecs.ContainerImage.from_docker_image_asset(image),
+                    cpu=cpu,
+                    memory=Size.gibibytes(memory_gib),
+                    gpu=gpu,
+                    command=list(BATCH_COMMAND),
+                    environment=batch_env,
+                    job_role=self.batch_job_role,
+                    logging=logging,
+                ),
+            )
+
+        self.cpu_job = job_definition("Cpu", self.runner_image, cpu=1, memory_gib=2)
+        self.gpu_job = job_definition("Gpu", self.runner_gpu_image, cpu=4, memory_gib=15, gpu=1)
 
 
 def _camel(name: str) -> str:
