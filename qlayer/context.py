@@ -75,9 +75,9 @@ class StageContext:
 
 @functools.lru_cache(maxsize=32)
 def backend_target(backend: str) -> Target:
-    from qlayer.providers.registry import provider_for
+    from qlayer.providers.registry import provider
 
-    return provider_for(backend).target(backend)
+    return provider(backend).target(backend)
 
 
 @functools.lru_cache(maxsize=32)

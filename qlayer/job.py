@@ -12,24 +12,17 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from qlayer import keys
 from qlayer.errors import JobCancelled, JobFailed
 from qlayer.status import JobStatus
 from qlayer.store.base import ArtifactStore
 
+if TYPE_CHECKING:
+    from qlayer.core.ports import JobRecord
+
 ProgressCallback = Callable[[dict[str, Any]], None]
-
-
-class StatusRecord(Protocol):
-    """The fields of a job's status record that every substrate has."""
-
-    status: JobStatus
-    stage: str | None
-    seq: int
-    message: str | None
-    error_type: str | None
 
 
 class BaseJob(ABC):
@@ -52,7 +45,7 @@ class BaseJob(ABC):
         """The artifact store the job's artifacts live in."""
 
     @abstractmethod
-    def _fetch(self) -> StatusRecord:
+    def _fetch(self) -> JobRecord:
         """Read the job's status record now."""
 
     @abstractmethod
@@ -80,22 +73,17 @@ class BaseJob(ABC):
 
     # -- shared behaviour ----------------------------------------------------------------
     @staticmethod
-    def _status_json(row: Any) -> dict[str, Any]:
+    def _status_json(row: JobRecord) -> dict[str, Any]:
         """The fields every substrate's status record has, as ``info()`` shows them."""
-        return {
-            "job_id": row.job_id,
-            "status": row.status.value,
-            "stage": row.stage,
-            "seq": row.seq,
-            "workflow": row.workflow,
-            "backend": row.backend,
-            "arguments": row.arguments,
-            "message": row.message,
-            "error_type": row.error_type,
-            "created_at": row.created_at,
-            "updated_at": row.updated_at,
-            "finished_at": row.finished_at,
-        }
+        from qlayer.core.transitions import status_json
+
+        info = status_json(row)
+        if row.children_total:
+            info["children"] = {"total": row.children_total, "done": row.children_done}
+        if row.parent_id:
+            info["parent_id"] = row.parent_id
+            info["item_index"] = row.item_index
+        return info
 
     def status(self) -> JobStatus:
         """The job's status, one of :class:`JobStatus`."""

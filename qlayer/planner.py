@@ -53,18 +53,45 @@ CLIFFORD_GATES = frozenset(
 BASE_MEMORY_MB = 512
 
 
-@dataclass(frozen=True)
-class Limits:
-    """What each tier can give. Defaults follow AWS quotas and common instances."""
+#: The environment variable that carries a deployment's resources (JSON of the fields of
+#: :class:`Resources`); the AWS stack sets it on the functions that plan and run work.
+RESOURCES_ENV = "QLAYER_RESOURCES"
 
+
+@dataclass(frozen=True)
+class Resources:
+    """What each compute tier can give a job: memory, vCPUs, time.
+
+    These are *resources* (what a tier has); how hard a provider may be pushed are *rate
+    limits* (:mod:`qlayer.dispatch.rates`). The defaults are those of the default AWS
+    stack; a deployed stack's own come from ``QLAYER_RESOURCES`` in its functions and its
+    ``Resources`` output (:meth:`qlayer.aws.config.AwsConfig.resources`).
+
+    Attributes:
+        stage_memory_mb: The most a ``compute="lambda"`` stage may declare (the stage
+            runner's memory).
+        lambda_memory_mb: The simulator Lambda's memory.
+        lambda_seconds: A Lambda's longest run.
+        batch_memory_mb: The most memory one CPU Batch job can get.
+        batch_vcpus: The most vCPUs one CPU Batch job can get.
+        gpu_memory_mb: The largest GPU memory of one GPU of the GPU queue.
+        gpu_vcpus: vCPUs a GPU job asks for (it must fit the smallest GPU instance).
+        gpu_job_memory_mb: Host memory a GPU job asks for (likewise).
+        local_memory_mb: Set on the local substrate: the machine's memory for a job.
+    """
+
+    stage_memory_mb: int = 4096
     lambda_memory_mb: int = 10240
     lambda_seconds: int = 900
     batch_memory_mb: int = 245760  # r6i.8xlarge-class CPU nodes
-    gpu_memory_mb: int = 81920  # one 80 GB GPU (A100/H100)
-    local_memory_mb: int | None = None  # set on the local substrate: the machine's memory
+    batch_vcpus: int = 32
+    gpu_memory_mb: int = 40960  # the default GPU queue's largest: A100 40 GB (p4d)
+    gpu_vcpus: int = 4  # g5.xlarge, the smallest default GPU instance, has 4
+    gpu_job_memory_mb: int = 15360  # and 16 GiB
+    local_memory_mb: int | None = None
 
     @classmethod
-    def for_this_machine(cls, fraction: float = 0.8) -> Limits:
+    def for_this_machine(cls, fraction: float = 0.8) -> Resources:
         import os
 
         try:
@@ -72,6 +99,28 @@ class Limits:
         except (ValueError, OSError):  # pragma: no cover - non-POSIX
             total = 8192
         return cls(local_memory_mb=int(total * fraction))
+
+    @classmethod
+    def from_json(cls, raw: Any, *, where: str = RESOURCES_ENV) -> Resources:
+        """Resources from their JSON (unknown keys are an error: a typo must not pass).
+
+        Raises:
+            PlannerError: ``raw`` is not an object of positive integers of known fields.
+        """
+        import json
+
+        data = json.loads(raw) if isinstance(raw, (str, bytes)) else raw
+        known = {f for f in cls.__dataclass_fields__ if f != "local_memory_mb"}
+        if not isinstance(data, dict) or set(data) - known:
+            extra = sorted(set(data) - known) if isinstance(data, dict) else []
+            raise PlannerError(
+                f"{where} must be a JSON object with keys among {sorted(known)}"
+                + (f"; unknown: {extra}" if extra else "")
+            )
+        for name, value in data.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise PlannerError(f"{where}: {name} must be a positive integer, got {value!r}")
+        return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -176,7 +225,7 @@ def choose_method(backend: BackendInfo, load: Workload) -> str:
     return "matrix_product_state"
 
 
-def plan(backend: BackendInfo, load: Workload, limits: Limits) -> Plan:
+def plan(backend: BackendInfo, load: Workload, limits: Resources) -> Plan:
     """Pick a method and a tier for a request, or refuse it.
 
     Raises:
@@ -236,3 +285,46 @@ def _human(mb: float) -> str:
             return f"{value:.0f} {unit}" if value >= 10 else f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.0f} YiB"  # pragma: no cover
+
+
+def check_stages(workflow: Any, resources: Resources) -> None:
+    """Refuse, before anything runs, stages that ask for more than the deployment offers.
+
+    A stage that declares what no tier here can give would otherwise wait for it forever
+    (a Batch job no instance can place) or be cut short (a Lambda stage past its memory).
+
+    Raises:
+        WorkflowError: Naming every such stage, what it asks for and what is offered.
+    """
+    from qlayer.errors import WorkflowError
+
+    problems = []
+    for stage in workflow.stages.values():
+        compute = stage.compute
+        where = f"stage {stage.name!r} (compute={compute.kind!r})"
+        if compute.kind == "lambda":
+            if compute.memory_mb > resources.stage_memory_mb:
+                problems.append(
+                    f"{where} declares memory_mb={compute.memory_mb}; Lambda stages get "
+                    f"{resources.stage_memory_mb} MB here (the stack's stage_memory_mb)"
+                )
+            if compute.timeout_s > resources.lambda_seconds:
+                problems.append(
+                    f"{where} declares timeout_s={compute.timeout_s}; a Lambda runs at most "
+                    f"{resources.lambda_seconds} s (use compute='batch')"
+                )
+        elif compute.kind == "batch":
+            if compute.memory_mb > resources.batch_memory_mb:
+                problems.append(
+                    f"{where} declares memory_mb={compute.memory_mb}; one CPU Batch job gets "
+                    f"at most {resources.batch_memory_mb} MiB here"
+                )
+            if compute.vcpus > resources.batch_vcpus:
+                problems.append(
+                    f"{where} declares vcpus={compute.vcpus:g}; one CPU Batch job gets at "
+                    f"most {resources.batch_vcpus} here"
+                )
+    if problems:
+        raise WorkflowError(
+            "this deployment cannot give what these stages declare: " + "; ".join(problems)
+        )

@@ -21,10 +21,11 @@ from typing import Any
 
 from qlayer import codec, keys
 from qlayer.context import StageContext
+from qlayer.core.transitions import child_job_id
 from qlayer.errors import ArtifactError, BackendError, CodecError, PlannerError
 from qlayer.interpreter import Decision, Route, over_run_limit, route
 from qlayer.outcomes import Execute
-from qlayer.planner import Limits, plan, summarise
+from qlayer.planner import Resources, plan, summarise
 from qlayer.request import ExecuteRequest, encode_request
 from qlayer.store.base import ArtifactStore
 from qlayer.workflow import Workflow
@@ -54,16 +55,24 @@ def run_stage(
     job: JobInfo,
     seq: int,
     stage: str,
-    limits: Limits,
+    limits: Resources,
+    *,
+    timeout_s: int | None = None,
 ) -> Decision:
-    """Run ``stage`` as step ``seq`` of ``job`` and record its decision."""
+    """Run ``stage`` as step ``seq`` of ``job`` and record its decision.
+
+    Args:
+        timeout_s: Stop the stage after this many seconds (an error decision ``Timeout``),
+            where the caller cannot stop the process running it (a Lambda, a Batch
+            container); the local daemon stops its worker instead.
+    """
     out_key = keys.stage_output(job.job_id, seq, stage)
     if store.exists(out_key):
         try:
             return Decision.from_json(store.get_json(out_key))
         except (ArtifactError, ValueError, TypeError):
             pass  # a torn or corrupted record: run the stage again
-    decision = _run_stage(store, workflow, job, seq, stage, limits)
+    decision = _run_stage(store, workflow, job, seq, stage, limits, timeout_s)
     store.put_json(out_key, decision.to_json())
     return decision
 
@@ -74,7 +83,8 @@ def _run_stage(
     job: JobInfo,
     seq: int,
     stage_name: str,
-    limits: Limits,
+    limits: Resources,
+    timeout_s: int | None = None,
 ) -> Decision:
     if stage_name not in workflow.stages:
         return Decision.failed(
@@ -113,8 +123,12 @@ def _run_stage(
         logger.info("stage %s started (run %d, step %d)", stage_name, ctx.run, seq)
         started = time.perf_counter()
         try:
-            with _redirect_output(sink):
+            with _redirect_output(sink), _deadline(timeout_s):
                 returned = stage.fn(data, ctx) if stage.takes_ctx else stage.fn(data)
+        except StageTimeout:
+            message = f"stage {stage_name!r} exceeded its timeout of {timeout_s} s and was stopped"
+            logger.error("%s", message)
+            return Decision.failed(seq, stage_name, "Timeout", message)
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt):
                 raise
@@ -162,7 +176,7 @@ def materialise(
     seq: int,
     stage: str,
     decided: Route,
-    limits: Limits,
+    limits: Resources,
 ) -> Decision:
     """Write the payloads of a routed outcome and return the decision pointing at them."""
     where = f"the output of stage {stage!r}"
@@ -224,7 +238,7 @@ def _materialise_execute(
     seq: int,
     stage: str,
     decided: Route,
-    limits: Limits,
+    limits: Resources,
 ) -> Decision:
     from qlayer.providers.registry import resolve
 
@@ -306,10 +320,6 @@ def complete_execute(
     return decision
 
 
-def child_job_id(job_id: str, seq: int, index: int) -> str:
-    return f"{job_id}_{seq}_{index}"
-
-
 def fan_in(
     store: ArtifactStore, job_id: str, seq: int, items_raw: dict[str, Any], count: int
 ) -> Decision:
@@ -325,7 +335,46 @@ def fan_in(
     return decision
 
 
+# ----------------------------------------------------------------------------- deadlines
+class StageTimeout(BaseException):
+    """Raised inside a stage that ran past its ``timeout_s`` (a BaseException, so a stage's
+    own ``except Exception`` does not swallow it)."""
+
+
+@contextlib.contextmanager
+def _deadline(seconds: int | None) -> Any:
+    """Raise :class:`StageTimeout` in this thread after ``seconds`` (the main thread only)."""
+    import signal
+    import threading
+
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expired(signum: int, frame: Any) -> None:
+        raise StageTimeout()
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, float(seconds))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0.0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 # ----------------------------------------------------------------------------- logging
+def note(store: ArtifactStore, job_id: str, seq: int, name: str, text: str) -> None:
+    """Append a line of qlayer's own (not the stage's) to step ``seq``'s log."""
+    if not text.strip():
+        return
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+    try:
+        store.append_text(keys.log_key(job_id, seq, name), f"{stamp} qlayer  {text.rstrip()}\n")
+    except Exception:  # a log line must never fail a step
+        logging.getLogger("qlayer").exception("cannot write a log line for %s", job_id)
+
+
 class _LogSink:
     """Buffers stage output and appends it to the stage's log artifact line by line."""
 

@@ -1,6 +1,6 @@
 """SQS dispatch queue -> submit each execute request to its provider once (partial batch failures).
 
-Thin: parse the event, call qlayer.aws.handlers, return. Logic and tests live in the library.
+Thin: parse the event, call qlayer.aws.dispatcher, return. Logic and tests live in the library.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from qlayer.aws import handlers
+from qlayer.aws.dispatcher import dispatcher
+from qlayer.aws.services import services
 
 logger = Logger(service="qlayer-dispatcher")
 tracer = Tracer(service="qlayer-dispatcher")
@@ -23,4 +24,4 @@ metrics = Metrics(namespace="qlayer", service="qlayer-dispatcher")
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> Any:
     metrics.add_metric(name="ExecuteMessages", unit=MetricUnit.Count, value=1)
-    return handlers.dispatcher(event, handlers.services())
+    return dispatcher(event, services())

@@ -1,6 +1,6 @@
 """The "Finalise" state: mark the job DONE.
 
-Thin: parse the event, call qlayer.aws.handlers, return. Logic and tests live in the library.
+Thin: parse the event, call qlayer.aws.steps, return. Logic and tests live in the library.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from qlayer.aws import handlers
 from qlayer.aws.events import StepEvent, parse
+from qlayer.aws.services import services
+from qlayer.aws.steps import finalise
 
 logger = Logger(service="qlayer-finaliser")
 tracer = Tracer(service="qlayer-finaliser")
@@ -24,4 +25,4 @@ metrics = Metrics(namespace="qlayer", service="qlayer-finaliser")
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> Any:
     metrics.add_metric(name="JobsDone", unit=MetricUnit.Count, value=1)
-    return handlers.finalise(parse(StepEvent, event), handlers.services())
+    return finalise(parse(StepEvent, event), services())

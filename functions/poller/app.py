@@ -1,6 +1,6 @@
 """Schedule / Braket events -> finish ended provider jobs, heartbeat the others.
 
-Thin: parse the event, call qlayer.aws.handlers, return. Logic and tests live in the library.
+Thin: parse the event, call qlayer.aws.poller, return. Logic and tests live in the library.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from qlayer.aws import handlers
+from qlayer.aws.poller import poller
+from qlayer.aws.services import services
 
 logger = Logger(service="qlayer-poller")
 tracer = Tracer(service="qlayer-poller")
@@ -23,4 +24,4 @@ metrics = Metrics(namespace="qlayer", service="qlayer-poller")
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> Any:
     metrics.add_metric(name="PollRuns", unit=MetricUnit.Count, value=1)
-    return handlers.poller(event, handlers.services())
+    return poller(event, services())

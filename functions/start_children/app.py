@@ -1,6 +1,6 @@
 """The "Start children" state: one child job per fan-out item.
 
-Thin: parse the event, call qlayer.aws.handlers, return. Logic and tests live in the library.
+Thin: parse the event, call qlayer.aws.fanout, return. Logic and tests live in the library.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from typing import Any
 from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from qlayer.aws import handlers
 from qlayer.aws.events import StepEvent, parse
+from qlayer.aws.fanout import start_children_step
+from qlayer.aws.services import services
 
 logger = Logger(service="qlayer-start_children")
 tracer = Tracer(service="qlayer-start_children")
@@ -20,4 +21,4 @@ tracer = Tracer(service="qlayer-start_children")
 @logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> Any:
-    return handlers.start_children(parse(StepEvent, event), handlers.services())
+    return start_children_step(parse(StepEvent, event), services())

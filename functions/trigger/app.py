@@ -1,6 +1,6 @@
 """An upload to inbox/*.json starts a job (S3 ObjectCreated).
 
-Thin: parse the event, call qlayer.aws.handlers, return. Logic and tests live in the library.
+Thin: parse the event, call qlayer.aws.inbox, return. Logic and tests live in the library.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from qlayer.aws import handlers
+from qlayer.aws.inbox import trigger_from_s3
+from qlayer.aws.services import services
 
 logger = Logger(service="qlayer-trigger")
 tracer = Tracer(service="qlayer-trigger")
@@ -23,4 +24,4 @@ metrics = Metrics(namespace="qlayer", service="qlayer-trigger")
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> Any:
     metrics.add_metric(name="JobsSubmitted", unit=MetricUnit.Count, value=1)
-    return handlers.trigger_from_s3(event, handlers.services())
+    return trigger_from_s3(event, services())

@@ -2,8 +2,8 @@
 
 ``python -m qlayer.aws.batch_entry --job-id <id> --seq <n> --stage <stage|execute>``
 
-A stage runs with :func:`qlayer.aws.handlers.run_stage_for` and a simulation
-(``--stage execute``) with :func:`qlayer.aws.handlers.simulate_step`; both write the
+A stage runs with :func:`qlayer.aws.steps.run_stage_for` and a simulation
+(``--stage execute``) with :func:`qlayer.aws.steps.simulate_step`; both write the
 step's ``output.json``, which the state machine's "Read stage outcome" reads (Batch
 returns no payload). Exit status 0 whenever a decision was recorded, errors included:
 an error decision is the job's business, not Batch's (no Batch retry for a stage
@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    from qlayer.aws.handlers import run_stage_for, services, simulate_step
+    from qlayer.aws.services import services
+    from qlayer.aws.steps import run_stage_for, simulate_step
 
     keys.check_name(args.job_id, "job id")
     svc = services()

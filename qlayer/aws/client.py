@@ -1,9 +1,9 @@
-"""The client of the AWS substrate: the same methods as the local ``Client``/``Job``.
+"""The client of the AWS substrate: the same methods as the local client and job.
 
 Example:
     >>> from qlayer import Client
     >>> client = Client.aws(stack="Qlayer", region="eu-west-1")
-    >>> job = client.run("examples/ghz.py", {"qubits": 3})
+    >>> job = client.run("examples/ghz_sampling.py", {"qubits": 3})
     >>> job.info()["console_url"]      # watch it in the Step Functions console
     >>> job.result(wait=True)
 
@@ -14,17 +14,16 @@ No network call happens until a method needs one: the stack's outputs are read
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from qlayer.aws.handlers import Services, cancel_provider_tasks
-from qlayer.aws.jobs import JobRecord
+from qlayer.aws.orchestrator import start_execution
+from qlayer.aws.services import Services
+from qlayer.core import transitions
+from qlayer.core.ports import JobRecord, NewJob
 from qlayer.job import BaseJob
-from qlayer.status import JobStatus
 from qlayer.store.base import ArtifactStore
 from qlayer.workflow import Workflow
-
-ProgressCallback = Callable[[dict[str, Any]], None]
 
 
 def console_url(execution_arn: str, region: str | None = None) -> str:
@@ -43,19 +42,26 @@ def prepare_job(
     *,
     backend: str | None = None,
 ) -> str:
-    """Upload the program, write the job's inputs (:func:`qlayer.submit.prepare_job`), put
-    its row. Returns the new job id; nothing is started (see :meth:`AwsClient.run`).
+    """Upload the program, write the job's inputs (:func:`qlayer.submit.prepare_job`) and
+    record the job. Returns the new job id; nothing is started (see :meth:`AwsClient.run`).
+
+    Raises:
+        WorkflowError: A stage declares more than the deployment offers.
     """
+    from qlayer.planner import check_stages
     from qlayer.submit import prepare_job as prepare
 
     job = prepare(svc.store, program, arguments, backend=backend)
-    svc.jobs.put_job(
-        job.job_id,
-        program_id=job.program_id,
-        workflow=job.workflow.name,
-        arguments=job.arguments,
-        backend=job.backend,
-        stage=job.first_stage,
+    check_stages(job.workflow, svc.config.resources())
+    svc.jobs.create(
+        NewJob(
+            job.job_id,
+            program_id=job.program_id,
+            workflow=job.workflow.name,
+            arguments=job.arguments,
+            backend=job.backend,
+            first=job.first,
+        )
     )
     return job.job_id
 
@@ -67,7 +73,7 @@ class AwsClient:
         stack: The CloudFormation stack name (``cdk deploy`` default: ``Qlayer``).
         region: AWS region (default: the session's).
         session: A ``boto3.Session`` (default: a new one).
-        services: Ready-made :class:`Services` (tests); skips reading the stack.
+        services: Ready-made :class:`Services`; skips reading the stack.
     """
 
     def __init__(
@@ -113,9 +119,8 @@ class AwsClient:
             ProgramError: The program is missing, does not parse, or defines no Workflow.
             ArgumentError: The arguments do not match the declared parameters.
             BackendError: The backend name is unknown.
+            WorkflowError: A stage declares more than the deployment offers.
         """
-        from qlayer.aws.handlers import start_execution
-
         svc = self.services
         job_id = prepare_job(svc, program, arguments, backend=backend)
         start_execution(svc, job_id)
@@ -123,8 +128,7 @@ class AwsClient:
 
     def job(self, job_id: str) -> AwsJob:
         """A handle on an existing job (raises JobNotFound if there is none)."""
-        record = self.services.jobs.get(job_id)
-        return AwsJob(self, job_id, record)
+        return AwsJob(self, job_id, self.services.jobs.get(job_id))
 
     def jobs(self, *, limit: int = 50, status: str | None = None) -> list[AwsJob]:
         """Recent top-level jobs, newest first."""
@@ -171,56 +175,21 @@ class AwsJob(BaseJob):
 
     def info(self) -> dict[str, Any]:
         """The job's status record as JSON, with the Step Functions console URL."""
-        row = self._fetch()
-        info = self._status_json(row)
-        info["provider_job_ids"] = row.provider_job_ids
-        info["execution_arn"] = row.execution_arn
+        record = self._fetch()
+        info = self._status_json(record)
+        info["provider_job_ids"] = record.provider_job_ids
+        info["execution_arn"] = record.execution_arn
         info["console_url"] = self.console_url()
-        if row.children_total:
-            children = [c for c in self.children_records(row) if c is not None]
-            done = sum(1 for c in children if c.status == JobStatus.DONE)
-            info["children"] = {"total": row.children_total, "done": done}
-        if row.parent_id:
-            info["parent_id"] = row.parent_id
-            info["item_index"] = row.item_index
         return info
 
     def cancel(self) -> bool:
         """Stop the execution, cancel the provider job and the children. False if it had ended."""
-        from botocore.exceptions import ClientError
-
-        svc = self._svc
-        if not svc.jobs.request_cancel(self.job_id):
-            return False
-        record = self._fetch()
-        if record.execution_arn:
-            try:
-                svc.sfn.stop_execution(
-                    executionArn=record.execution_arn, cause="cancelled by the user"
-                )
-            except ClientError as exc:
-                if exc.response["Error"]["Code"] != "ExecutionDoesNotExist":
-                    raise
-        svc.jobs.update(
-            self.job_id, status=JobStatus.CANCELLED, clear_stage=True, event="cancelled"
-        )
-        cancel_provider_tasks(svc, record)
-        for child in self.children():
-            child.cancel()
-        return True
+        return transitions.cancel(self._svc.ports(), self.job_id)
 
     def timeline(self) -> list[dict[str, Any]]:
         """Stage events in order: submitted, started, finished, errors, provider jobs."""
-        return list(self._fetch().timeline)
-
-    def children_records(self, record: JobRecord | None = None) -> list[JobRecord | None]:
-        from qlayer.steps import child_job_id
-
-        record = record or self._fetch()
-        ids = [
-            child_job_id(self.job_id, record.fanout_seq, i) for i in range(record.children_total)
-        ]
-        return self._svc.jobs.get_many(ids)
+        return self._svc.jobs.timeline(self.job_id)
 
     def children(self) -> list[AwsJob]:
-        return [AwsJob(self.client, r.job_id, r) for r in self.children_records() if r is not None]
+        """Children of the job's latest fan-out, in item order."""
+        return [AwsJob(self.client, r.job_id, r) for r in self._svc.jobs.children(self.job_id)]

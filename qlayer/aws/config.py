@@ -12,9 +12,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qlayer.errors import QlayerError
+
+if TYPE_CHECKING:
+    from qlayer.planner import Resources
 
 ENV_VARS = {
     "bucket": "QLAYER_BUCKET",
@@ -22,6 +25,7 @@ ENV_VARS = {
     "tasks_table": "QLAYER_TASKS_TABLE",
     "state_machine_arn": "QLAYER_STATE_MACHINE_ARN",
     "dispatch_queue_url": "QLAYER_DISPATCH_QUEUE_URL",
+    "resources": "QLAYER_RESOURCES",
 }
 STACK_OUTPUTS = {
     "bucket": "BucketName",
@@ -29,6 +33,7 @@ STACK_OUTPUTS = {
     "tasks_table": "TasksTableName",
     "state_machine_arn": "StateMachineArn",
     "dispatch_queue_url": "DispatchQueueUrl",
+    "resources": "Resources",
 }
 
 
@@ -45,6 +50,7 @@ class AwsConfig:
     tasks_table: str | None = None
     state_machine_arn: str | None = None
     dispatch_queue_url: str | None = None
+    resources_json: str | None = None
     region: str | None = None
 
     @classmethod
@@ -59,6 +65,7 @@ class AwsConfig:
                 "on every function it deploys"
             )
         values = {name: env.get(var) or None for name, var in ENV_VARS.items()}
+        values["resources_json"] = values.pop("resources")
         return cls(region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"), **values)  # type: ignore[arg-type]
 
     @classmethod
@@ -73,6 +80,7 @@ class AwsConfig:
                 f"the stack has no output(s) {', '.join(missing)}; is it a qlayer stack?"
             )
         values = {name: outputs.get(out) or None for name, out in STACK_OUTPUTS.items()}
+        values["resources_json"] = values.pop("resources")
         return cls(region=region, **values)  # type: ignore[arg-type]
 
     @classmethod
@@ -89,6 +97,13 @@ class AwsConfig:
             ) from exc
         outputs = {o["OutputKey"]: o["OutputValue"] for o in found[0].get("Outputs", [])}
         return cls.from_outputs(outputs, region)
+
+    def resources(self) -> Resources:
+        """What the deployment's compute tiers offer (the planner's defaults if the stack
+        does not say)."""
+        from qlayer.planner import Resources
+
+        return Resources.from_json(self.resources_json) if self.resources_json else Resources()
 
     def require(self, name: str) -> str:
         value = getattr(self, name)

@@ -8,7 +8,6 @@ It is read on first use, never at import, and kept for the life of the Lambda pr
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -41,18 +40,23 @@ def provider_settings(secret_id: str, client: Any = None) -> dict[str, Any]:
         return _CACHE[secret_id]
 
 
-def ibm_credentials_from_env(client: Any = None) -> Callable[[], dict[str, Any]] | None:
-    """A token provider for :class:`~qlayer.providers.ibm.IbmProvider`, when the stack set one."""
-    secret_id = os.environ.get(SECRET_ENV)
-    if not secret_id:
-        return None
+def ibm_credentials(secret_id: str, client: Any = None) -> Callable[[], dict[str, Any]]:
+    """A token provider for :class:`~qlayer.providers.ibm.IbmProvider` reading the secret.
+
+    The secret is read on the provider's first call (never here), once per process. Its
+    keys: ``ibm_token``, ``ibm_instance``, ``ibm_channel`` (default
+    ``ibm_quantum_platform``) and, for a regional or private endpoint, ``ibm_url``.
+    """
 
     def credentials() -> dict[str, Any]:
         settings = provider_settings(secret_id, client)
-        return {
+        found = {
             "token": settings.get("ibm_token"),
             "instance": settings.get("ibm_instance"),
             "channel": settings.get("ibm_channel") or "ibm_quantum_platform",
         }
+        if settings.get("ibm_url"):
+            found["url"] = settings["ibm_url"]
+        return found
 
     return credentials

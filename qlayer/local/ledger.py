@@ -1,36 +1,46 @@
-"""The local substrate's submission ledger: :class:`qlayer.dispatch.Ledger` over SQLite.
+"""The local ledger: :class:`qlayer.dispatch.ledger.Ledger` over the state database.
 
-One row per execute request sent to a remote provider, in the state database's
-``provider_ledger`` table (see :mod:`qlayer.local.state`), keyed by the idempotency
-key ``<job-id>/<seq>``. The port's atomicity rules map onto SQLite as follows:
+One row per execute request sent to a remote provider, in ``provider_ledger`` (see
+:mod:`qlayer.local.state`), keyed by the idempotency key ``<job-id>/<seq>``. Each method is
+one ``BEGIN IMMEDIATE`` transaction, so several processes sharing the database (the daemon,
+a test, a second daemon that lost the lock race) keep the port's atomicity:
 
-* ``claim``: ``INSERT ... ON CONFLICT(key) DO NOTHING`` and, when the row existed,
-  ``UPDATE ... WHERE provider_job_id IS NULL AND lease_until <= now`` (take over an
-  expired claim), both in one ``BEGIN IMMEDIATE`` transaction;
-* ``record_submission``: ``UPDATE ... WHERE provider_job_id IS NULL`` (first id wins).
+* ``claim``: ``INSERT ... ON CONFLICT(key) DO NOTHING``, then a conditional ``UPDATE`` of a
+  WAITING row or of an expired claim without a provider job id;
+* ``record_submission``: ``UPDATE ... WHERE provider_job_id IS NULL`` (first id wins);
+* ``take_slot``: counting the backend's rows that hold a slot, in the same transaction.
 
-The ledger may share the daemon's connection (its methods then join the caller's
-open transaction instead of starting one) or own a connection of its own, used
-from several threads under a lock (the daemon's provider-call threads).
+The ledger may share the daemon's connection (its methods then join the caller's open
+transaction) or own one, used from several threads under a lock (the provider threads).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
-from qlayer.dispatch import DEFAULT_LEASE_S, LEDGER_STATES, Ledger, LedgerEntry
+from qlayer.dispatch.ledger import (
+    DEFAULT_LEASE_S,
+    FINAL_STATES,
+    Ledger,
+    LedgerEntry,
+    check_final,
+    check_state,
+)
 from qlayer.local import state
 
 _COLUMNS = (
     "key, backend, request_key, state, provider_job_id, message, owner, lease_until, claims,"
-    " created_at, updated_at"
+    " token, outcome, slot, created_at, updated_at"
 )
+_FINAL_SQL = "('DONE','ERROR','CANCELLED')"
 
 
 def split_key(key: str) -> tuple[str | None, int | None]:
@@ -42,7 +52,7 @@ def split_key(key: str) -> tuple[str | None, int | None]:
 
 
 class SqliteLedger(Ledger):
-    """:class:`~qlayer.dispatch.Ledger` in the local state database.
+    """The ledger in the local state database.
 
     Args:
         db: A path to the state database (the ledger opens its own connection) or an
@@ -53,15 +63,25 @@ class SqliteLedger(Ledger):
     def __init__(
         self, db: str | Path | sqlite3.Connection, *, clock: Callable[[], float] = time.time
     ) -> None:
-        if isinstance(db, sqlite3.Connection):
-            self.conn = db
-            self.conn.executescript(state.LEDGER_SCHEMA)
-        else:
-            self.conn = state.connect(Path(db))
+        self.conn = db if isinstance(db, sqlite3.Connection) else state.connect(Path(db))
         self._lock = threading.RLock()
         self._clock = clock
 
-    # -- the port --------------------------------------------------------------------
+    # -- the port -----------------------------------------------------------------------
+    def hold(
+        self, key: str, backend: str, request_key: str, *, token: str | None = None
+    ) -> LedgerEntry:
+        with self._tx() as now:
+            inserted = self._insert(
+                key, backend, request_key, "WAITING", now, claims=0, token=token
+            )
+            if not inserted and token is not None:
+                self.conn.execute(
+                    "UPDATE provider_ledger SET token = ?, updated_at = ? WHERE key = ?",
+                    (token, now, key),
+                )
+            return self._require(key)
+
     def claim(
         self,
         key: str,
@@ -72,77 +92,146 @@ class SqliteLedger(Ledger):
         lease_s: float = DEFAULT_LEASE_S,
     ) -> LedgerEntry:
         owner = owner or uuid.uuid4().hex
-        job_id, seq = split_key(key)
-        with self._tx():
-            now = self._clock()
-            inserted = self.conn.execute(
-                "INSERT INTO provider_ledger (key, job_id, seq, backend, request_key, state, owner,"
-                " lease_until, claims, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
-                " ON CONFLICT(key) DO NOTHING",
-                (
-                    key,
-                    job_id,
-                    seq,
-                    backend,
-                    request_key,
-                    "CLAIMED",
-                    owner,
-                    now + lease_s,
-                    1,
-                    now,
-                    now,
-                ),
-            ).rowcount
-            if not inserted:
+        with self._tx() as now:
+            lease = now + lease_s
+            if not self._insert(
+                key, backend, request_key, "CLAIMED", now, claims=1, owner=owner, lease=lease
+            ):
+                claimed = self.conn.execute(
+                    "UPDATE provider_ledger SET state = 'CLAIMED', owner = ?, lease_until = ?,"
+                    " claims = 1, updated_at = ? WHERE key = ? AND state = 'WAITING'",
+                    (owner, lease, now, key),
+                ).rowcount
+                if not claimed:
+                    self.conn.execute(
+                        "UPDATE provider_ledger SET owner = ?, lease_until = ?,"
+                        " claims = claims + 1, updated_at = ? WHERE key = ? AND state = 'CLAIMED'"
+                        " AND provider_job_id IS NULL AND lease_until <= ?",
+                        (owner, lease, now, key, now),
+                    )
+            return self._require(key)
+
+    def release(self, key: str, owner: str) -> bool:
+        with self._tx() as now:
+            return bool(
                 self.conn.execute(
-                    "UPDATE provider_ledger SET owner = ?, lease_until = ?, claims = claims + 1,"
-                    " updated_at = ? WHERE key = ? AND provider_job_id IS NULL"
-                    " AND lease_until <= ?",
-                    (owner, now + lease_s, now, key, now),
-                )
-            entry = self._get(key)
-        assert entry is not None
-        return entry
+                    "UPDATE provider_ledger SET lease_until = 0, updated_at = ? WHERE key = ?"
+                    " AND owner = ? AND state = 'CLAIMED' AND provider_job_id IS NULL",
+                    (now, key, owner),
+                ).rowcount
+            )
 
     def record_submission(self, key: str, provider_job_id: str) -> LedgerEntry:
-        with self._tx():
+        with self._tx() as now:
             self._require(key)
             self.conn.execute(
-                "UPDATE provider_ledger SET provider_job_id = ?, state = 'SUBMITTED',"
+                "UPDATE provider_ledger SET provider_job_id = ?,"
+                " state = CASE WHEN state = 'CLAIMED' THEN 'SUBMITTED' ELSE state END,"
                 " updated_at = ? WHERE key = ? AND provider_job_id IS NULL",
-                (provider_job_id, self._clock(), key),
+                (provider_job_id, now, key),
             )
             return self._require(key)
+
+    def set_state(self, key: str, state: str, message: str | None = None) -> LedgerEntry:
+        check_state(state)
+        with self._tx() as now:
+            self._require(key)
+            self.conn.execute(
+                "UPDATE provider_ledger SET state = ?, message = ?, updated_at = ?,"
+                " slot = CASE WHEN ? THEN 0 ELSE slot END WHERE key = ?",
+                (state, message, now, state in FINAL_STATES, key),
+            )
+            return self._require(key)
+
+    def record_outcome(self, key: str, outcome: Mapping[str, Any]) -> bool:
+        with self._tx() as now:
+            return bool(
+                self.conn.execute(
+                    "UPDATE provider_ledger SET outcome = ?, updated_at = ? WHERE key = ?"
+                    f" AND outcome IS NULL AND state NOT IN {_FINAL_SQL}",
+                    (json.dumps(dict(outcome)), now, key),
+                ).rowcount
+            )
+
+    def finish(
+        self,
+        key: str,
+        state: str,
+        *,
+        outcome: Mapping[str, Any] | None = None,
+        message: str | None = None,
+    ) -> bool:
+        check_final(state)
+        with self._tx() as now:
+            return bool(
+                self.conn.execute(
+                    "UPDATE provider_ledger SET state = ?, slot = 0, updated_at = ?,"
+                    " outcome = COALESCE(?, outcome), message = COALESCE(?, message)"
+                    f" WHERE key = ? AND state NOT IN {_FINAL_SQL}",
+                    (
+                        state,
+                        now,
+                        None if outcome is None else json.dumps(dict(outcome)),
+                        message,
+                        key,
+                    ),
+                ).rowcount
+            )
+
+    def take_slot(self, key: str, max_in_flight: int) -> bool:
+        with self._tx():
+            entry = self._get(key)
+            if entry is None or entry.state in FINAL_STATES:
+                return False
+            if entry.slot:
+                return True
+            used = self.conn.execute(
+                "SELECT COUNT(*) FROM provider_ledger WHERE backend = ? AND slot = 1",
+                (entry.backend,),
+            ).fetchone()[0]
+            if used >= max_in_flight:
+                return False
+            self.conn.execute("UPDATE provider_ledger SET slot = 1 WHERE key = ?", (key,))
+            return True
+
+    def give_back_slot(self, key: str) -> bool:
+        with self._tx():
+            return bool(
+                self.conn.execute(
+                    "UPDATE provider_ledger SET slot = 0 WHERE key = ? AND slot = 1", (key,)
+                ).rowcount
+            )
+
+    def in_flight(self, backend: str) -> int:
+        with self._lock:
+            return int(
+                self.conn.execute(
+                    "SELECT COUNT(*) FROM provider_ledger WHERE backend = ? AND slot = 1",
+                    (backend,),
+                ).fetchone()[0]
+            )
 
     def get(self, key: str) -> LedgerEntry | None:
         with self._lock:
             return self._get(key)
 
-    def set_state(self, key: str, state: str, message: str | None = None) -> LedgerEntry:
-        if state not in LEDGER_STATES:
-            raise ValueError(f"unknown ledger state {state!r}; expected one of {LEDGER_STATES}")
-        with self._tx():
-            self._require(key)
-            self.conn.execute(
-                "UPDATE provider_ledger SET state = ?, message = ?, updated_at = ? WHERE key = ?",
-                (state, message, self._clock(), key),
-            )
-            return self._require(key)
-
-    def entries_in(self, states: Iterable[str]) -> list[LedgerEntry]:
+    def entries_in(self, states: Iterable[str], *, backend: str | None = None) -> list[LedgerEntry]:
         wanted = list(states)
         if not wanted:
             return []
-        marks = ",".join("?" * len(wanted))
+        where = f"state IN ({','.join('?' * len(wanted))})"
+        params: list[Any] = list(wanted)
+        if backend is not None:
+            where += " AND backend = ?"
+            params.append(backend)
         with self._lock:
             rows = self.conn.execute(
-                f"SELECT {_COLUMNS} FROM provider_ledger WHERE state IN ({marks})"
-                " ORDER BY created_at",
-                wanted,
+                f"SELECT {_COLUMNS} FROM provider_ledger WHERE {where} ORDER BY created_at, key",
+                params,
             ).fetchall()
         return [_entry(row) for row in rows]
 
-    # -- local extras ----------------------------------------------------------------
+    # -- local extras -------------------------------------------------------------------
     def entries_for_job(self, job_id: str) -> list[LedgerEntry]:
         """The job's entries, oldest first."""
         with self._lock:
@@ -161,24 +250,58 @@ class SqliteLedger(Ledger):
         (``find_job``) before submitting, so nothing is submitted twice.
         """
         with self._tx():
-            return self.conn.execute(
-                "UPDATE provider_ledger SET lease_until = 0 WHERE provider_job_id IS NULL"
-                " AND state = 'CLAIMED'"
-            ).rowcount
+            return int(
+                self.conn.execute(
+                    "UPDATE provider_ledger SET lease_until = 0 WHERE provider_job_id IS NULL"
+                    " AND state = 'CLAIMED'"
+                ).rowcount
+            )
 
     def close(self) -> None:
         with self._lock:
             self.conn.close()
 
-    # -- internals -------------------------------------------------------------------
+    # -- internals ----------------------------------------------------------------------
     @contextlib.contextmanager
-    def _tx(self) -> Iterator[None]:
-        with self._lock:
-            if self.conn.in_transaction:  # the daemon's own transaction: join it
-                yield
-                return
-            with state.transaction(self.conn):
-                yield
+    def _tx(self) -> Iterator[float]:
+        with self._lock, state.joined(self.conn):
+            yield self._clock()
+
+    def _insert(
+        self,
+        key: str,
+        backend: str,
+        request_key: str,
+        state_: str,
+        now: float,
+        *,
+        claims: int,
+        owner: str | None = None,
+        lease: float = 0.0,
+        token: str | None = None,
+    ) -> bool:
+        job_id, seq = split_key(key)
+        return bool(
+            self.conn.execute(
+                "INSERT INTO provider_ledger (key, job_id, seq, backend, request_key, state, owner,"
+                " lease_until, claims, token, created_at, updated_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(key) DO NOTHING",
+                (
+                    key,
+                    job_id,
+                    seq,
+                    backend,
+                    request_key,
+                    state_,
+                    owner,
+                    lease,
+                    claims,
+                    token,
+                    now,
+                    now,
+                ),
+            ).rowcount
+        )
 
     def _get(self, key: str) -> LedgerEntry | None:
         row = self.conn.execute(
@@ -204,6 +327,9 @@ def _entry(row: sqlite3.Row) -> LedgerEntry:
         owner=row[6],
         lease_until=row[7],
         claims=row[8],
-        created_at=row[9],
-        updated_at=row[10],
+        token=row[9],
+        outcome=json.loads(row[10]) if row[10] else None,
+        slot=bool(row[11]),
+        created_at=row[12],
+        updated_at=row[13],
     )

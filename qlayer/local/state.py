@@ -1,23 +1,21 @@
-"""SQLite job state of the local substrate: jobs, their steps (the durable queue),
-the timeline, and the simulated devices' ledger.
+"""The local state database: its schema, connections and transactions.
 
-The daemon is the only writer of job progress. Clients insert jobs and set the
-cancel flag; both commit in short transactions (WAL mode).
+Tables: ``jobs`` and ``events`` (the job store, :mod:`qlayer.local.jobstore`), ``runs``
+(which stage ran at which step), ``steps`` (the daemon's durable queue), ``device_jobs``
+(the simulated devices' queue, :mod:`qlayer.local.devices`) and ``provider_ledger`` (the
+ledger of remote provider submissions, :mod:`qlayer.local.ledger`).
+
+The daemon is the only writer of job progress. Clients insert jobs and set the cancel
+flag; both commit in short transactions (WAL mode).
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from qlayer.errors import JobNotFound
-from qlayer.status import JobStatus
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -33,13 +31,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER NOT NULL DEFAULT 0,
     message TEXT,
     error_type TEXT,
-    provider_job_id TEXT,
+    provider_job_ids TEXT NOT NULL DEFAULT '[]',  -- JSON array, oldest first
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     finished_at REAL,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     children_total INTEGER NOT NULL DEFAULT 0,
-    children_done INTEGER NOT NULL DEFAULT 0
+    children_done INTEGER NOT NULL DEFAULT 0,
+    fanout_seq INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
 CREATE INDEX IF NOT EXISTS jobs_parent ON jobs (parent_id);
@@ -73,6 +72,14 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_job ON events (job_id, event_id);
 
+-- Which stage ran at which step (max_runs, ctx.run): one row per run, written once.
+CREATE TABLE IF NOT EXISTS runs (
+    job_id TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (job_id, stage, seq)
+) WITHOUT ROWID;
+
 -- The simulated devices' own ledger: one row per provider job, keyed by the
 -- idempotency key job_id/seq, so a request can never be submitted twice.
 CREATE TABLE IF NOT EXISTS device_jobs (
@@ -103,12 +110,16 @@ CREATE TABLE IF NOT EXISTS provider_ledger (
     seq INTEGER,
     backend TEXT NOT NULL,
     request_key TEXT NOT NULL,
-    state TEXT NOT NULL,  -- CLAIMED | SUBMITTED | QUEUED | RUNNING | DONE | ERROR | CANCELLED
+    -- WAITING | CLAIMED | SUBMITTED | QUEUED | RUNNING | DONE | ERROR | CANCELLED
+    state TEXT NOT NULL,
     provider_job_id TEXT,
     message TEXT,
     owner TEXT,
     lease_until REAL NOT NULL DEFAULT 0,
     claims INTEGER NOT NULL DEFAULT 1,
+    token TEXT,
+    outcome TEXT,                -- JSON: the decision recorded when it ended
+    slot INTEGER NOT NULL DEFAULT 0,  -- holds one of its backend's in-flight slots
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
@@ -126,8 +137,61 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA busy_timeout=30000")
+    had_runs = _has_table(conn, "runs")
+    had_jobs = _has_table(conn, "jobs")
     conn.executescript(SCHEMA)
+    if had_jobs:
+        _migrate(conn, backfill_runs=not had_runs)
+    # Indexes on columns a migration may have just added.
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS provider_ledger_slot ON provider_ledger (backend, slot)"
+    )
     return conn
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    row = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
+    return row.fetchone() is not None
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
+#: Columns added since the first release: (table, column, definition).
+_ADDED_COLUMNS = (
+    ("jobs", "provider_job_ids", "TEXT NOT NULL DEFAULT '[]'"),
+    ("jobs", "fanout_seq", "INTEGER NOT NULL DEFAULT 0"),
+    ("provider_ledger", "token", "TEXT"),
+    ("provider_ledger", "outcome", "TEXT"),
+    ("provider_ledger", "slot", "INTEGER NOT NULL DEFAULT 0"),
+)
+
+
+def _migrate(conn: sqlite3.Connection, *, backfill_runs: bool) -> None:
+    """Bring a state database written by an older qlayer up to this schema, in place."""
+    with transaction(conn):
+        for table, column, definition in _ADDED_COLUMNS:
+            if column not in _columns(conn, table):
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+                if (table, column) == ("jobs", "fanout_seq"):
+                    conn.execute(
+                        "UPDATE jobs SET fanout_seq = COALESCE((SELECT MAX(seq) FROM steps"
+                        " WHERE steps.job_id = jobs.job_id AND kind = 'fanin'), 0)"
+                        " WHERE children_total > 0"
+                    )
+                if (table, column) == ("jobs", "provider_job_ids") and "provider_job_id" in (
+                    _columns(conn, "jobs")
+                ):
+                    conn.execute(
+                        "UPDATE jobs SET provider_job_ids = json_array(provider_job_id)"
+                        " WHERE provider_job_id IS NOT NULL"
+                    )
+        if backfill_runs:
+            conn.execute(
+                "INSERT OR IGNORE INTO runs (job_id, stage, seq) SELECT job_id, stage, seq"
+                " FROM steps WHERE kind = 'stage' AND state = 'done'"
+            )
 
 
 @contextmanager
@@ -142,172 +206,14 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("COMMIT")
 
 
-@dataclass
-class JobRow:
-    """One job as the client sees it."""
-
-    job_id: str
-    parent_id: str | None
-    item_index: int | None
-    program_id: str
-    workflow: str
-    arguments: dict[str, Any]
-    backend: str
-    status: JobStatus
-    stage: str | None
-    seq: int
-    message: str | None
-    error_type: str | None
-    provider_job_id: str | None
-    created_at: float
-    updated_at: float
-    finished_at: float | None
-    cancel_requested: bool
-    children_total: int
-    children_done: int
-
-    @classmethod
-    def from_row(cls, row: sqlite3.Row) -> JobRow:
-        data = dict(row)
-        data["arguments"] = json.loads(data["arguments"])
-        data["status"] = JobStatus(data["status"])
-        data["cancel_requested"] = bool(data["cancel_requested"])
-        return cls(**data)
-
-
-def insert_job(
-    conn: sqlite3.Connection,
-    *,
-    job_id: str,
-    program_id: str,
-    workflow: str,
-    arguments: dict[str, Any],
-    backend: str,
-    first_stage: str,
-    input_key: str,
-    parent_id: str | None = None,
-    item_index: int | None = None,
-) -> None:
-    """Insert a QUEUED job and its first step (caller holds the transaction)."""
-    now = time.time()
-    conn.execute(
-        "INSERT INTO jobs (job_id, parent_id, item_index, program_id, workflow, arguments, backend,"
-        " status, stage, seq, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-        (
-            job_id,
-            parent_id,
-            item_index,
-            program_id,
-            workflow,
-            json.dumps(arguments),
-            backend,
-            JobStatus.QUEUED.value,
-            first_stage,
-            0,
-            now,
-            now,
-        ),
-    )
-    conn.execute(
-        "INSERT INTO steps (job_id, seq, kind, stage, state, detail, created_at)"
-        " VALUES (?,?,?,?,?,?,?)",
-        (job_id, 0, "stage", first_stage, "pending", json.dumps({"input_key": input_key}), now),
-    )
-    add_event(conn, job_id, 0, first_stage, "submitted", None, at=now)
-
-
-def add_event(
-    conn: sqlite3.Connection,
-    job_id: str,
-    seq: int | None,
-    stage: str | None,
-    event: str,
-    detail: Any,
-    *,
-    at: float | None = None,
-) -> None:
-    conn.execute(
-        "INSERT INTO events (job_id, at, seq, stage, event, detail) VALUES (?,?,?,?,?,?)",
-        (
-            job_id,
-            at or time.time(),
-            seq,
-            stage,
-            event,
-            None if detail is None else json.dumps(detail),
-        ),
-    )
-
-
-def get_job(conn: sqlite3.Connection, job_id: str) -> JobRow:
-    row = conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-    if row is None:
-        raise JobNotFound(f"no job {job_id!r} in this qlayer home; 'qlayer jobs' lists them")
-    return JobRow.from_row(row)
-
-
-def list_jobs(
-    conn: sqlite3.Connection,
-    *,
-    limit: int = 50,
-    status: str | None = None,
-    include_children: bool = False,
-) -> list[JobRow]:
-    where, params = [], []
-    if not include_children:
-        where.append("parent_id IS NULL")
-    if status:
-        where.append("status = ?")
-        params.append(status)
-    clause = ("WHERE " + " AND ".join(where)) if where else ""
-    rows = conn.execute(
-        f"SELECT * FROM jobs {clause} ORDER BY created_at DESC, job_id DESC LIMIT ?",
-        (*params, limit),
-    ).fetchall()
-    return [JobRow.from_row(row) for row in rows]
-
-
-def timeline(conn: sqlite3.Connection, job_id: str) -> list[dict[str, Any]]:
-    rows = conn.execute(
-        "SELECT at, seq, stage, event, detail FROM events WHERE job_id = ? ORDER BY event_id",
-        (job_id,),
-    ).fetchall()
-    return [
-        {
-            "at": row["at"],
-            "seq": row["seq"],
-            "stage": row["stage"],
-            "event": row["event"],
-            "detail": json.loads(row["detail"]) if row["detail"] else None,
-        }
-        for row in rows
-    ]
-
-
-def request_cancel(conn: sqlite3.Connection, job_id: str) -> bool:
-    """Flag a job (and its children) for cancellation. False if it had already ended."""
+@contextmanager
+def joined(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A transaction, or the caller's if one is open on ``conn`` (joined, not nested)."""
+    if conn.in_transaction:
+        yield conn
+        return
     with transaction(conn):
-        job = get_job(conn, job_id)
-        if job.status.is_final:
-            return False
-        conn.execute(
-            "WITH RECURSIVE tree(id) AS (SELECT ? UNION ALL "
-            "SELECT jobs.job_id FROM jobs JOIN tree ON jobs.parent_id = tree.id) "
-            "UPDATE jobs SET cancel_requested = 1 WHERE job_id IN tree "
-            "AND status NOT IN ('DONE','ERROR','CANCELLED')",
-            (job_id,),
-        )
-        add_event(conn, job_id, job.seq, job.stage, "cancel requested", None)
-    return True
-
-
-def stage_runs(conn: sqlite3.Connection, job_id: str) -> dict[str, int]:
-    rows = conn.execute(
-        "SELECT stage, COUNT(*) AS n FROM steps WHERE job_id = ? AND kind = 'stage'"
-        " AND state = 'done' GROUP BY stage",
-        (job_id,),
-    ).fetchall()
-    return {row["stage"]: row["n"] for row in rows}
+        yield conn
 
 
 def device_jobs_for(conn: sqlite3.Connection, job_id: str) -> list[dict[str, Any]]:

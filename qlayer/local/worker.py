@@ -20,7 +20,7 @@ from typing import Any
 
 from qlayer import keys
 from qlayer.errors import ArtifactError
-from qlayer.planner import Limits
+from qlayer.planner import Resources
 from qlayer.program import ProgramCache
 from qlayer.request import decode_request
 from qlayer.steps import JobInfo, complete_execute, run_stage
@@ -100,7 +100,7 @@ def worker_main(
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     store = FolderStore(artifacts)
     programs = ProgramCache(store, Path(scratch))
-    limits = Limits(local_memory_mb=local_memory_mb)
+    limits = Resources(local_memory_mb=local_memory_mb)
     while True:
         try:
             raw = conn.recv_bytes()
@@ -121,7 +121,7 @@ def worker_main(
 
 
 def _handle(
-    message: dict[str, Any], store: FolderStore, programs: ProgramCache, limits: Limits
+    message: dict[str, Any], store: FolderStore, programs: ProgramCache, limits: Resources
 ) -> dict[str, Any]:
     if message["op"] == "stage":
         job = JobInfo(**message["job"])
@@ -187,10 +187,10 @@ def _handle(
 def _run_alone(
     store: FolderStore, backend: str, member: dict[str, Any], raw: dict[str, Any], request: Any
 ) -> dict[str, Any]:
-    from qlayer.providers.registry import provider_for
+    from qlayer.providers.registry import sync_provider
 
     try:
-        result = provider_for(backend).run(backend, request or decode_request(raw))
+        result = sync_provider(backend).run(backend, request or decode_request(raw))
     except Exception as exc:
         return {"ok": False, "error_type": type(exc).__name__, "message": str(exc) or repr(exc)}
     decision = complete_execute(store, member["job_id"], member["seq"], raw, result)
@@ -206,24 +206,14 @@ def _run_coalesced(
     riders: list[dict[str, Any]],
 ) -> dict[str, Any] | None:
     """One device run for the leader and its riders; None if the merged run failed."""
-    from qlayer.coalesce import split
-    from qlayer.providers.registry import provider_for
-    from qlayer.request import ExecuteRequest
+    from qlayer.dispatch.coalesce import merge, split
+    from qlayer.providers.registry import sync_provider
 
     raws = [lead_raw] + [store.get_json(r["request_key"]) for r in riders]
     requests = [lead_request] + [decode_request(raw) for raw in raws[1:]]
-    merged = ExecuteRequest(
-        primitive=lead_request.primitive,
-        pubs=[pub for request in requests for pub in request.pubs],
-        backend=backend,
-        then=lead_request.then,
-        shots=lead_request.shots,
-        precision=lead_request.precision,
-        seed=None,
-        options=lead_request.options,
-    )
+    merged = merge(requests)
     try:
-        result = provider_for(backend).run(backend, merged)
+        result = sync_provider(backend).run(backend, merged)
         parts = split(result, [len(request.pubs) for request in requests])
     except Exception:
         return None

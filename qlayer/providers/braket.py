@@ -20,8 +20,9 @@ S3 at a location derived from the key; ``find_job`` looks there first, and the
 provider job id is that manifest's ``s3://`` URI, so any process (another Lambda)
 can poll and collect from the id alone.
 
-Local (``braket_local``): the LocalSimulator runs in ``submit`` and the result is
-kept in this process under an id derived from the key (same key, same id, no rerun).
+Local (``braket_local``): :class:`BraketLocalProvider` runs Braket's offline
+LocalSimulator on our own compute, like Aer (a worker, a Lambda, a Batch job): it has no
+queue of its own, so it is a simulator, not a service to submit to.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from qlayer.providers.base import (
     ProviderError,
     ProviderJobState,
     ProviderJobStatus,
+    SyncProvider,
 )
 
 if TYPE_CHECKING:
@@ -309,7 +311,6 @@ class BraketProvider(AsyncProvider):
         s3_folder: ``(bucket, prefix)`` for task results and manifests (None:
             ``$QLAYER_BRAKET_S3`` as ``s3://bucket/prefix``).
         region: AWS region for the clients (None: the device ARN's, else the default).
-        local_simulator: The offline simulator (None: ``LocalSimulator()`` on first use).
     """
 
     name = "braket"
@@ -321,14 +322,11 @@ class BraketProvider(AsyncProvider):
         s3_client: Any = None,
         s3_folder: tuple[str, str] | None = None,
         region: str | None = None,
-        local_simulator: Any = None,
     ) -> None:
         self._braket = braket_client
         self._s3 = s3_client
         self._s3_folder = s3_folder
         self.region = region
-        self._local_simulator = local_simulator
-        self._local: dict[str, PrimitiveResult] = {}
         self._manifests: dict[str, dict[str, Any]] = {}
 
     # ------------------------------------------------------------------ clients
@@ -412,9 +410,6 @@ class BraketProvider(AsyncProvider):
 
     def find_job(self, backend: str, idempotency_key: str) -> str | None:
         """The job already submitted under ``idempotency_key``, or None."""
-        if backend == LOCAL:
-            job_id = f"local:{_digest(idempotency_key, 40)}"
-            return job_id if job_id in self._local else None
         uri = self._manifest_uri(idempotency_key)
         return uri if self._read_manifest(uri, missing_ok=True) is not None else None
 
@@ -432,28 +427,8 @@ class BraketProvider(AsyncProvider):
                 f"Amazon Braket: cannot convert the request: {exc}", retryable=False
             ) from exc
         if backend == LOCAL:
-            return self._run_local(idempotency_key, programs, shots, recipe)
+            raise BackendError(f"{LOCAL} runs on our own compute: use BraketLocalProvider.run")
         return self._submit_aws(backend, idempotency_key, programs, shots, recipe)
-
-    def _run_local(
-        self, key: str, programs: list[Any], shots: list[int], recipe: dict[str, Any]
-    ) -> str:
-        if self._local_simulator is None:
-            from braket.devices import LocalSimulator
-
-            self._local_simulator = LocalSimulator()
-        runs = []
-        try:
-            for program, n in zip(programs, shots, strict=True):
-                result = self._local_simulator.run(program, shots=n).result()
-                runs.append((list(result.measured_qubits), result.measurements))
-        except Exception as exc:
-            raise ProviderError(
-                f"Amazon Braket LocalSimulator failed: {exc}", retryable=False
-            ) from exc
-        job_id = f"local:{_digest(key, 40)}"
-        self._local[job_id] = assemble(recipe, runs)
-        return job_id
 
     def _submit_aws(
         self, backend: str, key: str, programs: list[Any], shots: list[int], recipe: dict[str, Any]
@@ -527,12 +502,6 @@ class BraketProvider(AsyncProvider):
         return manifest
 
     def status(self, provider_job_id: str) -> ProviderJobStatus:
-        if provider_job_id.startswith("local:"):
-            if provider_job_id not in self._local:
-                return ProviderJobStatus(
-                    "ERROR", message="local Braket result lost (process restarted)"
-                )
-            return ProviderJobStatus("DONE")
         manifest = self._manifest(provider_job_id)
         braket, _ = self._clients(manifest["backend"])
         states: list[ProviderJobState] = []
@@ -563,10 +532,6 @@ class BraketProvider(AsyncProvider):
         return ProviderJobStatus("QUEUED", queue_position=position)
 
     def result(self, provider_job_id: str) -> PrimitiveResult:
-        if provider_job_id.startswith("local:"):
-            if provider_job_id not in self._local:
-                raise ProviderError(f"no local Braket result {provider_job_id}", retryable=False)
-            return self._local[provider_job_id]
         from braket.tasks import GateModelQuantumTaskResult
 
         manifest = self._manifest(provider_job_id)
@@ -589,8 +554,6 @@ class BraketProvider(AsyncProvider):
         return assemble(manifest["recipe"], runs)
 
     def cancel(self, provider_job_id: str) -> None:
-        if provider_job_id.startswith("local:"):
-            return
         manifest = self._manifest(provider_job_id)
         braket, _ = self._clients(manifest["backend"])
         for arn in manifest["tasks"]:
@@ -604,3 +567,51 @@ class BraketProvider(AsyncProvider):
                 if code == "ConflictException":
                     continue  # ended between our look and the cancel
                 raise classify(exc, f"cancelling task {arn}") from exc
+
+
+class BraketLocalProvider(SyncProvider):
+    """``braket_local``: Braket's offline LocalSimulator, run on our own compute.
+
+    Args:
+        simulator: The simulator (None: ``braket.devices.LocalSimulator()`` on first use).
+    """
+
+    name = "braket"
+
+    def __init__(self, *, simulator: Any = None) -> None:
+        self._simulator = simulator
+
+    def backends(self) -> list[BackendInfo]:
+        return [BraketProvider.info(LOCAL)]
+
+    def target(self, backend: str) -> Target:
+        from qiskit_braket_provider import BraketLocalBackend
+
+        return BraketLocalBackend().target
+
+    def run(self, backend: str, request: ExecuteRequest) -> PrimitiveResult:
+        from qiskit_braket_provider import to_braket
+
+        if backend != LOCAL:
+            raise BackendError(f"BraketLocalProvider runs {LOCAL}, not {backend!r}")
+        try:
+            circuits, shots, recipe = expand(request)
+            programs = [to_braket(circuit) for circuit in circuits]
+        except Exception as exc:
+            raise ProviderError(
+                f"Amazon Braket: cannot convert the request: {exc}", retryable=False
+            ) from exc
+        if self._simulator is None:
+            from braket.devices import LocalSimulator
+
+            self._simulator = LocalSimulator()
+        runs = []
+        try:
+            for program, n in zip(programs, shots, strict=True):
+                result = self._simulator.run(program, shots=n).result()
+                runs.append((list(result.measured_qubits), result.measurements))
+        except Exception as exc:
+            raise ProviderError(
+                f"Amazon Braket LocalSimulator failed: {exc}", retryable=False
+            ) from exc
+        return assemble(recipe, runs)

@@ -155,7 +155,8 @@ class IbmProvider(AsyncProvider):
         service: A ``QiskitRuntimeService`` (or an object with the same methods: tests
             inject one). None: created lazily on first use.
         token_provider: Returns ``{"token": ..., "instance": ..., "channel": ...}`` for
-            the service; None: the saved account (``~/.qiskit/qiskit-ibm.json``) or
+            the service, injected by whoever builds the provider (on AWS: the stack's
+            secret); None: the saved account (``~/.qiskit/qiskit-ibm.json``) or
             ``QISKIT_IBM_TOKEN``.
         mode: Default execution mode: ``job``, ``batch`` or ``session``.
         max_execution_time: Default per-job limit in seconds of QPU time (None: the
@@ -198,10 +199,6 @@ class IbmProvider(AsyncProvider):
             try:
                 from qiskit_ibm_runtime import QiskitRuntimeService
 
-                if self._token_provider is None:
-                    from qlayer.aws.secrets import ibm_credentials_from_env
-
-                    self._token_provider = ibm_credentials_from_env()
                 if self._token_provider is not None:
                     creds = dict(self._token_provider())
                     if not creds.get("token"):
@@ -248,7 +245,7 @@ class IbmProvider(AsyncProvider):
 
     @staticmethod
     def info(name: str) -> BackendInfo:
-        from qlayer.dispatch import DEFAULT_LIMITS
+        from qlayer.dispatch import DEFAULT_RATE_LIMITS
 
         if not name.startswith("ibm_"):
             raise BackendError(f"ibm serves ibm_* backends, not {name!r}")
@@ -258,7 +255,7 @@ class IbmProvider(AsyncProvider):
             "qpu",
             IBM_DEVICES.get(name),
             noisy=True,
-            max_concurrency=DEFAULT_LIMITS["ibm"].max_in_flight,
+            max_concurrency=DEFAULT_RATE_LIMITS["ibm"].max_in_flight,
             description=f"IBM Quantum device {name[4:].capitalize()} (qiskit-ibm-runtime)",
         )
 
@@ -446,15 +443,15 @@ class IbmProvider(AsyncProvider):
             raise classify(exc, f"cancelling job {provider_job_id}") from exc
 
 
-def ibm_configured() -> bool:
+def ibm_configured(*, injected: bool = False) -> bool:
     """Whether an IBM account could be used without asking the network.
 
-    True when ``QISKIT_IBM_TOKEN`` or ``QLAYER_PROVIDERS_SECRET_ARN`` (the stack's
-    Secrets Manager secret, on AWS) is set, or a saved account file exists.
+    True when credentials were injected (``injected``: on AWS, the stack's secret),
+    ``QISKIT_IBM_TOKEN`` is set, or a saved account file exists.
     """
     import os
     from pathlib import Path
 
-    if os.environ.get("QISKIT_IBM_TOKEN") or os.environ.get("QLAYER_PROVIDERS_SECRET_ARN"):
+    if injected or os.environ.get("QISKIT_IBM_TOKEN"):
         return True
     return (Path.home() / ".qiskit" / "qiskit-ibm.json").is_file()

@@ -2,9 +2,11 @@
 
 - ``aer``, ``aer_*`` and ``fake_*``: :class:`~qlayer.providers.aer.AerProvider` (unchanged).
 - ``ibm_*``: :class:`~qlayer.providers.ibm.IbmProvider`, when an IBM Quantum account is
-  configured (saved account, ``QISKIT_IBM_TOKEN``, or ``QLAYER_PROVIDERS_SECRET_ARN`` on AWS).
-- ``braket_*`` and Braket device ARNs: :class:`~qlayer.providers.braket.BraketProvider`
-  (needs ``pip install 'qlayer[braket]'``).
+  configured (saved account, ``QISKIT_IBM_TOKEN``, or credentials injected with
+  :func:`configure` — on AWS, from the stack's secret).
+- ``braket_*`` and Braket device ARNs: :class:`~qlayer.providers.braket.BraketProvider`;
+  ``braket_local``: :class:`~qlayer.providers.braket.BraketLocalProvider`, Braket's
+  offline simulator on our own compute (needs ``pip install 'qlayer[braket]'``).
 
 - Plugins: ``QLAYER_PROVIDERS`` names extra providers, comma-separated, each as
   ``[prefix=]module.path:factory`` or ``[prefix=]/path/to/file.py:factory``. ``factory``
@@ -14,14 +16,19 @@
   ``<prefix>`` or ``<prefix>_*`` (``prefix`` defaults to the provider's ``name``), before
   the built-in providers. A backend name resolves through the provider's ``backends()``
   list, or its ``info(name)`` method if it has one. An optional ``limits`` attribute
-  (``{backend or prefix: qlayer.dispatch.Limits}``) sets its dispatch limits. The
+  (``{backend or prefix: qlayer.dispatch.RateLimits}``) sets its rate limits. The
   variable must be set for the client and the daemon alike (a daemon started by the
   client inherits it). Example::
 
       QLAYER_PROVIDERS="myqpu=my_company.qlayer_plugin:MyQpuProvider"
 
-- Limits: ``QLAYER_LIMITS`` (JSON ``{backend or prefix: {max_in_flight, submits_per_s,
-  burst, max_pubs}}``) overrides the dispatcher's per-backend limits.
+- Rate limits: ``QLAYER_RATE_LIMITS`` (JSON ``{backend or prefix: {max_in_flight,
+  submits_per_s, burst, max_pubs}}``) overrides the dispatcher's per-backend limits.
+
+Credentials are injected by whoever builds the providers (:func:`configure`): the local
+client and daemon use the user's saved accounts; the AWS handlers pass the stack's secret
+and Braket bucket. Every caller — workers, the daemon's QPU pump, the AWS dispatcher and
+poller — looks providers up here, through :func:`provider`.
 
 Nothing here touches the network: whether a remote device is reachable is reported as
 unknown (``reachable: None``) until a provider call is made.
@@ -36,6 +43,7 @@ import importlib.util
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,16 +52,42 @@ from qlayer.providers.aer import IDEAL_METHODS, AerProvider
 from qlayer.providers.base import AsyncProvider, BackendInfo, SyncProvider
 
 if TYPE_CHECKING:
-    from qiskit.primitives import PrimitiveResult
-    from qiskit.transpiler import Target
-
-    from qlayer.dispatch import Limits
-    from qlayer.providers.braket import BraketProvider
+    from qlayer.dispatch import RateLimits
+    from qlayer.providers.braket import BraketLocalProvider, BraketProvider
     from qlayer.providers.ibm import IbmProvider
-    from qlayer.request import ExecuteRequest
 
 PLUGINS_ENV = "QLAYER_PROVIDERS"
-LIMITS_ENV = "QLAYER_LIMITS"
+RATE_LIMITS_ENV = "QLAYER_RATE_LIMITS"
+
+
+@dataclasses.dataclass(frozen=True)
+class ProviderSettings:
+    """What the builder of the providers hands them (credentials are never read here).
+
+    Attributes:
+        ibm_credentials: Returns ``{"token", "instance", "channel"[, "url"]}`` for IBM
+            Quantum (None: the user's saved account or ``QISKIT_IBM_TOKEN``).
+        braket_s3_folder: ``(bucket, prefix)`` for Braket task results (None:
+            ``QLAYER_BRAKET_S3``).
+    """
+
+    ibm_credentials: Callable[[], dict[str, Any]] | None = None
+    braket_s3_folder: tuple[str, str] | None = None
+
+
+_SETTINGS = ProviderSettings()
+
+
+def configure(settings: ProviderSettings) -> None:
+    """Use ``settings`` for the providers built from now on (the built ones are dropped)."""
+    global _SETTINGS
+    _SETTINGS = settings
+    ibm_provider.cache_clear()
+    braket_provider.cache_clear()
+
+
+def settings() -> ProviderSettings:
+    return _SETTINGS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,14 +114,21 @@ def aer_provider() -> AerProvider:
 def ibm_provider() -> IbmProvider:
     from qlayer.providers.ibm import IbmProvider
 
-    return IbmProvider()
+    return IbmProvider(token_provider=_SETTINGS.ibm_credentials)
 
 
 @functools.lru_cache(maxsize=1)
 def braket_provider() -> BraketProvider:
     from qlayer.providers.braket import BraketProvider
 
-    return BraketProvider()
+    return BraketProvider(s3_folder=_SETTINGS.braket_s3_folder)
+
+
+@functools.lru_cache(maxsize=1)
+def braket_local_provider() -> BraketLocalProvider:
+    from qlayer.providers.braket import BraketLocalProvider
+
+    return BraketLocalProvider()
 
 
 # --------------------------------------------------------------------------- plugins
@@ -178,28 +219,28 @@ def _plugin_info(plugin: Plugin, backend: str) -> BackendInfo:
     )
 
 
-def configured_limits() -> dict[str, Limits]:
-    """Dispatch limits beyond the defaults: plugins' ``limits``, then ``QLAYER_LIMITS``."""
-    from qlayer.dispatch import Limits
+def configured_limits() -> dict[str, RateLimits]:
+    """Rate limits beyond the defaults: plugins' ``limits``, then ``QLAYER_RATE_LIMITS``."""
+    from qlayer.dispatch import RateLimits
 
-    out: dict[str, Limits] = {}
+    out: dict[str, RateLimits] = {}
     for plugin in plugins():
         out.update(getattr(plugin.provider, "limits", None) or {})
-    raw = os.environ.get(LIMITS_ENV)
+    raw = os.environ.get(RATE_LIMITS_ENV)
     if raw:
         try:
             table = json.loads(raw)
             for name, fields in table.items():
-                out[name] = Limits(
+                out[name] = RateLimits(
                     max_in_flight=int(fields["max_in_flight"]),
                     submits_per_s=float(fields.get("submits_per_s", 1000.0)),
                     burst=int(fields.get("burst", fields["max_in_flight"])),
                     max_pubs=int(fields.get("max_pubs", 300)),
-                    source=f"{LIMITS_ENV}",
+                    source=f"{RATE_LIMITS_ENV}",
                 )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise BackendError(
-                f"{LIMITS_ENV} must be JSON like "
+                f"{RATE_LIMITS_ENV} must be JSON like "
                 '{"ibm": {"max_in_flight": 3, "submits_per_s": 0.08, "burst": 3}}: '
                 f"{exc}"
             ) from exc
@@ -208,9 +249,7 @@ def configured_limits() -> dict[str, Limits]:
 
 def is_remote(backend: str) -> bool:
     """True when ``backend`` is served by a provider with its own queue (a QPU service),
-    submitted and polled by the dispatcher rather than run by a worker."""
-    if backend == "braket_local":
-        return False  # an AsyncProvider that runs in-process at submit (see _DispatchOnly)
+    submitted and polled by the dispatcher rather than run on our own compute."""
     try:
         return isinstance(provider(backend), AsyncProvider)
     except BackendError:
@@ -240,7 +279,10 @@ def provider_name(backend: str) -> str:
 
 
 def provider(backend: str) -> SyncProvider | AsyncProvider:
-    """The provider that serves ``backend``: sync (simulators) or async (QPU services)."""
+    """The provider that serves ``backend``: a :class:`SyncProvider` (it runs on our own
+    compute: simulators, simulated devices, Braket's local simulator) or an
+    :class:`AsyncProvider` (a QPU service with its own queue). The one lookup every
+    caller uses."""
     resolve(backend)
     plugin = plugin_for(backend)
     if plugin is not None:
@@ -249,50 +291,32 @@ def provider(backend: str) -> SyncProvider | AsyncProvider:
     if kind == "ibm":
         return ibm_provider()
     if kind == "braket":
-        return braket_provider()
+        from qlayer.providers.braket import LOCAL
+
+        return braket_local_provider() if backend == LOCAL else braket_provider()
     return aer_provider()
 
 
-def async_provider_for(backend: str) -> AsyncProvider:
+def sync_provider(backend: str) -> SyncProvider:
+    """The provider of a backend that runs on our own compute (a worker, a Lambda, Batch).
+
+    Raises:
+        BackendError: ``backend`` is a QPU service's: it goes through the dispatcher.
+    """
+    found = provider(backend)
+    if not isinstance(found, SyncProvider):
+        raise BackendError(
+            f"{backend} is a {found.name} backend with its own queue: it is submitted "
+            "through the dispatcher (qlayer.dispatch: submit_once, follow), not run here"
+        )
+    return found
+
+
+def async_provider(backend: str) -> AsyncProvider:
     """The provider with its own queue that serves ``backend`` (the dispatcher's view)."""
     found = provider(backend)
     if not isinstance(found, AsyncProvider):
         raise BackendError(f"{backend} runs on our own compute, not through a provider queue")
-    return found
-
-
-class _DispatchOnly(SyncProvider):
-    """An async provider seen through the sync port: targets work, ``run`` does not
-    (QPU services are driven by ``qlayer.dispatch``: submit once, poll, collect)."""
-
-    def __init__(self, inner: AsyncProvider) -> None:
-        self.inner = inner
-        self.name = inner.name
-
-    def backends(self) -> list[BackendInfo]:
-        return self.inner.backends()
-
-    def target(self, backend: str) -> Target:
-        return self.inner.target(backend)
-
-    def run(self, backend: str, request: ExecuteRequest) -> PrimitiveResult:
-        if backend == "braket_local":  # runs in-process at submit: nothing to wait for
-            import uuid
-
-            job_id = self.inner.submit(backend, request, idempotency_key=uuid.uuid4().hex)
-            return self.inner.result(job_id)
-        raise BackendError(
-            f"{backend} is a {self.inner.name} backend with its own queue: it is submitted "
-            "through the dispatcher (qlayer.dispatch.submit_once / poll_once), not run in a worker"
-        )
-
-
-def provider_for(backend: str) -> SyncProvider:
-    """The provider that serves ``backend``, through the sync port (``target`` for any
-    backend; ``run`` only for simulators)."""
-    found = provider(backend)
-    if isinstance(found, AsyncProvider):
-        return _DispatchOnly(found)
     return found
 
 
@@ -320,7 +344,7 @@ def resolve(backend: str) -> BackendInfo:
     if kind == "ibm" and len(backend) > 4:
         from qlayer.providers.ibm import ibm_configured
 
-        if not ibm_configured():
+        if not ibm_configured(injected=_SETTINGS.ibm_credentials is not None):
             raise BackendError(
                 f"{backend} is an IBM Quantum device, but no IBM Quantum account is configured "
                 "here. Save one with QiskitRuntimeService.save_account(token=..., "
@@ -334,8 +358,10 @@ def resolve(backend: str) -> BackendInfo:
                 f"{backend} is an Amazon Braket backend; install the SDK: "
                 "pip install 'qlayer[braket]'"
             )
-        from qlayer.providers.braket import BRAKET_DEVICES, BraketProvider
+        from qlayer.providers.braket import BRAKET_DEVICES, LOCAL, BraketProvider
 
+        if backend == LOCAL:
+            return BraketProvider.info(backend)
         if backend in BRAKET_DEVICES or backend.startswith("arn:aws:braket"):
             return _remote(BraketProvider.info(backend), configured=True)
     raise BackendError(
@@ -385,10 +411,15 @@ def known_backends() -> list[BackendInfo]:
                 else info
             )
     infos.extend(aer_provider().backends())
-    ibm_ok = ibm_configured()
+    ibm_ok = ibm_configured(injected=_SETTINGS.ibm_credentials is not None)
     infos.extend(_remote(_ibm_info(name), configured=ibm_ok) for name in IBM_DEVICES)
     if braket_installed():
-        from qlayer.providers.braket import BRAKET_DEVICES, BraketProvider
+        from qlayer.providers.braket import BRAKET_DEVICES, LOCAL, BraketProvider
 
-        infos.extend(_remote(BraketProvider.info(name), configured=True) for name in BRAKET_DEVICES)
+        infos.extend(
+            BraketProvider.info(name)
+            if name == LOCAL
+            else _remote(BraketProvider.info(name), configured=True)
+            for name in BRAKET_DEVICES
+        )
     return infos

@@ -302,7 +302,7 @@ def test_burst_of_500_requests_is_queued_within_limits(client, fake, env):
     limit = 8
     env.setenv("QLAYER_FAKE_QPU_MAX_IN_FLIGHT", str(limit))  # the fake refuses a 9th
     limits = {"fakeqpu": {"max_in_flight": limit, "submits_per_s": 1000, "burst": 1000}}
-    env.setenv("QLAYER_LIMITS", json.dumps(limits))
+    env.setenv("QLAYER_RATE_LIMITS", json.dumps(limits))
     started = time.monotonic()
     jobs = [client.run(PROGRAM, {"executes": 10, "shots": 8}) for _ in range(50)]
     for job in jobs:

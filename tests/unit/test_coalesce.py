@@ -6,7 +6,8 @@ import pytest
 from qiskit import QuantumCircuit
 from qiskit_aer.primitives import SamplerV2
 
-from qlayer import coalesce, codec
+from qlayer import codec
+from qlayer.dispatch import coalesce
 
 
 def raw(pubs=1, **fields):

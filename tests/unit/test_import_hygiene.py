@@ -11,7 +11,16 @@ HEAVY = ("qiskit", "qiskit_aer", "qiskit_ibm_runtime", "numpy", "scipy", "matplo
 
 
 @pytest.mark.parametrize(
-    "module", ["qlayer", "qlayer.client", "qlayer.cli", "qlayer.steps", "qlayer.codec"]
+    "module",
+    [
+        "qlayer",
+        "qlayer.client",
+        "qlayer.cli",
+        "qlayer.steps",
+        "qlayer.codec",
+        "qlayer.core.transitions",
+        "qlayer.dispatch",
+    ],
 )
 def test_light_imports(module):
     code = (

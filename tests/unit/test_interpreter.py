@@ -6,7 +6,8 @@ import pytest
 from qiskit import QuantumCircuit
 
 from qlayer import Done, Execute, FanOut, Next, Workflow
-from qlayer.interpreter import DECISION_KINDS, ROUTES, Decision, over_run_limit, route
+from qlayer.core.transitions import ROUTES
+from qlayer.interpreter import DECISION_KINDS, Decision, over_run_limit, route
 
 
 @pytest.fixture
@@ -55,9 +56,9 @@ def test_unknown_stage_message_lists_known_stages(wf):
     assert "a, b, c" in decided.message
 
 
-def test_every_decision_kind_has_a_local_action_and_a_state():
+def test_every_decision_kind_has_a_state():
     assert set(ROUTES) == set(DECISION_KINDS)
-    assert len({state for _, state in ROUTES.values()}) == len(ROUTES)
+    assert len(set(ROUTES.values())) == len(ROUTES)
 
 
 def test_run_limit(wf):
@@ -81,9 +82,11 @@ def test_execute_builders_validate_pubs():
         Execute.estimator(bell(), then="b")  # type: ignore[arg-type]
 
 
-def test_the_local_engine_has_a_route_for_every_kind():
-    """The daemon dispatches decisions through ROUTES: each action is one of its methods."""
+def test_the_local_engine_has_a_route_for_every_kind(tmp_path):
+    """The daemon carries out each kind with its own action: the same kinds as ROUTES."""
     from qlayer.local.daemon import Daemon
+    from qlayer.local.paths import Home
 
-    for kind, (action, _state) in ROUTES.items():
-        assert callable(getattr(Daemon, "_" + action, None)), f"no local route for {kind!r}"
+    daemon = Daemon(Home.resolve(tmp_path / "home"), workers=1)
+    assert list(daemon.routes) == list(ROUTES)
+    assert all(callable(action) for action in daemon.routes.values())

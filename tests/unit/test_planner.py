@@ -7,13 +7,13 @@ from qiskit import QuantumCircuit
 from qiskit.circuit.library import QuantumVolume
 
 from qlayer.errors import PlannerError
-from qlayer.planner import Limits, memory_mb, plan, summarise
+from qlayer.planner import Resources, memory_mb, plan, summarise
 from qlayer.providers.base import BackendInfo
 
 IDEAL = BackendInfo("aer", "aer", "simulator", None)
 STATEVECTOR = BackendInfo("aer_statevector", "aer", "simulator", None, method="statevector")
 DEVICE = BackendInfo("fake_brisbane", "aer", "qpu", 127, noisy=True)
-CLOUD = Limits()
+CLOUD = Resources()
 
 
 def ghz(n: int) -> QuantumCircuit:
@@ -77,7 +77,7 @@ def test_impossible_requests_fail_at_once_with_what_they_need():
 
 
 def test_local_limit_is_the_machine():
-    local = Limits(local_memory_mb=4096)
+    local = Resources(local_memory_mb=4096)
     assert plan(IDEAL, summarise([qv(12)], None), local).tier == "local"
     with pytest.raises(PlannerError, match=r"this machine offers 4.0 GiB"):
         plan(STATEVECTOR, summarise([qv(30)], None), local)

@@ -7,12 +7,12 @@ from qiskit import QuantumCircuit
 from qiskit_aer.primitives import SamplerV2
 
 from qlayer import Done, Execute, FanOut, Workflow, keys
-from qlayer.planner import Limits
+from qlayer.planner import Resources
 from qlayer.request import decode_request
 from qlayer.steps import JobInfo, child_job_id, complete_execute, fan_in, first_input, run_stage
 from qlayer.store.local import FolderStore
 
-LIMITS = Limits(local_memory_mb=4096)
+LIMITS = Resources(local_memory_mb=4096)
 calls: list[str] = []
 
 

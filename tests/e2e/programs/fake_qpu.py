@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qlayer.dispatch import Limits
+from qlayer.dispatch import RateLimits
 from qlayer.providers.base import AsyncProvider, BackendInfo, ProviderError, ProviderJobStatus
 from qlayer.request import ExecuteRequest, decode_request, encode_request
 
@@ -80,7 +80,7 @@ class FakeQpu(AsyncProvider):
         with self._conn() as conn:
             conn.executescript(SCHEMA)
         self.limits = {
-            "fakeqpu": Limits(max_in_flight=4, submits_per_s=1000.0, burst=1000, source="fake")
+            "fakeqpu": RateLimits(max_in_flight=4, submits_per_s=1000.0, burst=1000, source="fake")
         }
 
     # -- storage ---------------------------------------------------------------------

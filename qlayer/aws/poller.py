@@ -1,0 +1,102 @@
+"""The poller: on a schedule (and on Braket task events), follow every open QPU request.
+
+For each open entry of the tasks table: an outcome recorded by a poller that died before
+delivering it is delivered now; a submitted job is polled (``follow``) and, once ended,
+delivered exactly once (``end``); a request still waiting for its turn, or being
+submitted, has its task token kept alive (SendTaskHeartbeat), so "Wait for QPU" never
+times out on a long queue. Then every backend with waiting requests is drained: what the
+limits now allow goes to the provider (:mod:`qlayer.aws.qpu`).
+
+Harmless to repeat and to race: an outcome is delivered once (a conditional write, first
+poller wins), a result already stored is not fetched again, and states after the first
+final one (a stale RUNNING after DONE) are never seen.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from qlayer import keys
+from qlayer.aws.qpu import cancel_task, deliver, drain, ledger_of
+from qlayer.aws.services import Services
+from qlayer.dispatch import OPEN_STATES, follow
+from qlayer.interpreter import Decision
+from qlayer.steps import note
+
+log = logging.getLogger("qlayer.aws")
+
+#: How long one poll may work (the function's timeout is 300 s; what is left is next time).
+POLL_BUDGET_S = 240.0
+
+
+def poller(event: Mapping[str, Any], svc: Services) -> dict[str, Any]:
+    """One pass over the open QPU requests; what it did, counted."""
+    from qlayer.providers.base import AsyncProvider, ProviderError
+    from qlayer.providers.registry import provider
+
+    ledger = ledger_of(svc)
+    counts = {"done": 0, "failed": 0, "waiting": 0, "submitted": 0, "errors": 0, "left": 0}
+    backends: set[str] = set()
+    started = time.monotonic()
+    for entry in ledger.entries_in(OPEN_STATES):
+        if time.monotonic() - started > POLL_BUDGET_S:
+            counts["left"] += 1
+            continue
+        try:
+            job = svc.jobs.find(entry.job_id)
+            if job is None or job.status.is_final:
+                cancel_task(svc, entry.job_id, entry.seq)
+                continue
+            if entry.outcome is not None:  # recorded before a crash: deliver it now
+                decision = Decision.from_json(entry.outcome)
+            else:
+                found = provider(entry.backend)
+                if not isinstance(found, AsyncProvider):
+                    continue  # run by a dispatcher right now
+                backends.add(entry.backend)
+                if entry.provider_job_id is None:  # its turn has not come, or it is going now
+                    _heartbeat(svc, entry.token)
+                    counts["waiting"] += 1
+                    continue
+                try:
+                    _status, got = follow(ledger, found, svc.store, entry.key, retry=svc.retry)
+                except ProviderError as exc:
+                    if exc.retryable:
+                        raise
+                    got = _cannot_follow(svc, entry, exc)
+                if got is None:
+                    _heartbeat(svc, entry.token)
+                    counts["waiting"] += 1
+                    continue
+                decision = got
+            if deliver(svc, entry.key, decision):
+                counts["failed" if decision.kind == "error" else "done"] += 1
+        except Exception:
+            log.exception("polling %s failed; it is polled again next time", entry.key)
+            counts["errors"] += 1
+    for backend in sorted(backends):
+        try:
+            counts["submitted"] += drain(svc, backend)
+        except Exception:
+            log.exception("draining %s failed; it is tried again next time", backend)
+            counts["errors"] += 1
+    return counts
+
+
+def _heartbeat(svc: Services, token: str | None) -> None:
+    if token:
+        svc.send_token("send_task_heartbeat", taskToken=token)
+
+
+def _cannot_follow(svc: Services, entry: Any, exc: Exception) -> Decision:
+    seq = entry.seq or 0
+    text = f"provider job {entry.provider_job_id} on {entry.backend} cannot be followed: {exc}"
+    note(svc.store, entry.job_id, seq, "execute", f"{text} (key {entry.key})")
+    decision = Decision.failed(seq, "execute", "ProviderJobFailed", text)
+    svc.store.put_json(
+        keys.step_dir(entry.job_id, seq, "execute") + "output.json", decision.to_json()
+    )
+    return decision

@@ -1,0 +1,201 @@
+"""QPU requests on AWS, over the tasks table (:class:`~qlayer.aws.ledger.DynamoLedger`).
+
+The dispatcher and the poller share these; both call the dispatcher core
+(:mod:`qlayer.dispatch`) as the local daemon does:
+
+* a request from "Wait for QPU" is held in the ledger (WAITING, with its task token) —
+  durably, so the SQS message is done with at once: a request held back by its backend's
+  limits costs no receives and is never dead-lettered;
+* :func:`drain` submits a backend's waiting requests, oldest first, while its limits allow
+  (:func:`~qlayer.dispatch.admit`: in-flight slots counted in the table across every
+  dispatcher, then the submission rate), each exactly once (``submit_once``);
+* the poller follows submitted jobs (``follow``), keeps every waiting request's task token
+  alive (heartbeats), drains again as slots come back, and :func:`deliver` hands each
+  outcome to the state machine exactly once (``end``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+from qlayer import keys
+from qlayer.aws.services import Services, batch_compute
+from qlayer.aws.steps import carry_on
+from qlayer.core import transitions
+from qlayer.core.ports import Event
+from qlayer.dispatch import (
+    SubmissionEnded,
+    SubmissionInProgress,
+    admit,
+    cancel_once,
+    end,
+    submit_once,
+)
+from qlayer.dispatch.ledger import LedgerEntry
+from qlayer.interpreter import Decision
+from qlayer.providers.base import AsyncProvider, ProviderError
+from qlayer.status import JobStatus
+from qlayer.steps import note
+
+if TYPE_CHECKING:
+    from qlayer.aws.ledger import DynamoLedger
+
+log = logging.getLogger("qlayer.aws")
+
+#: How long one drain may keep submitting (a Lambda must end within its timeout; what is
+#: left waits for the next dispatch or poll).
+DRAIN_BUDGET_S = 60.0
+
+
+def ledger_of(svc: Services) -> DynamoLedger:
+    if svc.ledger is None:
+        raise RuntimeError("this function has no QLAYER_TASKS_TABLE: it cannot reach QPU tasks")
+    return svc.ledger
+
+
+def deliver(svc: Services, key: str, decision: Decision) -> bool:
+    """Hand a request's decision to its job and its state machine, once; end the entry."""
+    ledger = ledger_of(svc)
+    job_id, _, seq_text = key.rpartition("/")
+    seq = int(seq_text)
+    ports = svc.ports()
+
+    def to_machine(outcome: Decision) -> None:
+        carried = transitions.advance(ports, job_id, seq, "execute", outcome)
+        entry = ledger.get(key)
+        token = entry.token if entry else None
+        if token:
+            out = batch_compute(svc, carry_on(carried, seq)).to_json()
+            svc.send_token("send_task_success", taskToken=token, output=json.dumps(out))
+
+    return end(ledger, key, decision, to_machine)
+
+
+def drain(svc: Services, backend: str, *, budget_s: float = DRAIN_BUDGET_S) -> int:
+    """Submit ``backend``'s waiting requests, oldest first, while its limits allow.
+
+    Also takes over claims left by a dispatcher that died before recording a provider job
+    (their lease has passed): ``submit_once`` asks the provider first.
+
+    Returns:
+        How many requests went to the provider.
+    """
+    from qlayer.providers.registry import async_provider
+
+    ledger = ledger_of(svc)
+    limiter = svc.rate_limiter()
+    provider = async_provider(backend)
+    now = ledger.clock()
+    candidates = ledger.entries_in(["WAITING"], backend=backend) + [
+        entry
+        for entry in ledger.entries_in(["CLAIMED"], backend=backend)
+        if entry.provider_job_id is None and entry.lease_until <= now
+    ]
+    candidates.sort(key=lambda e: (e.created_at, e.key))
+    started, submitted = time.monotonic(), 0
+    for entry in candidates:
+        if time.monotonic() - started > budget_s:
+            break
+        job = svc.jobs.find(entry.job_id)
+        if job is None or job.status.is_final:
+            ledger.finish(entry.key, "CANCELLED", message="the job ended before its turn")
+            continue
+        if admit(ledger, limiter, entry.key, backend) > 0:
+            break  # every slot taken, or the rate says wait: the next poll comes back
+        if _submit(svc, provider, entry):
+            submitted += 1
+    return submitted
+
+
+def _submit(svc: Services, provider: AsyncProvider, entry: LedgerEntry) -> bool:
+    from qlayer.request import decode_request
+
+    ledger = ledger_of(svc)
+    key, backend, seq = entry.key, entry.backend, entry.seq or 0
+    try:
+        request = decode_request(svc.store.get_json(entry.request_key))
+        provider_job_id = submit_once(
+            ledger,
+            provider,
+            key,
+            backend,
+            request,
+            request_key=entry.request_key,
+            owner=uuid.uuid4().hex,
+            retry=svc.retry,
+        )
+    except (SubmissionEnded, SubmissionInProgress):
+        return False  # cancelled meanwhile, or another dispatcher is on it
+    except ProviderError as exc:
+        if exc.retryable:  # throttled past our retries: the slot goes back, a later drain retries
+            ledger.give_back_slot(key)
+            note(svc.store, entry.job_id, seq, "execute", f"{backend} still refuses: {exc}")
+            return False
+        text = f"submit to {backend} failed: {exc}"
+        note(svc.store, entry.job_id, seq, "execute", f"{text} (key {key})")
+        decision = Decision.failed(seq, "execute", "ProviderError", text)
+        svc.store.put_json(
+            keys.step_dir(entry.job_id, seq, "execute") + "output.json", decision.to_json()
+        )
+        deliver(svc, key, decision)
+        return False
+    except Exception:
+        # Our own fault, not the provider's answer: a later drain tries again, asking the
+        # provider first (it may have accepted the job).
+        ledger.give_back_slot(key)
+        log.exception("submitting %s failed; it is tried again later", key)
+        return False
+    svc.jobs.update(
+        entry.job_id,
+        status=JobStatus.WAITING_FOR_QPU,
+        stage="execute",
+        seq=seq,
+        provider_job_id=provider_job_id,
+        event=Event(
+            seq,
+            "execute",
+            "submitted",
+            {"backend": backend, "provider_job_id": provider_job_id, "idempotency_key": key},
+        ),
+    )
+    note(
+        svc.store,
+        entry.job_id,
+        seq,
+        "execute",
+        f"submitted to {backend}: provider job {provider_job_id} (key {key})",
+    )
+    return True
+
+
+def cancel_task(svc: Services, job_id: str, seq: int | None) -> None:
+    """Make the cancel of ``job_id``'s request (step ``seq``, or its current step) reach the
+    provider, whatever state the request is in (:func:`~qlayer.dispatch.cancel_once`)."""
+    from qlayer.aws.ledger import task_key
+    from qlayer.providers.registry import provider
+
+    ledger = ledger_of(svc)
+    if seq is None:
+        record = svc.jobs.find(job_id)
+        seq = record.seq if record else 0
+    key = task_key(job_id, seq)
+    entry = ledger.get(key)
+    if entry is None:
+        return
+    found = provider(entry.backend)
+    if not isinstance(found, AsyncProvider):
+        ledger.finish(key, "CANCELLED", message="cancelled with the job")
+        return
+    provider_job_id = cancel_once(ledger, found, key, retry=svc.retry)
+    if provider_job_id is not None:
+        note(
+            svc.store,
+            job_id,
+            seq,
+            "execute",
+            f"cancelled provider job {provider_job_id} on {entry.backend} (key {key})",
+        )

@@ -1,0 +1,166 @@
+"""The client of the local substrate: jobs in ``$QLAYER_HOME``, run by the local daemon."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from qlayer.core.ports import JobRecord, NewJob
+from qlayer.job import BaseJob
+from qlayer.local import control, state
+from qlayer.local.jobstore import SqliteJobStore
+from qlayer.local.paths import Home
+from qlayer.store.local import FolderStore
+from qlayer.submit import prepare_job
+from qlayer.workflow import Workflow
+
+
+class LocalClient:
+    """Entry point to the local substrate (state under ``$QLAYER_HOME``).
+
+    Args:
+        home: State folder (default ``$QLAYER_HOME`` or ``~/.qlayer``).
+        autostart: Start the daemon when a job needs it.
+        workers: Worker processes for a daemon this client starts.
+    """
+
+    def __init__(
+        self,
+        home: str | os.PathLike[str] | Home | None = None,
+        *,
+        autostart: bool = True,
+        workers: int | None = None,
+    ) -> None:
+        self.home = home if isinstance(home, Home) else Home.resolve(home)
+        self.autostart = autostart
+        self.workers = workers
+        self.store = FolderStore(self.home.artifacts)
+        self._conn = state.connect(self.home.db)
+        self.jobstore = SqliteJobStore(self._conn)
+
+    def __repr__(self) -> str:
+        return f"<LocalClient home={str(self.home.root)!r}>"
+
+    # -- daemon ----------------------------------------------------------------------
+    def up(self) -> int:
+        """Start the local daemon if it is not running; returns its pid."""
+        return control.start(self.home, workers=self.workers)
+
+    def down(self) -> bool:
+        """Stop the local daemon. Running steps resume when it starts again."""
+        return control.stop(self.home)
+
+    def daemon_pid(self) -> int | None:
+        return control.daemon_pid(self.home)
+
+    def ensure_daemon(self) -> None:
+        if self.autostart and control.daemon_pid(self.home) is None:
+            self.up()
+
+    # -- jobs ------------------------------------------------------------------------
+    def run(
+        self,
+        program: str | os.PathLike[str] | Workflow,
+        arguments: Mapping[str, Any] | None = None,
+        *,
+        backend: str | None = None,
+    ) -> LocalJob:
+        """Submit a program and return at once.
+
+        Args:
+            program: A program file, a folder with ``main.py``, or a Workflow
+                defined in an importable file.
+            arguments: Job arguments, checked against the workflow's ``params``.
+            backend: Default backend for Execute requests (overrides the workflow's).
+
+        Raises:
+            ProgramError: The program is missing, does not parse, or defines no Workflow.
+            ArgumentError: The arguments do not match the declared parameters.
+            BackendError: The backend name is unknown.
+        """
+        job = prepare_job(self.store, program, arguments, backend=backend)
+        self.jobstore.create(
+            NewJob(
+                job.job_id,
+                program_id=job.program_id,
+                workflow=job.workflow.name,
+                arguments=job.arguments,
+                backend=job.backend,
+                first=job.first,
+            )
+        )
+        self.ensure_daemon()
+        control.poke(self.home)
+        return LocalJob(self, job.job_id)
+
+    def job(self, job_id: str) -> LocalJob:
+        """A handle on an existing job (raises JobNotFound if there is none)."""
+        return LocalJob(self, job_id, self.jobstore.get(job_id))
+
+    def jobs(self, *, limit: int = 50, status: str | None = None) -> list[LocalJob]:
+        """Recent top-level jobs, newest first."""
+        return [
+            LocalJob(self, record.job_id, record)
+            for record in self.jobstore.list_jobs(limit=limit, status=status)
+        ]
+
+    def backends(self) -> list[dict[str, Any]]:
+        """Every backend the configuration knows."""
+        from qlayer.providers.registry import known_backends
+
+        return [info.to_json() for info in known_backends()]
+
+
+class LocalJob(BaseJob):
+    """A handle on one local job. Rebuild it from its id alone with ``client.job(job_id)``."""
+
+    # A status read is one indexed SQLite query (~0.1 ms): poll often enough that a wait
+    # adds little to a job's time, and never more than 25 ms.
+    poll_max_s = 0.025
+
+    def __init__(self, client: LocalClient, job_id: str, record: JobRecord | None = None) -> None:
+        super().__init__(job_id)
+        self.client = client
+        self._record = record
+
+    @property
+    def store(self) -> FolderStore:
+        return self.client.store
+
+    def _fetch(self) -> JobRecord:
+        self._record = self.client.jobstore.get(self.job_id)
+        return self._record
+
+    def _progress_key(self, row: Any) -> tuple[Any, ...]:
+        return (row.status, row.stage, row.seq, row.children_done)
+
+    def _keep_alive(self) -> None:
+        self.client.ensure_daemon()  # a dead daemon is restarted: a wait cannot hang
+
+    def info(self) -> dict[str, Any]:
+        """The job's status record as JSON (what ``qlayer status --json`` prints)."""
+        record = self._fetch()
+        devices = state.device_jobs_for(self.client._conn, self.job_id)
+        info = self._status_json(record)
+        info["provider_job_ids"] = [d["device_job_id"] for d in devices]
+        return info
+
+    def cancel(self) -> bool:
+        """Cancel the job, its children and its device jobs. False if it had ended."""
+        changed = self.client.jobstore.request_cancel(self.job_id)
+        if changed:
+            self.client.ensure_daemon()
+            control.poke(self.client.home)
+        return changed
+
+    def timeline(self) -> list[dict[str, Any]]:
+        """Stage events in order: submitted, started, finished, errors, device jobs."""
+        return self.client.jobstore.timeline(self.job_id)
+
+    def children(self) -> list[LocalJob]:
+        """Children of the job's latest fan-out, in item order."""
+        return [
+            LocalJob(self.client, record.job_id, record)
+            for record in self.client.jobstore.children(self.job_id)
+        ]
