@@ -1,27 +1,77 @@
 """Names of the stack's resources: from Lambda environment variables or stack outputs.
 
-In Lambda (and Batch) the stack sets ``QLAYER_BUCKET``, ``QLAYER_JOBS_TABLE``,
-``QLAYER_TASKS_TABLE``, and where a function needs them ``QLAYER_STATE_MACHINE_ARN`` and
-``QLAYER_DISPATCH_QUEUE_URL``. A client reads the CloudFormation outputs of the
-stack (``BucketName``, ``JobsTableName``, ``TasksTableName``, ``StateMachineArn``,
-``DispatchQueueUrl``).
+Each function (and each Batch container) gets exactly the variables of its row in
+:data:`FUNCTION_ENV`; the CDK app builds every environment from that table and a test
+holds the synthesized template to it. A client reads the CloudFormation outputs of the
+stack (:data:`STACK_OUTPUTS`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from qlayer.errors import QlayerError
 
+BUCKET_ENV = "QLAYER_BUCKET"
+JOBS_TABLE_ENV = "QLAYER_JOBS_TABLE"
+TASKS_TABLE_ENV = "QLAYER_TASKS_TABLE"
+STATE_MACHINE_ARN_ENV = "QLAYER_STATE_MACHINE_ARN"
+DISPATCH_QUEUE_URL_ENV = "QLAYER_DISPATCH_QUEUE_URL"
+PROVIDERS_SECRET_ARN_ENV = "QLAYER_PROVIDERS_SECRET_ARN"
+BRAKET_BUCKET_ENV = "QLAYER_BRAKET_BUCKET"
+#: JSON of :class:`DeploymentResources`: what one stage or simulation can get here.
+RESOURCES_ENV = "QLAYER_RESOURCES"
+#: Provider plugins, ``prefix=module:factory[,...]`` (see qlayer.providers.registry).
+PROVIDERS_ENV = "QLAYER_PROVIDERS"
+#: JSON ``{backend or prefix: {limit: number}}``: dispatch rate limits of the deployment.
+RATE_LIMITS_ENV = "QLAYER_RATE_LIMITS"
+#: The handler's name (``"batch"`` in the Batch containers).
+FUNCTION_NAME_ENV = "QLAYER_FUNCTION"
+LOG_SERVICE_ENV = "POWERTOOLS_SERVICE_NAME"
+LOG_LEVEL_ENV = "POWERTOOLS_LOG_LEVEL"
+
+#: Set only when the deployment configures them (stack props ``provider_plugins``,
+#: ``rate_limits``); every other name in a row is always set.
+OPTIONAL_ENV: frozenset[str] = frozenset({PROVIDERS_ENV, RATE_LIMITS_ENV})
+
+_EVERY = frozenset({BUCKET_ENV, JOBS_TABLE_ENV, FUNCTION_NAME_ENV, LOG_SERVICE_ENV, LOG_LEVEL_ENV})
+_PROVIDER_CONFIG = OPTIONAL_ENV
+_RUNS_STAGES = frozenset({PROVIDERS_SECRET_ARN_ENV, RESOURCES_ENV}) | _PROVIDER_CONFIG
+_TALKS_TO_PROVIDERS = (
+    frozenset({TASKS_TABLE_ENV, PROVIDERS_SECRET_ARN_ENV, BRAKET_BUCKET_ENV}) | _PROVIDER_CONFIG
+)
+
+#: Handler name -> the environment variables its code reads; ``"batch"`` is the Batch
+#: containers (``python -m qlayer.aws.batch_entry``, stages and simulations).
+FUNCTION_ENV: dict[str, frozenset[str]] = {
+    "trigger": _EVERY | {STATE_MACHINE_ARN_ENV},
+    "loader": _EVERY,
+    "read_outcome": _EVERY,
+    "start_children": _EVERY,
+    "fan_in": _EVERY,
+    "finaliser": _EVERY,
+    # fail_job sends provider-cancel messages to the dispatcher.
+    "fail_job": _EVERY | {DISPATCH_QUEUE_URL_ENV},
+    "stage_runner": _EVERY | _RUNS_STAGES,
+    "simulator": _EVERY | {RESOURCES_ENV} | _PROVIDER_CONFIG,
+    "dispatcher": _EVERY | _TALKS_TO_PROVIDERS,
+    "poller": _EVERY | _TALKS_TO_PROVIDERS,
+    "batch": _EVERY | _RUNS_STAGES,
+}
+
 ENV_VARS = {
-    "bucket": "QLAYER_BUCKET",
-    "jobs_table": "QLAYER_JOBS_TABLE",
-    "tasks_table": "QLAYER_TASKS_TABLE",
-    "state_machine_arn": "QLAYER_STATE_MACHINE_ARN",
-    "dispatch_queue_url": "QLAYER_DISPATCH_QUEUE_URL",
+    "bucket": BUCKET_ENV,
+    "jobs_table": JOBS_TABLE_ENV,
+    "tasks_table": TASKS_TABLE_ENV,
+    "state_machine_arn": STATE_MACHINE_ARN_ENV,
+    "dispatch_queue_url": DISPATCH_QUEUE_URL_ENV,
+    "providers_secret_arn": PROVIDERS_SECRET_ARN_ENV,
+    "braket_bucket": BRAKET_BUCKET_ENV,
+    "resources": RESOURCES_ENV,
 }
 STACK_OUTPUTS = {
     "bucket": "BucketName",
@@ -29,6 +79,9 @@ STACK_OUTPUTS = {
     "tasks_table": "TasksTableName",
     "state_machine_arn": "StateMachineArn",
     "dispatch_queue_url": "DispatchQueueUrl",
+    "providers_secret_arn": "ProvidersSecretArn",
+    "braket_bucket": "BraketResultsBucketName",
+    "resources": "Resources",
 }
 
 
@@ -45,6 +98,9 @@ class AwsConfig:
     tasks_table: str | None = None
     state_machine_arn: str | None = None
     dispatch_queue_url: str | None = None
+    providers_secret_arn: str | None = None
+    braket_bucket: str | None = None
+    resources: str | None = None
     region: str | None = None
 
     @classmethod
@@ -90,8 +146,66 @@ class AwsConfig:
         outputs = {o["OutputKey"]: o["OutputValue"] for o in found[0].get("Outputs", [])}
         return cls.from_outputs(outputs, region)
 
+    def deployment_resources(self) -> DeploymentResources | None:
+        """What the deployment offers (``QLAYER_RESOURCES`` / output ``Resources``), if known."""
+        return DeploymentResources.from_json(self.resources) if self.resources else None
+
     def require(self, name: str) -> str:
         value = getattr(self, name)
         if not value:
             raise ConfigError(f"{ENV_VARS.get(name, name)} is not set: this function has no {name}")
         return str(value)
+
+
+@dataclass(frozen=True)
+class DeploymentResources:
+    """The most one stage or simulation can get from this deployment (MiB, vCPUs, seconds).
+
+    The stack computes it from its own properties and sets it as ``QLAYER_RESOURCES``
+    (stage runner, simulator, Batch) and as the stack output ``Resources``.
+
+    Attributes:
+        stage_memory_mb: Memory of the stage-runner Lambda: the most a stage with
+            ``compute="lambda"`` may declare.
+        lambda_memory_mb: Memory of the simulator Lambda (planner tier ``lambda``).
+        lambda_seconds: Lambda's time limit.
+        batch_memory_mb: The most memory one CPU Batch job can get (the largest CPU
+            instance type, less what the ECS agent and the OS keep).
+        batch_vcpus: The vCPUs of that instance type (a job asking for both fits on it).
+        gpu_memory_mb: The largest memory of one GPU among the GPU instance types.
+        gpu_vcpus: What a one-GPU job should ask for to fit the smallest GPU instance type.
+        gpu_job_memory_mb: The memory a one-GPU job should ask for to fit it.
+    """
+
+    stage_memory_mb: int
+    lambda_memory_mb: int
+    lambda_seconds: int
+    batch_memory_mb: int
+    batch_vcpus: int
+    gpu_memory_mb: int
+    gpu_vcpus: int
+    gpu_job_memory_mb: int
+
+    def to_json(self) -> str:
+        """Compact JSON with sorted keys (the form of the env var and the stack output)."""
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> DeploymentResources:
+        """Parse ``QLAYER_RESOURCES``.
+
+        Raises:
+            ConfigError: Not a JSON object of the expected keys with positive integers.
+        """
+        names = [f.name for f in fields(cls)]
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{RESOURCES_ENV} is not JSON: {exc.msg}") from exc
+        if not isinstance(raw, dict) or set(raw) != set(names):
+            got = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
+            raise ConfigError(f"{RESOURCES_ENV} must hold exactly the keys {names}; got {got}")
+        bad = [k for k in names if not isinstance(raw[k], int) or raw[k] <= 0]
+        if bad:
+            raise ConfigError(f"{RESOURCES_ENV}: {', '.join(bad)} must be positive integers")
+        return cls(**raw)
