@@ -138,33 +138,47 @@ def grant_braket_results(principal: iam.IGrantable, bucket: s3.IBucket) -> None:
     )
 
 
-def braket_device_arns(stack: Stack) -> list[str]:
-    """Braket devices: the region's QPUs and simulators, the account's, and the on-demand
-    simulators (SV1, DM1, TN1), whose ARNs have no region (``arn:aws:braket:::device/...``)."""
-    partition, region, account = stack.partition, stack.region, stack.account
-    return [
-        f"arn:{partition}:braket:{region}::device/*",
-        f"arn:{partition}:braket:{region}:{account}:device/*",
-        f"arn:{partition}:braket:::device/quantum-simulator/*",
-    ]
+def braket_device_arns(stack: Stack, regions: Sequence[str] = ()) -> list[str]:
+    """Braket devices: the QPUs and simulators of the stack's region (and of ``regions``:
+    Braket QPUs live in one region each), the account's, and the on-demand simulators
+    (SV1, DM1, TN1), whose ARNs have no region (``arn:aws:braket:::device/...``)."""
+    partition, account = stack.partition, stack.account
+    arns = []
+    for region in (stack.region, *regions):
+        arns += [
+            f"arn:{partition}:braket:{region}::device/*",
+            f"arn:{partition}:braket:{region}:{account}:device/*",
+        ]
+    return [*arns, f"arn:{partition}:braket:::device/quantum-simulator/*"]
 
 
-def braket_task_arns(stack: Stack) -> list[str]:
-    """Quantum tasks of this account and region."""
+def braket_task_arns(stack: Stack, regions: Sequence[str] = ()) -> list[str]:
+    """Quantum tasks of this account, in the stack's region and ``regions`` (a task lives in
+    its device's region)."""
     return [
         stack.format_arn(
             service="braket",
+            region=region,
             resource="quantum-task",
             resource_name="*",
             arn_format=ArnFormat.SLASH_RESOURCE_NAME,
         )
+        for region in (stack.region, *regions)
     ]
 
 
-def grant_braket(principal: iam.IGrantable, stack: Stack, *, submit: bool, tasks: bool) -> None:
+def grant_braket(
+    principal: iam.IGrantable,
+    stack: Stack,
+    *,
+    submit: bool,
+    tasks: bool,
+    regions: Sequence[str] = (),
+) -> None:
     """GetDevice on Braket devices; with ``submit``, CreateQuantumTask on them; with
-    ``tasks``, Get/CancelQuantumTask on this account's quantum tasks."""
-    devices = braket_device_arns(stack)
+    ``tasks``, Get/CancelQuantumTask on this account's quantum tasks. ``regions``: Braket
+    regions beyond the stack's."""
+    devices = braket_device_arns(stack, regions)
     actions = ["braket:GetDevice", *(["braket:CreateQuantumTask"] if submit else [])]
     policy = principal.grant_principal
     policy.add_to_principal_policy(iam.PolicyStatement(actions=actions, resources=devices))
@@ -172,7 +186,7 @@ def grant_braket(principal: iam.IGrantable, stack: Stack, *, submit: bool, tasks
         policy.add_to_principal_policy(
             iam.PolicyStatement(
                 actions=["braket:GetQuantumTask", "braket:CancelQuantumTask"],
-                resources=braket_task_arns(stack),
+                resources=braket_task_arns(stack, regions),
             )
         )
 
@@ -213,6 +227,7 @@ def grant_all(
     dispatch_queue: sqs.IQueue,
     state_machine: sfn.IStateMachine,
     state_machine_name: str,
+    braket_regions: Sequence[str] = (),
     qpu_functions: Sequence[str] = ("dispatcher", "poller"),
 ) -> None:
     """Every grant of the stack's functions and the Batch job role (``principals`` by name).
@@ -230,6 +245,7 @@ def grant_all(
             stack,
             submit=name == "dispatcher",
             tasks=name in qpu_functions,
+            regions=braket_regions,
         )
     for name in qpu_functions:
         grant_tasks(principals[name], tasks)

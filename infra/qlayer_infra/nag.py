@@ -7,6 +7,7 @@ id at a time (``AwsSolutions-IAM5[Resource::...]``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from aws_cdk import Acknowledgment, App, CfnResource, Stack, Validations
@@ -39,7 +40,13 @@ def logical_id(construct: IConstruct) -> str:
 
 
 def acknowledge(
-    stack: Stack, *, storage: Storage, compute: Compute, workflow: JobWorkflow, dispatch: Dispatch
+    stack: Stack,
+    *,
+    storage: Storage,
+    compute: Compute,
+    workflow: JobWorkflow,
+    dispatch: Dispatch,
+    braket_regions: Sequence[str] = (),
 ) -> None:
     """The accepted findings of QlayerStack, narrowest scope first."""
     bucket = logical_id(storage.bucket)
@@ -69,10 +76,16 @@ def acknowledge(
         "ARN): GetDevice/CreateQuantumTask on the region's and account's devices and the "
         "region-less on-demand simulators; Get/CancelQuantumTask on this account's quantum "
         "tasks, whose ids exist only after creation",
-        "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:braket:<AWS::Region>::device/*]",
-        f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:braket:{region_account}:device/*]",
         "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:braket:::device/quantum-simulator/*]",
-        f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:braket:{region_account}:quantum-task/*]",
+        *(
+            f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:braket:{arn}]"
+            for region in ("<AWS::Region>", *braket_regions)
+            for arn in (
+                f"{region}::device/*",
+                f"{region}:<AWS::AccountId>:device/*",
+                f"{region}:<AWS::AccountId>:quantum-task/*",
+            )
+        ),
     )
     ack(
         stack,

@@ -28,6 +28,7 @@ from qlayer_infra.storage import INBOX_PREFIX, Storage
 from qlayer_infra.workflow import DEFAULT_DISTRIBUTED_CONCURRENCY, JobWorkflow, state_machine_arn
 
 _ENV_NAME = re.compile(r"^[a-z][a-z0-9-]{0,11}$")
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
 #: One provider plugin: ``[prefix=]module.path:factory`` or ``[prefix=]/path/file.py:factory``.
 _PLUGIN = re.compile(r"^(?:[a-z][a-z0-9_]*=)?[^\s,=:]+:[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -101,6 +102,8 @@ class QlayerStack(Stack):
             fit is cancelled after this long RUNNABLE (600-86400; default 600).
         batch_no_capacity_timeout_s: A Batch job waiting for EC2 capacity is cancelled after
             this long RUNNABLE (600-86400; default 7200).
+        braket_regions: Regions besides the stack's whose Amazon Braket devices jobs may use
+            (each QPU lives in one region, e.g. ``["us-west-1", "eu-north-1"]``).
 
     Raises:
         ValueError: A property out of range, a malformed plugin list or limit, or an
@@ -128,6 +131,7 @@ class QlayerStack(Stack):
         max_distributed_concurrency: int = DEFAULT_DISTRIBUTED_CONCURRENCY,
         batch_unplaceable_timeout_s: int = 600,
         batch_no_capacity_timeout_s: int = 7200,
+        braket_regions: Sequence[str] = (),
         **kwargs,
     ) -> None:
         if not _ENV_NAME.match(env_name):
@@ -141,6 +145,11 @@ class QlayerStack(Stack):
                 "must be positive and no longer than the timeout"
             )
         provider_env = provider_settings(provider_plugins, rate_limits)
+        bad_regions = [r for r in braket_regions if not _REGION.match(r)]
+        if bad_regions or isinstance(braket_regions, str):
+            raise ValueError(
+                f"braket_regions {braket_regions!r}: give a list of region names like 'us-west-1'"
+            )
         batch_limits = BatchLimits(
             unplaceable_s=batch_unplaceable_timeout_s, no_capacity_s=batch_no_capacity_timeout_s
         )
@@ -221,9 +230,15 @@ class QlayerStack(Stack):
             dispatch_queue=dispatch.queue,
             state_machine=machine,
             state_machine_name=workflow.name,
+            braket_regions=braket_regions,
         )
         nag.acknowledge(
-            self, storage=storage, compute=compute, workflow=workflow, dispatch=dispatch
+            self,
+            storage=storage,
+            compute=compute,
+            workflow=workflow,
+            dispatch=dispatch,
+            braket_regions=braket_regions,
         )
 
         self.storage, self.ops, self.compute, self.dispatch, self.workflow = (

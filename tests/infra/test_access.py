@@ -151,3 +151,38 @@ def test_fail_job_may_stop_only_job_executions(statements) -> None:
     grants = _grants(statements["fail_job"], "states:")
     assert grants and {a for a, _ in grants} == {"states:StopExecution"}
     assert all(":execution:qlayer-dev-jobs:*" in r for _, r in grants)
+
+
+def test_braket_regions_extend_devices_and_tasks_and_stay_nag_clean(tmp_path) -> None:
+    """Each Braket QPU lives in one region (the provider calls the device's region): a stack
+    may name more regions; without them only the stack's region (and the region-less
+    on-demand simulators) is allowed."""
+    from aws_cdk.assertions import Template
+    from cdk_nag import AwsSolutionsChecks
+    from qlayer_infra.stack import QlayerStack
+
+    from .conftest import make_app
+
+    stack = QlayerStack(make_app(tmp_path), "Regions", braket_regions=["us-west-1", "eu-north-1"])
+    raw = json.dumps(Template.from_stack(stack).to_json())
+    for region in ("us-west-1", "eu-north-1"):
+        assert f":braket:{region}::device/*" in raw
+        assert f":braket:{region}:" in raw and "quantum-task/*" in raw
+    report = AwsSolutionsChecks().validate_scope(stack)
+    assert report.success, [v.rule_name for v in report.violations]
+    with pytest.raises(ValueError, match="braket_regions"):
+        QlayerStack(make_app(tmp_path / "b"), "Bad", braket_regions="us-west-1")
+
+
+def test_without_braket_regions_only_the_stack_region(statements) -> None:
+    from qlayer_infra.extract import DEFAULT_PSEUDO, resolve_intrinsics
+
+    arns = {
+        resolve_intrinsics(json.loads(r), lambda lid, attr: lid)
+        for name in ALL
+        for _, r in _grants(statements[name], "braket:")
+    }
+    assert {arn.split(":")[3] for arn in arns} == {DEFAULT_PSEUDO["AWS::Region"], ""}
+    assert {arn for arn in arns if arn.split(":")[3] == ""} == {
+        "arn:aws:braket:::device/quantum-simulator/*"
+    }
