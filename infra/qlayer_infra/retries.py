@@ -94,6 +94,7 @@ SQS = RetryPolicy(
 CHILD = RetryPolicy(
     (
         "StepFunctions.ExecutionLimitExceeded",
+        "StepFunctions.ThrottlingException",
         "StepFunctions.AWSStepFunctionsException",
         "StepFunctions.SdkClientException",
     ),
