@@ -104,7 +104,22 @@ _DEFAULT_TIMEOUT_S = 60
 LAMBDA_MEMORY_RANGE_MB = (128, 10240)
 LOG_LEVEL = "INFO"
 
-__all__ = ["BATCH_COMMAND", "Compute", "function_timeout_s"]
+__all__ = [
+    "BATCH",
+    "BATCH_COMMAND",  # re-exported: the Batch module builds the job definitions
+    "DEFAULT_CPU_INSTANCE_TYPES",
+    "DEFAULT_GPU_INSTANCE_TYPES",
+    "IMAGE_CONTEXT_EXCLUDE",
+    "IMAGE_FUNCTIONS",
+    "LIGHT_FUNCTIONS",
+    "LIGHT_LAYER_DIR",
+    "Compute",
+    "ensure_light_layer",
+    "environment_for",
+    "function_dir",
+    "function_timeout_s",
+    "light_layer_sources",
+]
 
 
 def function_timeout_s(name: str) -> int:
