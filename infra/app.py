@@ -4,7 +4,16 @@
 Context: ``-c env_name=prod`` names the environment (default ``dev``).
 """
 
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
 import aws_cdk as cdk
+
+# qlayer (its env-var table, qlayer.aws.config) when run with an interpreter lacking it.
+sys.path.append(str(Path(__file__).resolve().parents[1]))
+
 from qlayer_infra import nag
 from qlayer_infra.stack import QlayerStack
 

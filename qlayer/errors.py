@@ -65,5 +65,9 @@ class JobNotFound(QlayerError):
     """No job with that id exists in this substrate."""
 
 
+class ConfigError(QlayerError):
+    """A setting is missing or malformed: an environment variable, a stack output."""
+
+
 class DaemonError(QlayerError):
     """The local daemon could not be started or reached."""

@@ -100,27 +100,44 @@ class Resources:
             total = 8192
         return cls(local_memory_mb=int(total * fraction))
 
+    def to_json(self) -> str:
+        """A deployment's resources as the stack writes them: compact JSON, sorted keys
+        (``local_memory_mb`` is the local substrate's own and never written)."""
+        import json
+
+        data = {name: getattr(self, name) for name in _DEPLOYED}
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
     @classmethod
-    def from_json(cls, raw: Any, *, where: str = RESOURCES_ENV) -> Resources:
-        """Resources from their JSON (unknown keys are an error: a typo must not pass).
+    def from_json(cls, text: str | bytes) -> Resources:
+        """A deployment's resources from :meth:`to_json`'s form.
 
         Raises:
-            PlannerError: ``raw`` is not an object of positive integers of known fields.
+            ConfigError: Not a JSON object of exactly those keys, with positive integers.
         """
         import json
 
-        data = json.loads(raw) if isinstance(raw, (str, bytes)) else raw
-        known = {f for f in cls.__dataclass_fields__ if f != "local_memory_mb"}
-        if not isinstance(data, dict) or set(data) - known:
-            extra = sorted(set(data) - known) if isinstance(data, dict) else []
-            raise PlannerError(
-                f"{where} must be a JSON object with keys among {sorted(known)}"
-                + (f"; unknown: {extra}" if extra else "")
-            )
-        for name, value in data.items():
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise PlannerError(f"{where}: {name} must be a positive integer, got {value!r}")
-        return cls(**data)
+        from qlayer.errors import ConfigError
+
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{RESOURCES_ENV} is not JSON: {exc.msg}") from exc
+        if not isinstance(raw, dict) or set(raw) != set(_DEPLOYED):
+            got = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
+            raise ConfigError(f"{RESOURCES_ENV} must hold exactly the keys {_DEPLOYED}; got {got}")
+        bad = [
+            k
+            for k in _DEPLOYED
+            if not isinstance(raw[k], int) or isinstance(raw[k], bool) or raw[k] <= 0
+        ]
+        if bad:
+            raise ConfigError(f"{RESOURCES_ENV}: {', '.join(bad)} must be positive integers")
+        return cls(**raw)
+
+
+#: The fields of :class:`Resources` a deployment declares.
+_DEPLOYED = [name for name in Resources.__dataclass_fields__ if name != "local_memory_mb"]
 
 
 @dataclass(frozen=True)

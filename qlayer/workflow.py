@@ -16,6 +16,8 @@ COMPUTE_KINDS: tuple[str, ...] = ("lambda", "batch", "batch-gpu")
 #: Lambda's own ceilings; a stage asking for more must use batch.
 LAMBDA_MAX_MEMORY_MB = 10240
 LAMBDA_MAX_TIMEOUT_S = 900
+#: AWS Batch refuses a job timeout (attemptDurationSeconds) under a minute.
+BATCH_MIN_TIMEOUT_S = 60
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,11 @@ class Workflow:
             if memory_mb < 128 or limit < 1 or max_runs < 1:
                 raise WorkflowError(
                     f"stage {stage_name!r}: memory_mb ≥ 128, timeout_s ≥ 1, max_runs ≥ 1"
+                )
+            if compute != "lambda" and limit < BATCH_MIN_TIMEOUT_S:
+                raise WorkflowError(
+                    f"stage {stage_name!r}: compute={compute!r} stages need timeout_s ≥ "
+                    f"{BATCH_MIN_TIMEOUT_S} (AWS Batch's shortest job timeout); got {limit}"
                 )
             n_params = len(inspect.signature(fn).parameters)
             if n_params not in (1, 2):

@@ -19,22 +19,27 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from aws_cdk import Duration, RemovalPolicy, Size
-from aws_cdk import aws_batch as batch
-from aws_cdk import aws_ec2 as ec2
+from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_ecr_assets as ecr_assets
-from aws_cdk import aws_ecs as ecs
-from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from qlayer_infra import REPO_ROOT
-from qlayer_infra.storage import Storage
+from qlayer.aws.config import (
+    FUNCTION_ENV,
+    FUNCTION_NAME_ENV,
+    LOG_LEVEL_ENV,
+    LOG_SERVICE_ENV,
+    OPTIONAL_ENV,
+    RESOURCES_ENV,
+)
+from qlayer.planner import Resources
+from qlayer_infra import REPO_ROOT, instances
+from qlayer_infra.batch import BATCH_COMMAND, BatchLimits, JobSize, build_batch
 
 #: Handlers in functions/<name>/app.py that run from the zip + light layer.
 LIGHT_FUNCTIONS: tuple[str, ...] = (
@@ -48,6 +53,8 @@ LIGHT_FUNCTIONS: tuple[str, ...] = (
 )
 #: Handlers that import qiskit / Aer / provider SDKs, run from the runner image.
 IMAGE_FUNCTIONS: tuple[str, ...] = ("stage_runner", "simulator", "dispatcher", "poller")
+#: The Batch containers' row of qlayer.aws.config.FUNCTION_ENV.
+BATCH = "batch"
 
 LIGHT_LAYER_DIR = REPO_ROOT / "layers" / "light"
 LAYER_STAMP = ".sources.json"
@@ -67,19 +74,6 @@ IMAGE_CONTEXT_EXCLUDE: tuple[str, ...] = (
     "!layers/runner-gpu",
     "**/__pycache__",
     "**/*.pyc",
-)
-
-#: The Batch container command; Ref:: parameters come from SubmitJob's Parameters.
-BATCH_COMMAND: tuple[str, ...] = (
-    "python",
-    "-m",
-    "qlayer.aws.batch_entry",
-    "--job-id",
-    "Ref::job_id",
-    "--seq",
-    "Ref::seq",
-    "--stage",
-    "Ref::stage",
 )
 
 DEFAULT_CPU_INSTANCE_TYPES: tuple[str, ...] = (
@@ -106,6 +100,52 @@ _TIMEOUTS_S = {
     "trigger": 60,
 }
 _DEFAULT_TIMEOUT_S = 60
+#: Lambda's memory limits (MiB).
+LAMBDA_MEMORY_RANGE_MB = (128, 10240)
+LOG_LEVEL = "INFO"
+
+__all__ = [
+    "BATCH",
+    "BATCH_COMMAND",  # re-exported: the Batch module builds the job definitions
+    "DEFAULT_CPU_INSTANCE_TYPES",
+    "DEFAULT_GPU_INSTANCE_TYPES",
+    "IMAGE_CONTEXT_EXCLUDE",
+    "IMAGE_FUNCTIONS",
+    "LIGHT_FUNCTIONS",
+    "LIGHT_LAYER_DIR",
+    "Compute",
+    "ensure_light_layer",
+    "environment_for",
+    "function_dir",
+    "function_timeout_s",
+    "light_layer_sources",
+]
+
+
+def function_timeout_s(name: str) -> int:
+    """The timeout of handler ``name``'s Lambda function, in seconds."""
+    return _TIMEOUTS_S.get(name, _DEFAULT_TIMEOUT_S)
+
+
+def environment_for(name: str, values: Mapping[str, str]) -> dict[str, str]:
+    """Handler ``name``'s environment: its row of FUNCTION_ENV, filled from ``values``.
+
+    Raises:
+        ValueError: ``values`` lacks a variable the row needs (only QLAYER_PROVIDERS and
+            QLAYER_RATE_LIMITS may be absent: they are set when configured).
+    """
+    wanted = FUNCTION_ENV[name]
+    own = {
+        FUNCTION_NAME_ENV: name,
+        LOG_SERVICE_ENV: f"qlayer-{name}",
+        LOG_LEVEL_ENV: LOG_LEVEL,
+    }
+    env = {var: own.get(var, values.get(var)) for var in sorted(wanted)}
+    env = {var: value for var, value in env.items() if value is not None}
+    missing = wanted - set(env) - OPTIONAL_ENV
+    if missing:
+        raise ValueError(f"{name}: no value for {', '.join(sorted(missing))}")
+    return env
 
 
 def _digest(paths: Sequence[Path]) -> str:
@@ -175,10 +215,16 @@ def function_dir(name: str) -> str:
 class Compute(Construct):
     """Lambda functions, the light layer, the runner images and the Batch queues.
 
+    Every function's (and the Batch containers') environment is its row of
+    ``qlayer.aws.config.FUNCTION_ENV``, filled from ``environment`` and
+    ``QLAYER_RESOURCES``; nothing else adds variables.
+
     Attributes:
         functions: Every handler by name (see LIGHT_FUNCTIONS, IMAGE_FUNCTIONS).
+        resources: What one stage or simulation can get here (``QLAYER_RESOURCES``).
         vpc: Two AZs; Batch runs in its private subnets.
-        cpu_queue, gpu_queue: Batch job queues (EC2 c6i/m6i/r6i; EC2 g5/p4d GPU instances).
+        cpu_queue, gpu_queue: Batch job queues (EC2 c6i/m6i/r6i; EC2 g5/p4d GPU instances);
+            a job that sits RUNNABLE past ``batch_limits`` is cancelled.
         cpu_job, gpu_job: Batch job definitions running ``qlayer.aws.batch_entry``.
         batch_job_role: The role Batch containers run as.
     """
@@ -189,8 +235,8 @@ class Compute(Construct):
         id: str,
         *,
         env_name: str,
-        storage: Storage,
         key: kms.IKey,
+        environment: Mapping[str, str],
         stage_memory_mb: int = 4096,
         simulator_memory_mb: int = 10240,
         cpu_instance_types: Sequence[str] = DEFAULT_CPU_INSTANCE_TYPES,
@@ -198,21 +244,51 @@ class Compute(Construct):
         max_cpu_vcpus: int = 256,
         max_gpu_vcpus: int = 96,
         batch_timeout: Duration = Duration.hours(12),
+        batch_limits: BatchLimits | None = None,
         log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
         removal_policy: RemovalPolicy = RemovalPolicy.RETAIN,
     ) -> None:
+        """Build the functions and Batch.
+
+        ``environment`` holds the stack-wide values (bucket and table names, ARNs, the
+        queue URL, and QLAYER_PROVIDERS / QLAYER_RATE_LIMITS when configured).
+
+        Raises:
+            ValueError: A Lambda memory outside 128-10240 MiB, an instance type (or
+                family) whose size this stack does not know, or a vCPU ceiling below 1.
+        """
         super().__init__(scope, id)
+        low, high = LAMBDA_MEMORY_RANGE_MB
+        for what, mb in (
+            ("stage_memory_mb", stage_memory_mb),
+            ("simulator_memory_mb", simulator_memory_mb),
+        ):
+            if not low <= mb <= high:
+                raise ValueError(f"{what}={mb}: Lambda functions have {low}-{high} MiB")
         self._key = key
         self._log_retention = log_retention
         self._removal_policy = removal_policy
-        environment = {
-            "QLAYER_ENV": env_name,
-            "QLAYER_SUBSTRATE": "aws",
-            "QLAYER_BUCKET": storage.bucket.bucket_name,
-            "QLAYER_JOBS_TABLE": storage.jobs.table_name,
-            "QLAYER_TASKS_TABLE": storage.tasks.table_name,
-            "POWERTOOLS_LOG_LEVEL": "INFO",
-        }
+
+        cpu_types = instances.expand(cpu_instance_types, instances.CPU_TYPES, "CPU")
+        gpu_types = instances.expand(gpu_instance_types, instances.GPU_TYPES, "GPU")
+        if max_cpu_vcpus < 1 or max_gpu_vcpus < 1:
+            raise ValueError(f"max_cpu_vcpus={max_cpu_vcpus}, max_gpu_vcpus={max_gpu_vcpus}")
+        largest = instances.largest_cpu(cpu_types)
+        gpu_vcpus, gpu_memory = instances.gpu_job_size(gpu_types)
+        # A job asking more vCPUs than its compute environment's maxvCpus never starts
+        # (an instance may exceed the ceiling, by one instance at most; a job may not).
+        gpu_vcpus = min(gpu_vcpus, max_gpu_vcpus)
+        self.resources = Resources(
+            stage_memory_mb=stage_memory_mb,
+            lambda_memory_mb=simulator_memory_mb,
+            lambda_seconds=function_timeout_s("simulator"),
+            batch_memory_mb=instances.job_memory_mib(largest),
+            batch_vcpus=min(largest.vcpus, max_cpu_vcpus),
+            gpu_memory_mb=instances.largest_gpu_memory_mib(gpu_types),
+            gpu_vcpus=gpu_vcpus,
+            gpu_job_memory_mb=gpu_memory,
+        )
+        values = {**environment, RESOURCES_ENV: self.resources.to_json()}
 
         self.layer = lambda_.LayerVersion(
             self,
@@ -253,13 +329,9 @@ class Compute(Construct):
                 ),
                 layers=[self.layer],
                 memory_size=memory.get(name, 512),
-                timeout=Duration.seconds(_TIMEOUTS_S.get(name, _DEFAULT_TIMEOUT_S)),
+                timeout=Duration.seconds(function_timeout_s(name)),
                 tracing=lambda_.Tracing.ACTIVE,
-                environment={
-                    **environment,
-                    "QLAYER_FUNCTION": name,
-                    "POWERTOOLS_SERVICE_NAME": f"qlayer-{name}",
-                },
+                environment=environment_for(name, values),
                 log_group=self._log_group(name),
                 description=f"qlayer {env_name}: {name}",
             )
@@ -277,178 +349,44 @@ class Compute(Construct):
                 ),
                 architecture=lambda_.Architecture.X86_64,
                 memory_size=memory.get(name, 1024),
-                timeout=Duration.seconds(_TIMEOUTS_S.get(name, _DEFAULT_TIMEOUT_S)),
+                timeout=Duration.seconds(function_timeout_s(name)),
                 tracing=lambda_.Tracing.ACTIVE,
-                environment={
-                    **environment,
-                    "QLAYER_FUNCTION": name,
-                    "POWERTOOLS_SERVICE_NAME": f"qlayer-{name}",
-                },
+                environment=environment_for(name, values),
                 log_group=self._log_group(name),
                 description=f"qlayer {env_name}: {name} (runner image)",
             )
 
-        self._batch(
+        parts = build_batch(
+            self,
             env_name=env_name,
-            storage=storage,
-            environment=environment,
+            environment=environment_for(BATCH, values),
+            cpu_image=self.runner_image,
+            gpu_image=self.runner_gpu_image,
             cpu_instance_types=cpu_instance_types,
             gpu_instance_types=gpu_instance_types,
             max_cpu_vcpus=max_cpu_vcpus,
             max_gpu_vcpus=max_gpu_vcpus,
+            gpu_job=JobSize(gpu_vcpus, gpu_memory, gpus=1),
             batch_timeout=batch_timeout,
+            limits=batch_limits or BatchLimits(),
+            log_group=self._log_group_named("BatchLogs"),
+            flow_logs=self._log_group_named("VpcFlowLogs"),
         )
+        self.vpc, self.batch_job_role = parts.vpc, parts.job_role
+        self.cpu_queue, self.gpu_queue = parts.cpu_queue, parts.gpu_queue
+        self.cpu_job, self.gpu_job = parts.cpu_job, parts.gpu_job
 
     def _log_group(self, name: str) -> logs.LogGroup:
+        return self._log_group_named(f"{_camel(name)}Logs")
+
+    def _log_group_named(self, construct_id: str) -> logs.LogGroup:
         return logs.LogGroup(
             self,
-            f"{_camel(name)}Logs",
+            construct_id,
             retention=self._log_retention,
             encryption_key=self._key,
             removal_policy=self._removal_policy,
         )
-
-    def _batch(
-        self,
-        *,
-        env_name: str,
-        storage: Storage,
-        environment: dict[str, str],
-        cpu_instance_types: Sequence[str],
-        gpu_instance_types: Sequence[str],
-        max_cpu_vcpus: int,
-        max_gpu_vcpus: int,
-        batch_timeout: Duration,
-    ) -> None:
-        flow_logs = logs.LogGroup(
-            self,
-            "VpcFlowLogs",
-            retention=self._log_retention,
-            encryption_key=self._key,
-            removal_policy=self._removal_policy,
-        )
-        self.vpc = ec2.Vpc(
-            self,
-            "Vpc",
-            max_azs=2,
-            nat_gateways=1,
-            subnet_configuration=[
-                ec2.SubnetConfiguration(
-                    name="public", subnet_type=ec2.SubnetType.PUBLIC, cidr_mask=24
-                ),
-                ec2.SubnetConfiguration(
-                    name="batch", subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS, cidr_mask=20
-                ),
-            ],
-            gateway_endpoints={
-                "S3": ec2.GatewayVpcEndpointOptions(service=ec2.GatewayVpcEndpointAwsService.S3),
-                "DynamoDB": ec2.GatewayVpcEndpointOptions(
-                    service=ec2.GatewayVpcEndpointAwsService.DYNAMODB
-                ),
-            },
-            flow_logs={
-                "all": ec2.FlowLogOptions(
-                    destination=ec2.FlowLogDestination.to_cloud_watch_logs(flow_logs),
-                    traffic_type=ec2.FlowLogTrafficType.ALL,
-                )
-            },
-        )
-        private = ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)
-
-        self.batch_job_role = iam.Role(
-            self,
-            "BatchJobRole",
-            assumed_by=iam.ServicePrincipal("ecs-tasks.amazonaws.com"),
-            description="qlayer Batch containers: run one stage or one simulation",
-        )
-        batch_logs = logs.LogGroup(
-            self,
-            "BatchLogs",
-            retention=self._log_retention,
-            encryption_key=self._key,
-            removal_policy=self._removal_policy,
-        )
-
-        # EC2, not Fargate: the planner sends simulations of up to 240 GiB to the CPU queue,
-        # and a stage may ask for any vCPU/memory pair; Fargate stops at 120 GiB and only
-        # takes fixed vCPU/memory pairs.
-        cpu_env = batch.ManagedEc2EcsComputeEnvironment(
-            self,
-            "CpuCompute",
-            vpc=self.vpc,
-            vpc_subnets=private,
-            instance_types=[ec2.InstanceType(name) for name in cpu_instance_types],
-            use_optimal_instance_classes=False,
-            minv_cpus=0,
-            maxv_cpus=max_cpu_vcpus,
-            allocation_strategy=batch.AllocationStrategy.BEST_FIT_PROGRESSIVE,
-        )
-        self.cpu_queue = batch.JobQueue(
-            self,
-            "CpuQueue",
-            job_queue_name=f"qlayer-{env_name}-cpu",
-            compute_environments=[
-                batch.OrderedComputeEnvironment(compute_environment=cpu_env, order=1)
-            ],
-        )
-        gpu_env = batch.ManagedEc2EcsComputeEnvironment(
-            self,
-            "GpuCompute",
-            vpc=self.vpc,
-            vpc_subnets=private,
-            instance_types=[ec2.InstanceType(name) for name in gpu_instance_types],
-            use_optimal_instance_classes=False,
-            images=[batch.EcsMachineImage(image_type=batch.EcsMachineImageType.ECS_AL2023_NVIDIA)],
-            minv_cpus=0,
-            maxv_cpus=max_gpu_vcpus,
-            allocation_strategy=batch.AllocationStrategy.BEST_FIT_PROGRESSIVE,
-        )
-        self.gpu_queue = batch.JobQueue(
-            self,
-            "GpuQueue",
-            job_queue_name=f"qlayer-{env_name}-gpu",
-            compute_environments=[
-                batch.OrderedComputeEnvironment(compute_environment=gpu_env, order=1)
-            ],
-        )
-
-        batch_env = {**environment, "POWERTOOLS_SERVICE_NAME": "qlayer-batch"}
-        parameters = {"job_id": "unset", "seq": "0", "stage": "unset"}
-        logging = ecs.LogDriver.aws_logs(stream_prefix="qlayer", log_group=batch_logs)
-
-        def job_definition(
-            kind: str,
-            image: ecr_assets.DockerImageAsset,
-            *,
-            cpu: int,
-            memory_gib: int,
-            gpu: int | None = None,
-        ) -> batch.EcsJobDefinition:
-            """One Batch job definition running the stage runner (``kind``: Cpu or Gpu)."""
-            return batch.EcsJobDefinition(
-                self,
-                f"{kind}Job",
-                job_definition_name=f"qlayer-{env_name}-{kind.lower()}",
-                parameters=parameters,
-                timeout=batch_timeout,
-                retry_attempts=1,
-                propagate_tags=True,
-                container=batch.EcsEc2ContainerDefinition(
-                    self,
-                    f"{kind}Container",
-                    image=ecs.ContainerImage.from_docker_image_asset(image),
-                    cpu=cpu,
-                    memory=Size.gibibytes(memory_gib),
-                    gpu=gpu,
-                    command=list(BATCH_COMMAND),
-                    environment=batch_env,
-                    job_role=self.batch_job_role,
-                    logging=logging,
-                ),
-            )
-
-        self.cpu_job = job_definition("Cpu", self.runner_image, cpu=1, memory_gib=2)
-        self.gpu_job = job_definition("Gpu", self.runner_gpu_image, cpu=4, memory_gib=15, gpu=1)
 
 
 def _camel(name: str) -> str:

@@ -29,6 +29,9 @@ VISIBILITY_FACTOR = 6
 class Dispatch(Construct):
     """SQS dispatch queue + DLQ feeding the dispatcher; poller schedule; Braket rule.
 
+    The queues exist before the functions (their URL is part of the functions'
+    environment); :meth:`connect` then wires the dispatcher and the poller.
+
     Attributes:
         queue: Messages ``{"task_token", "job_id", "seq", "request_key", "backend"}``.
         dlq: Messages that failed MAX_RECEIVE_COUNT times.
@@ -41,14 +44,11 @@ class Dispatch(Construct):
         scope: Construct,
         id: str,
         *,
-        dispatcher: lambda_.IFunction,
         dispatcher_timeout: Duration,
-        poller: lambda_.IFunction,
         key: kms.IKey,
-        batch_size: int = 5,
-        poll_every: Duration = Duration.minutes(1),
     ) -> None:
         super().__init__(scope, id)
+        self._dispatcher_timeout_s = dispatcher_timeout.to_seconds()
         self.dlq = sqs.Queue(
             self,
             "DeadLetters",
@@ -71,6 +71,27 @@ class Dispatch(Construct):
                 queue=self.dlq, max_receive_count=MAX_RECEIVE_COUNT
             ),
         )
+
+    def connect(
+        self,
+        *,
+        dispatcher: lambda_.Function,
+        poller: lambda_.IFunction,
+        batch_size: int = 5,
+        poll_every: Duration = Duration.minutes(1),
+    ) -> None:
+        """Feed the queue to ``dispatcher``; run ``poller`` on a schedule and on Braket events.
+
+        Raises:
+            ValueError: ``dispatcher``'s timeout is longer than the queue was made for.
+        """
+        timeout = dispatcher.timeout.to_seconds() if dispatcher.timeout else 3
+        if timeout > self._dispatcher_timeout_s:
+            raise ValueError(
+                f"the dispatcher's timeout ({timeout} s) exceeds the "
+                f"{self._dispatcher_timeout_s} s the queue's visibility timeout "
+                f"({VISIBILITY_FACTOR}x) was sized for"
+            )
         dispatcher.add_event_source(
             event_sources.SqsEventSource(
                 self.queue,

@@ -7,6 +7,7 @@ id at a time (``AwsSolutions-IAM5[Resource::...]``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from aws_cdk import Acknowledgment, App, CfnResource, Stack, Validations
@@ -39,22 +40,23 @@ def logical_id(construct: IConstruct) -> str:
 
 
 def acknowledge(
-    stack: Stack, *, storage: Storage, compute: Compute, workflow: JobWorkflow, dispatch: Dispatch
+    stack: Stack,
+    *,
+    storage: Storage,
+    compute: Compute,
+    workflow: JobWorkflow,
+    dispatch: Dispatch,
+    braket_regions: Sequence[str] = (),
 ) -> None:
     """The accepted findings of QlayerStack, narrowest scope first."""
     bucket = logical_id(storage.bucket)
 
-    # -- IAM wildcards that CDK grants produce, on resources scoped to one bucket prefix or key --
+    # -- IAM wildcards on resources scoped to one bucket prefix, one account's devices/jobs ----
     ack(
         stack,
-        "CDK grant_read/grant_read_write/grant_put emit action groups (s3:GetObject*, s3:List*, "
-        "s3:Abort*, s3:DeleteObject*, s3:GetBucket*); each statement is limited to one prefix of "
-        "one bucket (jobs/*, programs/*, inbox/*) or to the Braket results bucket",
-        "AwsSolutions-IAM5[Action::s3:GetObject*]",
-        "AwsSolutions-IAM5[Action::s3:List*]",
-        "AwsSolutions-IAM5[Action::s3:Abort*]",
-        "AwsSolutions-IAM5[Action::s3:DeleteObject*]",
-        "AwsSolutions-IAM5[Action::s3:GetBucket*]",
+        "Object ARNs under one key prefix of the artifacts bucket (jobs/*, programs/*, inbox/*) "
+        "or in the Braket results bucket: a step reads and writes objects whose keys hold job "
+        "ids known only at run time (qlayer_infra/access.py lists the actions, none deletes)",
         f"AwsSolutions-IAM5[Resource::<{bucket}.Arn>/jobs/*]",
         f"AwsSolutions-IAM5[Resource::<{bucket}.Arn>/programs/*]",
         f"AwsSolutions-IAM5[Resource::<{bucket}.Arn>/inbox/*]",
@@ -63,24 +65,41 @@ def acknowledge(
     ack(
         stack,
         "CDK's grant on the stack's customer-managed KMS key: GenerateDataKey*/ReEncrypt* on "
-        "that one "
-        "key, to read and write the encrypted queues and logs",
+        "that one key, to read and write the encrypted queues, logs and secret",
         "AwsSolutions-IAM5[Action::kms:GenerateDataKey*]",
         "AwsSolutions-IAM5[Action::kms:ReEncrypt*]",
     )
+    region_account = "<AWS::Region>:<AWS::AccountId>"
     ack(
         stack,
-        "DynamoDB queries by the tables' own GSIs (jobs by_created, qpu_tasks by_status): "
-        "<table>/index/* covers only that table's indexes",
-        f"AwsSolutions-IAM5[Resource::<{logical_id(storage.jobs)}.Arn>/index/*]",
-        f"AwsSolutions-IAM5[Resource::<{logical_id(storage.tasks)}.Arn>/index/*]",
+        "Amazon Braket devices are named by the user at run time (a backend name or device "
+        "ARN): GetDevice/CreateQuantumTask on the region's and account's devices and the "
+        "region-less on-demand simulators; Get/CancelQuantumTask on this account's quantum "
+        "tasks, whose ids exist only after creation",
+        "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:braket:::device/quantum-simulator/*]",
+        *(
+            f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:braket:{arn}]"
+            for region in ("<AWS::Region>", *braket_regions)
+            for arn in (
+                f"{region}::device/*",
+                f"{region}:<AWS::AccountId>:device/*",
+                f"{region}:<AWS::AccountId>:quantum-task/*",
+            )
+        ),
+    )
+    ack(
+        stack,
+        "submitJob.sync terminates the job of a stopped execution: batch:TerminateJob on this "
+        "account's and region's Batch jobs (job ids exist only after submission); fail_job "
+        "stops sibling executions of the job state machine (execution:qlayer-<env>-jobs:*)",
+        f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:batch:{region_account}:job/*]",
+        f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:states:{region_account}:execution:"
+        f"{workflow.name}:*]",
     )
     ack(
         stack,
         "Actions with no resource-level permissions: X-Ray PutTraceSegments/PutTelemetryRecords "
-        "(active tracing), batch:DescribeJobs/TerminateJob (submitJob.sync), and Braket "
-        "GetDevice/SearchDevices/Create/Get/CancelQuantumTask, whose task ARNs exist only after "
-        "creation",
+        "(active tracing) and batch:DescribeJobs (submitJob.sync watches the job)",
         "AwsSolutions-IAM5[Resource::*]",
     )
     # -- Lambda: managed execution policy and runtime -----------------------------------------

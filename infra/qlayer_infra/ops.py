@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_cdk import Duration, RemovalPolicy, Stack
+from aws_cdk import Duration, RemovalPolicy, SecretValue, Stack
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_iam as iam
@@ -13,9 +13,16 @@ from aws_cdk import aws_sqs as sqs
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
-#: The secret's name; its JSON holds provider settings, e.g.
-#: {"ibm_token": "...", "ibm_instance": "crn:...", "braket_region": "us-east-1"}.
-PROVIDERS_SECRET_NAME = "qlayer/providers"
+from qlayer_infra.naming import unique_suffix
+
+#: What the provider secret holds when the stack creates it: no provider settings yet.
+#: The user puts e.g. {"ibm_token": "...", "ibm_instance": "crn:..."} in it after deploy.
+EMPTY_PROVIDER_SETTINGS = "{}"
+
+
+def providers_secret_name(env_name: str) -> str:
+    """The default secret name, ``qlayer/<env>/providers-<suffix unique to the stack>``."""
+    return f"qlayer/{env_name}/providers-{unique_suffix()}"
 
 
 class Ops(Construct):
@@ -24,9 +31,11 @@ class Ops(Construct):
     Call :meth:`add_alarms` once the queue and the state machine exist.
 
     Attributes:
-        key: Encrypts the alarm topic, the dispatch queues and the log groups.
+        key: Encrypts the alarm topic, the dispatch queues, the log groups and the secret.
         topic: Where alarms go; subscribe an email or a chat hook after deploy.
-        providers_secret: Provider tokens (IBM Quantum) and settings (Braket).
+        providers_secret: Provider tokens (IBM Quantum) and settings (Braket): a JSON
+            object, created as ``{}``. Named ``secret_name``, by default
+            :func:`providers_secret_name` (a retained secret's name must not be reused).
     """
 
     def __init__(
@@ -35,7 +44,7 @@ class Ops(Construct):
         id: str,
         *,
         env_name: str,
-        secret_name: str = PROVIDERS_SECRET_NAME,
+        secret_name: str | None = None,
         removal_policy: RemovalPolicy = RemovalPolicy.RETAIN,
     ) -> None:
         super().__init__(scope, id)
@@ -44,7 +53,7 @@ class Ops(Construct):
         self.key = kms.Key(
             self,
             "Key",
-            description=f"qlayer {env_name}: alarm topic, dispatch queues, log groups",
+            description=f"qlayer {env_name}: alarm topic, dispatch queues, log groups, secret",
             enable_key_rotation=True,
             removal_policy=removal_policy,
         )
@@ -68,8 +77,11 @@ class Ops(Construct):
         self.providers_secret = secretsmanager.Secret(
             self,
             "Providers",
-            secret_name=secret_name,
+            secret_name=secret_name or providers_secret_name(env_name),
             description="qlayer provider settings (JSON): IBM Quantum token/instance, Braket",
+            # Not a credential: an empty object for the user to fill in (see docs/deploy.md).
+            secret_string_value=SecretValue.unsafe_plain_text(EMPTY_PROVIDER_SETTINGS),
+            encryption_key=self.key,
             removal_policy=removal_policy,
         )
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from aws_cdk import Aws, Duration, RemovalPolicy
+from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
+
+from qlayer_infra.naming import SUFFIX_LENGTH, unique_suffix
 
 #: Key prefixes (see qlayer/keys.py): uploads that start a job, and everything a job writes.
 INBOX_PREFIX = "inbox/"
@@ -13,6 +15,21 @@ JOBS_PREFIX = "jobs/"
 PROGRAMS_PREFIX = "programs/"
 #: The S3 object tag (key, value) that log objects under jobs/<id>/logs/ carry.
 LOG_TAG = ("qlayer-artifact", "log")
+#: Amazon Braket writes results only to buckets whose name starts with this.
+BRAKET_BUCKET_PREFIX = "amazon-braket-"
+BUCKET_NAME_MAX = 63
+
+
+def braket_bucket_name(env_name: str) -> str:
+    """``amazon-braket-qlayer-<env>-<suffix unique to the stack>`` (lowercase, <= 63).
+
+    Raises:
+        ValueError: ``env_name`` would make the name too long or not a valid bucket name.
+    """
+    stem = f"{BRAKET_BUCKET_PREFIX}qlayer-{env_name}-"
+    if len(stem) + SUFFIX_LENGTH > BUCKET_NAME_MAX or stem != stem.lower():
+        raise ValueError(f"env_name {env_name!r} cannot be part of a bucket name")
+    return stem + unique_suffix()
 
 
 class Storage(Construct):
@@ -22,7 +39,7 @@ class Storage(Construct):
         bucket: Artifacts: ``programs/``, ``jobs/<id>/...``, and ``inbox/*.json`` uploads.
         access_logs: Server access logs of the buckets here.
         braket_results: Where Amazon Braket writes task results; Braket only writes to
-            buckets named ``amazon-braket-*``.
+            buckets named ``amazon-braket-*``. Retained, so its name is unique per stack.
         jobs: One item per job (pk ``job_id``), GSI ``by_created`` to list jobs by time.
         tasks: One item per QPU submission (pk ``idempotency_key``), expired by ``expires_at``.
     """
@@ -95,7 +112,7 @@ class Storage(Construct):
         self.braket_results = s3.Bucket(
             self,
             "BraketResults",
-            bucket_name=f"amazon-braket-qlayer-{env_name}-{Aws.ACCOUNT_ID}-{Aws.REGION}",
+            bucket_name=braket_bucket_name(env_name),
             encryption=s3.BucketEncryption.S3_MANAGED,
             block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
             enforce_ssl=True,

@@ -20,14 +20,17 @@ Only ``$.job_id``, ``$.decision`` and small pointers travel in the state.
     Route -error->   Fail job -> Job failed
 
 Every task catches every error into ``$.error`` and goes to "Record failure" ->
-"Fail job", so a failure always lands the job in ERROR with its reason.
+"Fail job", so a failure always lands the job in ERROR with its reason. Before that,
+throttling and transient service errors are retried (see :mod:`qlayer_infra.retries`);
+a step's own failure or timeout never is.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TypeVar
 
-from aws_cdk import Annotations, Aws, Duration, RemovalPolicy, Stack
+from aws_cdk import Annotations, ArnFormat, Aws, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
@@ -40,11 +43,23 @@ from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
+from qlayer_infra import retries
 from qlayer_infra.compute import Compute
+from qlayer_infra.naming import unique_suffix
 
 #: Step Functions Map runs inline up to this many items, Distributed Map past it
 #: (the same number as qlayer.interpreter.INLINE_MAP_LIMIT; a test holds them equal).
 INLINE_MAP_LIMIT = 40
+
+#: Distributed Map children running at once, by default. Each child job runs one step at a
+#: time, so this bounds a sweep's concurrent Lambda invocations (the account's default
+#: concurrency is 1000, shared with every other job, the dispatcher and the poller) and
+#: its StartExecution burst (a token bucket of 800 in most regions, 1300 in the largest,
+#: refilled at 150-300 per second): 250 fits both with room to spare. A start that is
+#: throttled anyway is retried (retries.CHILD), not counted as a failed child.
+DEFAULT_DISTRIBUTED_CONCURRENCY = 250
+#: Step Functions' ceiling for a Distributed Map's MaxConcurrency.
+MAX_DISTRIBUTED_CONCURRENCY = 10_000
 
 #: The payload every Lambda step after "Load job" receives.
 STEP_PAYLOAD = {"job_id.$": "$.job_id", "decision.$": "$.decision"}
@@ -78,6 +93,8 @@ RECORD_FAILURE = "Record failure"
 UNROUTABLE = "Unroutable decision"
 FAILURE_NOT_RECORDED = "Failure not recorded"
 
+_Retryable = TypeVar("_Retryable", sfn.TaskStateBase, sfn.CustomState)
+
 #: Route: Decision.kind -> the state it goes to.
 ROUTES: dict[str, str] = {
     "next": CHOOSE_COMPUTE,
@@ -106,6 +123,16 @@ def state_machine_name(env_name: str) -> str:
     return f"qlayer-{env_name}-jobs"
 
 
+def state_machine_arn(scope: Construct, env_name: str) -> str:
+    """The ARN of the job state machine, from its fixed name (known before it exists)."""
+    return Stack.of(scope).format_arn(
+        service="states",
+        resource="stateMachine",
+        resource_name=state_machine_name(env_name),
+        arn_format=ArnFormat.COLON_RESOURCE_NAME,
+    )
+
+
 class JobWorkflow(Construct):
     """The Standard state machine that drives one job, with its log group.
 
@@ -130,10 +157,15 @@ class JobWorkflow(Construct):
         qpu_heartbeat: Duration = Duration.hours(1),
         qpu_timeout: Duration = Duration.days(7),
         max_children_concurrency: int = 40,
-        max_distributed_concurrency: int = 1000,
+        max_distributed_concurrency: int = DEFAULT_DISTRIBUTED_CONCURRENCY,
         log_retention: logs.RetentionDays = logs.RetentionDays.THREE_MONTHS,
         removal_policy: RemovalPolicy = RemovalPolicy.RETAIN,
     ) -> None:
+        if not 1 <= max_distributed_concurrency <= MAX_DISTRIBUTED_CONCURRENCY:
+            raise ValueError(
+                f"max_distributed_concurrency={max_distributed_concurrency}: use 1-"
+                f"{MAX_DISTRIBUTED_CONCURRENCY} (default {DEFAULT_DISTRIBUTED_CONCURRENCY})"
+            )
         super().__init__(scope, id)
         self.name = state_machine_name(env_name)
         fns = compute.functions
@@ -262,6 +294,7 @@ class JobWorkflow(Construct):
             task_timeout=sfn.Timeout.duration(qpu_timeout),
             result_path="$.decision",
         )
+        _retry(wait_qpu, retries.SQS)
         self._catchables.append(wait_qpu)
         wait_qpu.next(route)
         execute = self._choice(
@@ -288,7 +321,7 @@ class JobWorkflow(Construct):
         own_machine = sfn.StateMachine.from_state_machine_name(self, "Self", self.name)
 
         def run_child(construct_id: str, name: str) -> tasks.StepFunctionsStartExecution:
-            return tasks.StepFunctionsStartExecution(
+            child = tasks.StepFunctionsStartExecution(
                 self,
                 construct_id,
                 state_name=name,
@@ -300,6 +333,7 @@ class JobWorkflow(Construct):
                 associate_with_parent=True,
                 result_selector={"status": sfn.JsonPath.string_at("$.Status")},
             )
+            return _retry(child, retries.CHILD)
 
         inline = sfn.Map(
             self,
@@ -368,7 +402,8 @@ class JobWorkflow(Construct):
         self.log_group = logs.LogGroup(
             self,
             "Logs",
-            log_group_name=f"/aws/vendedlogs/states/{self.name}",
+            # Retained: a fixed name would collide with the group a destroyed stack left.
+            log_group_name=f"/aws/vendedlogs/states/{self.name}-{unique_suffix()}",
             retention=log_retention,
             encryption_key=key,
             removal_policy=removal_policy,
@@ -419,8 +454,9 @@ class JobWorkflow(Construct):
             payload=sfn.TaskInput.from_object(dict(payload)),
             payload_response_only=True,
             result_path=result_path,
-            retry_on_service_exceptions=True,
+            retry_on_service_exceptions=False,  # retries.LAMBDA covers them, and throttling
         )
+        _retry(task, retries.LAMBDA)
         if catch:
             self._catchables.append(task)
         return task
@@ -437,7 +473,9 @@ class JobWorkflow(Construct):
         """A Batch submitJob.sync state; the container writes output.json for "Read stage outcome".
 
         ``stage`` is the JSONPath of the stage name, or None for a simulation (stage "execute").
-        The decision's ``compute`` gives vCPUs, memory (MiB) and, on the GPU queue, GPUs.
+        The decision's ``compute`` gives vCPUs, memory (MiB), on the GPU queue GPUs, and
+        ``timeout_s`` (at least 60, Batch's minimum): the job's attempt is stopped after it,
+        and the state fails with States.TaskFailed like any failed job.
         """
         requirements = [
             {"Type": "VCPU", "Value.$": "States.Format('{}', $.decision.compute.vcpus)"},
@@ -465,11 +503,13 @@ class JobWorkflow(Construct):
                         **stage_param,
                     },
                     "ContainerOverrides": {"ResourceRequirements": requirements},
+                    "Timeout": {"AttemptDurationSeconds.$": "$.decision.compute.timeout_s"},
                 },
                 "ResultSelector": {"batch_job_id.$": "$.JobId"},
                 "ResultPath": "$.batch",
             },
         )
+        _retry(state, retries.BATCH)
         self._catchables.append(state)
         return state
 
@@ -501,10 +541,16 @@ class JobWorkflow(Construct):
                 ],
             )
         )
-        # submitJob.sync: Step Functions watches the job through a managed EventBridge rule.
+        # submitJob.sync: Step Functions watches the job through a managed EventBridge rule
+        # (DescribeJobs has no resource-level permissions) and terminates it when the
+        # execution stops: only jobs of this account and region.
+        self.state_machine.add_to_role_policy(
+            iam.PolicyStatement(actions=["batch:DescribeJobs"], resources=["*"])
+        )
         self.state_machine.add_to_role_policy(
             iam.PolicyStatement(
-                actions=["batch:DescribeJobs", "batch:TerminateJob"], resources=["*"]
+                actions=["batch:TerminateJob"],
+                resources=[stack.format_arn(service="batch", resource="job", resource_name="*")],
             )
         )
         self.state_machine.add_to_role_policy(
@@ -519,6 +565,18 @@ class JobWorkflow(Construct):
                 ],
             )
         )
+
+
+def _retry(state: _Retryable, policy: retries.RetryPolicy) -> _Retryable:
+    state.add_retry(
+        errors=list(policy.errors),
+        interval=Duration.seconds(policy.interval_s),
+        max_attempts=policy.max_attempts,
+        backoff_rate=policy.backoff_rate,
+        max_delay=Duration.seconds(policy.max_delay_s),
+        jitter_strategy=sfn.JitterType.FULL,
+    )
+    return state
 
 
 def _construct_id(name: str) -> str:

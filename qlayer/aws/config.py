@@ -1,10 +1,9 @@
 """Names of the stack's resources: from Lambda environment variables or stack outputs.
 
-In Lambda (and Batch) the stack sets ``QLAYER_BUCKET``, ``QLAYER_JOBS_TABLE``,
-``QLAYER_TASKS_TABLE``, and where a function needs them ``QLAYER_STATE_MACHINE_ARN`` and
-``QLAYER_DISPATCH_QUEUE_URL``. A client reads the CloudFormation outputs of the
-stack (``BucketName``, ``JobsTableName``, ``TasksTableName``, ``StateMachineArn``,
-``DispatchQueueUrl``).
+Each function (and each Batch container) gets exactly the variables of its row in
+:data:`FUNCTION_ENV`; the CDK app builds every environment from that table and a test
+holds the synthesized template to it. A client reads the CloudFormation outputs of the
+stack (:data:`STACK_OUTPUTS`).
 """
 
 from __future__ import annotations
@@ -14,18 +13,69 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from qlayer.errors import QlayerError
+from qlayer.errors import ConfigError
 
 if TYPE_CHECKING:
     from qlayer.planner import Resources
 
+__all__ = ["AwsConfig", "ConfigError"]
+
+BUCKET_ENV = "QLAYER_BUCKET"
+JOBS_TABLE_ENV = "QLAYER_JOBS_TABLE"
+TASKS_TABLE_ENV = "QLAYER_TASKS_TABLE"
+STATE_MACHINE_ARN_ENV = "QLAYER_STATE_MACHINE_ARN"
+DISPATCH_QUEUE_URL_ENV = "QLAYER_DISPATCH_QUEUE_URL"
+PROVIDERS_SECRET_ARN_ENV = "QLAYER_PROVIDERS_SECRET_ARN"
+BRAKET_BUCKET_ENV = "QLAYER_BRAKET_BUCKET"
+#: JSON of :class:`qlayer.planner.Resources`: what one stage or simulation can get here.
+RESOURCES_ENV = "QLAYER_RESOURCES"
+#: Provider plugins, ``prefix=module:factory[,...]`` (see qlayer.providers.registry).
+PROVIDERS_ENV = "QLAYER_PROVIDERS"
+#: JSON ``{backend or prefix: {limit: number}}``: dispatch rate limits of the deployment.
+RATE_LIMITS_ENV = "QLAYER_RATE_LIMITS"
+#: The handler's name (``"batch"`` in the Batch containers).
+FUNCTION_NAME_ENV = "QLAYER_FUNCTION"
+LOG_SERVICE_ENV = "POWERTOOLS_SERVICE_NAME"
+LOG_LEVEL_ENV = "POWERTOOLS_LOG_LEVEL"
+
+#: Set only when the deployment configures them (stack props ``provider_plugins``,
+#: ``rate_limits``); every other name in a row is always set.
+OPTIONAL_ENV: frozenset[str] = frozenset({PROVIDERS_ENV, RATE_LIMITS_ENV})
+
+_EVERY = frozenset({BUCKET_ENV, JOBS_TABLE_ENV, FUNCTION_NAME_ENV, LOG_SERVICE_ENV, LOG_LEVEL_ENV})
+_PROVIDER_CONFIG = OPTIONAL_ENV
+_RUNS_STAGES = frozenset({PROVIDERS_SECRET_ARN_ENV, RESOURCES_ENV}) | _PROVIDER_CONFIG
+_TALKS_TO_PROVIDERS = (
+    frozenset({TASKS_TABLE_ENV, PROVIDERS_SECRET_ARN_ENV, BRAKET_BUCKET_ENV}) | _PROVIDER_CONFIG
+)
+
+#: Handler name -> the environment variables its code reads; ``"batch"`` is the Batch
+#: containers (``python -m qlayer.aws.batch_entry``, stages and simulations).
+FUNCTION_ENV: dict[str, frozenset[str]] = {
+    "trigger": _EVERY | {STATE_MACHINE_ARN_ENV},
+    "loader": _EVERY,
+    "read_outcome": _EVERY,
+    "start_children": _EVERY,
+    "fan_in": _EVERY,
+    "finaliser": _EVERY,
+    # fail_job sends provider-cancel messages to the dispatcher.
+    "fail_job": _EVERY | {DISPATCH_QUEUE_URL_ENV},
+    "stage_runner": _EVERY | _RUNS_STAGES,
+    "simulator": _EVERY | {RESOURCES_ENV} | _PROVIDER_CONFIG,
+    "dispatcher": _EVERY | _TALKS_TO_PROVIDERS,
+    "poller": _EVERY | _TALKS_TO_PROVIDERS,
+    "batch": _EVERY | _RUNS_STAGES,
+}
+
 ENV_VARS = {
-    "bucket": "QLAYER_BUCKET",
-    "jobs_table": "QLAYER_JOBS_TABLE",
-    "tasks_table": "QLAYER_TASKS_TABLE",
-    "state_machine_arn": "QLAYER_STATE_MACHINE_ARN",
-    "dispatch_queue_url": "QLAYER_DISPATCH_QUEUE_URL",
-    "resources": "QLAYER_RESOURCES",
+    "bucket": BUCKET_ENV,
+    "jobs_table": JOBS_TABLE_ENV,
+    "tasks_table": TASKS_TABLE_ENV,
+    "state_machine_arn": STATE_MACHINE_ARN_ENV,
+    "dispatch_queue_url": DISPATCH_QUEUE_URL_ENV,
+    "providers_secret_arn": PROVIDERS_SECRET_ARN_ENV,
+    "braket_bucket": BRAKET_BUCKET_ENV,
+    "resources_json": RESOURCES_ENV,
 }
 STACK_OUTPUTS = {
     "bucket": "BucketName",
@@ -33,12 +83,10 @@ STACK_OUTPUTS = {
     "tasks_table": "TasksTableName",
     "state_machine_arn": "StateMachineArn",
     "dispatch_queue_url": "DispatchQueueUrl",
-    "resources": "Resources",
+    "providers_secret_arn": "ProvidersSecretArn",
+    "braket_bucket": "BraketResultsBucketName",
+    "resources_json": "Resources",
 }
-
-
-class ConfigError(QlayerError):
-    """The stack's resource names cannot be found."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +98,8 @@ class AwsConfig:
     tasks_table: str | None = None
     state_machine_arn: str | None = None
     dispatch_queue_url: str | None = None
+    providers_secret_arn: str | None = None
+    braket_bucket: str | None = None
     resources_json: str | None = None
     region: str | None = None
 
@@ -65,7 +115,6 @@ class AwsConfig:
                 "on every function it deploys"
             )
         values = {name: env.get(var) or None for name, var in ENV_VARS.items()}
-        values["resources_json"] = values.pop("resources")
         return cls(region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"), **values)  # type: ignore[arg-type]
 
     @classmethod
@@ -80,7 +129,6 @@ class AwsConfig:
                 f"the stack has no output(s) {', '.join(missing)}; is it a qlayer stack?"
             )
         values = {name: outputs.get(out) or None for name, out in STACK_OUTPUTS.items()}
-        values["resources_json"] = values.pop("resources")
         return cls(region=region, **values)  # type: ignore[arg-type]
 
     @classmethod
@@ -99,8 +147,12 @@ class AwsConfig:
         return cls.from_outputs(outputs, region)
 
     def resources(self) -> Resources:
-        """What the deployment's compute tiers offer (the planner's defaults if the stack
-        does not say)."""
+        """What the deployment's compute tiers offer (``QLAYER_RESOURCES`` in a function,
+        the output ``Resources`` for a client; the defaults if the stack does not say).
+
+        Raises:
+            ConfigError: The JSON is malformed.
+        """
         from qlayer.planner import Resources
 
         return Resources.from_json(self.resources_json) if self.resources_json else Resources()

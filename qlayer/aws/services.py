@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -31,8 +30,6 @@ log = logging.getLogger("qlayer.aws")
 
 #: Token errors that mean the state already moved on (a duplicate delivery): ignored.
 STALE_TOKEN = {"TaskDoesNotExist", "InvalidToken", "TaskTimedOut"}
-#: Where the stack says Braket writes task results (a bucket named ``amazon-braket-*``).
-BRAKET_BUCKET_ENV = "QLAYER_BRAKET_BUCKET"
 
 
 @dataclass
@@ -130,14 +127,12 @@ class Services:
         return True
 
 
-def configure_providers(environ: Any = None, secrets_client: Any = None) -> None:
+def configure_providers(config: AwsConfig, secrets_client: Any = None) -> None:
     """Hand the providers the stack's credentials: the secret (IBM) and the Braket bucket."""
-    from qlayer.aws.secrets import SECRET_ENV, ibm_credentials
+    from qlayer.aws.secrets import ibm_credentials
     from qlayer.providers.registry import ProviderSettings, configure
 
-    env = os.environ if environ is None else environ
-    secret = env.get(SECRET_ENV)
-    bucket = env.get(BRAKET_BUCKET_ENV)
+    secret, bucket = config.providers_secret_arn, config.braket_bucket
     configure(
         ProviderSettings(
             ibm_credentials=ibm_credentials(secret, secrets_client) if secret else None,
@@ -149,8 +144,9 @@ def configure_providers(environ: Any = None, secrets_client: Any = None) -> None
 @functools.lru_cache(maxsize=1)
 def services() -> Services:
     """The process's services from its environment (cached across warm invocations)."""
-    configure_providers()
-    return Services.create(AwsConfig.from_env())
+    config = AwsConfig.from_env()
+    configure_providers(config)
+    return Services.create(config)
 
 
 def batch_compute(svc: Services, decision: Decision) -> Decision:

@@ -34,9 +34,8 @@ def clock() -> Clock:
 @pytest.fixture
 def dynamodb(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     import boto3
-    from moto import mock_aws
-
     from aws_tables import create_tables
+    from moto import mock_aws
 
     for name, value in {
         "AWS_ACCESS_KEY_ID": "testing",

@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from qlayer.aws.jobs import task_key
 from test_handlers_dispatcher import execute_decision
 
 from qlayer import keys
 from qlayer.aws import handlers
-from qlayer.aws.jobs import task_key
 from qlayer.dispatch import Limits, RateLimiter
 from qlayer.providers.base import ProviderError
 from qlayer.status import JobStatus

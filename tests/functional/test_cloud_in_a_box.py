@@ -265,8 +265,9 @@ def test_a_qpu_task_timing_out_ends_in_error(box: CloudBox) -> None:
     moto reports the heartbeat expiry as ``States.Timeout`` with an empty cause; AWS
     reports ``States.HeartbeatTimeout``. Both are caught by "Record failure" (States.ALL).
     """
-    from qlayer.aws.client import AwsClient
     from qlayer.aws.handlers import Services
+
+    from qlayer.aws.client import AwsClient
 
     base = AwsClient(stack=STACK_NAME, region=REGION, session=box.session).services
     config = replace(base.config, state_machine_arn=box.short_machine_arn)  # type: ignore[attr-defined]

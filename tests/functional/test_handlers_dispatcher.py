@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 
 from aws_fixtures import event, invoke, submit
+from qlayer.aws.jobs import task_key
 
 from qlayer import keys
 from qlayer.aws import handlers
 from qlayer.aws.events import LoadEvent, StepEvent, parse
-from qlayer.aws.jobs import task_key
 from qlayer.status import JobStatus
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 
 from aws_fixtures import event, invoke
+from qlayer.aws.jobs import task_key
 from test_handlers_dispatcher import Sfn, execute_decision, sqs_event
 
 from qlayer.aws import handlers
-from qlayer.aws.jobs import task_key
 from qlayer.providers.base import AsyncProvider, ProviderJobStatus
 from qlayer.status import JobStatus
 

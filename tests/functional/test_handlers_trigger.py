@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 from aws_fixtures import PROGRAMS, event, invoke
+from qlayer.aws.handlers import SPEC_ERROR_SUFFIX
 
 from qlayer import keys
-from qlayer.aws.handlers import SPEC_ERROR_SUFFIX
 from qlayer.program import bundle, upload
 from qlayer.status import JobStatus
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from aws_cdk.assertions import Match, Template
+from aws_cdk.assertions import Capture, Match, Template
 from qlayer_infra.compute import (
     BATCH_COMMAND,
     IMAGE_FUNCTIONS,
@@ -179,3 +179,55 @@ def test_batch_runs_in_private_subnets_of_a_logged_vpc(
 def test_job_queues(template: Template) -> None:
     for name in ("qlayer-dev-cpu", "qlayer-dev-gpu"):
         template.has_resource_properties("AWS::Batch::JobQueue", {"JobQueueName": name})
+
+
+def test_queues_cancel_jobs_stuck_runnable(template: Template) -> None:
+    """A job no instance can place waited RUNNABLE forever, and its execution with it."""
+    for name in ("qlayer-dev-cpu", "qlayer-dev-gpu"):
+        template.has_resource_properties(
+            "AWS::Batch::JobQueue",
+            {
+                "JobQueueName": name,
+                "JobStateTimeLimitActions": [
+                    {
+                        "Action": "CANCEL",
+                        "State": "RUNNABLE",
+                        "Reason": "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT",
+                        "MaxTimeSeconds": 600,
+                    },
+                    {
+                        "Action": "CANCEL",
+                        "State": "RUNNABLE",
+                        "Reason": "MISCONFIGURATION:COMPUTE_ENVIRONMENT_MAX_RESOURCE",
+                        "MaxTimeSeconds": 600,
+                    },
+                    {
+                        "Action": "CANCEL",
+                        "State": "RUNNABLE",
+                        "Reason": "CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY",
+                        "MaxTimeSeconds": 7200,
+                    },
+                ],
+            },
+        )
+
+
+def test_runnable_time_limits_are_properties(tmp_path) -> None:
+    import pytest
+    from qlayer_infra.stack import QlayerStack
+
+    from .conftest import make_app
+
+    stack = QlayerStack(
+        make_app(tmp_path),
+        "Limits",
+        batch_unplaceable_timeout_s=900,
+        batch_no_capacity_timeout_s=14400,
+    )
+    limits = Capture()
+    Template.from_stack(stack).has_resource_properties(
+        "AWS::Batch::JobQueue", {"JobStateTimeLimitActions": limits}
+    )
+    assert [a["MaxTimeSeconds"] for a in limits.as_array()] == [900, 900, 14400]
+    with pytest.raises(ValueError, match="600-86400"):
+        QlayerStack(make_app(tmp_path / "b"), "Bad", batch_no_capacity_timeout_s=60)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aws_cdk.assertions import Match, Template
+from qlayer_infra.extract import DEFAULT_PSEUDO, resolve_intrinsics
+from qlayer_infra.stack import QlayerStack
 
-from .conftest import resources_of
+from .conftest import make_app, resources_of
 
 
 def test_key_rotates(template: Template) -> None:
@@ -49,8 +52,31 @@ def test_failed_executions_alarm(template: Template, stack) -> None:
     )
 
 
-def test_providers_secret(template: Template) -> None:
-    template.has_resource_properties("AWS::SecretsManager::Secret", {"Name": "qlayer/providers"})
+def test_providers_secret_holds_an_empty_json_object_under_the_stack_key(
+    template: Template, stack
+) -> None:
+    """Was a random non-JSON string under the AWS-managed key (issue 7 item 9)."""
+    secret = template.find_resources("AWS::SecretsManager::Secret")
+    ((props,),) = [[r["Properties"]] for r in secret.values()]
+    assert json.loads(props["SecretString"]) == {}
+    assert "GenerateSecretString" not in props
+    assert props["KmsKeyId"] == stack.resolve(stack.ops.key.key_arn)
+
+
+def test_providers_secret_name_is_unique_to_the_stack(template: Template) -> None:
+    """A fixed name (qlayer/providers) collides with the secret a destroyed stack retained."""
+    (secret,) = template.find_resources("AWS::SecretsManager::Secret").values()
+    name = resolve_intrinsics(secret["Properties"]["Name"], lambda lid, attr: lid)
+    stack_id_tail = DEFAULT_PSEUDO["AWS::StackId"].rsplit("-", 1)[1]
+    assert name == f"qlayer/dev/providers-{stack_id_tail}"
+    assert secret["DeletionPolicy"] == "Retain"
+
+
+def test_a_given_secret_name_is_kept(tmp_path) -> None:
+    stack = QlayerStack(make_app(tmp_path), "Named", providers_secret_name="team/qlayer")
+    Template.from_stack(stack).has_resource_properties(
+        "AWS::SecretsManager::Secret", {"Name": "team/qlayer"}
+    )
 
 
 def _roles_with_action(template_json: dict[str, Any], action: str) -> set[str]:
@@ -71,6 +97,37 @@ def _role_of(stack, name: str) -> str:
     return stack.resolve(stack.compute.functions[name].role.node.default_child.logical_id)
 
 
-def test_only_dispatcher_and_poller_read_the_secret(template_json: dict[str, Any], stack) -> None:
+def test_the_secret_is_read_by_the_dispatcher_poller_and_stage_code_only(
+    template_json: dict[str, Any], stack
+) -> None:
+    """The Batch container runs stages too: an Execute to ibm_* needs the IBM account there
+    as on the stage-runner Lambda (issue 7 item 3)."""
     readers = _roles_with_action(template_json, "secretsmanager:GetSecretValue")
-    assert readers == {_role_of(stack, "dispatcher"), _role_of(stack, "poller")}
+    batch_role = stack.resolve(stack.compute.batch_job_role.node.default_child.logical_id)
+    assert readers == {
+        _role_of(stack, "dispatcher"),
+        _role_of(stack, "poller"),
+        _role_of(stack, "stage_runner"),
+        batch_role,
+    }
+
+
+def test_secret_readers_may_decrypt_it_through_secrets_manager_only(
+    template_json: dict[str, Any], stack
+) -> None:
+    """The secret is encrypted with the stack's key: its key policy lets each reader decrypt,
+    and only through Secrets Manager."""
+    (key,) = resources_of(template_json, "AWS::KMS::Key").values()
+    decrypters = set()
+    for statement in key["Properties"]["KeyPolicy"]["Statement"]:
+        principal = statement.get("Principal", {}).get("AWS", {})
+        if statement["Action"] == "kms:Decrypt" and "Fn::GetAtt" in principal:
+            assert "secretsmanager." in json.dumps(statement["Condition"]["StringEquals"])
+            decrypters.add(principal["Fn::GetAtt"][0])
+    batch_role = stack.resolve(stack.compute.batch_job_role.node.default_child.logical_id)
+    assert decrypters == {
+        _role_of(stack, "dispatcher"),
+        _role_of(stack, "poller"),
+        _role_of(stack, "stage_runner"),
+        batch_role,
+    }

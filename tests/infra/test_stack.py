@@ -21,6 +21,11 @@ def test_outputs(template: Template) -> None:
         "TasksTableName",
         "DispatchQueueUrl",
         "StateMachineConsoleUrl",
+        "ProvidersSecretArn",
+        "ProvidersSecretName",
+        "BraketResultsBucketName",
+        "StateMachineLogGroupName",
+        "Resources",
     }
     template.has_output(
         "StateMachineConsoleUrl",
@@ -33,6 +38,24 @@ def test_outputs(template: Template) -> None:
             }
         },
     )
+
+
+def test_outputs_name_the_retained_resources(template: Template, stack) -> None:
+    """Their names are unique per stack now: the outputs are where a user finds them."""
+    outputs = template.find_outputs("*")
+    expected = {
+        "ProvidersSecretArn": stack.ops.providers_secret.secret_arn,
+        "BraketResultsBucketName": stack.storage.braket_results.bucket_name,
+        "StateMachineLogGroupName": stack.workflow.log_group.log_group_name,
+    }
+    for name, value in expected.items():
+        assert outputs[name]["Value"] == stack.resolve(value), name
+
+
+def test_client_config_reads_every_output_it_names(template: Template) -> None:
+    from qlayer.aws.config import STACK_OUTPUTS
+
+    assert set(STACK_OUTPUTS.values()) <= set(template.find_outputs("*"))
 
 
 def test_properties_reach_the_resources(tmp_path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from aws_cdk.assertions import Match, Template
 
 
@@ -142,3 +144,26 @@ def test_data_is_retained_by_default(template: Template) -> None:
     for rtype in ("AWS::DynamoDB::Table", "AWS::S3::Bucket"):
         for res in template.find_resources(rtype).values():
             assert res["DeletionPolicy"] == "Retain", rtype
+
+
+def test_braket_bucket_name_is_unique_to_the_stack(template: Template, stack) -> None:
+    """amazon-braket-qlayer-<env>-<account>-<region> collided with the retained bucket of a
+    destroyed stack (and a second stack of the same env in the account)."""
+    from qlayer_infra.extract import DEFAULT_PSEUDO, resolve_intrinsics
+
+    lid = stack.resolve(stack.storage.braket_results.node.default_child.logical_id)
+    bucket = template.to_json()["Resources"][lid]
+    name = resolve_intrinsics(bucket["Properties"]["BucketName"], lambda lid, attr: lid)
+    tail = DEFAULT_PSEUDO["AWS::StackId"].rsplit("-", 1)[1]
+    assert name == f"amazon-braket-qlayer-dev-{tail}"
+    assert name.startswith("amazon-braket-") and name == name.lower()
+    assert bucket["DeletionPolicy"] == "Retain"
+    assert "AWS::StackId" in json.dumps(bucket["Properties"]["BucketName"])
+
+
+def test_braket_bucket_name_fits_for_the_longest_env_name() -> None:
+    from qlayer_infra.naming import SUFFIX_LENGTH
+    from qlayer_infra.storage import BUCKET_NAME_MAX, braket_bucket_name
+
+    stem = braket_bucket_name("a" * 12).split("${Token")[0]
+    assert len(stem) + SUFFIX_LENGTH <= BUCKET_NAME_MAX

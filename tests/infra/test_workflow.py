@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
-from aws_cdk.assertions import Match, Template
+from aws_cdk.assertions import Capture, Match, Template
 from qlayer_infra import workflow as wf
-from qlayer_infra.extract import all_states
+from qlayer_infra.extract import DEFAULT_PSEUDO, all_states, resolve_intrinsics
 
 from qlayer import interpreter
+from qlayer.core import transitions
 
 STEP_PAYLOAD = {"job_id.$": "$.job_id", "decision.$": "$.decision"}
 
@@ -33,10 +35,16 @@ def test_state_machine_is_traced_logged_and_named(template: Template) -> None:
             },
         },
     )
-    template.has_resource_properties(
-        "AWS::Logs::LogGroup",
-        {"LogGroupName": "/aws/vendedlogs/states/qlayer-dev-jobs", "KmsKeyId": Match.any_value()},
-    )
+    (group,) = [
+        g
+        for g in template.find_resources("AWS::Logs::LogGroup").values()
+        if "LogGroupName" in g["Properties"]
+    ]
+    assert "KmsKeyId" in group["Properties"] and group["DeletionPolicy"] == "Retain"
+    # Retained: a fixed name would collide after `cdk destroy` (issue 7 item 9).
+    name = resolve_intrinsics(group["Properties"]["LogGroupName"], lambda lid, attr: lid)
+    tail = DEFAULT_PSEUDO["AWS::StackId"].rsplit("-", 1)[1]
+    assert name == f"/aws/vendedlogs/states/qlayer-dev-jobs-{tail}"
 
 
 def test_starts_by_loading_the_job(definition: dict[str, Any]) -> None:
@@ -59,7 +67,7 @@ def test_route_follows_the_interpreter(definition: dict[str, Any]) -> None:
     }
     assert set(_choices(route)) == set(interpreter.DECISION_KINDS)
     # The interpreter's table and the synthesised Route state say the same thing.
-    assert _choices(route) == {kind: state for kind, (_, state) in interpreter.ROUTES.items()}
+    assert _choices(route) == transitions.ROUTES  # the engine's table and the Route state agree
     assert _choices(route) == wf.ROUTES
     assert route["Default"] == "Unroutable decision"
 
@@ -351,3 +359,147 @@ def test_state_machine_may_start_its_children(template: Template, stack) -> None
             },
         },
     )
+
+
+# -- retries: throttling must not fail a sweep; a step's own failure is never retried -------
+LAMBDA_STATES = [
+    "Load job",
+    "Run stage on Lambda",
+    "Read stage outcome",
+    "Simulate on Lambda",
+    "Start children",
+    "Fan in",
+    "Finalise",
+    "Fail job",
+]
+BATCH_STATES = [
+    "Run stage on Batch",
+    "Run stage on Batch GPU",
+    "Simulate on Batch",
+    "Simulate on Batch GPU",
+]
+CHILD_STATES = ["Run child job", "Run child job (distributed)"]
+OWN_FAILURES = {"States.ALL", "States.TaskFailed", "States.Timeout", "States.HeartbeatTimeout"}
+
+
+def _retried(state: dict[str, Any]) -> set[str]:
+    return {e for r in state.get("Retry", []) for e in r["ErrorEquals"]}
+
+
+def _backs_off_with_jitter(state: dict[str, Any]) -> None:
+    for retrier in state["Retry"]:
+        assert retrier["BackoffRate"] > 1 and retrier["JitterStrategy"] == "FULL", retrier
+        assert retrier["MaxAttempts"] >= 6 and retrier["MaxDelaySeconds"] <= 120, retrier
+
+
+@pytest.mark.parametrize("name", LAMBDA_STATES)
+def test_lambda_steps_retry_throttling(definition: dict[str, Any], name: str) -> None:
+    """Only service exceptions were retried: TooManyRequests (concurrency) failed the job."""
+    state = definition["States"][name]
+    assert {
+        "Lambda.TooManyRequestsException",
+        "Lambda.ServiceException",
+        "Lambda.AWSLambdaException",
+        "Lambda.SdkClientException",
+    } <= _retried(state)
+    assert not _retried(state) & OWN_FAILURES  # an exception the handler raised is final
+    _backs_off_with_jitter(state)
+
+
+@pytest.mark.parametrize("name", BATCH_STATES)
+def test_batch_steps_retry_submission_errors_not_failed_jobs(
+    definition: dict[str, Any], name: str
+) -> None:
+    state = definition["States"][name]
+    assert {"Batch.AWSBatchException", "Batch.TooManyRequestsException"} <= _retried(state)
+    assert not _retried(state) & OWN_FAILURES  # a job that FAILED on its own stays failed
+    assert "Batch.ClientException" not in _retried(state)  # a bad request stays bad
+    _backs_off_with_jitter(state)
+
+
+def test_wait_for_qpu_retries_sending_not_waiting(definition: dict[str, Any]) -> None:
+    state = definition["States"]["Wait for QPU"]
+    assert {"SQS.AmazonSQSException", "SQS.SdkClientException"} <= _retried(state)
+    assert all(e.startswith("SQS.") for e in _retried(state))  # not the timeout/heartbeat
+    _backs_off_with_jitter(state)
+
+
+@pytest.mark.parametrize("name", CHILD_STATES)
+def test_child_starts_retry_throttling_but_child_failures_fail_the_parent(
+    definition: dict[str, Any], name: str
+) -> None:
+    state = all_states(definition)[name]
+    assert {
+        "StepFunctions.ExecutionLimitExceeded",
+        "StepFunctions.AWSStepFunctionsException",
+    } <= _retried(state)
+    assert not _retried(state) & OWN_FAILURES
+    _backs_off_with_jitter(state)
+
+
+def test_fan_out_tolerates_no_failed_child(definition: dict[str, Any]) -> None:
+    for name in ("Run children", "Run children (distributed)"):
+        state = definition["States"][name]
+        assert state.get("ToleratedFailurePercentage", 0) == 0, name
+        assert state.get("ToleratedFailureCount", 0) == 0, name
+
+
+def test_distributed_concurrency_fits_default_quotas(definition: dict[str, Any]) -> None:
+    """1000 children at once met the account's 1000 Lambda concurrency and StartExecution's
+    burst; the default leaves room for every other job."""
+    concurrency = definition["States"]["Run children (distributed)"]["MaxConcurrency"]
+    assert concurrency == wf.DEFAULT_DISTRIBUTED_CONCURRENCY == 250
+
+
+def test_distributed_concurrency_is_a_property(tmp_path) -> None:
+    from qlayer_infra.extract import state_machine_definition
+    from qlayer_infra.stack import QlayerStack
+
+    from .conftest import make_app
+
+    stack = QlayerStack(make_app(tmp_path), "Wide", max_distributed_concurrency=600)
+    asl = state_machine_definition(Template.from_stack(stack).to_json())
+    assert asl["States"]["Run children (distributed)"]["MaxConcurrency"] == 600
+    with pytest.raises(ValueError, match="max_distributed_concurrency"):
+        QlayerStack(make_app(tmp_path / "b"), "Bad", max_distributed_concurrency=20_000)
+
+
+# -- nothing waits forever in Batch ---------------------------------------------------------
+@pytest.mark.parametrize("name", BATCH_STATES)
+def test_batch_jobs_carry_the_step_timeout_and_fail_into_fail_job(
+    definition: dict[str, Any], name: str
+) -> None:
+    """SubmitJob had no Timeout: a stuck container held the execution until the job
+    definition's 12 h. A timed-out or queue-cancelled job ends FAILED: States.TaskFailed,
+    not retried, caught into Record failure -> Fail job."""
+    state = definition["States"][name]
+    assert state["Parameters"]["Timeout"] == {
+        "AttemptDurationSeconds.$": "$.decision.compute.timeout_s"
+    }
+    (catch,) = state["Catch"]
+    assert catch == {
+        "ErrorEquals": ["States.ALL"],
+        "ResultPath": "$.error",
+        "Next": "Record failure",
+    }
+    assert definition["States"]["Record failure"]["Next"] == "Fail job"
+
+
+def test_state_machine_terminates_only_this_accounts_batch_jobs(template: Template, stack) -> None:
+    statements = Capture()
+    template.has_resource_properties(
+        "AWS::IAM::Policy",
+        {
+            "Roles": [stack.resolve(stack.workflow.state_machine.role.role_name)],
+            "PolicyDocument": {"Statement": statements},
+        },
+    )
+    for statement in statements.as_array():
+        actions = (
+            statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        )
+        if "batch:TerminateJob" in actions:
+            assert statement["Resource"] != "*"
+            assert ":job/*" in json.dumps(statement["Resource"])
+        if statement["Resource"] == "*":  # DescribeJobs has no resource-level permissions
+            assert not [a for a in actions if a.startswith("batch:") and a != "batch:DescribeJobs"]

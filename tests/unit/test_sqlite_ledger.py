@@ -16,7 +16,6 @@ from test_dispatch import Clock
 from qlayer.local import state
 from qlayer.local.ledger import SqliteLedger, split_key
 
-
 # ----------------------------------------------------------------------------- SQLite only
 
 

@@ -1,0 +1,256 @@
+"""Least privilege: what each function (and the Batch containers) may do, action by action.
+
+CDK's ``grant_read_write`` helpers give more than any step here uses (``s3:DeleteObject*``,
+``s3:Abort*``, ``dynamodb:Scan``, ``dynamodb:DeleteItem``), so every grant below names its
+actions. Nothing in qlayer deletes an artifact or a row: artifacts are overwritten in a
+versioned bucket, rows are updated.
+
+The tables in this module are the contract; tests/infra/test_access.py reads the
+synthesized policies back against them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from aws_cdk import ArnFormat, Stack
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_secretsmanager as secretsmanager
+from aws_cdk import aws_sqs as sqs
+from aws_cdk import aws_stepfunctions as sfn
+
+from qlayer_infra.storage import INBOX_PREFIX, JOBS_PREFIX, PROGRAMS_PREFIX
+
+#: Read an artifact; write one (log objects are written with a tag, which needs
+#: PutObjectTagging); tell a missing key from a forbidden one (HeadObject answers 403
+#: instead of 404 without ListBucket, and ``exists()`` would raise).
+S3_READ = ("s3:GetObject",)
+S3_WRITE = ("s3:PutObject", "s3:PutObjectTagging")
+S3_LIST = ("s3:ListBucket",)
+
+#: Job rows: read one or many, update (conditionally), check a condition in a transaction;
+#: the steps that start a job or its children also create rows.
+JOB_ROWS = (
+    "dynamodb:GetItem",
+    "dynamodb:BatchGetItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:ConditionCheckItem",
+)
+JOB_ROWS_CREATE = ("dynamodb:PutItem",)
+#: QPU task rows (dispatcher, poller): claims, slots and outcomes, some in transactions;
+#: the poller lists open tasks on the ``by_status`` index.
+TASK_ROWS = (
+    "dynamodb:GetItem",
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:ConditionCheckItem",
+    "dynamodb:Query",
+)
+TASKS_INDEX = "by_status"
+
+
+@dataclass(frozen=True)
+class Access:
+    """One role's access to the artifacts bucket (by key prefix) and the jobs table."""
+
+    reads: tuple[str, ...]
+    writes: tuple[str, ...]
+    creates_jobs: bool = False
+
+
+_STEP = Access(reads=(JOBS_PREFIX,), writes=(JOBS_PREFIX,))
+_WITH_PROGRAMS = Access(reads=(PROGRAMS_PREFIX, JOBS_PREFIX), writes=(JOBS_PREFIX,))
+_REPORTS = Access(reads=(JOBS_PREFIX,), writes=(JOBS_PREFIX, INBOX_PREFIX))
+
+#: Handler (or ``"batch"``) -> its access. The trigger reads an inbox spec and the program
+#: it names, uploads the program bundle, writes the job's inputs and a report next to the
+#: spec; the finaliser and fail_job report the outcome next to the spec.
+ACCESS: dict[str, Access] = {
+    "trigger": Access(
+        reads=(INBOX_PREFIX, PROGRAMS_PREFIX),
+        writes=(INBOX_PREFIX, PROGRAMS_PREFIX, JOBS_PREFIX),
+        creates_jobs=True,
+    ),
+    "loader": Access(_WITH_PROGRAMS.reads, _WITH_PROGRAMS.writes, creates_jobs=True),
+    "start_children": Access(_WITH_PROGRAMS.reads, _WITH_PROGRAMS.writes, creates_jobs=True),
+    "stage_runner": _WITH_PROGRAMS,
+    "batch": _WITH_PROGRAMS,
+    "simulator": _STEP,
+    "read_outcome": _STEP,
+    "fan_in": _STEP,
+    "finaliser": _REPORTS,
+    "fail_job": _REPORTS,
+    "dispatcher": _STEP,
+    "poller": _STEP,
+}
+
+#: Who reads the provider secret: the dispatcher and poller (submit, poll, cancel), and the
+#: code that runs stages, Lambda and Batch alike: ``ctx.target`` of an ``ibm_*`` backend
+#: needs the IBM account (issue 7 item 3).
+SECRET_READERS = ("dispatcher", "poller", "stage_runner", "batch")
+#: Who asks Braket for a device (``ctx.target`` of a Braket backend; the dispatcher).
+DEVICE_READERS = ("stage_runner", "batch", "dispatcher", "poller")
+
+
+def grant_artifacts(
+    principal: iam.IGrantable, bucket: s3.IBucket, jobs: dynamodb.ITable, access: Access
+) -> None:
+    """``access`` on the artifacts bucket and the jobs table, action by action."""
+    policy = principal.grant_principal
+    statements = [
+        iam.PolicyStatement(
+            actions=list(S3_READ), resources=[bucket.arn_for_objects(f"{p}*") for p in access.reads]
+        ),
+        iam.PolicyStatement(
+            actions=list(S3_WRITE),
+            resources=[bucket.arn_for_objects(f"{p}*") for p in access.writes],
+        ),
+        iam.PolicyStatement(actions=list(S3_LIST), resources=[bucket.bucket_arn]),
+        iam.PolicyStatement(
+            actions=[*JOB_ROWS, *(JOB_ROWS_CREATE if access.creates_jobs else ())],
+            resources=[jobs.table_arn],
+        ),
+    ]
+    for statement in statements:
+        policy.add_to_principal_policy(statement)
+
+
+def grant_tasks(principal: iam.IGrantable, tasks: dynamodb.ITable) -> None:
+    """The dispatcher's and poller's use of the QPU task table and its ``by_status`` index."""
+    principal.grant_principal.add_to_principal_policy(
+        iam.PolicyStatement(
+            actions=list(TASK_ROWS),
+            resources=[tasks.table_arn, f"{tasks.table_arn}/index/{TASKS_INDEX}"],
+        )
+    )
+
+
+def grant_braket_results(principal: iam.IGrantable, bucket: s3.IBucket) -> None:
+    """Read and write task results and manifests in the Braket bucket; no delete."""
+    principal.grant_principal.add_to_principal_policy(
+        iam.PolicyStatement(actions=[*S3_READ, *S3_WRITE], resources=[bucket.arn_for_objects("*")])
+    )
+    principal.grant_principal.add_to_principal_policy(
+        iam.PolicyStatement(actions=list(S3_LIST), resources=[bucket.bucket_arn])
+    )
+
+
+def braket_device_arns(stack: Stack, regions: Sequence[str] = ()) -> list[str]:
+    """Braket devices: the QPUs and simulators of the stack's region (and of ``regions``:
+    Braket QPUs live in one region each), the account's, and the on-demand simulators
+    (SV1, DM1, TN1), whose ARNs have no region (``arn:aws:braket:::device/...``)."""
+    partition, account = stack.partition, stack.account
+    arns = []
+    for region in (stack.region, *regions):
+        arns += [
+            f"arn:{partition}:braket:{region}::device/*",
+            f"arn:{partition}:braket:{region}:{account}:device/*",
+        ]
+    return [*arns, f"arn:{partition}:braket:::device/quantum-simulator/*"]
+
+
+def braket_task_arns(stack: Stack, regions: Sequence[str] = ()) -> list[str]:
+    """Quantum tasks of this account, in the stack's region and ``regions`` (a task lives in
+    its device's region)."""
+    return [
+        stack.format_arn(
+            service="braket",
+            region=region,
+            resource="quantum-task",
+            resource_name="*",
+            arn_format=ArnFormat.SLASH_RESOURCE_NAME,
+        )
+        for region in (stack.region, *regions)
+    ]
+
+
+def grant_braket(
+    principal: iam.IGrantable,
+    stack: Stack,
+    *,
+    submit: bool,
+    tasks: bool,
+    regions: Sequence[str] = (),
+) -> None:
+    """GetDevice on Braket devices; with ``submit``, CreateQuantumTask on them; with
+    ``tasks``, Get/CancelQuantumTask on this account's quantum tasks. ``regions``: Braket
+    regions beyond the stack's."""
+    devices = braket_device_arns(stack, regions)
+    actions = ["braket:GetDevice", *(["braket:CreateQuantumTask"] if submit else [])]
+    policy = principal.grant_principal
+    policy.add_to_principal_policy(iam.PolicyStatement(actions=actions, resources=devices))
+    if tasks:
+        policy.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=["braket:GetQuantumTask", "braket:CancelQuantumTask"],
+                resources=braket_task_arns(stack, regions),
+            )
+        )
+
+
+def grant_secret_read(
+    principals: Mapping[str, iam.IGrantable], secret: secretsmanager.ISecret
+) -> None:
+    """GetSecretValue (and decrypt through Secrets Manager with the stack's key)."""
+    for principal in principals.values():
+        secret.grant_read(principal)
+
+
+def grant_stop_executions(principal: iam.IGrantable, stack: Stack, state_machine_name: str) -> None:
+    """StopExecution on executions of the job state machine (a job's siblings, on failure)."""
+    principal.grant_principal.add_to_principal_policy(
+        iam.PolicyStatement(
+            actions=["states:StopExecution"],
+            resources=[
+                stack.format_arn(
+                    service="states",
+                    resource="execution",
+                    resource_name=f"{state_machine_name}:*",
+                    arn_format=ArnFormat.COLON_RESOURCE_NAME,
+                )
+            ],
+        )
+    )
+
+
+def grant_all(
+    *,
+    principals: Mapping[str, iam.IGrantable],
+    bucket: s3.IBucket,
+    jobs: dynamodb.ITable,
+    tasks: dynamodb.ITable,
+    braket_results: s3.IBucket,
+    secret: secretsmanager.ISecret,
+    dispatch_queue: sqs.IQueue,
+    state_machine: sfn.IStateMachine,
+    state_machine_name: str,
+    braket_regions: Sequence[str] = (),
+    qpu_functions: Sequence[str] = ("dispatcher", "poller"),
+) -> None:
+    """Every grant of the stack's functions and the Batch job role (``principals`` by name).
+
+    The trigger starts executions; the dispatcher and poller finish task tokens; fail_job
+    sends cancel messages to the dispatcher and stops sibling executions.
+    """
+    stack = Stack.of(bucket)
+    for name, access in ACCESS.items():
+        grant_artifacts(principals[name], bucket, jobs, access)
+    grant_secret_read({n: principals[n] for n in SECRET_READERS}, secret)
+    for name in DEVICE_READERS:
+        grant_braket(
+            principals[name],
+            stack,
+            submit=name == "dispatcher",
+            tasks=name in qpu_functions,
+            regions=braket_regions,
+        )
+    for name in qpu_functions:
+        grant_tasks(principals[name], tasks)
+        grant_braket_results(principals[name], braket_results)
+        state_machine.grant_task_response(principals[name])
+    state_machine.grant_start_execution(principals["trigger"])
+    dispatch_queue.grant_send_messages(principals["fail_job"])
+    grant_stop_executions(principals["fail_job"], stack, state_machine_name)
