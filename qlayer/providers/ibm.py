@@ -157,7 +157,10 @@ class IbmProvider(AsyncProvider):
         token_provider: Returns ``{"token": ..., "instance": ..., "channel": ...}`` for
             the service, injected by whoever builds the provider (on AWS: the stack's
             secret); None: the saved account (``~/.qiskit/qiskit-ibm.json``) or
-            ``QISKIT_IBM_TOKEN``.
+            ``QISKIT_IBM_TOKEN``. An optional ``"url"`` (a custom endpoint) is passed on as
+            ``QiskitRuntimeService(url=...)``: the client takes it as the IBM Cloud base URL
+            and derives the regional API host from the instance CRN, unless the URL
+            contains ``experimental`` (then it is the API base URL itself).
         mode: Default execution mode: ``job``, ``batch`` or ``session``.
         max_execution_time: Default per-job limit in seconds of QPU time (None: the
             service's own limit).
@@ -209,6 +212,7 @@ class IbmProvider(AsyncProvider):
                         channel=creds.get("channel") or "ibm_quantum_platform",
                         token=creds["token"],
                         instance=creds.get("instance"),
+                        url=creds.get("url"),
                     )
                 else:
                     self._service = QiskitRuntimeService()

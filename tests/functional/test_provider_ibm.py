@@ -312,7 +312,7 @@ def test_service_is_created_lazily_from_the_token_provider(monkeypatch):
     assert created == [] and reads == [], "nothing happens at construction"
     assert isinstance(provider.service, RecordingService)
     assert created == [
-        {"channel": "ibm_quantum_platform", "token": "t0k", "instance": "crn:v1:abc"}
+        {"channel": "ibm_quantum_platform", "token": "t0k", "instance": "crn:v1:abc", "url": None}
     ]
     provider.service  # noqa: B018 - cached
     assert len(created) == 1 and len(reads) == 1

@@ -1,0 +1,1 @@
+"""Fakes of the services qlayer talks to (never of the libraries it builds on)."""

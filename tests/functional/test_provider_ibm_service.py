@@ -1,0 +1,315 @@
+"""IbmProvider over the real qiskit-ibm-runtime client, against a fake IBM service.
+
+The fake (tests/fakes/ibm_runtime) stands where IBM's platform stands: IAM, the
+instance lookup and the Qiskit Runtime REST API, on 127.0.0.1. Nothing of ours or of
+the client is replaced: ``IbmProvider`` builds a real ``QiskitRuntimeService`` from
+the credentials its token provider returns, and every test runs under a guard that
+fails it if anything connects to, or looks up, an address other than 127.0.0.1.
+Results are computed by the fake with qiskit-aer, with FakeBrisbane's noise unless a
+test asks for an ideal device.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from qiskit import QuantumCircuit
+from qiskit.circuit import Parameter
+from qiskit.primitives import PrimitiveResult
+from qiskit.quantum_info import SparsePauliOp
+from qiskit.transpiler import Target
+from qiskit.transpiler.preset_passmanagers import generate_preset_pass_manager
+
+from qlayer.providers.base import ProviderError
+from qlayer.providers.ibm import IbmProvider
+from qlayer.request import ExecuteRequest
+from tests.fakes.ibm_runtime import FakeIbmRuntime, serve_in_process, serve_in_thread
+from tests.fakes.loopback import loopback_only
+
+BACKEND = "ibm_brisbane"
+REPO = Path(__file__).resolve().parents[2]
+
+# A second process: its own IbmProvider submits under a key and prints the job id.
+_CHILD = """
+import json, sys
+from qiskit import QuantumCircuit
+from qiskit.transpiler.preset_passmanagers import generate_preset_pass_manager
+from qlayer.providers.ibm import IbmProvider
+from qlayer.request import ExecuteRequest
+from tests.fakes.loopback import loopback_only
+
+creds, key = json.loads(sys.argv[1]), sys.argv[2]
+with loopback_only() as refused:
+    provider = IbmProvider(token_provider=lambda: creds)
+    bell = QuantumCircuit(2)
+    bell.h(0)
+    bell.cx(0, 1)
+    bell.measure_all()
+    pm = generate_preset_pass_manager(optimization_level=1, target=provider.target("ibm_brisbane"))
+    request = ExecuteRequest("sampler", [pm.run(bell)], "ibm_brisbane", "then", shots=100)
+    print(json.dumps({"job": provider.submit("ibm_brisbane", request, idempotency_key=key),
+                      "refused": refused}))
+"""
+
+
+@pytest.fixture
+def refused() -> Iterator[list[str]]:
+    """The loopback guard; the test fails if anything tried to leave 127.0.0.1."""
+    with loopback_only() as attempts:
+        yield attempts
+    assert attempts == [], f"connections off loopback were attempted: {attempts}"
+
+
+@pytest.fixture
+def fake(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refused: list[str]
+) -> Iterator[FakeIbmRuntime]:
+    """The fake service in a thread, and the client's environment pointed at it."""
+    with serve_in_thread(tmp_path / "ibm") as service:
+        for name, value in service.client_env().items():
+            monkeypatch.setenv(name, value)
+        yield service
+
+
+def provider_for(fake: FakeIbmRuntime, **kwargs: object) -> IbmProvider:
+    """A fresh IbmProvider (its own QiskitRuntimeService) on the fake's account."""
+    return IbmProvider(token_provider=fake.credentials, **kwargs)  # type: ignore[arg-type]
+
+
+def bell_request(provider: IbmProvider, shots: int = 2000) -> ExecuteRequest:
+    """A Bell-state sampler request, transpiled for the device's real Target."""
+    bell = QuantumCircuit(2)
+    bell.h(0)
+    bell.cx(0, 1)
+    bell.measure_all()
+    pm = generate_preset_pass_manager(
+        optimization_level=1, target=provider.target(BACKEND), seed_transpiler=7
+    )
+    return ExecuteRequest("sampler", [pm.run(bell)], BACKEND, "then", shots=shots)
+
+
+def run_to_end(provider: IbmProvider, job_id: str, reads: int = 10) -> list[str]:
+    """The states seen over successive status reads, up to the first final one."""
+    seen = []
+    for _ in range(reads):
+        seen.append(provider.status(job_id).state)
+        if seen[-1] in ("DONE", "ERROR", "CANCELLED"):
+            break
+    return seen
+
+
+def test_the_guard_refuses_and_records_other_addresses(refused: list[str]) -> None:
+    with pytest.raises(OSError):
+        socket.create_connection(("192.0.2.1", 443), timeout=0.5)
+    with pytest.raises(OSError):
+        socket.getaddrinfo("quantum.cloud.ibm.com", 443)
+    assert refused == ["resolve '192.0.2.1'", "resolve 'quantum.cloud.ibm.com'"]
+    with socket.socket() as sock, pytest.raises(OSError):
+        sock.connect(("192.0.2.1", 443))
+    assert refused[-1] == "connect ('192.0.2.1', 443)"
+    refused.clear()  # the guard worked; let the fixture pass
+
+
+def test_sampler_bell_goes_queued_running_done(fake: FakeIbmRuntime) -> None:
+    provider = provider_for(fake)
+    assert isinstance(provider.target(BACKEND), Target)
+    assert provider.target(BACKEND).num_qubits == 127
+    job_id = provider.submit(BACKEND, bell_request(provider), idempotency_key="job-1/exec-1")
+
+    first = provider.status(job_id)
+    assert (first.state, first.queue_position) == ("QUEUED", 1)
+    assert provider.status(job_id).state == "RUNNING"
+    done = provider.status(job_id)
+    assert (done.state, done.usage_seconds) == ("DONE", 2.0)
+
+    result = provider.result(job_id)
+    assert isinstance(result, PrimitiveResult) and len(result) == 1
+    bits = result[0].data.meas
+    assert (bits.num_shots, bits.num_bits) == (2000, 2)
+    counts = bits.get_counts()
+    assert counts.get("00", 0) + counts.get("11", 0) > 0.9 * 2000  # noisy, but a Bell state
+    assert 0.4 < counts.get("00", 0) / 2000 < 0.6
+
+    # Every runtime call carried the IAM bearer token the fake issued.
+    exchanges = fake.calls("POST", "/iam/identity/token")
+    assert exchanges and {c.status for c in exchanges} == {200}
+    assert {c.auth for c in fake.calls(path="/backends*")} == {"bearer"}
+    assert fake.job_creations() == 1
+
+
+def test_estimator_results_have_the_broadcast_shape(fake: FakeIbmRuntime) -> None:
+    fake.ideal()
+    provider = provider_for(fake)
+    theta = Parameter("θ")
+    circuit = QuantumCircuit(2)
+    circuit.ry(theta, 0)
+    circuit.cx(0, 1)
+    pm = generate_preset_pass_manager(
+        optimization_level=1, target=provider.target(BACKEND), seed_transpiler=7
+    )
+    isa = pm.run(circuit)
+    observables = [
+        [SparsePauliOp("ZZ").apply_layout(isa.layout)],
+        [SparsePauliOp("XX").apply_layout(isa.layout)],
+    ]  # shape (2, 1)
+    thetas = np.array([[0.0], [np.pi / 2], [np.pi / 3]])  # shape (3, 1): three bindings
+    request = ExecuteRequest(
+        "estimator", [(isa, observables, thetas)], BACKEND, "then", precision=0.01
+    )
+    job_id = provider.submit(BACKEND, request, idempotency_key="job-2/exec-1")
+    assert run_to_end(provider, job_id)[-1] == "DONE"
+
+    data = provider.result(job_id)[0].data
+    assert data.evs.shape == data.stds.shape == (2, 3)
+    expected = np.array([[1.0, 1.0, 1.0], np.sin(thetas[:, 0])])  # <ZZ> = 1, <XX> = sin θ
+    assert np.allclose(data.evs, expected, atol=0.06)
+    assert np.allclose(data.stds, 0.01)
+
+
+def test_find_job_by_tag_from_a_fresh_provider(fake: FakeIbmRuntime) -> None:
+    submitter = provider_for(fake)
+    job_id = submitter.submit(BACKEND, bell_request(submitter), idempotency_key="job-3/exec-1")
+    other = provider_for(fake)
+    assert other.find_job(BACKEND, "job-3/exec-1") == job_id
+    assert other.find_job(BACKEND, "job-3/exec-2") is None
+    assert other.find_job("ibm_torino", "job-3/exec-1") is None
+    query = fake.calls("GET", "/jobs")[-1].query
+    assert "tags=job-3%2Fexec-1" in query and "backend=ibm_torino" in query
+
+
+def test_one_provider_job_per_key_across_providers(fake: FakeIbmRuntime) -> None:
+    first, second = provider_for(fake), provider_for(fake)
+    job_id = first.submit(BACKEND, bell_request(first), idempotency_key="job-4/exec-1")
+    again = second.submit(BACKEND, bell_request(second), idempotency_key="job-4/exec-1")
+    assert again == job_id
+    assert fake.job_creations() == 1
+    other = second.submit(BACKEND, bell_request(second), idempotency_key="job-4/exec-2")
+    assert other != job_id and fake.job_creations() == 2
+
+
+def test_one_provider_job_per_key_across_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refused: list[str]
+) -> None:
+    # The fake itself runs as a process here, so three processes share its state.
+    with serve_in_process(tmp_path / "ibm") as service:
+        env = {**os.environ, **service.client_env()}
+        for name, value in service.client_env().items():
+            monkeypatch.setenv(name, value)
+        child = subprocess.run(
+            [sys.executable, "-c", _CHILD, json.dumps(service.credentials()), "job-5/exec-1"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert child.returncode == 0, child.stderr[-2000:]
+        reply = json.loads(child.stdout.strip().splitlines()[-1])
+        assert reply["refused"] == []
+        here = provider_for(service)
+        job_id = here.submit(BACKEND, bell_request(here), idempotency_key="job-5/exec-1")
+        assert job_id == reply["job"]
+        assert service.job_creations() == 1
+        assert service.store.job(reply["job"])["tags"] == ["job-5/exec-1"]
+
+
+@pytest.mark.parametrize(("status", "retryable"), [(429, True), (400, False)])
+def test_rejected_submission_is_classified(
+    fake: FakeIbmRuntime, status: int, retryable: bool
+) -> None:
+    provider = provider_for(fake)
+    request = bell_request(provider)
+    fake.reject_next(status=status, message="refused by the fake", backend=BACKEND)
+    with pytest.raises(ProviderError) as caught:
+        provider.submit(BACKEND, request, idempotency_key="job-6/exec-1")
+    assert caught.value.retryable is retryable
+    assert f"{status} Client Error" in str(caught.value)
+    assert fake.job_creations() == 0
+    # The rule was for one creation only: the retry goes through.
+    assert provider.submit(BACKEND, request, idempotency_key="job-6/exec-1")
+    assert fake.job_creations() == 1
+
+
+def test_wrong_api_key_is_not_retryable(fake: FakeIbmRuntime) -> None:
+    provider = IbmProvider(token_provider=lambda: {**fake.credentials(), "token": "wrong"})
+    with pytest.raises(ProviderError) as caught:
+        provider.target(BACKEND)
+    assert caught.value.retryable is False
+    assert [c.status for c in fake.calls("POST", "/iam/identity/token")] == [400]
+
+
+def test_failed_job_message_reaches_status(fake: FakeIbmRuntime) -> None:
+    fake.fail_next("qubit 3 left calibration", backend=BACKEND)
+    provider = provider_for(fake)
+    job_id = provider.submit(BACKEND, bell_request(provider), idempotency_key="job-7/exec-1")
+    assert run_to_end(provider, job_id) == ["QUEUED", "RUNNING", "ERROR"]
+    status = provider_for(fake).status(job_id)  # a fresh process's view, too
+    assert status.state == "ERROR"
+    assert "qubit 3 left calibration" in (status.message or "")
+    with pytest.raises(ProviderError, match="qubit 3 left calibration"):
+        provider.result(job_id)
+
+
+def test_held_job_waits_until_released(fake: FakeIbmRuntime) -> None:
+    fake.ideal()
+    fake.hold_next("Running")
+    provider = provider_for(fake)
+    job_id = provider.submit(BACKEND, bell_request(provider, 100), idempotency_key="job-8/e-1")
+    assert run_to_end(provider, job_id, reads=5) == ["QUEUED"] + ["RUNNING"] * 4
+    fake.release(job_id)
+    assert run_to_end(provider, job_id)[-1] == "DONE"
+    counts = provider.result(job_id)[0].data.meas.get_counts()
+    assert set(counts) <= {"00", "11"}  # ideal device: nothing else
+
+
+def test_cancel_reaches_the_service(fake: FakeIbmRuntime) -> None:
+    fake.hold_next("Queued")
+    provider = provider_for(fake)
+    job_id = provider.submit(BACKEND, bell_request(provider), idempotency_key="job-9/exec-1")
+    assert provider.status(job_id).state == "QUEUED"
+    provider.cancel(job_id)
+    assert [c.status for c in fake.calls("POST", f"/jobs/{job_id}/cancel")] == [204]
+    assert fake.store.job(job_id)["status"] == "Cancelled"
+    assert provider_for(fake).status(job_id).state == "CANCELLED"
+    provider_for(fake).cancel(job_id)  # already ended: no second cancel call
+    assert len(fake.calls("POST", f"/jobs/{job_id}/cancel")) == 1
+
+
+def test_batch_mode_shares_one_batch_across_providers(fake: FakeIbmRuntime) -> None:
+    first = provider_for(fake, mode="batch")
+    request = bell_request(first, 100)
+    one = first.submit(BACKEND, request, idempotency_key="job-10/exec-1")
+    two = first.submit(BACKEND, request, idempotency_key="job-10/exec-2")
+    second = provider_for(fake, mode="batch")  # another process: finds the batch by tag
+    three = second.submit(BACKEND, request, idempotency_key="job-10/exec-3")
+    sessions = {fake.store.job(job)["session_id"] for job in (one, two, three)}
+    assert len(sessions) == 1 and None not in sessions
+    assert len(fake.calls("POST", "/sessions")) == 1
+    assert fake.store.session(sessions.pop())["mode"] == "batch"
+    first.close_sessions()
+    assert len(fake.calls("PATCH", "/sessions/*")) == 1
+
+
+def test_control_endpoint_and_the_clients_own_retry_of_5xx(fake: FakeIbmRuntime) -> None:
+    # Knobs over HTTP, as another process would turn them.
+    answer = requests.post(
+        fake.url + "/_fake/rules", json={"kind": "reject", "status": 503, "count": 1}, timeout=5
+    )
+    assert answer.status_code == 200
+    provider = provider_for(fake)
+    job_id = provider.submit(BACKEND, bell_request(provider), idempotency_key="job-11/exec-1")
+    # qiskit-ibm-runtime itself retries POST /jobs on 5xx: the caller never saw the 503.
+    assert [c.status for c in fake.calls("POST", "/jobs")] == [503, 200]
+    assert fake.job_creations() == 1
+    calls = requests.get(fake.url + "/_fake/calls", params={"path": "/_fake/*"}, timeout=5).json()
+    assert [(call["method"], call["status"]) for call in calls] == [("POST", 200)]  # not itself
+    assert fake.store.job(job_id)["status"] == "Queued"
