@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 QLAYER := $(VENV)/bin/qlayer
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
-.PHONY: demo test check lint types bench synth install install-dev clean
+.PHONY: demo test test-fast check lint types bench synth install install-dev clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ demo: $(VENV)/.installed
 ## test: install dev tools and run the whole suite
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest -q
+
+## test-fast: the quick loop — unit tests and the port contracts on SQLite/memory (no daemon, no moto)
+test-fast: $(VENV)/.installed-dev
+	$(PY) -m pytest -q -m "not moto and not slow" tests/unit tests/contract
 
 ## check: lint, format check, types, tests
 check: lint types test

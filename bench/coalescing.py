@@ -29,7 +29,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from qlayer.dispatch import CoalescedBatch, Coalescer, MemoryLedger, poll_once, submit_once
+from qlayer.dispatch import MemoryLedger, poll_once, submit_once
+from qlayer.dispatch.coalesce import CoalescedBatch, Coalescer
 from qlayer.providers.base import AsyncProvider, BackendInfo, ProviderJobStatus
 from qlayer.request import ExecuteRequest
 
@@ -116,7 +117,7 @@ def make_requests(n: int, shots: int) -> list[tuple[str, ExecuteRequest]]:
         qc.x(range(qc.num_qubits))
         qc.measure_all()
         out.append(
-            (f"job{i:03d}/1", ExecuteRequest("sampler", [qc], BACKEND, "then", shots, None, 7))
+            (f"job{i:03d}/1", ExecuteRequest("sampler", [qc], BACKEND, "then", shots, None, None))
         )
     return out
 

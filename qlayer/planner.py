@@ -125,9 +125,7 @@ class Resources:
             raise ConfigError(f"{RESOURCES_ENV} is not JSON: {exc.msg}") from exc
         if not isinstance(raw, dict) or set(raw) != set(_DEPLOYED):
             got = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
-            raise ConfigError(
-                f"{RESOURCES_ENV} must hold exactly the keys {_DEPLOYED}; got {got}"
-            )
+            raise ConfigError(f"{RESOURCES_ENV} must hold exactly the keys {_DEPLOYED}; got {got}")
         bad = [
             k
             for k in _DEPLOYED

@@ -143,7 +143,7 @@ class Daemon:
 
     def tick(self) -> None:
         self.handle_cancels()
-        self.dispatch()
+        self.assign()
         self.remote.pump()
         workers = list(self.pool)
         waitables: list[Any] = [w.conn for w in workers] + [w.process.sentinel for w in workers]
@@ -214,7 +214,8 @@ class Daemon:
         return job is None or job.status.is_final
 
     # -- dispatch --------------------------------------------------------------------
-    def dispatch(self) -> None:
+    def assign(self) -> None:
+        """Hand pending work to its device or provider, and idle workers their next step."""
         self.submit_executes()
         for worker in self.pool.idle():
             if not self.assign_next(worker):

@@ -39,46 +39,9 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def create_tables(dynamodb: Any) -> None:
-    dynamodb.create_table(
-        TableName=JOBS_TABLE,
-        BillingMode="PAY_PER_REQUEST",
-        AttributeDefinitions=[
-            {"AttributeName": "job_id", "AttributeType": "S"},
-            {"AttributeName": "kind", "AttributeType": "S"},
-            {"AttributeName": "created_at", "AttributeType": "S"},
-        ],
-        KeySchema=[{"AttributeName": "job_id", "KeyType": "HASH"}],
-        GlobalSecondaryIndexes=[
-            {
-                "IndexName": "by_created",
-                "KeySchema": [
-                    {"AttributeName": "kind", "KeyType": "HASH"},
-                    {"AttributeName": "created_at", "KeyType": "RANGE"},
-                ],
-                "Projection": {"ProjectionType": "ALL"},
-            }
-        ],
-    )
-    dynamodb.create_table(
-        TableName=TASKS_TABLE,
-        BillingMode="PAY_PER_REQUEST",
-        AttributeDefinitions=[
-            {"AttributeName": "idempotency_key", "AttributeType": "S"},
-            {"AttributeName": "status", "AttributeType": "S"},
-            {"AttributeName": "submitted_at", "AttributeType": "S"},
-        ],
-        KeySchema=[{"AttributeName": "idempotency_key", "KeyType": "HASH"}],
-        GlobalSecondaryIndexes=[
-            {
-                "IndexName": "by_status",
-                "KeySchema": [
-                    {"AttributeName": "status", "KeyType": "HASH"},
-                    {"AttributeName": "submitted_at", "KeyType": "RANGE"},
-                ],
-                "Projection": {"ProjectionType": "ALL"},
-            }
-        ],
-    )
+    from aws_tables import create_tables as create
+
+    create(dynamodb, JOBS_TABLE, TASKS_TABLE)
 
 
 @pytest.fixture
@@ -86,7 +49,7 @@ def aws(aws_env: None, tmp_path: Path) -> Any:
     """moto: bucket, tables, a Pass state machine and a queue, and Services over them."""
     import boto3
     from moto import mock_aws
-    from qlayer.aws.handlers import Services
+    from qlayer.aws.services import Services
 
     from qlayer.aws.config import AwsConfig
 

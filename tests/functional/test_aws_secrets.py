@@ -29,22 +29,45 @@ def secret_arn(monkeypatch):
     secrets._CACHE.clear()
 
 
-def test_ibm_credentials_come_from_the_secret(secret_arn, monkeypatch):
-    """moto's Secrets Manager replaces AWS; the secret is read once and mapped."""
-    monkeypatch.setenv(secrets.SECRET_ENV, secret_arn)
-    credentials = secrets.ibm_credentials_from_env()
-    assert credentials is not None
+def test_ibm_credentials_come_from_the_secret(secret_arn):
+    """moto's Secrets Manager replaces AWS; the secret is read on first use and mapped."""
+    credentials = secrets.ibm_credentials(secret_arn)
     assert credentials() == {
         "token": "t0k",
         "instance": "crn:v1:x",
         "channel": "ibm_quantum_platform",
     }
-    assert ibm_configured() is True
+    boto3.client("secretsmanager").put_secret_value(
+        SecretId=secret_arn, SecretString=json.dumps({"ibm_token": "new", "ibm_url": "https://x"})
+    )
+    assert credentials()["token"] == "t0k"  # read once per process
 
 
-def test_no_secret_configured_means_no_token_provider(monkeypatch):
-    monkeypatch.delenv(secrets.SECRET_ENV, raising=False)
-    assert secrets.ibm_credentials_from_env() is None
+def test_the_aws_services_inject_the_secret_into_the_ibm_provider(secret_arn, monkeypatch):
+    """The builder of the providers hands them the stack's secret; nothing reads the
+    environment behind its back (without the injection no IBM account is configured)."""
+    from qlayer.aws.config import AwsConfig
+    from qlayer.aws.services import configure_providers
+    from qlayer.providers import registry
+
+    monkeypatch.setenv("HOME", "/nonexistent")
+    try:
+        configure_providers(AwsConfig(bucket="b", jobs_table="t"))
+        assert registry.settings().ibm_credentials is None
+        assert not ibm_configured(injected=False)
+        config = AwsConfig(
+            bucket="b", jobs_table="t", providers_secret_arn=secret_arn, braket_bucket="bk"
+        )
+        configure_providers(config)
+        assert registry.settings().braket_s3_folder == ("bk", "qlayer")
+        assert registry.ibm_provider()._token_provider() == {
+            "token": "t0k",
+            "instance": "crn:v1:x",
+            "channel": "ibm_quantum_platform",
+        }
+        assert registry.resolve("ibm_brisbane").provider == "ibm"
+    finally:
+        registry.configure(registry.ProviderSettings())
 
 
 def test_a_secret_that_is_not_a_json_object_is_refused(secret_arn):

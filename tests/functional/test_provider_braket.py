@@ -21,7 +21,7 @@ from qiskit.primitives import PrimitiveResult
 from qiskit.quantum_info import SparsePauliOp
 
 from qlayer.providers.base import ProviderError
-from qlayer.providers.braket import BraketProvider, classify
+from qlayer.providers.braket import BraketLocalProvider, BraketProvider, classify
 from qlayer.request import ExecuteRequest
 
 SV1 = "arn:aws:braket:::device/quantum-simulator/amazon/sv1"
@@ -37,14 +37,11 @@ def ghz(n=3):
 
 
 def test_local_simulator_ghz_counts():
-    provider = BraketProvider()
+    provider = BraketLocalProvider()
     request = ExecuteRequest(
         "sampler", [ghz().measure_all(inplace=False)], "braket_local", "n", shots=300
     )
-    job_id = provider.submit("braket_local", request, idempotency_key="job/1")
-    assert provider.submit("braket_local", request, idempotency_key="job/1") == job_id  # no rerun
-    assert provider.status(job_id).state == "DONE"
-    result = provider.result(job_id)
+    result = provider.run("braket_local", request)
     assert isinstance(result, PrimitiveResult)
     counts = result[0].data.meas.get_counts()
     assert set(counts) <= {"000", "111"} and sum(counts.values()) == 300
@@ -56,11 +53,11 @@ def test_local_simulator_registers_parameters_and_partial_measurement():
     circuit = QuantumCircuit(2, 2)
     circuit.rx(theta, 0)
     circuit.measure(0, 1)  # qubit 0 into clbit 1; clbit 0 never written
-    provider = BraketProvider()
+    provider = BraketLocalProvider()
     request = ExecuteRequest(
         "sampler", [(circuit, [[0.0], [3.141592653589793]])], "braket_local", "n", shots=50
     )
-    result = provider.result(provider.submit("braket_local", request, idempotency_key="job/2"))
+    result = provider.run("braket_local", request)
     data = result[0].data.c
     assert data.shape == (2,) and data.num_shots == 50
     assert data[0].get_counts() == {"00": 50} and data[1].get_counts() == {"10": 50}
@@ -72,7 +69,7 @@ def test_local_simulator_estimator_values():
     circuit.ry(a, 0)
     circuit.cx(0, 1)
     observable = SparsePauliOp(["ZZ", "XX", "IZ", "II"], [1.0, 0.5, 1.0, 0.25])
-    provider = BraketProvider()
+    provider = BraketLocalProvider()
     request = ExecuteRequest(
         "estimator",
         [(circuit, observable, [[0.0], [1.5707963267948966]])],
@@ -80,7 +77,7 @@ def test_local_simulator_estimator_values():
         "n",
         precision=0.02,
     )
-    result = provider.result(provider.submit("braket_local", request, idempotency_key="job/3"))
+    result = provider.run("braket_local", request)
     evs, stds = result[0].data.evs, result[0].data.stds
     assert evs.shape == (2,)
     # |00>: <ZZ>=1 <XX>=0 <IZ>=1 -> 2.25; Bell: <ZZ>=1 <XX>=1 <IZ>=0 -> 1.75
@@ -303,7 +300,9 @@ def test_registry_routes_braket_names():
     assert (
         listed["braket_sv1"]["max_concurrency"] == 35 and listed["braket_sv1"]["reachable"] is None
     )
-    result = registry.provider_for("braket_local").run(
+    assert not registry.is_remote("braket_local")  # Braket's simulator on our own compute
+    assert registry.is_remote("braket_sv1")
+    result = registry.sync_provider("braket_local").run(
         "braket_local",
         ExecuteRequest(
             "sampler", [ghz(2).measure_all(inplace=False)], "braket_local", "n", shots=20

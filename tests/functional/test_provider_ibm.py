@@ -340,7 +340,7 @@ def test_registry_routes_ibm_names_without_network(monkeypatch, tmp_path):
     assert registry.resolve("aer").provider == "aer"
     assert isinstance(registry.provider("ibm_torino"), IbmProvider)
     with pytest.raises(BackendError, match="dispatcher"):
-        registry.provider_for("ibm_torino").run("ibm_torino", sampler())
+        registry.sync_provider("ibm_torino").run("ibm_torino", sampler())
 
 
 class LocalService:
