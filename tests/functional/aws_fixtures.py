@@ -49,9 +49,9 @@ def aws(aws_env: None, tmp_path: Path) -> Any:
     """moto: bucket, tables, a Pass state machine and a queue, and Services over them."""
     import boto3
     from moto import mock_aws
-    from qlayer.aws.services import Services
 
     from qlayer.aws.config import AwsConfig
+    from qlayer.aws.services import Services
 
     with mock_aws():
         session = boto3.Session(region_name=REGION)
