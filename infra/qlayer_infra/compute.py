@@ -19,7 +19,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from aws_cdk import Duration, RemovalPolicy, Size
@@ -48,6 +48,8 @@ LIGHT_FUNCTIONS: tuple[str, ...] = (
 )
 #: Handlers that import qiskit / Aer / provider SDKs, run from the runner image.
 IMAGE_FUNCTIONS: tuple[str, ...] = ("stage_runner", "simulator", "dispatcher", "poller")
+#: Functions that resolve backend names (and Batch): they get QLAYER_PROVIDERS / _RATE_LIMITS.
+PROVIDER_ENV_FUNCTIONS: frozenset[str] = frozenset(IMAGE_FUNCTIONS)
 
 LIGHT_LAYER_DIR = REPO_ROOT / "layers" / "light"
 LAYER_STAMP = ".sources.json"
@@ -198,6 +200,7 @@ class Compute(Construct):
         max_cpu_vcpus: int = 256,
         max_gpu_vcpus: int = 96,
         batch_timeout: Duration = Duration.hours(12),
+        provider_env: Mapping[str, str] | None = None,
         log_retention: logs.RetentionDays = logs.RetentionDays.ONE_MONTH,
         removal_policy: RemovalPolicy = RemovalPolicy.RETAIN,
     ) -> None:
@@ -213,6 +216,7 @@ class Compute(Construct):
             "QLAYER_TASKS_TABLE": storage.tasks.table_name,
             "POWERTOOLS_LOG_LEVEL": "INFO",
         }
+        provider_env = dict(provider_env or {})
 
         self.layer = lambda_.LayerVersion(
             self,
@@ -281,6 +285,7 @@ class Compute(Construct):
                 tracing=lambda_.Tracing.ACTIVE,
                 environment={
                     **environment,
+                    **(provider_env if name in PROVIDER_ENV_FUNCTIONS else {}),
                     "QLAYER_FUNCTION": name,
                     "POWERTOOLS_SERVICE_NAME": f"qlayer-{name}",
                 },
@@ -291,7 +296,7 @@ class Compute(Construct):
         self._batch(
             env_name=env_name,
             storage=storage,
-            environment=environment,
+            environment={**environment, **provider_env},
             cpu_instance_types=cpu_instance_types,
             gpu_instance_types=gpu_instance_types,
             max_cpu_vcpus=max_cpu_vcpus,

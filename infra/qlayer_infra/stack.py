@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from aws_cdk import CfnOutput, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_iam as iam
@@ -19,6 +21,46 @@ from qlayer_infra.storage import INBOX_PREFIX, JOBS_PREFIX, PROGRAMS_PREFIX, Sto
 from qlayer_infra.workflow import JobWorkflow
 
 _ENV_NAME = re.compile(r"^[a-z][a-z0-9-]{0,11}$")
+#: One provider plugin: ``[prefix=]module.path:factory`` or ``[prefix=]/path/file.py:factory``.
+_PLUGIN = re.compile(r"^(?:[a-z][a-z0-9_]*=)?[^\s,=:]+:[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def provider_settings(
+    provider_plugins: str | None, rate_limits: Mapping[str, Mapping[str, float]] | None
+) -> dict[str, str]:
+    """``QLAYER_PROVIDERS`` / ``QLAYER_RATE_LIMITS`` for the functions that resolve backends.
+
+    Raises:
+        ValueError: A plugin not of the form ``prefix=module:factory``, or limits that are
+            not ``{name: {limit: positive number}}``.
+    """
+    env: dict[str, str] = {}
+    if provider_plugins is not None:
+        specs = [p.strip() for p in provider_plugins.split(",")]
+        bad = [p for p in specs if not _PLUGIN.match(p)]
+        if not specs or bad:
+            raise ValueError(
+                f"provider_plugins {provider_plugins!r}: give a comma-separated list of "
+                "prefix=module.path:factory (e.g. 'myqpu=my_company.qlayer_plugin:MyQpu')"
+            )
+        env["QLAYER_PROVIDERS"] = ",".join(specs)
+    if rate_limits is not None:
+        table: dict[str, dict[str, float]] = {}
+        for name, limits in rate_limits.items():
+            if not isinstance(name, str) or not name or not isinstance(limits, Mapping):
+                raise ValueError(
+                    f"rate_limits: {name!r} must name a backend or prefix and map to "
+                    '{"max_in_flight": 3, "submits_per_s": 0.08, ...}'
+                )
+            for key, value in limits.items():
+                number = value if isinstance(value, int | float) else math.nan
+                if isinstance(value, bool) or not math.isfinite(number) or number <= 0:
+                    raise ValueError(
+                        f"rate_limits[{name!r}][{key!r}] = {value!r}: use a positive number"
+                    )
+            table[name] = dict(limits)
+        env["QLAYER_RATE_LIMITS"] = json.dumps(table, sort_keys=True, separators=(",", ":"))
+    return env
 
 
 class QlayerStack(Stack):
@@ -37,6 +79,12 @@ class QlayerStack(Stack):
         simulator_memory_mb: Memory of the simulator Lambda (planner tier "lambda").
         max_cpu_vcpus, max_gpu_vcpus: Batch compute environment ceilings.
         providers_secret_name: Secrets Manager name of the provider settings.
+        provider_plugins: Extra QPU providers, ``prefix=module:factory[,...]`` (see
+            ``qlayer.providers.registry``); sets ``QLAYER_PROVIDERS`` on the stage runner,
+            simulator, dispatcher, poller and Batch. The modules must be in the runner image.
+        rate_limits: Dispatch limits by backend or prefix, e.g.
+            ``{"ibm": {"max_in_flight": 3, "submits_per_s": 0.08}}``; sets
+            ``QLAYER_RATE_LIMITS`` (JSON) on the same.
         removal_policy: RETAIN for data (default); DESTROY for throwaway test stacks.
     """
 
@@ -56,6 +104,8 @@ class QlayerStack(Stack):
         max_gpu_vcpus: int = 96,
         providers_secret_name: str = PROVIDERS_SECRET_NAME,
         removal_policy: RemovalPolicy = RemovalPolicy.RETAIN,
+        provider_plugins: str | None = None,
+        rate_limits: Mapping[str, Mapping[str, float]] | None = None,
         **kwargs,
     ) -> None:
         if not _ENV_NAME.match(env_name):
@@ -68,6 +118,7 @@ class QlayerStack(Stack):
                 f"qpu_heartbeat_s={qpu_heartbeat_s}, qpu_timeout_s={qpu_timeout_s}: the heartbeat "
                 "must be positive and no longer than the timeout"
             )
+        provider_env = provider_settings(provider_plugins, rate_limits)
         super().__init__(scope, construct_id, description=f"qlayer ({env_name})", **kwargs)
 
         storage = Storage(self, "Storage", env_name=env_name, removal_policy=removal_policy)
@@ -90,6 +141,7 @@ class QlayerStack(Stack):
             gpu_instance_types=gpu_instance_types,
             max_cpu_vcpus=max_cpu_vcpus,
             max_gpu_vcpus=max_gpu_vcpus,
+            provider_env=provider_env,
             removal_policy=removal_policy,
         )
         fns = compute.functions
