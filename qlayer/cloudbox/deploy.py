@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -459,6 +460,10 @@ class Deployment:
             )
 
     def _output_stack(self) -> None:
+        """A CloudFormation stack of the stack's name holding only the resolved outputs."""
+        warnings.filterwarnings(
+            "ignore", message="Tried to parse AWS::CloudFormation::WaitConditionHandle"
+        )
         body = {
             "Resources": {"Placeholder": {"Type": "AWS::CloudFormation::WaitConditionHandle"}},
             "Outputs": {k: {"Value": v} for k, v in self.outputs.items()},
