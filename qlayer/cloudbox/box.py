@@ -46,6 +46,9 @@ from qlayer.cloudbox.runtimes import FunctionPool, FunctionSpec, LambdaService, 
 from qlayer.cloudbox.server import CREDENTIALS, REGION, MotoServer
 from qlayer.cloudbox.synth import Synthesis
 
+#: moto's backends are global to a process: one box at a time per process.
+_ACTIVE = threading.Lock()
+
 
 @dataclass(frozen=True)
 class BoxOptions:
@@ -107,9 +110,14 @@ class CloudBox:
         self._saved_env: dict[str, str | None] = {}
         self._xray: socket.socket | None = None
         self._closing = threading.Event()
+        self._holds_lock = False
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> CloudBox:
+        """Start the box. Only one box runs in a process (moto's state is per process)."""
+        if not _ACTIVE.acquire(blocking=False):
+            raise RuntimeError("a cloud box already runs in this process; stop it first")
+        self._holds_lock = True
         try:
             self._start()
         except BaseException:
@@ -193,6 +201,9 @@ class CloudBox:
         if self._tempdir is not None:
             self._tempdir.cleanup()
             self._tempdir = None
+        if self._holds_lock:
+            self._holds_lock = False
+            _ACTIVE.release()
 
     def __enter__(self) -> CloudBox:
         return self.start()

@@ -7,10 +7,12 @@ result (or error) and its logs, stop the box.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,20 @@ class BoxRun:
     endpoint: str
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """File descriptor 1 (subprocesses too) goes to 2 for the duration."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def run_in_box(
     program: str | os.PathLike[str],
     arguments: Mapping[str, Any],
@@ -73,7 +89,8 @@ def run_in_box(
 
     with tempfile.TemporaryDirectory(prefix="cloudbox-run-") as folder:
         root = Path(folder)
-        synthesis = synthesize(root / "cdk.out", **dict(stack_props or {}))
+        with _stdout_to_stderr():  # the layer build and jsii print; stdout is the report's
+            synthesis = synthesize(root / "cdk.out", **dict(stack_props or {}))
         with CloudBox(synthesis, root / "box", options) as box:
             if on_ready is not None:
                 on_ready(box)

@@ -64,7 +64,12 @@ class MotoServer:
     def start(self) -> MotoServer:
         import logging
 
-        from moto.server import ThreadedMotoServer
+        try:
+            from moto.server import ThreadedMotoServer
+        except ImportError as exc:
+            raise RuntimeError(
+                f"the cloud box needs moto's server: pip install 'qlayer[cloudbox]' ({exc})"
+            ) from exc
 
         # werkzeug logs every request at INFO (thousands per job), and moto's interpreter
         # logs every Fail state (a failed job) as an ERROR with its parse tree: quiet both.

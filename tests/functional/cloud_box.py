@@ -13,9 +13,15 @@ runner image by the box's options: the provider's service is not stack configura
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from qlayer.cloudbox import BoxOptions, CloudBox, Synthesis, synthesize
 
@@ -59,3 +65,117 @@ def running_box(stacks: dict[str, Synthesis], workdir: Path) -> Iterator[CloudBo
         yield box
     finally:
         box.stop()
+
+
+# -- helpers of the scenarios -------------------------------------------------------------
+def until(what: str, check: Callable[[], Any], timeout: float = 60, every: float = 0.1) -> Any:
+    """Poll ``check`` until it returns something truthy; that value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not after {timeout} s")
+        time.sleep(every)
+
+
+def finish(
+    box: CloudBox, job: Any, timeout: float = 180, machine_arn: str | None = None
+) -> dict[str, Any]:
+    """Wait for the job's execution, then for its row to be final; ``job.info()``."""
+    desc = box.wait_execution(job.job_id, timeout, machine_arn=machine_arn)
+    try:
+        job.wait(timeout=30)
+        return job.info()  # type: ignore[no-any-return]
+    except TimeoutError as exc:
+        failures = [e for e in box.history(job.job_id, machine_arn) if "Fail" in e["type"]]
+        raise AssertionError(f"{exc}; execution {desc['status']}: {failures}") from exc
+
+
+def assert_same(aws: Any, local: Any, *, rel: float = 1e-9, path: str = "$") -> None:
+    """Equal JSON; floats to ``rel`` (summation order may differ between processes)."""
+    if isinstance(local, float) or isinstance(aws, float):
+        assert isinstance(aws, (int, float)) and isinstance(local, (int, float)), path
+        if math.isnan(local):
+            assert math.isnan(aws), path
+        else:
+            assert aws == pytest.approx(local, rel=rel, abs=1e-12), path
+    elif isinstance(local, dict):
+        assert isinstance(aws, dict) and set(aws) == set(local), (path, set(aws) ^ set(local))
+        for key in local:
+            assert_same(aws[key], local[key], rel=rel, path=f"{path}.{key}")
+    elif isinstance(local, (list, tuple)):
+        assert isinstance(aws, (list, tuple)) and len(aws) == len(local), path
+        for i, (a, b) in enumerate(zip(aws, local, strict=True)):
+            assert_same(a, b, rel=rel, path=f"{path}[{i}]")
+    else:
+        assert aws == local, path
+
+
+def run_both(
+    box: CloudBox, cloud: Any, local: Any, program: Any, args: dict[str, Any]
+) -> tuple[Any, Any, Any, Any]:
+    """Submit to both substrates (the local daemon works meanwhile).
+
+    Returns (aws job, its info, local job, its info).
+    """
+    local_job = local.run(program, args)
+    aws_job = cloud.run(program, args)
+    aws_row = finish(box, aws_job)
+    local_job.wait(timeout=240)
+    return aws_job, aws_row, local_job, local_job.info()
+
+
+def status(job: Any) -> str:
+    return str(job.status().value)
+
+
+def dispatched(box: CloudBox) -> list[dict[str, Any]]:
+    """The dispatch messages the SQS poller delivered to the dispatcher (JSON ones)."""
+    out = []
+    for record in (r for p in box.pollers for r in p.delivered):
+        try:
+            body = json.loads(record["body"])
+        except json.JSONDecodeError:
+            continue
+        if isinstance(body, dict):
+            out.append(body)
+    return out
+
+
+def s3_json_now(box: CloudBox, key: str) -> dict[str, Any] | None:
+    """A JSON object of the bucket, or None while it does not exist."""
+    from botocore.exceptions import ClientError
+
+    try:
+        body = box.client("s3").get_object(Bucket=box.outputs["BucketName"], Key=key)["Body"]
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
+            return None
+        raise
+    return json.loads(body.read())  # type: ignore[no-any-return]
+
+
+def s3_json(box: CloudBox, key: str, timeout: float = 120) -> dict[str, Any]:
+    """An object the stack writes asynchronously: polled for until it exists."""
+    return until(key, lambda: s3_json_now(box, key), timeout)  # type: ignore[no-any-return]
+
+
+def assert_no_execute_result(client: Any, job_id: str) -> None:
+    store = client.services.store
+    ran = [k for k in store.list(f"jobs/{job_id}/stages/") if k.endswith("-execute/result.json")]
+    assert ran == [], f"the dispatcher ran provider work for an ended job: {ran}"
+
+
+def wait_queue_empty(box: CloudBox, timeout: float = 60) -> None:
+    sqs = box.client("sqs")
+    names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+
+    def empty() -> bool:
+        attrs = sqs.get_queue_attributes(
+            QueueUrl=box.outputs["DispatchQueueUrl"], AttributeNames=names
+        )["Attributes"]
+        return not any(int(v) for v in attrs.values())
+
+    until("the dispatch queue to drain", empty, timeout)

@@ -16,9 +16,7 @@ runtime's environment, the queue's redrive policy, the mapping's batch size, the
 from __future__ import annotations
 
 import json
-import math
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -28,8 +26,19 @@ from cloud_box import (
     FAKE_QPU_CODE,
     PROGRAMS,
     PROVIDER_PLUGINS,
+    SCHEDULE_SPEEDUP,
+    assert_no_execute_result,
+    assert_same,
+    dispatched,
+    finish,
+    run_both,
     running_box,
+    s3_json,
+    s3_json_now,
+    status,
     synthesize_stacks,
+    until,
+    wait_queue_empty,
 )
 
 from qlayer.cloudbox import CloudBox
@@ -74,101 +83,6 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     finally:
         client.down()
         client._conn.close()
-
-
-# -- helpers ----------------------------------------------------------------------------
-def until(what: str, check: Callable[[], Any], timeout: float = 60, every: float = 0.1) -> Any:
-    """Poll ``check`` until it returns something truthy; that value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not after {timeout} s")
-        time.sleep(every)
-
-
-def finish(
-    box: CloudBox, job: Any, timeout: float = 180, machine_arn: str | None = None
-) -> dict[str, Any]:
-    """Wait for the job's execution, then for its row to be final; ``job.info()``."""
-    desc = box.wait_execution(job.job_id, timeout, machine_arn=machine_arn)
-    try:
-        job.wait(timeout=30)
-        return job.info()  # type: ignore[no-any-return]
-    except TimeoutError as exc:
-        failures = [e for e in box.history(job.job_id, machine_arn) if "Fail" in e["type"]]
-        raise AssertionError(f"{exc}; execution {desc['status']}: {failures}") from exc
-
-
-def assert_same(aws: Any, local: Any, *, rel: float = 1e-9, path: str = "$") -> None:
-    """Equal JSON; floats to ``rel`` (summation order may differ between processes)."""
-    if isinstance(local, float) or isinstance(aws, float):
-        assert isinstance(aws, (int, float)) and isinstance(local, (int, float)), path
-        if math.isnan(local):
-            assert math.isnan(aws), path
-        else:
-            assert aws == pytest.approx(local, rel=rel, abs=1e-12), path
-    elif isinstance(local, dict):
-        assert isinstance(aws, dict) and set(aws) == set(local), (path, set(aws) ^ set(local))
-        for key in local:
-            assert_same(aws[key], local[key], rel=rel, path=f"{path}.{key}")
-    elif isinstance(local, (list, tuple)):
-        assert isinstance(aws, (list, tuple)) and len(aws) == len(local), path
-        for i, (a, b) in enumerate(zip(aws, local, strict=True)):
-            assert_same(a, b, rel=rel, path=f"{path}[{i}]")
-    else:
-        assert aws == local, path
-
-
-def run_both(
-    box: CloudBox, cloud: Any, local: Any, program: Any, args: dict[str, Any]
-) -> tuple[Any, Any, Any, Any]:
-    """Submit to both substrates (the local daemon works meanwhile).
-
-    Returns (aws job, its info, local job, its info).
-    """
-    local_job = local.run(program, args)
-    aws_job = cloud.run(program, args)
-    aws_row = finish(box, aws_job)
-    local_job.wait(timeout=240)
-    return aws_job, aws_row, local_job, local_job.info()
-
-
-def status(job: Any) -> str:
-    return str(job.status().value)
-
-
-def dispatched(box: CloudBox) -> list[dict[str, Any]]:
-    """The dispatch messages the SQS poller delivered to the dispatcher (JSON ones)."""
-    out = []
-    for record in (r for p in box.pollers for r in p.delivered):
-        try:
-            body = json.loads(record["body"])
-        except json.JSONDecodeError:
-            continue
-        if isinstance(body, dict):
-            out.append(body)
-    return out
-
-
-def s3_json_now(box: CloudBox, key: str) -> dict[str, Any] | None:
-    """A JSON object of the bucket, or None while it does not exist."""
-    from botocore.exceptions import ClientError
-
-    try:
-        body = box.client("s3").get_object(Bucket=box.outputs["BucketName"], Key=key)["Body"]
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
-            return None
-        raise
-    return json.loads(body.read())  # type: ignore[no-any-return]
-
-
-def s3_json(box: CloudBox, key: str, timeout: float = 120) -> dict[str, Any]:
-    """An object the stack writes asynchronously: polled for until it exists."""
-    return until(key, lambda: s3_json_now(box, key), timeout)  # type: ignore[no-any-return]
 
 
 # -- the box holds to the template ---------------------------------------------------------
@@ -276,6 +190,29 @@ def test_the_queue_carries_the_templates_redrive_policy_and_the_poller_its_batch
     # the dispatcher drops what is no dispatch message; the poller took the template's 5
     until("the probes delivered", lambda: sum(poller.batches[seen:]) >= esm_props["BatchSize"] + 2)
     assert max(poller.batches[seen:]) == esm_props["BatchSize"]
+
+
+def test_the_poller_runs_on_its_schedule_rule(box: CloudBox) -> None:
+    """rate(1 minute) from the template, fired SCHEDULE_SPEEDUP times faster; the poller's
+    invocations are asynchronous, with the documented "Scheduled Event"."""
+    rule = next(
+        r["Properties"]
+        for r in box.synthesis.template["Resources"].values()
+        if r["Type"] == "AWS::Events::Rule" and "ScheduleExpression" in r["Properties"]
+    )
+    assert rule["ScheduleExpression"] == "rate(1 minute)"
+    assert box.events is not None
+    assert box.events.period_s(rule["ScheduleExpression"]) == 60 / SCHEDULE_SPEEDUP
+    poller = box.deployment.functions["poller"]  # type: ignore[union-attr]
+    before = box.pool("poller").invocations
+
+    def fired() -> list[dict[str, Any]]:
+        return [f for f in box.events.fired if f["target"] == poller.arn]  # type: ignore[union-attr]
+
+    until(
+        "two scheduled polls", lambda: len(fired()) >= 2 and box.pool("poller").invocations > before
+    )
+    assert fired()[-1]["event"]["detail-type"] == "Scheduled Event"
 
 
 def test_the_secret_starts_as_the_stack_makes_it_until_a_user_puts_settings(
@@ -456,25 +393,6 @@ def test_a_qpu_task_timing_out_ends_in_error(box: CloudBox) -> None:
     assert_no_execute_result(short, job.job_id)
 
 
-def assert_no_execute_result(client: Any, job_id: str) -> None:
-    store = client.services.store
-    ran = [k for k in store.list(f"jobs/{job_id}/stages/") if k.endswith("-execute/result.json")]
-    assert ran == [], f"the dispatcher ran provider work for an ended job: {ran}"
-
-
-def wait_queue_empty(box: CloudBox, timeout: float = 60) -> None:
-    sqs = box.client("sqs")
-    names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
-
-    def empty() -> bool:
-        attrs = sqs.get_queue_attributes(
-            QueueUrl=box.outputs["DispatchQueueUrl"], AttributeNames=names
-        )["Attributes"]
-        return not any(int(v) for v in attrs.values())
-
-    until("the dispatch queue to drain", empty, timeout)
-
-
 def test_cancel_while_waiting_for_the_qpu(box: CloudBox, cloud: Any) -> None:
     """Cancel a job whose execution waits in "Wait for QPU": CANCELLED at once, and the
     late QPU answer leaves it CANCELLED. (moto 5.2.5's StopExecution flags the execution
@@ -493,6 +411,17 @@ def test_cancel_while_waiting_for_the_qpu(box: CloudBox, cloud: Any) -> None:
     assert job.status().value == "CANCELLED"
     assert job.info()["error_type"] is None
     assert job.cancel() is False
+    # the status rule hands the stopped execution to fail_job, which leaves it CANCELLED
+    assert box.events is not None
+    until(
+        "the execution-status event",
+        lambda: any(
+            f["event"]["detail"].get("name") == job.job_id
+            for f in box.events.fired  # type: ignore[union-attr]
+        ),
+    )
+    until("fail_job's run", box.lambdas.idle)
+    assert job.status().value == "CANCELLED"
 
 
 # -- a QPU through a provider plugin (the fake QPU service) ----------------------------------
