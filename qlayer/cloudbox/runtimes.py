@@ -194,19 +194,25 @@ class Runtime:
         from_child_r, from_child_w = os.pipe()
         argv = [sys.executable, *(["-S"] if spec.isolated else []), str(BOOTSTRAP)]
         argv += [spec.handler, str(to_child_r), str(from_child_w)]
-        with open(self.log_path, "ab") as out:
-            self.process = subprocess.Popen(
-                argv,
-                env=env,
-                cwd=spec.code[0],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                pass_fds=(to_child_r, from_child_w),
-                start_new_session=True,
-            )
-        os.close(to_child_r)
-        os.close(from_child_w)
+        try:
+            with open(self.log_path, "ab") as out:
+                self.process = subprocess.Popen(
+                    argv,
+                    env=env,
+                    cwd=spec.code[0],
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    pass_fds=(to_child_r, from_child_w),
+                    start_new_session=True,
+                )
+        except BaseException:
+            os.close(to_child_w)
+            os.close(from_child_r)
+            raise
+        finally:  # the child's ends: the child has its copies
+            os.close(to_child_r)
+            os.close(from_child_w)
         self._to_child = to_child_w
         self._from_child = from_child_r
         self.invocations = 0
@@ -279,6 +285,7 @@ class Runtime:
                 return json.loads(buffer[need : need + size].decode("utf-8"))  # type: ignore[no-any-return]
 
     def kill(self) -> None:
+        """Kill the process (its whole session) and close the pipes; idempotent."""
         if self.alive():
             try:
                 os.killpg(self.process.pid, signal.SIGKILL)
@@ -289,10 +296,13 @@ class Runtime:
         except subprocess.TimeoutExpired:
             pass
         for fd in (self._to_child, self._from_child):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        # never close a number twice: the process may have reused it for another file
+        self._to_child = self._from_child = -1
 
     def environ(self) -> dict[str, str]:
         """The process's environment as the kernel holds it (``/proc/<pid>/environ``)."""
