@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 QLAYER := $(VENV)/bin/qlayer
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
-.PHONY: demo test test-fast check lint types bench synth install install-dev clean
+.PHONY: demo test test-fast check lint types bench synth cloud-box install install-dev clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,13 @@ bench: $(VENV)/.installed-dev
 ## synth: synthesise the CDK app (no Docker, no AWS account needed)
 synth: $(VENV)/.installed-dev
 	PYTHON="$(CURDIR)/$(PY)" bash infra/synth.sh
+
+## cloud-box: run one program on the synthesized stack in a local cloud box (moto, no AWS)
+##   make cloud-box PROGRAM=examples/ghz_sampling.py ARGS="--arg qubits=3"
+PROGRAM ?= examples/ghz_sampling.py
+ARGS ?=
+cloud-box: $(VENV)/.installed-dev
+	$(QLAYER) --target cloud-box run $(PROGRAM) $(ARGS) --wait
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

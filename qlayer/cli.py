@@ -41,7 +41,11 @@ _TARGET: dict[str, str | None] = {"target": "local", "stack": "Qlayer", "region"
 @app.callback()
 def _global(
     target: str = typer.Option(
-        "local", "--target", "-t", envvar="QLAYER_TARGET", help="Where jobs run: local or aws."
+        "local",
+        "--target",
+        "-t",
+        envvar="QLAYER_TARGET",
+        help="Where jobs run: local, aws, or cloud-box (the stack in a local box; 'run' only).",
     ),
     stack: str = typer.Option(
         "Qlayer", "--stack", envvar="QLAYER_STACK", help="With --target aws: the stack's name."
@@ -51,14 +55,20 @@ def _global(
     ),
 ) -> None:
     """Run quantum–classical programs as durable staged jobs. Submit, walk away, come back."""
-    if target not in ("local", "aws"):
-        raise typer.BadParameter("use local or aws", param_hint="--target")
+    if target not in ("local", "aws", "cloud-box"):
+        raise typer.BadParameter("use local, aws or cloud-box", param_hint="--target")
     _TARGET.update(target=target, stack=stack, region=region)
 
 
 def _client(home: str | None) -> Any:
     from qlayer.client import Client
 
+    if _TARGET["target"] == "cloud-box":
+        err.print(
+            "the cloud box lives for one program: qlayer --target cloud-box run PROGRAM "
+            "[--arg k=v ...] --wait"
+        )
+        raise typer.Exit(2)
     if _TARGET["target"] == "aws":
         return Client.aws(stack=_TARGET["stack"] or "Qlayer", region=_TARGET["region"])
     return Client.local(home)
@@ -165,6 +175,9 @@ def run(
     bundle(program)
     workflow = load_path(program)
     arguments = dict(parse_cli_argument(text, workflow) for text in arg)
+    if _TARGET["target"] == "cloud-box":
+        _run_in_cloud_box(program, arguments, backend, timeout, as_json)
+        return
     client = _client(home)
     job = client.run(program, arguments, backend=backend)
     if wait:
@@ -187,6 +200,68 @@ def run(
             f"  qlayer result {job.job_id} --wait\n"
             f"  qlayer logs {job.job_id}"
         )
+
+
+def _run_in_cloud_box(
+    program: Path,
+    arguments: dict[str, Any],
+    backend: str | None,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
+    """``--target cloud-box run``: synthesize the stack, start the box, run the program
+    through ``Client.aws``, print the states its execution entered, the result and the
+    logs, stop the box. Always waits (the box ends with the run)."""
+    try:
+        from qlayer.cloudbox.oneshot import run_in_box
+    except ImportError as exc:
+        err.print(f"the cloud box needs: pip install -e '.[infra,cloudbox]' ({exc})")
+        raise typer.Exit(2) from exc
+
+    def ready(box: Any) -> None:
+        err.print(f"cloud box up: moto on {box.server.endpoint}, stack {box.synthesis.stack_name}")
+
+    err.print("synthesizing the stack and starting the cloud box ...")
+    callback, spinner = _progress_printer(show=not as_json)
+    try:
+        run = run_in_box(
+            program,
+            arguments,
+            backend=backend,
+            timeout=timeout if timeout is not None else 900,
+            progress=callback,
+            on_ready=ready,
+        )
+    except TimeoutError as exc:
+        err.print(f"[yellow]{exc}[/yellow]")
+        raise typer.Exit(2) from exc
+    finally:
+        if spinner:
+            spinner.stop()
+    if as_json:
+        _emit_json(
+            {
+                "job_id": run.job_id,
+                "status": run.status,
+                "states": run.states,
+                "result": run.result,
+                "error": run.error,
+                "logs": run.logs,
+            }
+        )
+    else:
+        err.print(f"job [bold]{run.job_id}[/bold] {run.status} in {run.seconds:.1f} s")
+        err.print("[bold]states entered[/bold]: " + " -> ".join(run.states), highlight=False)
+        if run.status == "DONE":
+            from qlayer.plain import plain
+
+            out.print_json(json.dumps(plain(run.result)))
+        else:
+            err.print(f"[red]error[/red]: {(run.error or {}).get('message')}")
+        err.print("[bold]logs[/bold]:")
+        sys.stdout.write(run.logs if run.logs.endswith("\n") or not run.logs else run.logs + "\n")
+    if run.status != "DONE":
+        raise typer.Exit(1)
 
 
 @app.command()

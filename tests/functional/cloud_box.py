@@ -1,517 +1,181 @@
-"""Cloud in a box: the synthesized QlayerStack, run by moto 5 in this process.
+"""Fixtures of the cloud-in-a-box tests: the synthesized stacks and one box per module.
 
-:func:`synthesize` builds the real CDK app (``QlayerStack``, the context of
-infra/cdk.json) and returns its CloudFormation template. :class:`CloudBox` reads that
-template and creates, in moto, what the state machine touches: the artifacts bucket
-(with the template's inbox notification), both DynamoDB tables (keys and indexes copied
-from the template), the dispatch queue and its DLQ, one Lambda function per handler
-(``QLAYER_FUNCTION``), the Batch queues and job definitions, the providers secret, and
-the job state machine, whose definition is extracted from the template with
-``qlayer_infra.extract.state_machine_definition`` (never hand-written) with every
-reference resolved to the moto resource made here. The stack's outputs are resolved the
-same way into a moto CloudFormation stack, so ``Client.aws(stack=...)`` finds them as it
-would in an account.
+The box is :class:`qlayer.cloudbox.CloudBox` (see qlayer/cloudbox/ and the "cloud in a
+box" section of docs/deploy.md); this file only chooses its stacks and options.
 
-In-process execution (tests/functional/moto_patches.py):
-
-* every Lambda invoke (Step Functions tasks, S3 notifications, the harness) calls the
-  real ``functions/<name>/app.py:lambda_handler``;
-* a Batch job runs its job definition's command (``python -m qlayer.aws.batch_entry``
-  with the ``Ref::`` parameters substituted) in-process; exit status 0 = SUCCEEDED;
-* "Wait for QPU" messages: moto's interpreter runs each execution in a background
-  thread, so a pump thread here drains the dispatch queue and invokes the dispatcher
-  with the SQS batch, as the event source mapping would, deleting the messages it did
-  not report as failed. ``CloudBox.pump_paused()`` stops it (QPU timeout, cancel).
+Two syntheses of ``QlayerStack``: the main one, with the fake QPU service as a provider
+plugin (``provider_plugins="fakeqpu=fake_qpu:FakeQpu"``), and ``env_name="short"`` with
+``qpu_heartbeat_s=1, qpu_timeout_s=2`` (stack props, nothing patched) whose state machine
+is created over the main one's resources for the QPU timeout test. The fake QPU's code
+(tests/e2e/programs) and its state folder (``QLAYER_FAKE_QPU_DIR``) are baked into the
+runner image by the box's options: the provider's service is not stack configuration.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib
 import json
-import os
-import sys
-import threading
+import math
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from qlayer.cloudbox import BoxOptions, CloudBox, Synthesis, synthesize
+
 REPO = Path(__file__).resolve().parents[2]
-INFRA = REPO / "infra"
-REGION = "us-east-1"
-ACCOUNT = "123456789012"  # moto's default account, and extract.DEFAULT_PSEUDO's
-STACK_NAME = "Qlayer"
-
-MOTO_CONFIG = {
-    "stepfunctions": {"execute_state_machine": True},
-    "lambda": {"use_docker": False},
-    "batch": {"use_docker": False},
-}
-#: Variables that name the function itself (differ per function; no configuration).
-PER_FUNCTION_VARS = {"QLAYER_FUNCTION", "POWERTOOLS_SERVICE_NAME"}
+EXAMPLES = REPO / "examples"
+PROGRAMS = Path(__file__).parent / "programs"
+FAKE_QPU_CODE = REPO / "tests" / "e2e" / "programs"
+PROVIDER_PLUGINS = "fakeqpu=fake_qpu:FakeQpu"
+#: The poller's rate(1 minute) fires every 2 s here (the box's only time compression).
+SCHEDULE_SPEEDUP = 30.0
 
 
-def _infra_on_path() -> None:
-    """qlayer_infra (as infra/app.py imports it) and functions/ (as Lambda's task root)."""
-    os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
-    if str(INFRA) not in sys.path:
-        sys.path.insert(0, str(INFRA))
-    if str(REPO) not in sys.path:
-        sys.path.append(str(REPO))
-
-
-def synthesize(outdir: Path, **props: Any) -> dict[str, Any]:
-    """Synthesize ``QlayerStack(app, "Qlayer", **props)`` as `cdk synth` would; the template."""
-    _infra_on_path()
-    import aws_cdk as cdk
-    from qlayer_infra.stack import QlayerStack
-
-    context = json.loads((INFRA / "cdk.json").read_text())["context"]
-    app = cdk.App(outdir=str(outdir), context=context)
-    QlayerStack(app, STACK_NAME, **props)
-    assembly = app.synth()
-    return json.loads((Path(assembly.directory) / f"{STACK_NAME}.template.json").read_text())
-
-
-def _of_type(template: dict[str, Any], rtype: str) -> dict[str, dict[str, Any]]:
-    return {k: v for k, v in template["Resources"].items() if v["Type"] == rtype}
-
-
-def handler_module(name: str) -> Any:
-    return importlib.import_module(f"functions.{name}.app")
-
-
-class CloudBox:
-    """The stack's resources in moto, for one template (see the module docstring).
-
-    Use as a context manager inside ``mock_aws(config=MOTO_CONFIG)`` with the patches on.
-    """
-
-    def __init__(self, template: dict[str, Any], session: Any, *, tag: str = "box") -> None:
-        _infra_on_path()
-        from qlayer_infra.extract import dummy_resolver
-
-        self.template = template
-        self.session = session
-        self.tag = tag
-        self._dummy = dummy_resolver(template)
-        self._values: dict[tuple[str, str], str] = {}
-        self.functions: dict[str, str] = {}  # handler name -> moto function name
-        self.function_env: dict[str, dict[str, str]] = {}
-        self.definition: dict[str, Any] = {}
-        self.extra_definitions: dict[str, dict[str, Any]] = {}
-        self.outputs: dict[str, str] = {}
-        self.machine_arn = ""
-        self.queue_url = ""
-        self.pump_errors: list[BaseException] = []
-        self.dispatched: list[dict[str, Any]] = []
-        #: batch_fault(job_name) -> a failure reason (the container "dies") or None.
-        self.batch_fault: Callable[[str], str | None] = lambda name: None
-        self.batch_runs: list[dict[str, Any]] = []
-        self._pump_on = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    # -- resolution ------------------------------------------------------------------
-    def resolve(self, lid: str, attr: str) -> str:
-        value = self._values.get((lid, attr))
-        if value is None:
-            value = self._dummy(lid, attr)
-        return value
-
-    def _set(self, lid: str, **attrs: str) -> None:
-        for attr, value in attrs.items():
-            self._values[(lid, attr)] = value
-
-    def ev(self, value: Any) -> Any:
-        from qlayer_infra.extract import resolve_intrinsics
-
-        return resolve_intrinsics(value, self.resolve)
-
-    # -- building --------------------------------------------------------------------
-    def build(self) -> CloudBox:
-        s = self.session
-        iam = s.client("iam")
-        role = iam.create_role(
-            RoleName=f"{self.tag}-role",
-            AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}),
-        )["Role"]["Arn"]
-        self.role = role
-
-        # Names first (the functions' environments and the definition refer to them).
-        for lid in _of_type(self.template, "AWS::S3::Bucket"):
-            name = f"{self.tag}-{lid.lower()}"[:63]
-            self._set(lid, Ref=name, Arn=f"arn:aws:s3:::{name}")
-            s.client("s3").create_bucket(Bucket=name)
-        for lid, res in _of_type(self.template, "AWS::DynamoDB::Table").items():
-            props = res["Properties"]
-            name = f"{self.tag}-{lid}"
-            kwargs: dict[str, Any] = {
-                "TableName": name,
-                "KeySchema": props["KeySchema"],
-                "AttributeDefinitions": props["AttributeDefinitions"],
-                "BillingMode": props.get("BillingMode", "PAY_PER_REQUEST"),
-            }
-            if props.get("GlobalSecondaryIndexes"):
-                kwargs["GlobalSecondaryIndexes"] = props["GlobalSecondaryIndexes"]
-            arn = s.client("dynamodb").create_table(**kwargs)["TableDescription"]["TableArn"]
-            ttl = props.get("TimeToLiveSpecification")
-            if ttl:
-                s.client("dynamodb").update_time_to_live(
-                    TableName=name, TimeToLiveSpecification=ttl
-                )
-            self._set(lid, Ref=name, Arn=arn)
-        sqs = s.client("sqs")
-        queues = _of_type(self.template, "AWS::SQS::Queue")
-        # dead-letter queues first (a RedrivePolicy refers to one)
-        for lid in sorted(queues, key=lambda q: "RedrivePolicy" in queues[q]["Properties"]):
-            props = queues[lid]["Properties"]
-            attrs = {
-                k: str(self.ev(props[k]))
-                for k in ("VisibilityTimeout", "MessageRetentionPeriod")
-                if k in props
-            }
-            if "RedrivePolicy" in props:
-                attrs["RedrivePolicy"] = json.dumps(self.ev(props["RedrivePolicy"]))
-            name = f"{self.tag}-{lid}"
-            url = sqs.create_queue(QueueName=name, Attributes=attrs)["QueueUrl"]
-            arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
-                "QueueArn"
-            ]
-            self._set(lid, Ref=url, Arn=arn, QueueUrl=url, QueueName=name)
-        for lid in _of_type(self.template, "AWS::SecretsManager::Secret"):
-            arn = s.client("secretsmanager").create_secret(
-                Name=f"{self.tag}-{lid}", SecretString="{}"
-            )["ARN"]
-            self._set(lid, Ref=arn)
-        machines = _of_type(self.template, "AWS::StepFunctions::StateMachine")
-        ((machine_lid, machine_res),) = machines.items()
-        machine_name = machine_res["Properties"]["StateMachineName"]
-        self.machine_arn = f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:{machine_name}"
-        self._set(machine_lid, Ref=self.machine_arn, Name=machine_name)
-
-        self._build_functions()
-        self._build_batch()
-        self._build_notifications()
-
-        from qlayer_infra.extract import state_machine_definition
-
-        self.definition = state_machine_definition(self.template, self.resolve)
-        created = s.client("stepfunctions").create_state_machine(
-            name=machine_name,
-            definition=json.dumps(self.definition),
-            roleArn=role,
-            type=machine_res["Properties"].get("StateMachineType", "STANDARD"),
-        )["stateMachineArn"]
-        assert created == self.machine_arn, (created, self.machine_arn)
-
-        self.outputs = {k: str(self.ev(v["Value"])) for k, v in self.template["Outputs"].items()}
-        self.queue_url = self.outputs["DispatchQueueUrl"]
-        return self
-
-    def add_machine(self, template: dict[str, Any]) -> str:
-        """Create the state machine of another synthesis of the stack (other props, other
-        env_name) over this box's resources: same logical ids, so the same resolver."""
-        from qlayer_infra.extract import state_machine_definition
-
-        ((lid, res),) = _of_type(template, "AWS::StepFunctions::StateMachine").items()
-        name = res["Properties"]["StateMachineName"]
-        arn = f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:{name}"
-
-        def resolve(ref: str, attr: str) -> str:
-            return arn if ref == lid and attr == "Ref" else self.resolve(ref, attr)
-
-        definition = state_machine_definition(template, resolve)
-        created = self.session.client("stepfunctions").create_state_machine(
-            name=name, definition=json.dumps(definition), roleArn=self.role
-        )["stateMachineArn"]
-        assert created == arn, (created, arn)
-        self.extra_definitions[arn] = definition
-        return arn
-
-    def _build_functions(self) -> None:
-        from qlayer_infra.extract import functions_by_name
-
-        lam = self.session.client("lambda")
-        for name, lid in functions_by_name(self.template).items():
-            props = self.template["Resources"][lid]["Properties"]
-            env = {k: str(v) for k, v in self.ev(props["Environment"]["Variables"]).items()}
-            fn_name = f"{self.tag}-{name}"
-            arn = lam.create_function(
-                FunctionName=fn_name,
-                Runtime="python3.11",
-                Role=self.role,
-                Handler="app.lambda_handler",
-                Code={"ZipFile": b"PK\x05\x06" + b"\x00" * 18},
-                Environment={"Variables": env},
-                Timeout=int(props.get("Timeout", 60)),
-                MemorySize=int(props.get("MemorySize", 512)),
-            )["FunctionArn"]
-            self._set(lid, Ref=fn_name, Arn=arn)
-            self.functions[name] = fn_name
-            self.function_env[name] = env
-
-    def _build_batch(self) -> None:
-        batch = self.session.client("batch")
-        ce = batch.create_compute_environment(
-            computeEnvironmentName=f"{self.tag}-ce",
-            type="UNMANAGED",
-            state="ENABLED",
-            serviceRole=self.role,
-        )["computeEnvironmentArn"]
-        for lid in _of_type(self.template, "AWS::Batch::ComputeEnvironment"):
-            self._set(lid, Ref=ce, ComputeEnvironmentArn=ce)
-        for lid, res in _of_type(self.template, "AWS::Batch::JobQueue").items():
-            props = res["Properties"]
-            name = props["JobQueueName"]
-            arn = batch.create_job_queue(
-                jobQueueName=name,
-                state="ENABLED",
-                priority=int(props.get("Priority", 1)),
-                computeEnvironmentOrder=[{"order": 1, "computeEnvironment": ce}],
-            )["jobQueueArn"]
-            self._set(lid, Ref=arn, JobQueueArn=arn, JobQueueName=name)
-        for lid, res in _of_type(self.template, "AWS::Batch::JobDefinition").items():
-            props = res["Properties"]
-            container = self.ev(props["ContainerProperties"])
-            arn = batch.register_job_definition(
-                jobDefinitionName=props["JobDefinitionName"],
-                type="container",
-                parameters=props.get("Parameters", {}),
-                containerProperties={
-                    "image": container["Image"],
-                    "command": container["Command"],
-                    "environment": [
-                        {"name": e["Name"], "value": str(e["Value"])}
-                        for e in container.get("Environment", [])
-                    ],
-                    "resourceRequirements": [
-                        {"type": r["Type"], "value": str(r["Value"])}
-                        for r in container.get("ResourceRequirements", [])
-                    ],
-                },
-            )["jobDefinitionArn"]
-            self._set(lid, Ref=arn, JobDefinitionArn=arn)
-
-    def _build_notifications(self) -> None:
-        s3 = self.session.client("s3")
-        for res in _of_type(self.template, "Custom::S3BucketNotifications").values():
-            props = self.ev({k: v for k, v in res["Properties"].items() if k != "ServiceToken"})
-            s3.put_bucket_notification_configuration(
-                Bucket=props["BucketName"],
-                NotificationConfiguration=props["NotificationConfiguration"],
-            )
-
-    # -- running -------------------------------------------------------------------------
-    def environment(self) -> dict[str, str]:
-        """The union of the functions' environments (they agree on every shared name)."""
-        env: dict[str, str] = {}
-        for name, variables in self.function_env.items():
-            for key, value in variables.items():
-                if key in PER_FUNCTION_VARS:
-                    continue
-                assert env.get(key, value) == value, f"{name}: {key} differs between functions"
-                env[key] = value
-        return env
-
-    def handler_for(self, function_name: str) -> Callable[[Any, Any], Any] | None:
-        for name, fn_name in self.functions.items():
-            if fn_name == function_name:
-                return handler_module(name).lambda_handler  # type: ignore[no-any-return]
-        return None
-
-    def run_batch_job(self, job: Any) -> tuple[bool, str | None]:
-        """Run a Batch job's container command in this process: (succeeded, reason)."""
-        command = job._add_parameters_to_command(job.job_definition.container_properties["command"])
-        record = {"name": job.job_name, "command": command}
-        self.batch_runs.append(record)
-        fault = self.batch_fault(job.job_name)
-        if fault:
-            record["fault"] = fault
-            return False, fault
-        assert command[:3] == ["python", "-m", "qlayer.aws.batch_entry"], command
-        import logging
-
-        from qlayer.aws import batch_entry
-
-        logging.getLogger("qiskit").setLevel(logging.WARNING)  # batch_entry logs at INFO
-        try:
-            code = batch_entry.main(command[3:])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        except Exception as exc:  # the container would exit 1 with a traceback
-            record["error"] = repr(exc)
-            return False, f"Essential container in task exited: {type(exc).__name__}: {exc}"
-        return code == 0, None if code == 0 else f"exit status {code}"
-
-    def _pump(self) -> None:
-        sqs = self.session.client("sqs")
-        lam = self.session.client("lambda")
-        while not self._stop.is_set():
-            if not self._pump_on.is_set():
-                time.sleep(0.05)
-                continue
-            try:
-                got = sqs.receive_message(
-                    QueueUrl=self.queue_url,
-                    MaxNumberOfMessages=10,
-                    AttributeNames=["All"],
-                    WaitTimeSeconds=0,
-                ).get("Messages", [])
-                if not got:
-                    time.sleep(0.05)
-                    continue
-                queue_arn = self.resolve_queue_arn()
-                records = [
-                    {
-                        "messageId": m["MessageId"],
-                        "receiptHandle": m["ReceiptHandle"],
-                        "body": m["Body"],
-                        "attributes": m.get("Attributes", {}),
-                        "messageAttributes": {},
-                        "md5OfBody": m["MD5OfBody"],
-                        "eventSource": "aws:sqs",
-                        "eventSourceARN": queue_arn,
-                        "awsRegion": REGION,
-                    }
-                    for m in got
-                ]
-                self.dispatched.extend(json.loads(m["Body"]) for m in got)
-                out = lam.invoke(
-                    FunctionName=self.functions["dispatcher"],
-                    Payload=json.dumps({"Records": records}).encode(),
-                )
-                response = json.loads(out["Payload"].read() or b"{}")
-                if out.get("FunctionError"):
-                    raise RuntimeError(f"dispatcher failed: {response}")
-                failed = {f["itemIdentifier"] for f in response.get("batchItemFailures", [])}
-                for m in got:
-                    if m["MessageId"] not in failed:
-                        sqs.delete_message(
-                            QueueUrl=self.queue_url, ReceiptHandle=m["ReceiptHandle"]
-                        )
-            except Exception as exc:  # surfaced by the tests through pump_errors
-                self.pump_errors.append(exc)
-                time.sleep(0.2)
-
-    def resolve_queue_arn(self) -> str:
-        for (lid, attr), value in self._values.items():
-            if attr == "QueueUrl" and value == self.queue_url:
-                return self._values[(lid, "Arn")]
-        raise KeyError(self.queue_url)
-
-    @contextmanager
-    def pump_paused(self) -> Iterator[None]:
-        self._pump_on.clear()
-        time.sleep(0.1)  # let a batch in flight finish
-        try:
-            yield
-        finally:
-            self._pump_on.set()
-
-    def start_pump(self) -> None:
-        self._pump_on.set()
-        self._thread = threading.Thread(target=self._pump, name=f"{self.tag}-sqs-pump", daemon=True)
-        self._thread.start()
-
-    def stop_pump(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    # -- waiting -------------------------------------------------------------------------
-    def execution_arn(self, job_id: str, machine_arn: str | None = None) -> str:
-        machine = machine_arn or self.machine_arn
-        return machine.replace(":stateMachine:", ":execution:") + ":" + job_id
-
-    def wait_execution(
-        self, job_id: str, timeout: float = 120, machine_arn: str | None = None
-    ) -> dict[str, Any]:
-        """Wait for the job's execution to end; its describe_execution."""
-        sfn = self.session.client("stepfunctions")
-        deadline = time.monotonic() + timeout
-        while True:
-            desc = sfn.describe_execution(executionArn=self.execution_arn(job_id, machine_arn))
-            if desc["status"] != "RUNNING":
-                return desc  # type: ignore[no-any-return]
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"execution {job_id} still RUNNING after {timeout} s")
-            time.sleep(0.05)
-
-    def history(self, job_id: str, machine_arn: str | None = None) -> list[dict[str, Any]]:
-        sfn = self.session.client("stepfunctions")
-        arn = self.execution_arn(job_id, machine_arn)
-        return sfn.get_execution_history(executionArn=arn)["events"]  # type: ignore[no-any-return]
-
-    def entered_states(self, job_id: str, machine_arn: str | None = None) -> list[str]:
-        return [
-            e["stateEnteredEventDetails"]["name"]
-            for e in self.history(job_id, machine_arn)
-            if "stateEnteredEventDetails" in e
-        ]
-
-
-def create_output_stack(session: Any, name: str, outputs: dict[str, str]) -> None:
-    """A moto CloudFormation stack carrying the synthesized stack's (resolved) outputs."""
-    body = {
-        "Resources": {"Placeholder": {"Type": "AWS::CloudFormation::WaitConditionHandle"}},
-        "Outputs": {k: {"Value": v} for k, v in outputs.items()},
+def synthesize_stacks(outdir: Path) -> dict[str, Synthesis]:
+    return {
+        "main": synthesize(outdir / "main", provider_plugins=PROVIDER_PLUGINS),
+        "short": synthesize(
+            outdir / "short",
+            env_name="short",
+            qpu_heartbeat_s=1,
+            qpu_timeout_s=2,
+            provider_plugins=PROVIDER_PLUGINS,
+        ),
     }
-    session.client("cloudformation").create_stack(StackName=name, TemplateBody=json.dumps(body))
 
 
 @contextmanager
-def running(template: dict[str, Any], *, tag: str = "box") -> Iterator[CloudBox]:
-    """moto + patches + the box built from ``template``, with the SQS pump running."""
-    import boto3
-    from moto import mock_aws
-    from moto_patches import (
-        patch_batch_run,
-        patch_lambda_invoke,
-        patch_normalise_parameters,
-        patch_normalise_response,
+def running_box(stacks: dict[str, Synthesis], workdir: Path) -> Iterator[CloudBox]:
+    """The main stack's box, with the "short" state machine beside it (``box.short_arn``)."""
+    fake_qpu_dir = workdir / "fake-qpu"
+    options = BoxOptions(
+        plugins=[FAKE_QPU_CODE],
+        image_env={"QLAYER_FAKE_QPU_DIR": str(fake_qpu_dir)},
+        max_processes=3,
+        schedule_speedup=SCHEDULE_SPEEDUP,
     )
-
-    saved = dict(os.environ)
-    os.environ.update(
-        {
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_SESSION_TOKEN": "testing",
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_REGION": REGION,
-            "POWERTOOLS_TRACE_DISABLED": "1",
-            "POWERTOOLS_METRICS_NAMESPACE": "qlayer",
-        }
-    )
-    box: CloudBox | None = None
+    box = CloudBox(stacks["main"], workdir / "box", options)
     try:
-        with ExitStack() as stack:
-            stack.enter_context(mock_aws(config=MOTO_CONFIG))  # type: ignore[arg-type]
-            session = boto3.Session(region_name=REGION)
-            box = CloudBox(template, session, tag=tag)
-            stack.enter_context(patch_lambda_invoke(box.handler_for))
-            stack.enter_context(patch_normalise_parameters())
-            stack.enter_context(patch_normalise_response())
-            stack.enter_context(patch_batch_run(box.run_batch_job))
-            box.build()
-            os.environ.update(box.environment())
-            from qlayer.aws import handlers
-
-            handlers.services.cache_clear()
-            create_output_stack(session, STACK_NAME, box.outputs)
-            box.start_pump()
-            try:
-                yield box
-            finally:
-                box.stop_pump()
-                handlers.services.cache_clear()
+        box.start()
+        box.short_arn = box.add_machine(stacks["short"])  # type: ignore[attr-defined]
+        box.fake_qpu_dir = fake_qpu_dir  # type: ignore[attr-defined]
+        yield box
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
+        box.stop()
 
 
-def digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+# -- helpers of the scenarios -------------------------------------------------------------
+def until(what: str, check: Callable[[], Any], timeout: float = 60, every: float = 0.1) -> Any:
+    """Poll ``check`` until it returns something truthy; that value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not after {timeout} s")
+        time.sleep(every)
+
+
+def finish(
+    box: CloudBox, job: Any, timeout: float = 180, machine_arn: str | None = None
+) -> dict[str, Any]:
+    """Wait for the job's execution, then for its row to be final; ``job.info()``."""
+    desc = box.wait_execution(job.job_id, timeout, machine_arn=machine_arn)
+    try:
+        job.wait(timeout=30)
+        return job.info()  # type: ignore[no-any-return]
+    except TimeoutError as exc:
+        failures = [e for e in box.history(job.job_id, machine_arn) if "Fail" in e["type"]]
+        raise AssertionError(f"{exc}; execution {desc['status']}: {failures}") from exc
+
+
+def assert_same(aws: Any, local: Any, *, rel: float = 1e-9, path: str = "$") -> None:
+    """Equal JSON; floats to ``rel`` (summation order may differ between processes)."""
+    if isinstance(local, float) or isinstance(aws, float):
+        assert isinstance(aws, (int, float)) and isinstance(local, (int, float)), path
+        if math.isnan(local):
+            assert math.isnan(aws), path
+        else:
+            assert aws == pytest.approx(local, rel=rel, abs=1e-12), path
+    elif isinstance(local, dict):
+        assert isinstance(aws, dict) and set(aws) == set(local), (path, set(aws) ^ set(local))
+        for key in local:
+            assert_same(aws[key], local[key], rel=rel, path=f"{path}.{key}")
+    elif isinstance(local, (list, tuple)):
+        assert isinstance(aws, (list, tuple)) and len(aws) == len(local), path
+        for i, (a, b) in enumerate(zip(aws, local, strict=True)):
+            assert_same(a, b, rel=rel, path=f"{path}[{i}]")
+    else:
+        assert aws == local, path
+
+
+def run_both(
+    box: CloudBox, cloud: Any, local: Any, program: Any, args: dict[str, Any]
+) -> tuple[Any, Any, Any, Any]:
+    """Submit to both substrates (the local daemon works meanwhile).
+
+    Returns (aws job, its info, local job, its info).
+    """
+    local_job = local.run(program, args)
+    aws_job = cloud.run(program, args)
+    aws_row = finish(box, aws_job)
+    local_job.wait(timeout=240)
+    return aws_job, aws_row, local_job, local_job.info()
+
+
+def status(job: Any) -> str:
+    return str(job.status().value)
+
+
+def dispatched(box: CloudBox) -> list[dict[str, Any]]:
+    """The dispatch messages the SQS poller delivered to the dispatcher (JSON ones)."""
+    out = []
+    for record in (r for p in box.pollers for r in p.delivered):
+        try:
+            body = json.loads(record["body"])
+        except json.JSONDecodeError:
+            continue
+        if isinstance(body, dict):
+            out.append(body)
+    return out
+
+
+def s3_json_now(box: CloudBox, key: str) -> dict[str, Any] | None:
+    """A JSON object of the bucket, or None while it does not exist."""
+    from botocore.exceptions import ClientError
+
+    try:
+        body = box.client("s3").get_object(Bucket=box.outputs["BucketName"], Key=key)["Body"]
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
+            return None
+        raise
+    return json.loads(body.read())  # type: ignore[no-any-return]
+
+
+def s3_json(box: CloudBox, key: str, timeout: float = 120) -> dict[str, Any]:
+    """An object the stack writes asynchronously: polled for until it exists."""
+    return until(key, lambda: s3_json_now(box, key), timeout)  # type: ignore[no-any-return]
+
+
+def assert_no_execute_result(client: Any, job_id: str) -> None:
+    store = client.services.store
+    ran = [k for k in store.list(f"jobs/{job_id}/stages/") if k.endswith("-execute/result.json")]
+    assert ran == [], f"the dispatcher ran provider work for an ended job: {ran}"
+
+
+def wait_queue_empty(box: CloudBox, timeout: float = 60) -> None:
+    sqs = box.client("sqs")
+    names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+
+    def empty() -> bool:
+        attrs = sqs.get_queue_attributes(
+            QueueUrl=box.outputs["DispatchQueueUrl"], AttributeNames=names
+        )["Attributes"]
+        return not any(int(v) for v in attrs.values())
+
+    until("the dispatch queue to drain", empty, timeout)

@@ -1,77 +1,76 @@
-"""Cloud in a box: the synthesized stack's state machine, run by moto with the real handlers.
+"""Cloud in a box: the deployed stack, minus AWS (qlayer/cloudbox, tests/functional/cloud_box.py).
 
-The stack is synthesized once (tests/functional/cloud_box.py); the definition moto runs
-is extracted from that template, never written by hand. Lambda tasks, S3 notifications
-and the harness's SQS pump call ``functions/<name>/app.py`` in this process; Batch jobs
-run ``python -m qlayer.aws.batch_entry`` in this process (moto_patches.py).
+moto's server plays AWS over HTTP; the synthesized template's resources, the extracted
+state machine, each function in its own processes with its own environment, Batch jobs
+as processes, the SQS event source mapping and the EventBridge rules are the stack's.
+One box serves the whole module.
 
 Every example program runs here through ``Client.aws`` and on the local substrate
 (``Client.local``, its own home and daemon) with the same arguments and seeds: same
 results and the same final job state. Then the failure paths (a stage raising, a Batch
-job failing, a fan-out child failing, a QPU task timing out, a cancel), the inbox
-trigger, and a job started with plain boto3.
-
-Two synthesized stacks: the default one, and ``env_name="short"`` with
-``qpu_heartbeat_s=1, qpu_timeout_s=2`` (stack props, nothing patched) whose state machine
-is created over the same moto resources (same logical ids) for the QPU timeout test.
+job dying, a fan-out child failing, a QPU task timing out, a cancel), the inbox trigger
+(asynchronous), plain boto3, the CLI, and what the box must hold to the template (each
+runtime's environment, the queue's redrive policy, the mapping's batch size, the secret).
 """
 
 from __future__ import annotations
 
 import json
-import math
-import time
 from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
-from cloud_box import REGION, STACK_NAME, CloudBox, running, synthesize
+from cloud_box import (
+    EXAMPLES,
+    FAKE_QPU_CODE,
+    PROGRAMS,
+    PROVIDER_PLUGINS,
+    SCHEDULE_SPEEDUP,
+    assert_no_execute_result,
+    assert_same,
+    dispatched,
+    finish,
+    run_both,
+    running_box,
+    s3_json,
+    s3_json_now,
+    status,
+    synthesize_stacks,
+    until,
+    wait_queue_empty,
+)
 
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = REPO / "examples"
-PROGRAMS = Path(__file__).parent / "programs"
+from qlayer.cloudbox import CloudBox
+from qlayer.cloudbox.runtimes import BOX_VARIABLES, LAMBDA_SERVICE_VARIABLES
+from qlayer.cloudbox.server import REGION
+
+STACK = "Qlayer"
 TINY = PROGRAMS / "aws_tiny.py"
 
 
 # -- fixtures ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    return {
-        "main": synthesize(tmp_path_factory.mktemp("box.out")),
-        "short": synthesize(
-            tmp_path_factory.mktemp("box-short.out"),
-            env_name="short",
-            qpu_heartbeat_s=1,
-            qpu_timeout_s=2,
-        ),
-    }
-
-
-@pytest.fixture(scope="module")
-def box(templates: dict[str, dict[str, Any]]) -> Iterator[CloudBox]:
-    with running(templates["main"]) as b:
-        b.short_machine_arn = b.add_machine(templates["short"])  # type: ignore[attr-defined]
-        yield b
+def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CloudBox]:
+    root = tmp_path_factory.mktemp("cloudbox")
+    with running_box(synthesize_stacks(root / "cdk.out"), root) as running:
+        yield running
 
 
 @pytest.fixture(autouse=True)
-def _healthy_pump(request: pytest.FixtureRequest) -> Iterator[None]:
+def _healthy_box(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     if "box" in request.fixturenames:
-        b = request.getfixturevalue("box")
-        errors, b.pump_errors[:] = list(b.pump_errors), []
-        b.batch_fault = lambda name: None
-        assert not errors, f"the SQS pump failed: {errors!r}"
+        problems = request.getfixturevalue("box").problems()
+        assert not problems, f"the box itself failed: {problems}"
 
 
 @pytest.fixture(scope="module")
 def cloud(box: CloudBox) -> Any:
-    """``Client.aws`` as a user makes it: the stack's outputs come from (moto's) CloudFormation."""
+    """``Client.aws`` as a user makes it: the outputs come from (moto's) CloudFormation."""
     from qlayer import Client
 
-    return Client.aws(stack=STACK_NAME, region=REGION, session=box.session)
+    return Client.aws(stack=STACK, region=REGION)
 
 
 @pytest.fixture(scope="module")
@@ -86,80 +85,153 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         client._conn.close()
 
 
-# -- helpers ----------------------------------------------------------------------------
-def finish(
-    box: CloudBox, job: Any, timeout: float = 180, machine_arn: str | None = None
-) -> dict[str, Any]:
-    """Wait for the job's execution, then for its row to be final; ``job.info()``."""
-    desc = box.wait_execution(job.job_id, timeout, machine_arn=machine_arn)
-    try:
-        job.wait(timeout=10)
-        return job.info()  # type: ignore[no-any-return]
-    except TimeoutError as exc:
-        failures = [
-            e for e in box.history(job.job_id) if "Failed" in e["type"] or "Fail" in e["type"]
-        ]
-        raise AssertionError(f"{exc}; execution {desc['status']}: {failures}") from exc
-
-
-def assert_same(aws: Any, local: Any, *, rel: float = 1e-9, path: str = "$") -> None:
-    """Equal JSON; floats to ``rel`` (summation order may differ between processes)."""
-    if isinstance(local, float) or isinstance(aws, float):
-        assert isinstance(aws, (int, float)) and isinstance(local, (int, float)), path
-        if math.isnan(local):
-            assert math.isnan(aws), path
-        else:
-            assert aws == pytest.approx(local, rel=rel, abs=1e-12), path
-    elif isinstance(local, dict):
-        assert isinstance(aws, dict) and set(aws) == set(local), (path, set(aws) ^ set(local))
-        for key in local:
-            assert_same(aws[key], local[key], rel=rel, path=f"{path}.{key}")
-    elif isinstance(local, (list, tuple)):
-        assert isinstance(aws, (list, tuple)) and len(aws) == len(local), path
-        for i, (a, b) in enumerate(zip(aws, local, strict=True)):
-            assert_same(a, b, rel=rel, path=f"{path}[{i}]")
-    else:
-        assert aws == local, path
-
-
-def run_both(
-    box: CloudBox, cloud: Any, local: Any, program: Path, args: dict[str, Any]
-) -> tuple[Any, Any, Any, Any]:
-    """Submit to both substrates (the local daemon works meanwhile).
-
-    Returns (aws job, its info, local job, its info).
-    """
-    local_job = local.run(program, args)
-    aws_job = cloud.run(program, args)
-    aws_row = finish(box, aws_job)
-    local_job.wait(timeout=240)
-    local_row = local_job.info()
-    return aws_job, aws_row, local_job, local_row
-
-
-def final_status(job: Any) -> str:
-    return str(job.status().value)
-
-
-# -- the definition really is the synthesized one ----------------------------------------
+# -- the box holds to the template ---------------------------------------------------------
 def test_the_machine_runs_the_extracted_definition(box: CloudBox) -> None:
-    sfn = box.session.client("stepfunctions")
-    deployed = json.loads(sfn.describe_state_machine(stateMachineArn=box.machine_arn)["definition"])
-    assert deployed == box.definition
     from qlayer_infra import workflow as wf
 
+    sfn = box.client("stepfunctions")
+    deployed = json.loads(sfn.describe_state_machine(stateMachineArn=box.machine_arn)["definition"])
+    assert deployed == box.definition
     assert deployed["StartAt"] == wf.LOAD
     for state in (wf.RUN_BATCH, wf.WAIT_QPU, wf.RUN_CHILDREN, wf.RUN_CHILDREN_DISTRIBUTED):
         assert state in deployed["States"]
-    # every Lambda task points at a moto function this box made
-    arns = {s["Resource"] for s in deployed["States"].values() if s.get("Type") == "Task"} | {
-        s.get("Parameters", {}).get("FunctionName") for s in deployed["States"].values()
-    }
-    functions = {
-        f["FunctionArn"] for f in box.session.client("lambda").list_functions()["Functions"]
-    }
-    lambda_refs = {a for a in arns if a and ":function:" in a}
+    tasks = [s for s in deployed["States"].values() if s.get("Type") == "Task"]
+    lambda_refs = {s["Resource"] for s in tasks if ":function:" in s["Resource"]}
+    functions = {f["FunctionArn"] for f in box.client("lambda").list_functions()["Functions"]}
     assert lambda_refs and lambda_refs <= functions
+
+
+def test_each_runtime_has_its_functions_template_environment_and_nothing_else(
+    box: CloudBox,
+) -> None:
+    """Read from /proc: the template's variables, the Lambda service's, the box's two
+    (endpoint, /tmp), an image function's image ENV (and the fake QPU's folder the box
+    bakes into the image); none of this test process's."""
+    assert box.deployment is not None
+    documented = set(LAMBDA_SERVICE_VARIABLES) | set(BOX_VARIABLES)
+    resources = box.synthesis.template["Resources"]
+    checked = []
+    for name, record in box.deployment.functions.items():
+        template_env = {
+            k: str(v)
+            for k, v in box.deployment.ev(
+                resources[record.logical_id]["Properties"]["Environment"]["Variables"]
+            ).items()
+        }
+        pool = box.pool(name)
+        image_keys = set(pool.spec.image_env)
+        runtimes = pool.runtimes()
+        assert runtimes, f"{name} has no runtime"
+        for runtime in runtimes:
+            env = runtime.environ()
+            assert {k: env[k] for k in template_env} == template_env, name
+            extra = set(env) - set(template_env)
+            assert extra <= documented | image_keys, (name, extra - documented - image_keys)
+            assert env["AWS_LAMBDA_FUNCTION_NAME"] == record.name
+            assert env["AWS_ENDPOINT_URL"] == box.server.endpoint
+            assert "PYTEST_CURRENT_TEST" not in env and "VIRTUAL_ENV" not in env
+            checked.append(name)
+    assert set(checked) == set(box.deployment.functions)
+    # what the merged environment used to hide: only fail_job has the queue's URL
+    # among the light functions, and only the trigger the state machine's ARN
+    loader = box.pool("loader").runtimes()[0].environ()
+    assert "QLAYER_DISPATCH_QUEUE_URL" not in loader and "QLAYER_STATE_MACHINE_ARN" not in loader
+    assert "QLAYER_DISPATCH_QUEUE_URL" in box.pool("fail_job").runtimes()[0].environ()
+    assert "QLAYER_PROVIDERS" in box.pool("dispatcher").runtimes()[0].environ()
+
+
+def test_the_queue_carries_the_templates_redrive_policy_and_the_poller_its_batch_size(
+    box: CloudBox,
+) -> None:
+    """The dispatch queue as the template makes it, its DLQ after maxReceiveCount
+    receives (moto applies the policy), and the event source mapping's BatchSize."""
+    from qlayer_infra.extract import functions_by_name
+
+    template = box.synthesis.template["Resources"]
+    queue_props = next(
+        r["Properties"]
+        for r in template.values()
+        if r["Type"] == "AWS::SQS::Queue" and "RedrivePolicy" in r["Properties"]
+    )
+    esm_props = next(
+        r["Properties"] for r in template.values() if r["Type"] == "AWS::Lambda::EventSourceMapping"
+    )
+    sqs, url = box.client("sqs"), box.outputs["DispatchQueueUrl"]
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    policy = json.loads(attrs["RedrivePolicy"])
+    assert policy["maxReceiveCount"] == queue_props["RedrivePolicy"]["maxReceiveCount"]
+    assert int(attrs["VisibilityTimeout"]) == queue_props["VisibilityTimeout"]
+    dlq_url = sqs.get_queue_url(QueueName=policy["deadLetterTargetArn"].split(":")[-1])["QueueUrl"]
+
+    mapping = box.event_source_mapping()
+    assert mapping["BatchSize"] == esm_props["BatchSize"]
+    assert mapping["MaximumBatchingWindowInSeconds"] == esm_props["MaximumBatchingWindowInSeconds"]
+    assert mapping["FunctionResponseTypes"] == esm_props["FunctionResponseTypes"]
+    dispatcher = box.deployment.functions["dispatcher"]  # type: ignore[union-attr]
+    assert functions_by_name(box.synthesis.template)["dispatcher"] == dispatcher.logical_id
+    assert mapping["FunctionArn"] == dispatcher.arn
+
+    with box.sqs_mapping_disabled():
+        sqs.send_message(QueueUrl=url, MessageBody="cloudbox probe: not a dispatch message")
+        for _ in range(policy["maxReceiveCount"]):
+            got = until(
+                "the probe",
+                lambda: sqs.receive_message(QueueUrl=url, VisibilityTimeout=0).get("Messages"),
+            )
+            assert got[0]["Body"].startswith("cloudbox probe")
+        assert sqs.receive_message(QueueUrl=url, VisibilityTimeout=0).get("Messages") is None
+        dead = until("the DLQ", lambda: sqs.receive_message(QueueUrl=dlq_url).get("Messages"))
+        assert dead[0]["Body"].startswith("cloudbox probe")
+        sqs.delete_message(QueueUrl=dlq_url, ReceiptHandle=dead[0]["ReceiptHandle"])
+        poller = box.pollers[0]
+        seen = len(poller.batches)
+        for n in range(esm_props["BatchSize"] + 2):
+            sqs.send_message(QueueUrl=url, MessageBody=f"cloudbox probe {n}")
+    # the dispatcher drops what is no dispatch message; the poller took the template's 5
+    until("the probes delivered", lambda: sum(poller.batches[seen:]) >= esm_props["BatchSize"] + 2)
+    assert max(poller.batches[seen:]) == esm_props["BatchSize"]
+
+
+def test_the_poller_runs_on_its_schedule_rule(box: CloudBox) -> None:
+    """rate(1 minute) from the template, fired SCHEDULE_SPEEDUP times faster; the poller's
+    invocations are asynchronous, with the documented "Scheduled Event"."""
+    rule = next(
+        r["Properties"]
+        for r in box.synthesis.template["Resources"].values()
+        if r["Type"] == "AWS::Events::Rule" and "ScheduleExpression" in r["Properties"]
+    )
+    assert rule["ScheduleExpression"] == "rate(1 minute)"
+    assert box.events is not None
+    assert box.events.period_s(rule["ScheduleExpression"]) == 60 / SCHEDULE_SPEEDUP
+    poller = box.deployment.functions["poller"]  # type: ignore[union-attr]
+    before = box.pool("poller").invocations
+
+    def fired() -> list[dict[str, Any]]:
+        return [f for f in box.events.fired if f["target"] == poller.arn]  # type: ignore[union-attr]
+
+    until(
+        "two scheduled polls", lambda: len(fired()) >= 2 and box.pool("poller").invocations > before
+    )
+    assert fired()[-1]["event"]["detail-type"] == "Scheduled Event"
+
+
+def test_the_secret_starts_as_the_stack_makes_it_until_a_user_puts_settings(
+    box: CloudBox,
+) -> None:
+    """``GenerateSecretString: {}`` stores a random password, not JSON: provider settings
+    cannot be read until the user puts them (put_secret_value), as after a real deploy."""
+    from qlayer.aws.secrets import provider_settings
+
+    assert box.deployment is not None
+    arn = box.deployment.secret_arn
+    sm = box.client("secretsmanager")
+    initial = sm.get_secret_value(SecretId=arn)["SecretString"]
+    assert len(initial) == 32
+    with pytest.raises(ValueError, match="not JSON"):
+        provider_settings(arn, sm)
+    settings = {"ibm_channel": "ibm_quantum_platform", "braket_region": REGION}
+    sm.put_secret_value(SecretId=arn, SecretString=json.dumps(settings))
+    assert provider_settings(arn, sm) == settings
 
 
 # -- every example, on both substrates ------------------------------------------------------
@@ -167,15 +239,18 @@ def test_ghz_sampling_batch_stage_and_qpu_wait(box: CloudBox, cloud: Any, local:
     """transpile is compute="batch" (submitJob.sync), fake_brisbane is a QPU (SQS + token)."""
     args = {"qubits": 3, "shots": 500, "optimization_level": 1}
     aws_job, aws_row, local_job, _ = run_both(box, cloud, local, EXAMPLES / "ghz_sampling.py", args)
-    assert final_status(aws_job) == final_status(local_job) == "DONE", aws_row["message"]
+    assert status(aws_job) == status(local_job) == "DONE", aws_row["message"]
     states = box.entered_states(aws_job.job_id)
     assert "Run stage on Batch" in states and "Read stage outcome" in states
     assert "Wait for QPU" in states and states[-1] == "Job done"
-    assert any(r["name"].startswith(aws_job.job_id) for r in box.batch_runs)
-    assert any(m.get("job_id") == aws_job.job_id for m in box.dispatched)
-    aws_result, local_result = aws_job.result(wait=False), local_job.result(wait=False)
+    assert box.batch is not None
+    runs = [r for r in box.batch.runs if r.name.startswith(aws_job.job_id)]
+    assert runs and runs[0].exit_code == 0
+    assert runs[0].command[:3] == ["python", "-m", "qlayer.aws.batch_entry"]
+    assert runs[0].environment["MANAGED_BY_AWS"] == "STARTED_BY_STEP_FUNCTIONS"
+    assert aws_job.job_id in {m.get("job_id") for m in dispatched(box)}
     # same seed, same device noise model, same transpiled circuit: the same counts
-    assert_same(aws_result, local_result)
+    assert_same(aws_job.result(wait=False), local_job.result(wait=False))
     assert "histogram.png" in aws_job.files()
     assert aws_job.info()["console_url"].endswith(box.execution_arn(aws_job.job_id))
 
@@ -183,17 +258,18 @@ def test_ghz_sampling_batch_stage_and_qpu_wait(box: CloudBox, cloud: Any, local:
 def test_qaoa_maxcut(box: CloudBox, cloud: Any, local: Any) -> None:
     args = {"nodes": 4, "p": 1, "maxiter": 3, "shots": 400, "optimization_level": 1}
     aws_job, aws_row, local_job, _ = run_both(box, cloud, local, EXAMPLES / "qaoa_maxcut.py", args)
-    assert final_status(aws_job) == final_status(local_job) == "DONE", aws_row["message"]
-    aws_result, local_result = aws_job.result(wait=False), local_job.result(wait=False)
+    assert status(aws_job) == status(local_job) == "DONE", aws_row["message"]
+    aws_result = aws_job.result(wait=False)
     assert aws_result["iterations"] == 3
-    assert_same(aws_result, local_result)
+    assert_same(aws_result, local_job.result(wait=False))
     assert box.entered_states(aws_job.job_id).count("Simulate on Lambda") >= 3
 
 
 def test_vqe_h2(box: CloudBox, cloud: Any, local: Any) -> None:
-    args = {"maxiter": 3}
-    aws_job, aws_row, local_job, _ = run_both(box, cloud, local, EXAMPLES / "vqe_h2.py", args)
-    assert final_status(aws_job) == final_status(local_job) == "DONE", aws_row["message"]
+    aws_job, aws_row, local_job, _ = run_both(
+        box, cloud, local, EXAMPLES / "vqe_h2.py", {"maxiter": 3}
+    )
+    assert status(aws_job) == status(local_job) == "DONE", aws_row["message"]
     assert_same(aws_job.result(wait=False), local_job.result(wait=False))
 
 
@@ -203,285 +279,320 @@ def test_parameter_sweep_inline_map(box: CloudBox, cloud: Any, local: Any) -> No
     aws_job, aws_row, local_job, _ = run_both(
         box, cloud, local, EXAMPLES / "parameter_sweep.py", args
     )
-    assert final_status(aws_job) == final_status(local_job) == "DONE", aws_row["message"]
+    assert status(aws_job) == status(local_job) == "DONE", aws_row["message"]
     assert_same(aws_job.result(wait=False), local_job.result(wait=False))
     states = box.entered_states(aws_job.job_id)
     assert "Run children" in states and "Run children (distributed)" not in states
     children = aws_job.children()
     assert len(children) == 5 and all(c.status().value == "DONE" for c in children)
-    sfn = box.session.client("stepfunctions")
+    sfn = box.client("stepfunctions")
     for child in children:
         desc = sfn.describe_execution(executionArn=box.execution_arn(child.job_id))
         assert desc["status"] == "SUCCEEDED" and desc["name"] == child.job_id
 
 
 def test_fan_out_past_40_takes_the_distributed_map(box: CloudBox, cloud: Any) -> None:
-    """41 items: "Inline or distributed" routes to the Distributed Map (S3 item reader)."""
+    """41 items: the Distributed Map (S3 item reader); more invocations than runtimes."""
     job = cloud.run(TINY, {"fan": 41})
-    row = finish(box, job, timeout=240)
+    row = finish(box, job, timeout=400)
     states = box.entered_states(job.job_id)
     assert "Run children (distributed)" in states and "Run children" not in states
     assert row["status"] == "DONE", row["message"]
     assert job.result(wait=False) == {"squares": [i * i for i in range(41)]}
+    pool = box.pool("loader")
+    assert pool.peak <= pool.max_processes
 
 
 # -- failure paths ------------------------------------------------------------------------------
 def test_a_stage_raising_ends_in_error_with_its_message(
     box: CloudBox, cloud: Any, local: Any
 ) -> None:
-    args = {"fail_at": "build"}
-    aws_job, aws_row, _local_job, local_row = run_both(box, cloud, local, TINY, args)
+    aws_job, aws_row, _, local_row = run_both(box, cloud, local, TINY, {"fail_at": "build"})
     assert aws_row["status"] == local_row["status"] == "ERROR"
     assert "build failed on purpose" in aws_row["message"]
     assert aws_row["error_type"] == local_row["error_type"] == "ValueError"
     assert box.entered_states(aws_job.job_id)[-2:] == ["Fail job", "Job failed"]
     assert aws_job.error()["message"] == aws_row["message"]
+    # the execution ended FAILED: the status rule (EventBridge) invoked fail_job with the
+    # documented event; the job, already in ERROR, stays as it was
+    assert box.events is not None
+    fired = until(
+        "the execution-status event",
+        lambda: [
+            f
+            for f in box.events.fired  # type: ignore[union-attr]
+            if f["event"]["detail"].get("name") == aws_job.job_id
+        ],
+    )
+    assert fired[0]["event"]["detail-type"] == "Step Functions Execution Status Change"
+    assert fired[0]["event"]["detail"]["status"] == "FAILED"
+    assert fired[0]["target"] == box.deployment.functions["fail_job"].arn  # type: ignore[union-attr]
+    until("fail_job's runs", box.lambdas.idle)
+    assert aws_job.info()["message"] == aws_row["message"]
 
 
 def test_a_failing_child_fails_the_parent(box: CloudBox, cloud: Any, local: Any) -> None:
     args = {"fan": 3, "fail_at": "square"}
-    aws_job, aws_row, _local_job, local_row = run_both(box, cloud, local, TINY, args)
+    aws_job, aws_row, _, local_row = run_both(box, cloud, local, TINY, args)
     assert aws_row["status"] == local_row["status"] == "ERROR"
     assert "item 1 failed on purpose" in aws_row["message"], aws_row["message"]
     states = box.entered_states(aws_job.job_id)
     assert "Record failure" in states and states[-1] == "Job failed"
 
 
-def test_a_failing_batch_job_ends_in_error(box: CloudBox, cloud: Any) -> None:
-    reason = "OutOfMemoryError: Container killed due to memory usage"
-    box.batch_fault = lambda name: reason
-    job = cloud.run(EXAMPLES / "ghz_sampling.py", {"qubits": 3, "shots": 100})
+def test_a_batch_job_whose_container_dies_ends_in_error(box: CloudBox, cloud: Any) -> None:
+    """The stage's process is killed (as by the OOM killer): Batch says FAILED, exit 137."""
+    job = cloud.run(PROGRAMS / "aws_batch_dies.py", {})
     row = finish(box, job)
     assert row["status"] == "ERROR"
     assert row["error_type"] == "States.TaskFailed"
-    assert reason in row["message"], row["message"]
+    assert "Essential container in task exited" in row["message"], row["message"]
     states = box.entered_states(job.job_id)
     assert states[-4:] == ["Run stage on Batch", "Record failure", "Fail job", "Job failed"]
+    assert box.batch is not None
+    (run,) = [r for r in box.batch.runs if r.name.startswith(job.job_id)]
+    assert run.exit_code == 137
+    described = box.client("batch").describe_jobs(jobs=[run.job_id])["jobs"][0]
+    # (moto's DescribeJobs leaves container.exitCode out; the box records it on the run)
+    assert described["status"] == "FAILED"
+    assert described["statusReason"] == "Essential container in task exited"
+    # the container's environment: the job definition's, Step Functions' override, Batch's
+    definition = box.client("batch").describe_job_definitions(
+        jobDefinitions=[described["jobDefinition"]]
+    )["jobDefinitions"][0]
+    for item in definition["containerProperties"]["environment"]:
+        assert run.environment[item["name"]] == item["value"]
+    assert run.environment["AWS_BATCH_JOB_ID"] == run.job_id
+    assert "PYTEST_CURRENT_TEST" not in run.environment
 
 
 def test_a_qpu_task_timing_out_ends_in_error(box: CloudBox) -> None:
-    """The "short" stack (qpu_heartbeat_s=1): no dispatcher answers, the heartbeat times out.
+    """The "short" stack (qpu_heartbeat_s=1): the mapping is off, the heartbeat times out.
 
     moto reports the heartbeat expiry as ``States.Timeout`` with an empty cause; AWS
     reports ``States.HeartbeatTimeout``. Both are caught by "Record failure" (States.ALL).
     """
+    from qlayer.aws.client import AwsClient
     from qlayer.aws.handlers import Services
 
-    from qlayer.aws.client import AwsClient
-
-    base = AwsClient(stack=STACK_NAME, region=REGION, session=box.session).services
-    config = replace(base.config, state_machine_arn=box.short_machine_arn)  # type: ignore[attr-defined]
-    short = AwsClient(services=Services.create(config, box.session))
-    with box.pump_paused():
+    short_arn = box.short_arn  # type: ignore[attr-defined]
+    base = AwsClient(stack=STACK, region=REGION).services
+    short = AwsClient(services=Services.create(replace(base.config, state_machine_arn=short_arn)))
+    with box.sqs_mapping_disabled():
         job = short.run(TINY, {"shots": 16}, backend="fake_brisbane")
-        row = finish(box, job, timeout=30, machine_arn=box.short_machine_arn)  # type: ignore[attr-defined]
+        row = finish(box, job, timeout=60, machine_arn=short_arn)
     assert row["status"] == "ERROR"
     assert row["error_type"] in ("States.HeartbeatTimeout", "States.Timeout"), row
     assert row["message"].startswith(row["error_type"])
-    states = box.entered_states(job.job_id, machine_arn=box.short_machine_arn)  # type: ignore[attr-defined]
+    states = box.entered_states(job.job_id, machine_arn=short_arn)
     assert states[-4:] == ["Wait for QPU", "Record failure", "Fail job", "Job failed"]
-    # the late message is still delivered once the pump runs: the job stays in ERROR,
-    # and the dispatcher runs nothing for a job that has ended
+    # the late message is delivered once the mapping is on again: the job stays in
+    # ERROR, and the dispatcher runs nothing for a job that has ended
     wait_queue_empty(box)
     assert job.status().value == "ERROR"
     assert_no_execute_result(short, job.job_id)
 
 
-def assert_no_execute_result(client: Any, job_id: str) -> None:
-    store = client.services.store
-    ran = [k for k in store.list(f"jobs/{job_id}/stages/") if k.endswith("-execute/result.json")]
-    assert ran == [], f"the dispatcher ran provider work for an ended job: {ran}"
-
-
-def wait_queue_empty(box: CloudBox, timeout: float = 30) -> None:
-    sqs = box.session.client("sqs")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        attrs = sqs.get_queue_attributes(
-            QueueUrl=box.queue_url,
-            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-        )["Attributes"]
-        if not any(int(v) for v in attrs.values()):
-            return
-        time.sleep(0.1)
-    raise TimeoutError("the dispatch queue did not drain")
-
-
 def test_cancel_while_waiting_for_the_qpu(box: CloudBox, cloud: Any) -> None:
-    """Cancel a job whose execution waits in "Wait for QPU": CANCELLED, execution ABORTED.
-
-    moto limitation (5.2.5): StopExecution only flags the execution; a state blocked on
-    a task token does not notice, and once the token is answered the execution runs on
-    (here to "Fail job", as every later step finds the job ended) and ends FAILED, where
-    AWS aborts at once (ABORTED). What holds on both: the job is CANCELLED at once, and
-    the late QPU answer leaves it CANCELLED.
+    """Cancel a job whose execution waits in "Wait for QPU": CANCELLED at once, and the
+    late QPU answer leaves it CANCELLED. (moto 5.2.5's StopExecution flags the execution
+    ABORTED but a state blocked on a task token runs on once answered, where AWS aborts.)
     """
-    with box.pump_paused():
+    with box.sqs_mapping_disabled():
         job = cloud.run(TINY, {"shots": 16}, backend="fake_brisbane")
-        deadline = time.monotonic() + 30
-        while "Wait for QPU" not in box.entered_states(job.job_id):
-            assert time.monotonic() < deadline, box.entered_states(job.job_id)
-            time.sleep(0.05)
+        until("Wait for QPU", lambda: "Wait for QPU" in box.entered_states(job.job_id), 60)
         assert job.cancel() is True
         assert job.status().value == "CANCELLED"
-    desc = box.wait_execution(job.job_id, 30)
-    assert desc["status"] in ("ABORTED", "FAILED")  # FAILED: moto, see above
+    desc = box.wait_execution(job.job_id, 60)
+    assert desc["status"] in ("ABORTED", "FAILED")
     wait_queue_empty(box)
+    until("the async invocations", box.lambdas.idle)
     assert_no_execute_result(cloud, job.job_id)
     assert job.status().value == "CANCELLED"
     assert job.info()["error_type"] is None
     assert job.cancel() is False
+    # the status rule hands the stopped execution to fail_job, which leaves it CANCELLED
+    assert box.events is not None
+    until(
+        "the execution-status event",
+        lambda: any(
+            f["event"]["detail"].get("name") == job.job_id
+            for f in box.events.fired  # type: ignore[union-attr]
+        ),
+    )
+    until("fail_job's run", box.lambdas.idle)
+    assert job.status().value == "CANCELLED"
+
+
+# -- a QPU through a provider plugin (the fake QPU service) ----------------------------------
+#: Found by the box (qlayer/aws/handlers.py is being rewritten by its owner): the
+#: dispatcher asks ``Services.provider``, i.e. ``registry.provider_for``, which wraps every
+#: AsyncProvider in ``_DispatchOnly`` (a SyncProvider), so ``dispatch_message`` never sees
+#: the plugin as a QPU service and runs it as a simulator: BackendError "fakeqpu_ok is a
+#: fakeqpu backend with its own queue: it is submitted through the dispatcher".
+DISPATCHER_WRAPS_ASYNC = pytest.mark.xfail(
+    strict=True,
+    reason="qlayer bug: the dispatcher sees every async provider through provider_for's "
+    "_DispatchOnly wrapper, so a plugin QPU is run as a simulator (BackendError)",
+)
+
+
+@DISPATCHER_WRAPS_ASYNC
+def test_a_qpu_job_through_the_provider_plugin(
+    box: CloudBox, cloud: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``provider_plugins="fakeqpu=fake_qpu:FakeQpu"``: the dispatcher submits to the fake
+    QPU service, the scheduled poller follows it (QUEUED, RUNNING, DONE), then the
+    SendTaskSuccess wakes the execution. Nothing injected.
+
+    The client checks backend names with its own registry before it submits, so the
+    user's machine has the plugin too (QLAYER_PROVIDERS and the plugin's code).
+    """
+    monkeypatch.setenv("QLAYER_PROVIDERS", PROVIDER_PLUGINS)
+    monkeypatch.setenv("QLAYER_FAKE_QPU_DIR", str(box.fake_qpu_dir))  # type: ignore[attr-defined]
+    monkeypatch.syspath_prepend(str(FAKE_QPU_CODE))
+    job = cloud.run(TINY, {"shots": 32}, backend="fakeqpu_ok")
+    row = finish(box, job, timeout=240)
+    assert row["status"] == "DONE", (row["message"], box.function_log("dispatcher")[-3000:])
+    result = job.result(wait=False)
+    assert result["shots"] == 32 and sum(result["counts"].values()) == 32
+    assert "Wait for QPU" in box.entered_states(job.job_id)
+    from fake_qpu import FakeQpu
+
+    service = FakeQpu(box.fake_qpu_dir)  # type: ignore[attr-defined]
+    submitted = [c for c in service.calls("submit") if c["outcome"] == "ok"]
+    assert len(submitted) == 1
+    assert len(service.calls("status")) >= 3
+
+
+#: Found by the box: the trigger's cheap name check (``_check_backend_name``) knows only
+#: aer*, fake_*, ibm_*, braket_* and rejects a plugin's backends: "unknown backend".
+TRIGGER_KNOWS_NO_PLUGINS = pytest.mark.xfail(
+    strict=True,
+    reason="qlayer bug: the inbox trigger rejects plugin backends (_check_backend_name), "
+    "and the dispatcher runs plugin QPUs as simulators",
+)
+
+
+@TRIGGER_KNOWS_NO_PLUGINS
+def test_an_inbox_spec_for_the_plugin_qpu_runs_to_done(box: CloudBox) -> None:
+    """A plain-boto3 user names the plugin's backend in a spec: the stack has the plugin."""
+    import boto3
+
+    s3, bucket = boto3.client("s3", region_name=REGION), box.outputs["BucketName"]
+    s3.put_object(Bucket=bucket, Key="inbox/qpu.py", Body=TINY.read_bytes())
+    spec = {"program": "inbox/qpu.py", "arguments": {"shots": 16}, "backend": "fakeqpu_ok"}
+    s3.put_object(Bucket=bucket, Key="inbox/qpu.json", Body=json.dumps(spec).encode())
+    outcome = until(
+        "the spec's report",
+        lambda: (
+            s3_json_now(box, "inbox/qpu.json.result.json")
+            or s3_json_now(box, "inbox/qpu.json.error.json")
+        ),
+        timeout=240,
+    )
+    assert outcome.get("status") == "DONE", outcome
 
 
 # -- the inbox trigger and plain boto3 ------------------------------------------------------------
-def _newest_job(box: CloudBox, since: str) -> dict[str, Any] | None:
-    """The newest job row created at or after ``since`` (by the jobs table's by_created index)."""
-    ddb = box.session.client("dynamodb")
-    items = ddb.query(
-        TableName=box.outputs["JobsTableName"],
-        IndexName="by_created",
-        KeyConditionExpression="#k = :job AND created_at >= :since",
-        ExpressionAttributeNames={"#k": "kind"},
-        ExpressionAttributeValues={":job": {"S": "job"}, ":since": {"S": since}},
-        ScanIndexForward=False,
-    )["Items"]
-    tops = [i for i in items if "parent_id" not in i]
-    return tops[0] if tops else None
-
-
-def _wait_row(box: CloudBox, since: str, timeout: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        row = _newest_job(box, since)
-        if row and row["status"]["S"] in ("DONE", "ERROR", "CANCELLED"):
-            return row
-        time.sleep(0.1)
-    raise TimeoutError(f"no finished job since {since}: {_newest_job(box, since)}")
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - 1))
-
-
 def test_an_inbox_upload_starts_a_job(box: CloudBox, cloud: Any) -> None:
-    """S3 ObjectCreated on inbox/*.json -> trigger Lambda (moto calls it) -> a DONE job."""
-    s3 = box.session.client("s3")
-    bucket = box.outputs["BucketName"]
+    """S3 ObjectCreated on inbox/*.json -> the trigger, asynchronously -> a DONE job, and
+    its report next to the spec (polled for: it is written after the job ends)."""
+    from qlayer import keys
+
+    s3, bucket = box.client("s3"), box.outputs["BucketName"]
     s3.put_object(Bucket=bucket, Key="inbox/tiny.py", Body=TINY.read_bytes())
-    since = _now()
     spec = {"program": "inbox/tiny.py", "arguments": {"shots": 32}, "backend": "aer"}
     s3.put_object(Bucket=bucket, Key="inbox/my spec 1.json", Body=json.dumps(spec).encode())
-    row = _wait_row(box, since)
-    job = cloud.job(row["job_id"]["S"])
+    started = s3_json(box, "inbox/my spec 1.json.job.json")
+    report = s3_json(box, "inbox/my spec 1.json.result.json", timeout=180)
+    job = cloud.job(started["job_id"])
+    assert started["execution_arn"].endswith(job.job_id)
+    assert report["status"] == "DONE" and report["result_key"] == keys.job_result(job.job_id)
+    assert report["result"]["shots"] == 32
     assert job.status().value == "DONE", job.info()["message"]
     result = job.result(wait=False)
     assert result["shots"] == 32 and sum(result["counts"].values()) == 32
     # the spec's key (with a space) reached the trigger and is recorded in the job's input
-    from qlayer import keys
-
     store = cloud.services.store
     assert store.get_json(keys.job_input(job.job_id))["spec_key"] == "inbox/my spec 1.json"
-    # the job id, and then the result, are written next to the spec
-    started = store.get_json("inbox/my spec 1.json.job.json")
-    assert started["job_id"] == job.job_id and started["execution_arn"].endswith(job.job_id)
-    report = store.get_json("inbox/my spec 1.json.result.json")
-    assert report["status"] == "DONE" and report["result_key"] == keys.job_result(job.job_id)
-    assert report["result"]["shots"] == 32
 
 
 def test_a_malformed_inbox_spec_yields_an_error_object_and_an_error_job(
     box: CloudBox, cloud: Any
 ) -> None:
-    s3 = box.session.client("s3")
-    bucket = box.outputs["BucketName"]
-    since = _now()
+    s3, bucket = box.client("s3"), box.outputs["BucketName"]
     key = "inbox/bad.json"
     s3.put_object(Bucket=bucket, Key=key, Body=json.dumps({"programme": "x.py"}).encode())
-    body = json.loads(s3.get_object(Bucket=bucket, Key=key + ".error.json")["Body"].read())
+    body = s3_json(box, key + ".error.json")
     assert body["spec_key"] == key and "program" in body["message"]
     job = cloud.job(body["job_id"])
     assert job.status().value == "ERROR"
     assert job.info()["message"] == body["message"]
-    assert _newest_job(box, since)["job_id"]["S"] == body["job_id"]  # type: ignore[index]
 
 
 def test_plain_boto3_inbox_job_runs_to_done(box: CloudBox) -> None:
-    """No qlayer client: put_object of a program and a spec, then read the row and result.
+    """No qlayer client: put_object of a program and a spec, then read the report."""
+    import boto3
 
-    The documented ``start_execution`` input ``{"job_id"}`` needs a prepared job (an
-    uploaded program folder and ``jobs/<id>/input.json``, whose format docs/deploy.md
-    does not give): the inbox is the documented way in for plain boto3.
-    """
-    s3 = box.session.client("s3")
+    s3 = boto3.client("s3", region_name=REGION)  # AWS_ENDPOINT_URL points at the box
     bucket = box.outputs["BucketName"]
     s3.put_object(
         Bucket=bucket,
         Key="programs/uploads/sweep.py",
         Body=(EXAMPLES / "parameter_sweep.py").read_bytes(),
     )
-    since = _now()
     spec = {"program": "programs/uploads/sweep.py", "arguments": {"points": 3, "shots": 100}}
     s3.put_object(Bucket=bucket, Key="inbox/sweep.json", Body=json.dumps(spec).encode())
-    row = _wait_row(box, since, timeout=180)
-    assert row["status"]["S"] == "DONE", row.get("message")
-    job_id = row["job_id"]["S"]
-    keys_there = [
-        o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"jobs/{job_id}/")["Contents"]
-    ]
-    assert f"jobs/{job_id}/result.json" in keys_there or any(
-        k.startswith(f"jobs/{job_id}/result") for k in keys_there
-    ), keys_there
-
-
-def test_plain_boto3_start_execution_with_the_documented_input(box: CloudBox) -> None:
-    """A prepared job (the client's prepare step) started by plain boto3: name = job id."""
-    from qlayer.aws.client import AwsClient, prepare_job
-
-    svc = AwsClient(stack=STACK_NAME, region=REGION, session=box.session).services
-    job_id = prepare_job(svc, TINY, {"shots": 8})
-    sfn = box.session.client("stepfunctions")
-    sfn.start_execution(
-        stateMachineArn=box.outputs["StateMachineArn"],
-        name=job_id,
-        input=json.dumps({"job_id": job_id}),
-    )
-    desc = box.wait_execution(job_id, 60)
-    assert desc["status"] == "SUCCEEDED"
-    item = box.session.client("dynamodb").get_item(
+    report = s3_json(box, "inbox/sweep.json.result.json", timeout=240)
+    assert report["status"] == "DONE", report
+    job_id = report["job_id"]
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=f"jobs/{job_id}/")["Contents"]
+    assert f"jobs/{job_id}/result.json" in [o["Key"] for o in listed]
+    item = boto3.client("dynamodb", region_name=REGION).get_item(
         TableName=box.outputs["JobsTableName"], Key={"job_id": {"S": job_id}}
     )["Item"]
     assert item["status"]["S"] == "DONE"
 
 
-def _cli_json(stdout: str) -> Any:
-    """The CLI's JSON, without the Powertools metric lines (EMF) that the in-process
-    Lambda handlers print to the same stdout here (on AWS they go to CloudWatch)."""
-    lines = [line for line in stdout.splitlines() if not line.startswith('{"_aws"')]
-    return json.loads("\n".join(lines))
+def test_plain_boto3_start_execution_with_the_documented_input(box: CloudBox) -> None:
+    """A prepared job (the client's prepare step) started by plain boto3: name = job id."""
+    import boto3
+
+    from qlayer.aws.client import AwsClient, prepare_job
+
+    job_id = prepare_job(AwsClient(stack=STACK, region=REGION).services, TINY, {"shots": 8})
+    boto3.client("stepfunctions", region_name=REGION).start_execution(
+        stateMachineArn=box.outputs["StateMachineArn"],
+        name=job_id,
+        input=json.dumps({"job_id": job_id}),
+    )
+    assert box.wait_execution(job_id, 60)["status"] == "SUCCEEDED"
+    item = boto3.client("dynamodb", region_name=REGION).get_item(
+        TableName=box.outputs["JobsTableName"], Key={"job_id": {"S": job_id}}
+    )["Item"]
+    assert item["status"]["S"] == "DONE"
 
 
 def test_the_cli_with_target_aws(box: CloudBox) -> None:
-    """`qlayer --target aws` drives the same commands against the stack (moto stands in)."""
+    """`qlayer --target aws` drives the same commands against the stack (the box stands in)."""
     from typer.testing import CliRunner
 
     from qlayer.cli import app
 
     runner = CliRunner()
-    base = ["--target", "aws", "--stack", STACK_NAME, "--region", REGION]
+    base = ["--target", "aws", "--stack", STACK, "--region", REGION]
     submitted = runner.invoke(app, [*base, "run", str(TINY), "--arg", "shots=16", "--json"])
     assert submitted.exit_code == 0, submitted.output
-    job_id = _cli_json(submitted.stdout)["job_id"]
+    job_id = json.loads(submitted.stdout)["job_id"]
     done = runner.invoke(app, [*base, "result", job_id, "--wait", "--timeout", "120", "--json"])
     assert done.exit_code == 0, done.output
-    assert sum(_cli_json(done.stdout)["counts"].values()) == 16
-    status = runner.invoke(app, [*base, "status", job_id, "--json"])
-    info = _cli_json(status.stdout)
+    assert sum(json.loads(done.stdout)["counts"].values()) == 16
+    info = json.loads(runner.invoke(app, [*base, "status", job_id, "--json"]).stdout)
     assert info["status"] == "DONE" and info["console_url"].startswith("https://")
     assert info["usage"]["shots"] == 16
-    logs = runner.invoke(app, [*base, "logs", job_id])
-    assert "hello from build" in logs.stdout
-    files = runner.invoke(app, [*base, "files", job_id, "--json"])
-    assert _cli_json(files.stdout) == ["note.txt"]
-    listed = runner.invoke(app, [*base, "jobs", "--json"])
-    assert job_id in {j["job_id"] for j in _cli_json(listed.stdout)}
+    assert "hello from build" in runner.invoke(app, [*base, "logs", job_id]).stdout
+    assert json.loads(runner.invoke(app, [*base, "files", job_id, "--json"]).stdout) == ["note.txt"]
+    listed = json.loads(runner.invoke(app, [*base, "jobs", "--json"]).stdout)
+    assert job_id in {j["job_id"] for j in listed}
     assert runner.invoke(app, [*base, "down"]).exit_code == 2  # no daemon on AWS
