@@ -89,6 +89,8 @@ def start_from_spec(svc: Services, key: str, job_id: str) -> dict[str, Any]:
             _check_backend_name(spec.backend)
     except QlayerError as exc:
         message = str(exc)
+        # The job first, then the report: whoever sees the report finds the job.
+        transitions.fail(svc.ports(), job_id, type(exc).__name__, message)
         svc.store.put_json(
             key + SPEC_ERROR_SUFFIX,
             {
@@ -103,7 +105,6 @@ def start_from_spec(svc: Services, key: str, job_id: str) -> dict[str, Any]:
                 },
             },
         )
-        transitions.fail(svc.ports(), job_id, type(exc).__name__, message)
         return {"key": key, "job_id": job_id, "error": message}
     svc.store.put_json(
         keys.job_input(job_id),

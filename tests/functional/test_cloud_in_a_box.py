@@ -218,20 +218,19 @@ def test_the_poller_runs_on_its_schedule_rule(box: CloudBox) -> None:
 def test_the_secret_starts_as_the_stack_makes_it_until_a_user_puts_settings(
     box: CloudBox,
 ) -> None:
-    """``GenerateSecretString: {}`` stores a random password, not JSON: provider settings
-    cannot be read until the user puts them (put_secret_value), as after a real deploy."""
-    from qlayer.aws.secrets import provider_settings
+    """The stack creates the secret holding ``{}`` (no provider settings yet, as
+    docs/deploy.md says); a user puts theirs with put_secret_value after the deploy."""
+    from qlayer.aws import secrets
 
     assert box.deployment is not None
     arn = box.deployment.secret_arn
     sm = box.client("secretsmanager")
-    initial = sm.get_secret_value(SecretId=arn)["SecretString"]
-    assert len(initial) == 32
-    with pytest.raises(ValueError, match="not JSON"):
-        provider_settings(arn, sm)
+    assert sm.get_secret_value(SecretId=arn)["SecretString"] == "{}"
+    assert secrets.provider_settings(arn, sm) == {}
+    secrets._CACHE.clear()  # a new process (each runtime reads the secret once)
     settings = {"ibm_channel": "ibm_quantum_platform", "braket_region": REGION}
     sm.put_secret_value(SecretId=arn, SecretString=json.dumps(settings))
-    assert provider_settings(arn, sm) == settings
+    assert secrets.provider_settings(arn, sm) == settings
 
 
 # -- every example, on both substrates ------------------------------------------------------
@@ -373,7 +372,7 @@ def test_a_qpu_task_timing_out_ends_in_error(box: CloudBox) -> None:
     reports ``States.HeartbeatTimeout``. Both are caught by "Record failure" (States.ALL).
     """
     from qlayer.aws.client import AwsClient
-    from qlayer.aws.handlers import Services
+    from qlayer.aws.services import Services
 
     short_arn = box.short_arn  # type: ignore[attr-defined]
     base = AwsClient(stack=STACK, region=REGION).services
@@ -425,19 +424,6 @@ def test_cancel_while_waiting_for_the_qpu(box: CloudBox, cloud: Any) -> None:
 
 
 # -- a QPU through a provider plugin (the fake QPU service) ----------------------------------
-#: Found by the box (qlayer/aws/handlers.py is being rewritten by its owner): the
-#: dispatcher asks ``Services.provider``, i.e. ``registry.provider_for``, which wraps every
-#: AsyncProvider in ``_DispatchOnly`` (a SyncProvider), so ``dispatch_message`` never sees
-#: the plugin as a QPU service and runs it as a simulator: BackendError "fakeqpu_ok is a
-#: fakeqpu backend with its own queue: it is submitted through the dispatcher".
-DISPATCHER_WRAPS_ASYNC = pytest.mark.xfail(
-    strict=True,
-    reason="qlayer bug: the dispatcher sees every async provider through provider_for's "
-    "_DispatchOnly wrapper, so a plugin QPU is run as a simulator (BackendError)",
-)
-
-
-@DISPATCHER_WRAPS_ASYNC
 def test_a_qpu_job_through_the_provider_plugin(
     box: CloudBox, cloud: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -465,16 +451,6 @@ def test_a_qpu_job_through_the_provider_plugin(
     assert len(service.calls("status")) >= 3
 
 
-#: Found by the box: the trigger's cheap name check (``_check_backend_name``) knows only
-#: aer*, fake_*, ibm_*, braket_* and rejects a plugin's backends: "unknown backend".
-TRIGGER_KNOWS_NO_PLUGINS = pytest.mark.xfail(
-    strict=True,
-    reason="qlayer bug: the inbox trigger rejects plugin backends (_check_backend_name), "
-    "and the dispatcher runs plugin QPUs as simulators",
-)
-
-
-@TRIGGER_KNOWS_NO_PLUGINS
 def test_an_inbox_spec_for_the_plugin_qpu_runs_to_done(box: CloudBox) -> None:
     """A plain-boto3 user names the plugin's backend in a spec: the stack has the plugin."""
     import boto3
