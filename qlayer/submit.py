@@ -52,8 +52,13 @@ def prepare_job(
     arguments: Mapping[str, Any] | None = None,
     *,
     backend: str | None = None,
+    credentials_elsewhere: bool = False,
 ) -> PreparedJob:
     """Check and upload a program and write a new job's inputs.
+
+    Args:
+        credentials_elsewhere: The substrate holds the providers' credentials (an AWS
+            stack's secret), not this machine (see :func:`qlayer.providers.registry.resolve`).
 
     Raises:
         ProgramError: The program is missing, does not parse, or defines no Workflow.
@@ -70,7 +75,15 @@ def prepare_job(
     workflow = program if isinstance(program, Workflow) else load_path(path)
     bound = workflow.bind_arguments(dict(arguments or {}))  # before anything is written
     program_id = upload(store, program_bundle)
-    return write_inputs(store, new_job_id(), program_id, workflow, bound, backend=backend)
+    return write_inputs(
+        store,
+        new_job_id(),
+        program_id,
+        workflow,
+        bound,
+        backend=backend,
+        credentials_elsewhere=credentials_elsewhere,
+    )
 
 
 def write_inputs(
@@ -82,6 +95,7 @@ def write_inputs(
     *,
     backend: str | None = None,
     extra: Mapping[str, Any] | None = None,
+    credentials_elsewhere: bool = False,
 ) -> PreparedJob:
     """Bind the arguments, check the backend, and write ``input.json`` and the first input.
 
@@ -96,7 +110,7 @@ def write_inputs(
 
     bound = workflow.bind_arguments(dict(arguments))
     chosen = backend or workflow.backend
-    resolve(chosen)
+    resolve(chosen, credentials_elsewhere=credentials_elsewhere)
     stage = workflow.first_stage
     first = Decision(
         "next",

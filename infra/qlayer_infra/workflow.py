@@ -288,6 +288,8 @@ class JobWorkflow(Construct):
                     "request_key": sfn.JsonPath.string_at("$.decision.request_key"),
                     "backend": sfn.JsonPath.string_at("$.decision.backend"),
                     "execution": sfn.JsonPath.string_at("$$.Execution.Id"),
+                    # how often the poller must keep the token alive (it paces itself)
+                    "heartbeat_s": int(qpu_heartbeat.to_seconds()),
                 }
             ),
             heartbeat_timeout=sfn.Timeout.duration(qpu_heartbeat),

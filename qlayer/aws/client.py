@@ -51,7 +51,13 @@ def prepare_job(
     from qlayer.planner import check_stages
     from qlayer.submit import prepare_job as prepare
 
-    job = prepare(svc.store, program, arguments, backend=backend)
+    job = prepare(
+        svc.store,
+        program,
+        arguments,
+        backend=backend,
+        credentials_elsewhere=svc.config.providers_secret_arn is not None,
+    )
     check_stages(job.workflow, svc.config.resources())
     svc.jobs.create(
         NewJob(

@@ -100,7 +100,13 @@ def dispatch_message(message: DispatchMessage, svc: Services) -> str | None:
         if existing is not None:
             ledger.finish(key, "CANCELLED", message="the job had ended")
         return None
-    entry = ledger.hold(key, message.backend, message.request_key, token=message.task_token)
+    entry = ledger.hold(
+        key,
+        message.backend,
+        message.request_key,
+        token=message.task_token,
+        heartbeat_s=message.heartbeat_s,
+    )
     if entry.outcome is not None and message.task_token:
         # Ended before (a redelivery, or the state was re-entered): answer again.
         svc.send_token(

@@ -165,6 +165,7 @@ class DispatchMessage(_Model):
     request_key: str | None = None
     backend: str | None = None
     execution: str | None = None
+    heartbeat_s: int | None = Field(default=None, gt=0)
 
     def check(self) -> DispatchMessage:
         if self.action == "execute":

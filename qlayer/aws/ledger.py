@@ -9,6 +9,7 @@ One item per execute request sent to the dispatcher (pk ``idempotency_key`` =
                     oldest first (sort key ``submitted_at``, the creation time, ISO-8601)
     provider_job_id, message, owner, lease_until, claims
     task_token      the "Wait for QPU" state's token (the newest one)
+    heartbeat_s, heartbeat_at   the token's heartbeat timeout; when it last got one
     decision        the outcome delivered to the state machine (JSON text)
     slot_backend    present while the entry holds one of its backend's in-flight slots
     created_at, updated_at (epoch seconds); expires_at (TTL, 30 days)
@@ -70,6 +71,8 @@ class DynamoLedger(Table, Ledger):
             lease_until=float(data.get("lease_until") or 0.0),
             claims=int(data.get("claims") or 0),
             token=data.get("task_token"),
+            heartbeat_s=data.get("heartbeat_s"),
+            heartbeat_at=float(data.get("heartbeat_at") or 0.0),
             outcome=json.loads(outcome) if outcome else None,
             slot=bool(data.get("slot_backend")),
             created_at=float(data.get("created_at") or 0.0),
@@ -144,17 +147,35 @@ class DynamoLedger(Table, Ledger):
 
     # -- the port -----------------------------------------------------------------------
     def hold(
-        self, key: str, backend: str, request_key: str, *, token: str | None = None
+        self,
+        key: str,
+        backend: str,
+        request_key: str,
+        *,
+        token: str | None = None,
+        heartbeat_s: float | None = None,
     ) -> LedgerEntry:
-        item = self._new_item(key, backend, request_key, "WAITING", task_token=token)
+        item = self._new_item(
+            key, backend, request_key, "WAITING", task_token=token, heartbeat_s=heartbeat_s
+        )
         if not self._put_new(item) and token is not None:
-            self._conditional(
-                key,
-                "SET task_token = :t, updated_at = :now",
-                "attribute_exists(idempotency_key)",
-                **{":t": token, ":now": self.clock()},
-            )
+            expression = "SET task_token = :t, updated_at = :now"
+            values: dict[str, Any] = {":t": token, ":now": self.clock()}
+            if heartbeat_s is not None:
+                expression += ", heartbeat_s = :h"
+                values[":h"] = heartbeat_s
+            else:
+                expression += " REMOVE heartbeat_s"
+            self._conditional(key, expression, "attribute_exists(idempotency_key)", **values)
         return self._require(key)
+
+    def record_heartbeat(self, key: str) -> None:
+        self._conditional(
+            key,
+            "SET heartbeat_at = :now",
+            "attribute_exists(idempotency_key)",
+            **{":now": self.clock()},
+        )
 
     def claim(
         self,

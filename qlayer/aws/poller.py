@@ -3,9 +3,10 @@
 For each open entry of the tasks table: an outcome recorded by a poller that died before
 delivering it is delivered now; a submitted job is polled (``follow``) and, once ended,
 delivered exactly once (``end``); a request still waiting for its turn, or being
-submitted, has its task token kept alive (SendTaskHeartbeat), so "Wait for QPU" never
-times out on a long queue. Then every backend with waiting requests is drained: what the
-limits now allow goes to the provider (:mod:`qlayer.aws.qpu`).
+submitted, has its task token kept alive (SendTaskHeartbeat, every third of the state's
+heartbeat timeout), so "Wait for QPU" never times out on a long queue. Then every backend
+with waiting requests is drained: what the limits now allow goes to the provider
+(:mod:`qlayer.aws.qpu`).
 
 Harmless to repeat and to race: an outcome is delivered once (a conditional write, first
 poller wins), a result already stored is not fetched again, and states after the first
@@ -41,12 +42,15 @@ def poller(event: Mapping[str, Any], svc: Services) -> dict[str, Any]:
     counts = {"done": 0, "failed": 0, "waiting": 0, "submitted": 0, "errors": 0, "left": 0}
     backends: set[str] = set()
     started = time.monotonic()
-    for entry in ledger.entries_in(OPEN_STATES):
+    entries = ledger.entries_in(OPEN_STATES)
+    ids = sorted({entry.job_id for entry in entries})
+    jobs = dict(zip(ids, svc.jobs.get_many(ids), strict=True))  # batched reads
+    for entry in entries:
         if time.monotonic() - started > POLL_BUDGET_S:
             counts["left"] += 1
             continue
         try:
-            job = svc.jobs.find(entry.job_id)
+            job = jobs[entry.job_id]
             if job is None or job.status.is_final:
                 cancel_task(svc, entry.job_id, entry.seq)
                 continue
@@ -58,7 +62,7 @@ def poller(event: Mapping[str, Any], svc: Services) -> dict[str, Any]:
                     continue  # run by a dispatcher right now
                 backends.add(entry.backend)
                 if entry.provider_job_id is None:  # its turn has not come, or it is going now
-                    _heartbeat(svc, entry.token)
+                    _heartbeat(svc, ledger, entry)
                     counts["waiting"] += 1
                     continue
                 try:
@@ -68,7 +72,7 @@ def poller(event: Mapping[str, Any], svc: Services) -> dict[str, Any]:
                         raise
                     got = _cannot_follow(svc, entry, exc)
                 if got is None:
-                    _heartbeat(svc, entry.token)
+                    _heartbeat(svc, ledger, entry)
                     counts["waiting"] += 1
                     continue
                 decision = got
@@ -86,9 +90,12 @@ def poller(event: Mapping[str, Any], svc: Services) -> dict[str, Any]:
     return counts
 
 
-def _heartbeat(svc: Services, token: str | None) -> None:
-    if token:
-        svc.send_token("send_task_heartbeat", taskToken=token)
+def _heartbeat(svc: Services, ledger: Any, entry: Any) -> None:
+    """Keep the waiting state's token alive, a third of its heartbeat timeout at a time (a
+    long queue of waiting requests costs one SendTaskHeartbeat each per third, not per poll)."""
+    if entry.token and entry.heartbeat_due(ledger.clock()):
+        svc.send_token("send_task_heartbeat", taskToken=entry.token)
+        ledger.record_heartbeat(entry.key)
 
 
 def _cannot_follow(svc: Services, entry: Any, exc: Exception) -> Decision:

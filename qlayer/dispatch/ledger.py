@@ -65,6 +65,9 @@ class LedgerEntry:
         claims: How many times the entry was claimed (more than 1: a takeover, so the
             provider may have accepted an earlier attempt: ask ``find_job`` first).
         token: Who waits for the outcome (a Step Functions task token on AWS), or None.
+        heartbeat_s: How long the waiter goes without news before it gives up (the token's
+            heartbeat timeout), or None.
+        heartbeat_at: Epoch seconds of the last news sent to the waiter (0: none yet).
         outcome: The decision recorded once the request ended (JSON), or None.
         slot: The entry holds one of its backend's in-flight slots.
         created_at: Epoch seconds (the order entries wait in).
@@ -81,6 +84,8 @@ class LedgerEntry:
     lease_until: float = 0.0
     claims: int = 1
     token: str | None = None
+    heartbeat_s: float | None = None
+    heartbeat_at: float = 0.0
     outcome: dict[str, Any] | None = None
     slot: bool = False
     created_at: float = 0.0
@@ -95,6 +100,15 @@ class LedgerEntry:
         tail = self.key.rpartition("/")[2]
         return int(tail) if tail.isdigit() else None
 
+    def heartbeat_due(self, now: float) -> bool:
+        """Whether the waiter should hear that the request is alive: a third of its
+        heartbeat timeout has passed since the last news (always, if it has no timeout)."""
+        if self.token is None:
+            return False
+        if not self.heartbeat_s:
+            return True
+        return now - max(self.heartbeat_at, self.created_at) >= self.heartbeat_s / 3
+
 
 class Ledger(ABC):
     """Durable record of submissions. Each method is atomic (a conditional write in
@@ -102,13 +116,24 @@ class Ledger(ABC):
 
     @abstractmethod
     def hold(
-        self, key: str, backend: str, request_key: str, *, token: str | None = None
+        self,
+        key: str,
+        backend: str,
+        request_key: str,
+        *,
+        token: str | None = None,
+        heartbeat_s: float | None = None,
     ) -> LedgerEntry:
         """Record a request that waits for its backend (WAITING), if there is no entry.
 
-        An existing entry, in any state, is returned unchanged except for ``token``: a
-        newer token (a state re-entered by a retry brings one) replaces the old one.
+        An existing entry, in any state, is returned unchanged except for ``token`` (and
+        its ``heartbeat_s``): a newer token (a state re-entered by a retry brings one)
+        replaces the old one.
         """
+
+    @abstractmethod
+    def record_heartbeat(self, key: str) -> None:
+        """Record that the waiter was just told the request is alive (``heartbeat_at``)."""
 
     @abstractmethod
     def claim(
@@ -208,7 +233,13 @@ class MemoryLedger(Ledger):
         self._clock = clock
 
     def hold(
-        self, key: str, backend: str, request_key: str, *, token: str | None = None
+        self,
+        key: str,
+        backend: str,
+        request_key: str,
+        *,
+        token: str | None = None,
+        heartbeat_s: float | None = None,
     ) -> LedgerEntry:
         with self._lock:
             now = self._clock()
@@ -221,13 +252,20 @@ class MemoryLedger(Ledger):
                     state="WAITING",
                     claims=0,
                     token=token,
+                    heartbeat_s=heartbeat_s,
                     created_at=now,
                     updated_at=now,
                 )
             elif token is not None and token != entry.token:
-                entry = replace(entry, token=token, updated_at=now)
+                entry = replace(entry, token=token, heartbeat_s=heartbeat_s, updated_at=now)
             self._entries[key] = entry
             return entry
+
+    def record_heartbeat(self, key: str) -> None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries[key] = replace(entry, heartbeat_at=self._clock())
 
     def claim(
         self,

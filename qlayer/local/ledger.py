@@ -38,7 +38,7 @@ from qlayer.local import state
 
 _COLUMNS = (
     "key, backend, request_key, state, provider_job_id, message, owner, lease_until, claims,"
-    " token, outcome, slot, created_at, updated_at"
+    " token, outcome, slot, created_at, updated_at, heartbeat_s, heartbeat_at"
 )
 _FINAL_SQL = "('DONE','ERROR','CANCELLED')"
 
@@ -69,18 +69,29 @@ class SqliteLedger(Ledger):
 
     # -- the port -----------------------------------------------------------------------
     def hold(
-        self, key: str, backend: str, request_key: str, *, token: str | None = None
+        self,
+        key: str,
+        backend: str,
+        request_key: str,
+        *,
+        token: str | None = None,
+        heartbeat_s: float | None = None,
     ) -> LedgerEntry:
         with self._tx() as now:
-            inserted = self._insert(
-                key, backend, request_key, "WAITING", now, claims=0, token=token
-            )
-            if not inserted and token is not None:
+            new = self._insert(key, backend, request_key, "WAITING", now, claims=0, token=token)
+            if new or token is not None:
                 self.conn.execute(
-                    "UPDATE provider_ledger SET token = ?, updated_at = ? WHERE key = ?",
-                    (token, now, key),
+                    "UPDATE provider_ledger SET token = COALESCE(?, token), heartbeat_s = ?,"
+                    " updated_at = ? WHERE key = ?",
+                    (token, heartbeat_s, now, key),
                 )
             return self._require(key)
+
+    def record_heartbeat(self, key: str) -> None:
+        with self._tx() as now:
+            self.conn.execute(
+                "UPDATE provider_ledger SET heartbeat_at = ? WHERE key = ?", (now, key)
+            )
 
     def claim(
         self,
@@ -332,4 +343,6 @@ def _entry(row: sqlite3.Row) -> LedgerEntry:
         slot=bool(row[11]),
         created_at=row[12],
         updated_at=row[13],
+        heartbeat_s=row[14],
+        heartbeat_at=row[15] or 0.0,
     )

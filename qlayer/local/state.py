@@ -120,6 +120,8 @@ CREATE TABLE IF NOT EXISTS provider_ledger (
     token TEXT,
     outcome TEXT,                -- JSON: the decision recorded when it ended
     slot INTEGER NOT NULL DEFAULT 0,  -- holds one of its backend's in-flight slots
+    heartbeat_s REAL,            -- how long its waiter goes without news, if it has one
+    heartbeat_at REAL NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
@@ -165,6 +167,8 @@ _ADDED_COLUMNS = (
     ("provider_ledger", "token", "TEXT"),
     ("provider_ledger", "outcome", "TEXT"),
     ("provider_ledger", "slot", "INTEGER NOT NULL DEFAULT 0"),
+    ("provider_ledger", "heartbeat_s", "REAL"),
+    ("provider_ledger", "heartbeat_at", "REAL NOT NULL DEFAULT 0"),
 )
 
 

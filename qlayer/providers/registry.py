@@ -320,8 +320,13 @@ def async_provider(backend: str) -> AsyncProvider:
     return found
 
 
-def resolve(backend: str) -> BackendInfo:
+def resolve(backend: str, *, credentials_elsewhere: bool = False) -> BackendInfo:
     """What qlayer knows of ``backend`` (no network call).
+
+    Args:
+        credentials_elsewhere: The caller submits to a substrate that holds the providers'
+            credentials itself (an AWS stack's secret): an IBM device resolves without an
+            account on this machine.
 
     Raises:
         BackendError: The name is unknown, or its provider is not configured here; the
@@ -344,7 +349,8 @@ def resolve(backend: str) -> BackendInfo:
     if kind == "ibm" and len(backend) > 4:
         from qlayer.providers.ibm import ibm_configured
 
-        if not ibm_configured(injected=_SETTINGS.ibm_credentials is not None):
+        injected = credentials_elsewhere or _SETTINGS.ibm_credentials is not None
+        if not ibm_configured(injected=injected):
             raise BackendError(
                 f"{backend} is an IBM Quantum device, but no IBM Quantum account is configured "
                 "here. Save one with QiskitRuntimeService.save_account(token=..., "

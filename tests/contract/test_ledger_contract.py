@@ -90,6 +90,23 @@ def test_hold_records_a_waiting_request_once_with_the_newest_token(ledger):
     assert ledger.hold("j/1", "q", "req/1", token="t3").state == "CLAIMED"
 
 
+def test_heartbeats_are_paced_by_the_waiters_timeout(ledger, clock):
+    ledger.hold("j/1", "q", "req", token="t", heartbeat_s=300)
+    ledger.hold("j/2", "q", "req", token="u")  # no timeout known: news every time
+    ledger.hold("j/3", "q", "req")  # nobody waits
+    entry = ledger.get("j/1")
+    assert entry.heartbeat_s == 300 and not entry.heartbeat_due(clock.now)
+    clock.now += 100
+    assert ledger.get("j/1").heartbeat_due(clock.now)
+    ledger.record_heartbeat("j/1")
+    assert ledger.get("j/1").heartbeat_at == clock.now
+    assert not ledger.get("j/1").heartbeat_due(clock.now + 99)
+    assert ledger.get("j/1").heartbeat_due(clock.now + 100)
+    assert ledger.get("j/2").heartbeat_due(clock.now)
+    assert not ledger.get("j/3").heartbeat_due(clock.now + 10**6)
+    ledger.record_heartbeat("missing/1")  # nothing to record: no error
+
+
 def test_claim_creates_claims_waiting_and_refuses_a_live_claim(ledger, clock):
     first = ledger.claim("j/1", "q", "req", owner="a", lease_s=60)
     assert (first.state, first.owner, first.claims) == ("CLAIMED", "a", 1)

@@ -164,6 +164,7 @@ def test_wait_for_qpu(definition: dict[str, Any]) -> None:
         "request_key.$": "$.decision.request_key",
         "backend.$": "$.decision.backend",
         "execution.$": "$$.Execution.Id",
+        "heartbeat_s": 3600,  # the poller keeps the token alive at a third of it
     }
     assert wait["ResultPath"] == "$.decision"
     assert wait["Next"] == "Route"

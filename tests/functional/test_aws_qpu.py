@@ -1,0 +1,318 @@
+"""QPU work on the AWS path, in the cloud in a box: real providers' clients, nothing injected.
+
+The stack is synthesized with ``provider_plugins="fakeqpu=fake_qpu:FakeQpu"`` and
+``rate_limits={"fakeqpu": {"max_in_flight": 8, ...}}``; the fake QPU service
+(tests/e2e/programs/fake_qpu.py: a FAKE service with its own SQLite queue and a durable
+call log) refuses a 9th pending job, as IBM's Open Plan does a 4th. IBM devices go to a
+fake IBM Quantum Platform service on 127.0.0.1 (tests/fakes/ibm_runtime) that the real
+qiskit-ibm-runtime client talks to; the provider secret holds its account, put there as a
+user would after a deploy. The dispatch queue, its redrive policy (maxReceiveCount 5),
+the event source mapping (batch size 5) and the poller's schedule are the stack's.
+
+Where the providers' services are (their state folders, the fake IBM service's address)
+is baked into the runner image by the box's options: it is not stack configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from cloud_box import FAKE_QPU_CODE, PROGRAMS, PROVIDER_PLUGINS, finish, until, wait_queue_empty
+
+from qlayer import keys
+from qlayer.cloudbox import BoxOptions, CloudBox, synthesize
+from qlayer.cloudbox.server import REGION
+
+STACK = "Qlayer"
+TINY = PROGRAMS / "aws_tiny.py"
+ISA = PROGRAMS / "aws_isa.py"
+LIMIT = 8
+RATE_LIMITS = {"fakeqpu": {"max_in_flight": LIMIT, "submits_per_s": 1000, "burst": 1000}}
+#: The poller's rate(1 minute) fires every second here (the box's only time compression).
+SPEEDUP = 60.0
+
+pytestmark = [pytest.mark.moto, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def ibm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from tests.fakes.ibm_runtime import serve_in_thread
+
+    with serve_in_thread(tmp_path_factory.mktemp("fake-ibm")) as fake:
+        fake.ideal()  # counts without the device's noise: easy to check
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory: pytest.TempPathFactory, ibm: Any) -> Iterator[CloudBox]:
+    root = tmp_path_factory.mktemp("qpu-box")
+    synthesis = synthesize(
+        root / "cdk.out", provider_plugins=PROVIDER_PLUGINS, rate_limits=RATE_LIMITS
+    )
+    options = BoxOptions(
+        plugins=[FAKE_QPU_CODE],
+        image_env={
+            "QLAYER_FAKE_QPU_DIR": str(root / "fake-qpu"),
+            "QLAYER_FAKE_QPU_MAX_IN_FLIGHT": str(LIMIT),
+            **ibm.client_env(),
+        },
+        max_processes=3,
+        schedule_speedup=SPEEDUP,
+    )
+    with CloudBox(synthesis, root / "box", options) as running:
+        running.fake_qpu_dir = root / "fake-qpu"  # type: ignore[attr-defined]
+        secret = running.outputs["ProvidersSecretArn"]
+        settings = {f"ibm_{k}": v for k, v in ibm.credentials().items()}
+        running.client("secretsmanager").put_secret_value(
+            SecretId=secret, SecretString=json.dumps(settings)
+        )
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def _healthy_box(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if "box" in request.fixturenames:
+        problems = request.getfixturevalue("box").problems()
+        assert not problems, f"the box itself failed: {problems}"
+
+
+@pytest.fixture
+def cloud(box: CloudBox, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``Client.aws`` as a user makes it. The client checks backend names with its own
+    registry, so the user's machine has the plugin too (its code and QLAYER_PROVIDERS)."""
+    from qlayer import Client
+
+    monkeypatch.setenv("QLAYER_PROVIDERS", PROVIDER_PLUGINS)
+    monkeypatch.setenv("QLAYER_FAKE_QPU_DIR", str(box.fake_qpu_dir))  # type: ignore[attr-defined]
+    monkeypatch.syspath_prepend(str(FAKE_QPU_CODE))
+    return Client.aws(stack=STACK, region=REGION)
+
+
+def fake_qpu(box: CloudBox) -> Any:
+    import sys
+
+    if str(FAKE_QPU_CODE) not in sys.path:
+        sys.path.insert(0, str(FAKE_QPU_CODE))
+    from fake_qpu import FakeQpu
+
+    return FakeQpu(box.fake_qpu_dir)  # type: ignore[attr-defined]
+
+
+def dead_letters(box: CloudBox) -> int:
+    sqs = box.client("sqs")
+    url = box.outputs["DispatchQueueUrl"]
+    policy = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"])
+    target = json.loads(policy["Attributes"]["RedrivePolicy"])["deadLetterTargetArn"]
+    dlq = sqs.get_queue_url(QueueName=target.rsplit(":", 1)[-1])["QueueUrl"]
+    attrs = sqs.get_queue_attributes(
+        QueueUrl=dlq,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return sum(int(v) for v in attrs.values())
+
+
+def per_key(service: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for job in service.jobs():
+        counts[job["key"]] = counts.get(job["key"], 0) + 1
+    return counts
+
+
+# -- backpressure ---------------------------------------------------------------------------
+def test_burst_of_60_jobs_with_a_limit_of_8_all_answered(box: CloudBox, cloud: Any) -> None:
+    """60 jobs at once, each one execute on the fake QPU: every one DONE, never more than 8
+    provider jobs pending, nothing dead-lettered (held requests wait in the tasks table,
+    not in the queue), exactly one provider job per request."""
+    service = fake_qpu(box)
+    before = len(service.jobs())
+    started = time.monotonic()
+    jobs = [cloud.run(TINY, {"shots": 8}, backend="fakeqpu_ok") for _ in range(60)]
+    for job in jobs:
+        row = finish(box, job, timeout=600)
+        assert row["status"] == "DONE", row["message"]
+        assert job.result(wait=False)["shots"] == 8
+    elapsed = time.monotonic() - started
+    assert len(service.jobs()) - before == 60
+    mine = {f"{job.job_id}/1" for job in jobs}
+    assert {k: n for k, n in per_key(service).items() if k in mine} == dict.fromkeys(mine, 1)
+    assert not [c for c in service.calls("submit") if c["outcome"] == "rejected"]
+    assert service.peak_in_flight() <= LIMIT
+    assert dead_letters(box) == 0
+    wait_queue_empty(box)
+    # each request carried the state's heartbeat timeout: the poller paces its heartbeats
+    assert {cloud.services.ledger.get(k).heartbeat_s for k in mine} == {3600}
+    print(f"\n60 jobs through a limit of {LIMIT}: {elapsed:.1f} s")
+
+
+def test_burst_of_500_requests_on_the_stacks_queue(box: CloudBox, cloud: Any) -> None:
+    """500 "Wait for QPU" messages straight onto the dispatch queue (as 500 executions
+    would send them): every request answered once, within the limit, none dead-lettered."""
+    from qiskit import QuantumCircuit
+
+    from qlayer.aws.client import prepare_job
+    from qlayer.dispatch import FINAL_STATES
+    from qlayer.request import ExecuteRequest, encode_request
+
+    svc = cloud.services
+    service = fake_qpu(box)
+    before = len(service.jobs())
+    bell = QuantumCircuit(2)
+    bell.h(0)
+    bell.cx(0, 1)
+    bell.measure_all()
+    request = ExecuteRequest("sampler", [bell], "fakeqpu_ok", "tally", shots=8)
+    messages = []
+    for _ in range(50):
+        job_id = prepare_job(svc, TINY, {"shots": 8})
+        for seq in range(1, 11):
+            key = keys.execute_request(job_id, seq)
+            svc.store.put_json(key, encode_request(request, {"shots": 8}, where="a test"))
+            messages.append(
+                {
+                    "task_token": f"burst-{job_id}-{seq}",
+                    "job_id": job_id,
+                    "seq": seq,
+                    "request_key": key,
+                    "backend": "fakeqpu_ok",
+                    "execution": "none",
+                    "heartbeat_s": 3600,
+                }
+            )
+    sqs = box.client("sqs")
+    url = box.outputs["DispatchQueueUrl"]
+    started = time.monotonic()
+    for start in range(0, len(messages), 10):
+        entries = [
+            {"Id": str(i), "MessageBody": json.dumps(m)}
+            for i, m in enumerate(messages[start : start + 10])
+        ]
+        assert not sqs.send_message_batch(QueueUrl=url, Entries=entries).get("Failed")
+    ledger = svc.ledger
+    keys_ = [f"{m['job_id']}/{m['seq']}" for m in messages]
+
+    def all_ended() -> bool:
+        entries = [ledger.get(k) for k in keys_]
+        return all(e is not None and e.state in FINAL_STATES for e in entries)
+
+    until("every request to end", all_ended, timeout=900, every=1.0)
+    elapsed = time.monotonic() - started
+    entries = [ledger.get(k) for k in keys_]
+    assert {e.state for e in entries} == {"DONE"}
+    assert all(e.outcome and e.outcome["kind"] == "next" for e in entries)
+    mine = set(keys_)
+    assert {k: n for k, n in per_key(service).items() if k in mine} == dict.fromkeys(mine, 1)
+    assert len(service.jobs()) - before == 500
+    assert not [c for c in service.calls("submit") if c["outcome"] == "rejected"]
+    assert service.peak_in_flight() <= LIMIT
+    assert ledger.in_flight("fakeqpu_ok") == 0
+    assert dead_letters(box) == 0
+    wait_queue_empty(box)
+    print(f"\n500 requests through a limit of {LIMIT}: {elapsed:.1f} s")
+
+
+# -- exactly once, cancel, the provider's own words -------------------------------------------
+def test_a_duplicate_delivery_submits_nothing_more(box: CloudBox, cloud: Any) -> None:
+    """SQS delivers at least once: the same message again, while the request is submitted
+    and running, finds its entry and submits nothing."""
+    service = fake_qpu(box)
+    hold = box.fake_qpu_dir / "hold"  # type: ignore[attr-defined]
+    hold.touch()  # no provider job goes past RUNNING meanwhile
+    try:
+        job = cloud.run(TINY, {"shots": 8}, backend="fakeqpu_ok")
+        key = f"{job.job_id}/1"
+        until("the submission", lambda: per_key(service).get(key), timeout=120)
+        entry = cloud.services.ledger.get(key)
+        duplicate = {
+            "task_token": entry.token,
+            "job_id": job.job_id,
+            "seq": 1,
+            "request_key": entry.request_key,
+            "backend": "fakeqpu_ok",
+            "execution": "the same",
+            "heartbeat_s": 3600,
+        }
+        sqs = box.client("sqs")
+        body = json.dumps(duplicate)
+        sqs.send_message(QueueUrl=box.outputs["DispatchQueueUrl"], MessageBody=body)
+        wait_queue_empty(box)
+    finally:
+        hold.unlink()
+    row = finish(box, job, timeout=300)
+    assert row["status"] == "DONE", row["message"]
+    assert per_key(service)[key] == 1
+
+
+def test_cancel_reaches_the_provider(box: CloudBox, cloud: Any) -> None:
+    service = fake_qpu(box)
+    job = cloud.run(TINY, {"shots": 8}, backend="fakeqpu_never")
+    key = f"{job.job_id}/1"
+    until("the submission", lambda: per_key(service).get(key), timeout=120)
+    assert job.cancel() is True
+    provider_job = next(j["job_id"] for j in service.jobs() if j["key"] == key)
+    until(
+        "the provider's cancel",
+        lambda: [c for c in service.calls("cancel") if c["job_id"] == provider_job],
+        timeout=120,
+    )
+    assert job.status().value == "CANCELLED"
+    until("the ledger entry to end", lambda: cloud.services.ledger.get(key).state == "CANCELLED")
+
+
+def test_a_throttled_submit_is_retried_into_one_job(box: CloudBox, cloud: Any) -> None:
+    service = fake_qpu(box)
+    job = cloud.run(TINY, {"shots": 8}, backend="fakeqpu_throttle")
+    row = finish(box, job, timeout=300)
+    assert row["status"] == "DONE", row["message"]
+    key = f"{job.job_id}/1"
+    outcomes = [c["outcome"] for c in service.calls("submit") if c["key"] == key]
+    assert outcomes == ["429", "429", "ok"]
+    assert per_key(service)[key] == 1
+
+
+def test_provider_errors_end_the_job_with_the_providers_words(box: CloudBox, cloud: Any) -> None:
+    from fake_qpu import FAIL_MESSAGE, FATAL_MESSAGE
+
+    fatal = cloud.run(TINY, {"shots": 8}, backend="fakeqpu_fatal")
+    failed = cloud.run(TINY, {"shots": 8}, backend="fakeqpu_fail")
+    row = finish(box, fatal, timeout=300)
+    assert row["status"] == "ERROR" and FATAL_MESSAGE in row["message"], row
+    assert "submit to fakeqpu_fatal failed" in row["message"]
+    row = finish(box, failed, timeout=300)
+    assert row["status"] == "ERROR" and FAIL_MESSAGE in row["message"], row
+    assert row["error_type"] == "ProviderError"
+    for job in (fatal, failed):
+        assert "Fail job" in box.entered_states(job.job_id)
+
+
+# -- real providers' clients --------------------------------------------------------------------
+def test_an_ibm_device_from_a_batch_stage(box: CloudBox, cloud: Any, ibm: Any) -> None:
+    """A Batch stage transpiles for ``ibm_brisbane`` (its Target comes from the IBM service,
+    with the stack's secret) and returns Execute to it; the dispatcher submits through the
+    real qiskit-ibm-runtime client, the poller follows it, the next stage counts."""
+    creations = len(ibm.store.job_creations())
+    job = cloud.run(ISA, {"shots": 200})
+    row = finish(box, job, timeout=600)
+    assert row["status"] == "DONE", (row["message"], box.function_log("dispatcher")[-2000:])
+    counts = job.result(wait=False)["counts"]
+    assert sum(counts.values()) == 200 and set(counts) <= {"00", "11"}
+    assert len(ibm.store.job_creations()) == creations + 1
+    states = box.entered_states(job.job_id)
+    assert "Run stage on Batch" in states and "Wait for QPU" in states
+    assert box.batch is not None
+    [run] = [r for r in box.batch.runs if r.name.startswith(job.job_id)]
+    assert run.environment["QLAYER_PROVIDERS_SECRET_ARN"] == box.outputs["ProvidersSecretArn"]
+
+
+def test_braket_local_runs_as_a_simulator(box: CloudBox, cloud: Any) -> None:
+    """``braket_local`` is Braket's simulator on our own compute: simulated on Lambda."""
+    job = cloud.run(TINY, {"shots": 40}, backend="braket_local")
+    row = finish(box, job, timeout=300)
+    assert row["status"] == "DONE", row["message"]
+    counts = job.result(wait=False)["counts"]
+    assert sum(counts.values()) == 40 and set(counts) <= {"00", "11"}
+    assert "Simulate on Lambda" in box.entered_states(job.job_id)
