@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qlayer.cloudbox.images import Image, image_digest, map_tmp
+from qlayer.cloudbox.images import Image, image_digest
 from qlayer.cloudbox.patches import MotoBatchJob
 
 log = logging.getLogger("qlayer.cloudbox")
@@ -124,7 +124,7 @@ class BatchRunner:
         """The container's environment (see the module docstring)."""
         code = image.python_path() if image else ()
         return {
-            **(map_tmp(image.environment(), tmp) if image else {}),
+            **(image.environment(tmp) if image else {}),
             "PATH": os.pathsep.join(
                 [str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]
             ),

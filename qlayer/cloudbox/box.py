@@ -59,7 +59,8 @@ class BoxOptions:
             job has them on ``PYTHONPATH``), e.g. a provider plugin named by the stack's
             ``provider_plugins``.
         image_env: Variables baked into the runner image (under each function's own),
-            e.g. where a provider's fake service keeps its state.
+            e.g. where a provider's fake service keeps its state; passed as given (only
+            the Dockerfile's own ``/tmp`` values become each environment's /tmp).
         max_processes: Runtimes per function at most (more invocations wait their turn).
         batch_slots: Batch jobs running at once (the others stay RUNNABLE).
         sqs_pollers: Concurrent batches per SQS event source mapping.
@@ -273,7 +274,7 @@ class CloudBox:
             timeout_s=float(props.get("Timeout", 3)),
             memory_mb=int(props.get("MemorySize", 128)),
             workdir=self.workdir / "lambda" / record.handler_name,
-            image_env=image.environment() if image else {},
+            image=image,
         )
 
     # -- clients and resources -------------------------------------------------------

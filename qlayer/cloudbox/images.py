@@ -40,9 +40,10 @@ class Image:
     def python_path(self) -> tuple[str, ...]:
         return (str(self.code), *self.plugins)
 
-    def environment(self) -> dict[str, str]:
-        """The image's ENV and the box's baked-in extras (``/tmp`` not yet mapped)."""
-        return {**self.env, **self.extra_env}
+    def environment(self, tmp: Path) -> dict[str, str]:
+        """The image's ENV, its ``/tmp`` being ``tmp`` (an environment's own), then the
+        box's baked-in extras as given (a host path stays what it is, even under /tmp)."""
+        return {**map_tmp(self.env, tmp), **self.extra_env}
 
 
 def map_tmp(env: Mapping[str, str], tmp: Path) -> dict[str, str]:

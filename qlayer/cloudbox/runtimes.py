@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from qlayer.cloudbox.bootstrap import HEADER
-from qlayer.cloudbox.images import map_tmp
+from qlayer.cloudbox.images import Image
 
 log = logging.getLogger("qlayer.cloudbox")
 
@@ -94,8 +94,8 @@ class FunctionSpec:
         timeout_s: The function's Timeout.
         memory_mb: The function's MemorySize (reported, not enforced).
         workdir: Where its runtimes keep their /tmp and logs.
-        image_env: An image function's image ENV (under the function's own variables;
-            values under ``/tmp`` move to each environment's own /tmp).
+        image: An image function's image: its ENV goes under the function's own
+            variables (see :meth:`~qlayer.cloudbox.images.Image.environment`).
     """
 
     name: str
@@ -107,7 +107,7 @@ class FunctionSpec:
     timeout_s: float
     memory_mb: int
     workdir: Path
-    image_env: Mapping[str, str] = field(default_factory=dict)
+    image: Image | None = None
 
 
 @dataclass
@@ -189,7 +189,8 @@ class Runtime:
         self.tmp = spec.workdir / f"env-{index}" / "tmp"
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.log_path = spec.workdir / f"env-{index}.log"
-        env = {**map_tmp(spec.image_env, self.tmp), **spec.environment, "TMPDIR": str(self.tmp)}
+        image_env = spec.image.environment(self.tmp) if spec.image else {}
+        env = {**image_env, **spec.environment, "TMPDIR": str(self.tmp)}
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         argv = [sys.executable, *(["-S"] if spec.isolated else []), str(BOOTSTRAP)]

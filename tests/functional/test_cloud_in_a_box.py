@@ -119,7 +119,8 @@ def test_each_runtime_has_its_functions_template_environment_and_nothing_else(
             ).items()
         }
         pool = box.pool(name)
-        image_keys = set(pool.spec.image_env)
+        image = pool.spec.image
+        image_keys = set(image.environment(box.workdir)) if image else set()
         runtimes = pool.runtimes()
         assert runtimes, f"{name} has no runtime"
         for runtime in runtimes:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from qlayer.cloudbox.batch import EXITED, TIMED_OUT, BatchRunner
-from qlayer.cloudbox.images import dockerfile_env, map_tmp
+from qlayer.cloudbox.images import Image, dockerfile_env, map_tmp
 from qlayer.cloudbox.pumps import EventBridge, SqsPoller, matches
 from qlayer.cloudbox.runtimes import FunctionPool, FunctionSpec, LambdaService
 
@@ -52,7 +52,12 @@ def spec(tmp_path: Path, handler: str, timeout: float = 10) -> FunctionSpec:
         timeout_s=timeout,
         memory_mb=128,
         workdir=tmp_path / "work",
-        image_env={"HOME": "/tmp", "MPLCONFIGDIR": "/tmp/matplotlib", "KEEP": "/var"},
+        image=Image(
+            uri="repo:digest",
+            code=code,
+            env={"HOME": "/tmp", "MPLCONFIGDIR": "/tmp/matplotlib", "KEEP": "/var"},
+            extra_env={"SERVICE_DIR": "/tmp/somewhere/shared"},
+        ),
     )
 
 
@@ -87,6 +92,7 @@ def test_a_runtime_has_exactly_its_environment(tmp_path: Path) -> None:
         "HOME": tmp,
         "MPLCONFIGDIR": tmp + "/matplotlib",
         "KEEP": "/var",
+        "SERVICE_DIR": "/tmp/somewhere/shared",  # the box's option: shared by every process
     }
 
 
