@@ -51,8 +51,9 @@ def fail_job(event: Mapping[str, Any], svc: Services) -> dict[str, Any]:
                 status, status
             )
             text = f"the job's execution {words}"
-            if change.detail.error or change.detail.cause:
-                text += f": {change.detail.error or ''} {change.detail.cause or ''}".rstrip()
+            why = " ".join(part for part in (change.detail.error, change.detail.cause) if part)
+            if why:
+                text += f": {why}"
             changed = transitions.fail(
                 ports, job_id, f"Execution{status.title().replace('_', '')}", text
             )

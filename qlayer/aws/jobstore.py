@@ -32,6 +32,35 @@ from qlayer.status import FINAL_STATUSES, JobStatus
 
 BY_CREATED = "by_created"
 _FINAL = sorted(status.value for status in FINAL_STATUSES)
+#: What a job record is read with: every attribute but the ones that grow with the job's
+#: history (``timeline``, ``runs``), which their own reads fetch. A status read stays the
+#: same size however long the job has run.
+_RECORD_ATTRIBUTES = (
+    "job_id",
+    "kind",
+    "created_at",
+    "updated_at",
+    "finished_at",
+    "status",
+    "stage",
+    "seq",
+    "message",
+    "error_type",
+    "program_id",
+    "workflow",
+    "backend",
+    "arguments",
+    "parent_id",
+    "item_index",
+    "children_total",
+    "children_done",
+    "fanout_seq",
+    "cancel_requested",
+    "execution_arn",
+    "provider_job_ids",
+)
+_RECORD_NAMES = {f"#a{i}": name for i, name in enumerate(_RECORD_ATTRIBUTES)}
+_RECORD_PROJECTION = ", ".join(_RECORD_NAMES)
 _NOT_FINAL = "NOT #status IN (:final0, :final1, :final2)"
 
 
@@ -344,9 +373,24 @@ class DynamoJobStore(Table, JobStore):
         return True
 
     # -- reads --------------------------------------------------------------------------
-    def _item(self, job_id: str) -> dict[str, Any]:
+    def _item(self, job_id: str, *attributes: str) -> dict[str, Any]:
+        """The job's item: the record's attributes, or only ``attributes`` (plus its id)."""
+        if attributes:
+            names = {f"#p{i}": name for i, name in enumerate(("job_id", *attributes))}
+            projection = {
+                "ProjectionExpression": ", ".join(names),
+                "ExpressionAttributeNames": names,
+            }
+        else:
+            projection = {
+                "ProjectionExpression": _RECORD_PROJECTION,
+                "ExpressionAttributeNames": _RECORD_NAMES,
+            }
         item = self.client.get_item(
-            TableName=self.table, Key={"job_id": {"S": job_id}}, ConsistentRead=True
+            TableName=self.table,
+            Key={"job_id": {"S": job_id}},
+            ConsistentRead=True,
+            **projection,
         )
         if "Item" not in item:
             raise JobNotFound(f"no job {job_id!r} in table {self.table}")
@@ -356,7 +400,7 @@ class DynamoJobStore(Table, JobStore):
         return self._record(self._item(job_id))[0]
 
     def timeline(self, job_id: str) -> list[dict[str, Any]]:
-        data = self._record(self._item(job_id))[1]
+        data = self.load(self._item(job_id, "timeline"))
         out = []
         for event in data.get("timeline") or []:
             detail = event.get("detail")
@@ -372,7 +416,7 @@ class DynamoJobStore(Table, JobStore):
         return out
 
     def runs_before(self, job_id: str, seq: int) -> dict[str, int]:
-        runs = self._record(self._item(job_id))[1].get("runs") or {}
+        runs = self.load(self._item(job_id, "runs")).get("runs") or {}
         counts = {stage: sum(1 for s in seqs if int(s) < seq) for stage, seqs in runs.items()}
         return {stage: n for stage, n in counts.items() if n}
 
@@ -401,8 +445,9 @@ class DynamoJobStore(Table, JobStore):
             "TableName": self.table,
             "IndexName": BY_CREATED,
             "KeyConditionExpression": "#kind = :job",
-            "ExpressionAttributeNames": {"#kind": "kind"},
+            "ExpressionAttributeNames": {"#kind": "kind", **_RECORD_NAMES},
             "ExpressionAttributeValues": {":job": {"S": "job"}},
+            "ProjectionExpression": _RECORD_PROJECTION,
             "ScanIndexForward": False,
         }
         while True:
@@ -417,7 +462,14 @@ class DynamoJobStore(Table, JobStore):
         found: dict[str, JobRecord] = {}
         for start in range(0, len(job_ids), 100):
             keys_ = [{"job_id": {"S": j}} for j in job_ids[start : start + 100]]
-            request: dict[str, Any] = {self.table: {"Keys": keys_, "ConsistentRead": True}}
+            request: dict[str, Any] = {
+                self.table: {
+                    "Keys": keys_,
+                    "ConsistentRead": True,
+                    "ProjectionExpression": _RECORD_PROJECTION,
+                    "ExpressionAttributeNames": _RECORD_NAMES,
+                }
+            }
             while request:
                 response = self.client.batch_get_item(RequestItems=request)
                 for item in response.get("Responses", {}).get(self.table, []):

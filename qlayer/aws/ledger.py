@@ -118,6 +118,13 @@ class DynamoLedger(Table, Ledger):
 
     def _conditional(self, key: str, expression: str, condition: str, **values: Any) -> bool:
         """One conditional update; False when the condition refused it."""
+        return self._updated(key, expression, condition, **values) is not None
+
+    def _updated(
+        self, key: str, expression: str, condition: str, **values: Any
+    ) -> LedgerEntry | None:
+        """One conditional update; the entry as it is after it (one call: ``ALL_NEW``),
+        or None when the condition refused it."""
         from botocore.exceptions import ClientError
 
         names = {"#status": "status", "#owner": "owner"}
@@ -132,12 +139,12 @@ class DynamoLedger(Table, Ledger):
         if used:
             kwargs["ExpressionAttributeNames"] = used
         try:
-            self.client.update_item(**kwargs)
+            response = self.client.update_item(**kwargs, ReturnValues="ALL_NEW")
         except ClientError as exc:
             if condition_failed(exc):
-                return False
+                return None
             raise
-        return True
+        return self._entry(response["Attributes"])
 
     def _require(self, key: str) -> LedgerEntry:
         entry = self.get(key)
@@ -158,7 +165,9 @@ class DynamoLedger(Table, Ledger):
         item = self._new_item(
             key, backend, request_key, "WAITING", task_token=token, heartbeat_s=heartbeat_s
         )
-        if not self._put_new(item) and token is not None:
+        if self._put_new(item):
+            return self._entry(self.dump(item))
+        if token is not None:
             expression = "SET task_token = :t, updated_at = :now"
             values: dict[str, Any] = {":t": token, ":now": self.clock()}
             if heartbeat_s is not None:
@@ -166,7 +175,9 @@ class DynamoLedger(Table, Ledger):
                 values[":h"] = heartbeat_s
             else:
                 expression += " REMOVE heartbeat_s"
-            self._conditional(key, expression, "attribute_exists(idempotency_key)", **values)
+            updated = self._updated(key, expression, "attribute_exists(idempotency_key)", **values)
+            if updated is not None:
+                return updated
         return self._require(key)
 
     def record_heartbeat(self, key: str) -> None:
@@ -193,27 +204,27 @@ class DynamoLedger(Table, Ledger):
         fresh = self._new_item(key, backend, request_key, "CLAIMED", owner=owner)
         fresh.update(lease_until=now + lease_s, claims=1)
         if self._put_new(fresh):
-            return self._require(key)
+            return self._entry(self.dump(fresh))
         lease = {":o": owner, ":l": now + lease_s, ":now": now}
         # a WAITING entry: this is its first claim
-        if not self._conditional(
+        claimed = self._updated(
             key,
             "SET #owner = :o, lease_until = :l, claims = :one, #status = :claimed,"
             " updated_at = :now",
             "#status = :waiting",
             **lease,
             **{":one": 1, ":claimed": "CLAIMED", ":waiting": "WAITING"},
-        ):
-            # a claim whose owner died before it recorded a provider job: take it over
-            self._conditional(
-                key,
-                "SET #owner = :o, lease_until = :l, updated_at = :now ADD claims :one",
-                "#status = :claimed AND lease_until <= :now"
-                " AND attribute_not_exists(provider_job_id)",
-                **lease,
-                **{":one": 1, ":claimed": "CLAIMED"},
-            )
-        return self._require(key)
+        )
+        # else a claim whose owner died before it recorded a provider job: take it over
+        claimed = claimed or self._updated(
+            key,
+            "SET #owner = :o, lease_until = :l, updated_at = :now ADD claims :one",
+            "#status = :claimed AND lease_until <= :now"
+            " AND attribute_not_exists(provider_job_id)",
+            **lease,
+            **{":one": 1, ":claimed": "CLAIMED"},
+        )
+        return claimed or self._require(key)
 
     def release(self, key: str, owner: str) -> bool:
         return self._conditional(
@@ -225,24 +236,23 @@ class DynamoLedger(Table, Ledger):
 
     def record_submission(self, key: str, provider_job_id: str) -> LedgerEntry:
         now = self.clock()
-        if not self._conditional(
+        recorded = self._updated(
             key,
             "SET provider_job_id = :p, #status = :s, updated_at = :now",
             "attribute_not_exists(provider_job_id) AND #status = :claimed",
             **{":p": provider_job_id, ":s": "SUBMITTED", ":claimed": "CLAIMED", ":now": now},
-        ):
-            # not CLAIMED (cancelled meanwhile): the id is still recorded, first one wins
-            self._conditional(
-                key,
-                "SET provider_job_id = :p, updated_at = :now",
-                "attribute_exists(idempotency_key) AND attribute_not_exists(provider_job_id)",
-                **{":p": provider_job_id, ":now": now},
-            )
-        return self._require(key)
+        )
+        # else not CLAIMED (cancelled meanwhile): the id is still recorded, first one wins
+        recorded = recorded or self._updated(
+            key,
+            "SET provider_job_id = :p, updated_at = :now",
+            "attribute_exists(idempotency_key) AND attribute_not_exists(provider_job_id)",
+            **{":p": provider_job_id, ":now": now},
+        )
+        return recorded or self._require(key)
 
     def set_state(self, key: str, state: str, message: str | None = None) -> LedgerEntry:
         check_state(state)
-        self._require(key)
         if state in FINAL_STATES and self.finish(key, state, message=message):
             return self._require(key)
         expression = "SET #status = :s, updated_at = :now"
@@ -252,8 +262,10 @@ class DynamoLedger(Table, Ledger):
             values[":m"] = message
         else:
             expression += " REMOVE message"
-        self._conditional(key, expression, "attribute_exists(idempotency_key)", **values)
-        return self._require(key)
+        updated = self._updated(key, expression, "attribute_exists(idempotency_key)", **values)
+        if updated is None:
+            raise KeyError(f"no ledger entry for {key!r}")
+        return updated
 
     def record_outcome(self, key: str, outcome: Mapping[str, Any]) -> bool:
         return self._conditional(

@@ -26,6 +26,11 @@ emulation and changes nothing else:
   box's Batch runner (:mod:`qlayer.cloudbox.batch`), which runs its command and sets
   RUNNING, then SUCCEEDED or FAILED (``exitCode``, ``statusReason``) through
   :class:`MotoBatchJob`.
+* DynamoDB: each request (a conditional write, a transaction) is atomic in DynamoDB;
+  moto's server answers requests on many threads and applies them without a lock (a
+  ``TransactWriteItems`` copies the tables while another thread writes them: "dictionary
+  changed size during iteration", or a condition checked against a stale item). The patch
+  of ``DynamoHandler.call_action`` applies one request at a time, as DynamoDB promises.
 * Step Functions: the interpreter's ``_normalise_parameters`` and
   ``_normalise_response`` are stubs, so ``batch:submitJob.sync`` sends ``JobName``
   where botocore wants ``jobName``, and results keep botocore's camelCase where Step
@@ -40,6 +45,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import threading
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -55,6 +61,7 @@ PATCHED: tuple[tuple[str, str, str], ...] = (
     ("moto.awslambda.utils", "", "get_backend"),
     ("moto.s3.notifications", "", "_invoke_awslambda"),
     ("moto.sqs.models", "", "sqs_backends"),
+    ("moto.dynamodb.responses", "DynamoHandler", "call_action"),
     ("moto.batch_simple.models", "BatchSimpleBackend", "_mark_job_as_finished"),
     ("moto.batch.models", "Job", "_start_attempt"),
     ("moto.batch.models", "Job", "_mark_stopped"),
@@ -174,6 +181,7 @@ class Patches:
         self._lambda()
         self._s3_notifications()
         self._event_source_mappings()
+        self._dynamodb()
         self._batch()
         self._step_functions()
         return self
@@ -182,6 +190,18 @@ class Patches:
         while self._saved:
             owner, name, value = self._saved.pop()
             setattr(owner, name, value)
+
+    # -- DynamoDB --------------------------------------------------------------------
+    def _dynamodb(self) -> None:
+        handler = _owner("moto.dynamodb.responses", "DynamoHandler")
+        original = handler.call_action
+        lock = threading.Lock()
+
+        def call_action(self: Any) -> Any:
+            with lock:
+                return original(self)
+
+        self._set(handler, "call_action", call_action)
 
     # -- Lambda ----------------------------------------------------------------------
     def _lambda(self) -> None:

@@ -25,6 +25,7 @@ Every call is recorded in the ``calls`` table. The backend name picks a behaviou
 ``fakeqpu_fail``     the job is accepted, then reports ERROR with the provider's message
 ``fakeqpu_echo``     QUEUED, RUNNING, QUEUED, RUNNING, DONE, DONE, then RUNNING after
                      DONE (events out of order and twice)
+``fakeqpu_quick``    DONE on the first poll (a burst of many requests)
 ==================== ==============================================================
 
 While ``<dir>/hold`` exists no job goes past RUNNING. Register it with
@@ -44,7 +45,7 @@ from qlayer.dispatch import RateLimits
 from qlayer.providers.base import AsyncProvider, BackendInfo, ProviderError, ProviderJobStatus
 from qlayer.request import ExecuteRequest, decode_request, encode_request
 
-MODES = ("ok", "block", "never", "throttle", "fatal", "fail", "echo")
+MODES = ("ok", "block", "never", "throttle", "fatal", "fail", "echo", "quick")
 FATAL_MESSAGE = "400 Bad Request: circuit uses 2-qubit gate 'cx' on uncoupled qubits (0, 4)"
 FAIL_MESSAGE = "Job failed on the device: calibration drift on qubit 3 (error 1517)"
 
@@ -232,6 +233,8 @@ class FakeQpu(AsyncProvider):
             return (script[polls - 1] if polls <= len(script) else "RUNNING"), None
         if current in FINAL:
             return current, None
+        if mode == "quick" and not held:
+            return "DONE", None
         if polls <= 1:
             return "QUEUED", None
         if polls == 2 or held or mode == "never":
