@@ -255,6 +255,41 @@ def test_the_trigger_ignores_its_own_reports_and_reports_a_bad_spec(
     until("the error report", lambda: svc.store.exists("inbox/broken.json.error.json"))
 
 
+def test_the_client_reads_a_job_back(box: CloudBox, tmp_path: Any) -> None:
+    """Result, logs, files, timeline, usage, listing and children through ``AwsJob``."""
+    from cloud_box import finish
+
+    from qlayer import Client
+    from qlayer.errors import JobFailed, JobNotFound
+
+    client = Client.aws(stack=STACK, region=REGION)
+    job = client.run(TINY, {"shots": 20})
+    assert finish(box, job)["status"] == "DONE"
+    result = job.result(wait=True, timeout=5)
+    assert result["shots"] == 20 and sum(result["counts"].values()) == 20
+    assert "hello from build" in job.logs()
+    assert job.files() == ["note.txt"]
+    assert job.download("note.txt", tmp_path).read_text() == "a saved file"
+    events = [e["event"] for e in job.timeline()]
+    assert events[0] == "submitted" and events[-1] == "done"
+    usage = job.usage()
+    assert usage["shots"] == 20 and usage["executes"] == 1
+    assert job.job_id in [j.job_id for j in client.jobs()]
+    assert client.job(job.job_id).status() == JobStatus.DONE
+    with pytest.raises(JobNotFound):
+        client.job("20000101-000000-000000")
+    failed = client.run(TINY, {"fail_at": "build"})
+    finish(box, failed)
+    with pytest.raises(JobFailed, match="build failed on purpose"):
+        failed.result(timeout=5)
+    assert failed.error()["error_type"] == "ValueError"
+    fanned = client.run(TINY, {"fan": 2})
+    assert finish(box, fanned)["status"] == "DONE"
+    assert [c.job_id for c in fanned.children()] == [f"{fanned.job_id}_1_0", f"{fanned.job_id}_1_1"]
+    assert fanned.info()["children"] == {"total": 2, "done": 2}
+    assert "child" in fanned.logs(children=True)
+
+
 def test_a_late_fact_of_an_ended_job_is_still_recorded(svc: Any) -> None:
     """The jobs table keeps late events (a provider's cancel) of a job that has ended."""
     job_id = new_job(svc)
