@@ -219,8 +219,7 @@ class DynamoLedger(Table, Ledger):
         claimed = claimed or self._updated(
             key,
             "SET #owner = :o, lease_until = :l, updated_at = :now ADD claims :one",
-            "#status = :claimed AND lease_until <= :now"
-            " AND attribute_not_exists(provider_job_id)",
+            "#status = :claimed AND lease_until <= :now AND attribute_not_exists(provider_job_id)",
             **lease,
             **{":one": 1, ":claimed": "CLAIMED"},
         )

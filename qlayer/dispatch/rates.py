@@ -110,9 +110,6 @@ class RateLimiter:
             return self._limits[max(prefixes, key=len)]
         return self._limits[provider_of(backend)]
 
-    def in_flight(self, backend: str) -> int:
-        return self._in_flight.get(backend, 0)
-
     def take_token(self, backend: str) -> float:
         """0.0 when the submission rate lets one go now (a token is taken); otherwise the
         seconds until a token is due. In-flight counts are not looked at."""
@@ -151,23 +148,3 @@ class RateLimiter:
         """A provider job of ``backend`` ended (or its submission failed)."""
         with self._lock:
             self._in_flight[backend] = max(0, self._in_flight.get(backend, 0) - 1)
-
-    def acquire(
-        self,
-        backend: str,
-        *,
-        timeout: float | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-        poll_s: float = 1.0,
-    ) -> bool:
-        """Block until a submission may go; False when ``timeout`` passes first."""
-        waited = 0.0
-        while True:
-            wait = self.try_acquire(backend)
-            if wait == 0.0:
-                return True
-            step = poll_s if wait == float("inf") else min(wait, poll_s * 10)
-            if timeout is not None and waited + step > timeout:
-                return False
-            sleep(step)
-            waited += step

@@ -106,10 +106,19 @@ class LocalClient:
         ]
 
     def backends(self) -> list[dict[str, Any]]:
-        """Every backend the configuration knows."""
+        """Every backend the configuration knows; a QPU service's also says how many of
+        this home's requests hold one of its in-flight slots now (``in_flight``)."""
+        from qlayer.local.ledger import SqliteLedger
         from qlayer.providers.registry import known_backends
 
-        return [info.to_json() for info in known_backends()]
+        ledger = SqliteLedger(self._conn)
+        out = []
+        for info in known_backends():
+            row = info.to_json()
+            if "limits" in row:  # a remote backend (RemoteBackendInfo)
+                row["in_flight"] = ledger.in_flight(info.name)
+            out.append(row)
+        return out
 
 
 class LocalJob(BaseJob):

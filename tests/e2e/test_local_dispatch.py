@@ -305,9 +305,16 @@ def test_burst_of_500_requests_is_queued_within_limits(client, fake, env):
     env.setenv("QLAYER_RATE_LIMITS", json.dumps(limits))
     started = time.monotonic()
     jobs = [client.run(PROGRAM, {"executes": 10, "shots": 8}) for _ in range(50)]
+
+    def in_flight() -> int:
+        return next(b["in_flight"] for b in client.backends() if b["name"] == "fakeqpu_ok")
+
+    peak = wait_for(lambda: in_flight(), 60, "a request in flight")  # qlayer backends shows it
+    assert 0 < peak <= limit
     for job in jobs:
         assert job.result(timeout=240)["totals"] == [8] * 10
     elapsed = time.monotonic() - started
+    assert in_flight() == 0
     assert len(fake.jobs()) == 500
     assert set(jobs_per_key(fake).values()) == {1}
     assert not submits(fake, "rejected"), "the provider refused a submission"
