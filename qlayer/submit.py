@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from qlayer import keys
+from qlayer.core.ports import NewJob
 from qlayer.errors import ProgramError
 from qlayer.interpreter import Decision
 from qlayer.program import bundle, load_path, upload
@@ -44,6 +45,17 @@ class PreparedJob:
     def first_stage(self) -> str:
         assert self.first.stage is not None
         return self.first.stage
+
+    def record(self) -> NewJob:
+        """The job as a substrate's job store records it."""
+        return NewJob(
+            self.job_id,
+            program_id=self.program_id,
+            workflow=self.workflow.name,
+            arguments=self.arguments,
+            backend=self.backend,
+            first=self.first,
+        )
 
 
 def prepare_job(

@@ -20,7 +20,7 @@ from typing import Any
 from qlayer.aws.orchestrator import start_execution
 from qlayer.aws.services import Services
 from qlayer.core import transitions
-from qlayer.core.ports import JobRecord, NewJob
+from qlayer.core.ports import JobRecord
 from qlayer.job import BaseJob
 from qlayer.store.base import ArtifactStore
 from qlayer.workflow import Workflow
@@ -59,16 +59,7 @@ def prepare_job(
         credentials_elsewhere=svc.config.providers_secret_arn is not None,
     )
     check_stages(job.workflow, svc.config.resources())
-    svc.jobs.create(
-        NewJob(
-            job.job_id,
-            program_id=job.program_id,
-            workflow=job.workflow.name,
-            arguments=job.arguments,
-            backend=job.backend,
-            first=job.first,
-        )
-    )
+    svc.jobs.create(job.record())
     return job.job_id
 
 

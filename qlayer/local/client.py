@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from qlayer.core.ports import JobRecord, NewJob
+from qlayer.core.ports import JobRecord
 from qlayer.job import BaseJob
 from qlayer.local import control, state
 from qlayer.local.jobstore import SqliteJobStore
@@ -80,16 +80,7 @@ class LocalClient:
             BackendError: The backend name is unknown.
         """
         job = prepare_job(self.store, program, arguments, backend=backend)
-        self.jobstore.create(
-            NewJob(
-                job.job_id,
-                program_id=job.program_id,
-                workflow=job.workflow.name,
-                arguments=job.arguments,
-                backend=job.backend,
-                first=job.first,
-            )
-        )
+        self.jobstore.create(job.record())
         self.ensure_daemon()
         control.poke(self.home)
         return LocalJob(self, job.job_id)

@@ -126,6 +126,23 @@ def _digest(text: str, size: int = 64) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:size]
 
 
+def braket_programs(request: ExecuteRequest) -> tuple[list[Any], list[int], dict[str, Any]]:
+    """The request's circuits as Braket programs, their shots, and the result's recipe.
+
+    Raises:
+        ProviderError: A circuit cannot be converted (not retryable).
+    """
+    from qiskit_braket_provider import to_braket
+
+    try:
+        circuits, shots, recipe = expand(request)
+        return [to_braket(circuit) for circuit in circuits], shots, recipe
+    except Exception as exc:
+        raise ProviderError(
+            f"Amazon Braket: cannot convert the request: {exc}", retryable=False
+        ) from exc
+
+
 # ----------------------------------------------------------------------------- provider
 
 
@@ -244,17 +261,9 @@ class BraketProvider(AsyncProvider):
         found = self.find_job(backend, idempotency_key)
         if found is not None:
             return found
-        from qiskit_braket_provider import to_braket
-
-        try:
-            circuits, shots, recipe = expand(request)
-            programs = [to_braket(circuit) for circuit in circuits]
-        except Exception as exc:
-            raise ProviderError(
-                f"Amazon Braket: cannot convert the request: {exc}", retryable=False
-            ) from exc
         if backend == LOCAL:
             raise BackendError(f"{LOCAL} runs on our own compute: use BraketLocalProvider.run")
+        programs, shots, recipe = braket_programs(request)
         return self._submit_aws(backend, idempotency_key, programs, shots, recipe)
 
     def _submit_aws(
@@ -417,17 +426,9 @@ class BraketLocalProvider(SyncProvider):
         return BraketLocalBackend().target
 
     def run(self, backend: str, request: ExecuteRequest) -> PrimitiveResult:
-        from qiskit_braket_provider import to_braket
-
         if backend != LOCAL:
             raise BackendError(f"BraketLocalProvider runs {LOCAL}, not {backend!r}")
-        try:
-            circuits, shots, recipe = expand(request)
-            programs = [to_braket(circuit) for circuit in circuits]
-        except Exception as exc:
-            raise ProviderError(
-                f"Amazon Braket: cannot convert the request: {exc}", retryable=False
-            ) from exc
+        programs, shots, recipe = braket_programs(request)
         if self._simulator is None:
             from braket.devices import LocalSimulator
 

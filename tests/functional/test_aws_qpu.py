@@ -76,14 +76,6 @@ def box(tmp_path_factory: pytest.TempPathFactory, ibm: Any) -> Iterator[CloudBox
         yield running
 
 
-@pytest.fixture(autouse=True)
-def _healthy_box(request: pytest.FixtureRequest) -> Iterator[None]:
-    yield
-    if "box" in request.fixturenames:
-        problems = request.getfixturevalue("box").problems()
-        assert not problems, f"the box itself failed: {problems}"
-
-
 @pytest.fixture
 def cloud(box: CloudBox, monkeypatch: pytest.MonkeyPatch) -> Any:
     """``Client.aws`` as a user makes it. The client checks backend names with its own

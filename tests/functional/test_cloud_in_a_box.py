@@ -57,14 +57,6 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CloudBox]:
         yield running
 
 
-@pytest.fixture(autouse=True)
-def _healthy_box(request: pytest.FixtureRequest) -> Iterator[None]:
-    yield
-    if "box" in request.fixturenames:
-        problems = request.getfixturevalue("box").problems()
-        assert not problems, f"the box itself failed: {problems}"
-
-
 @pytest.fixture(scope="module")
 def cloud(box: CloudBox) -> Any:
     """``Client.aws`` as a user makes it: the outputs come from (moto's) CloudFormation."""
