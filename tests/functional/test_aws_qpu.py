@@ -294,13 +294,13 @@ def test_an_ibm_device_from_a_batch_stage(box: CloudBox, cloud: Any, ibm: Any) -
     """A Batch stage transpiles for ``ibm_brisbane`` (its Target comes from the IBM service,
     with the stack's secret) and returns Execute to it; the dispatcher submits through the
     real qiskit-ibm-runtime client, the poller follows it, the next stage counts."""
-    creations = len(ibm.store.job_creations())
+    creations = ibm.job_creations()
     job = cloud.run(ISA, {"shots": 200})
     row = finish(box, job, timeout=600)
     assert row["status"] == "DONE", (row["message"], box.function_log("dispatcher")[-2000:])
     counts = job.result(wait=False)["counts"]
     assert sum(counts.values()) == 200 and set(counts) <= {"00", "11"}
-    assert len(ibm.store.job_creations()) == creations + 1
+    assert ibm.job_creations() == creations + 1
     states = box.entered_states(job.job_id)
     assert "Run stage on Batch" in states and "Wait for QPU" in states
     assert box.batch is not None
