@@ -97,6 +97,9 @@ class Daemon:
         )
         self.stopping = False
         self.wake_socket: socket.socket | None = None
+        #: Parents whose last child just ended: their fan-in runs after that child's
+        #: transaction commits, as a transition of the parent's own (its fault is its own).
+        self.fan_ins: list[str] = []
         #: Decision kind -> what the engine does with it (the keys are transitions.ROUTES').
         self.routes: dict[str, Callable[[str, Decision], None]] = {
             "next": self._queue_stage,
@@ -163,7 +166,14 @@ class Daemon:
                 self._read_reply(worker)
             elif not worker.process.is_alive():
                 self.worker_died(worker)
+        self.run_fan_ins()
         self.check_deadlines()
+
+    def run_fan_ins(self) -> None:
+        """The fan-ins that children's ends made due (each in its parent's own transaction)."""
+        while self.fan_ins:
+            parent = self.fan_ins.pop(0)
+            self._guarded(parent, functools.partial(self._fan_in, parent))
 
     def next_timeout(self) -> float:
         now = time.time()
@@ -400,7 +410,7 @@ class Daemon:
     def _done(self, job_id: str, decision: Decision) -> None:
         parent = transitions.finish(self.ports, job_id, decision.seq).fan_in
         if parent is not None:
-            self._fan_in(parent)
+            self.fan_ins.append(parent)
 
     def _error(self, job_id: str, decision: Decision) -> None:
         transitions.fail_with(self.ports, job_id, decision)
@@ -545,6 +555,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", default=None)
     parser.add_argument("--workers", type=int, default=None)
     args = parser.parse_args(argv)
+    os.umask(0o077)  # everything the daemon and its workers write is private to its user
     home = Home.resolve(args.home)
     logging.basicConfig(
         level=logging.INFO,

@@ -15,9 +15,13 @@ class Home:
 
     @classmethod
     def resolve(cls, home: str | os.PathLike[str] | None = None) -> Home:
+        """The home at ``home``, ``$QLAYER_HOME`` or ``~/.qlayer``, created private to its
+        user (0700): it holds every job's arguments, results and logs."""
         chosen = home or os.environ.get("QLAYER_HOME") or Path.home() / ".qlayer"
         root = Path(chosen).expanduser().absolute()
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if root.stat().st_uid == os.getuid() and root.stat().st_mode & 0o077:
+            root.chmod(0o700)  # ours, but readable by others: made private
         return cls(root)
 
     @property

@@ -146,19 +146,23 @@ def _handle(
             decision = run_stage(store, workflow, job, message["seq"], message["stage"], limits)
         return {"ok": True, "decision": decision.to_json()}
     if message["op"] == "device":
-        from qlayer.interpreter import Decision
-
         # Idempotent like every step: a device job whose outcome was recorded (the
-        # daemon died before it heard of it) is not run again.
-        recorded = keys.step_dir(message["job_id"], message["seq"], "execute") + "output.json"
-        if store.exists(recorded):
-            try:
-                return {
-                    "ok": True,
-                    "decision": Decision.from_json(store.get_json(recorded)).to_json(),
+        # daemon died before it heard of it) is not run again — nor are its riders'.
+        recorded = _recorded(store, message)
+        if recorded is not None:
+            reply: dict[str, Any] = {"ok": True, "decision": recorded}
+            if message.get("riders"):
+                reply["riders"] = {
+                    r["device_job_id"]: (
+                        {"ok": True, "decision": done}
+                        if (done := _recorded(store, r)) is not None
+                        else _run_alone(
+                            store, message["backend"], r, store.get_json(r["request_key"]), None
+                        )
+                    )
+                    for r in message["riders"]
                 }
-            except (ArtifactError, ValueError, TypeError):
-                pass  # torn or corrupted: run it again
+            return reply
         request_raw = store.get_json(message["request_key"])
         request = decode_request(request_raw)
         backend = message["backend"]
@@ -182,6 +186,19 @@ def _handle(
     if message["op"] == "ping":
         return {"ok": True, "pid": os.getpid()}
     raise ValueError(f"unknown op {message['op']!r}")
+
+
+def _recorded(store: FolderStore, member: dict[str, Any]) -> dict[str, Any] | None:
+    """The decision a device job's execute step already recorded, or None (torn: run it)."""
+    from qlayer.interpreter import Decision
+
+    key = keys.step_dir(member["job_id"], member["seq"], "execute") + "output.json"
+    if not store.exists(key):
+        return None
+    try:
+        return Decision.from_json(store.get_json(key)).to_json()
+    except (ArtifactError, ValueError, TypeError):
+        return None
 
 
 def _run_alone(

@@ -66,3 +66,32 @@ def test_an_old_home_is_migrated_in_place(tmp_path):
     entry = SqliteLedger(jobs.conn).get("p/1")
     assert (entry.state, entry.slot, entry.token, entry.outcome) == ("SUBMITTED", False, None, None)
     state.connect(db).close()  # a second open changes nothing and does not fail
+
+
+def test_a_worker_answers_for_riders_whose_run_was_recorded(tmp_path):
+    """Issue 9.1: the daemon died after a coalesced device run wrote every request's
+    output and before it recorded them. On restart the lead's output exists: the worker's
+    answer must carry each rider's recorded decision too (it used to carry none, and each
+    rider ended in ERROR "the coalesced run returned no result")."""
+    from qlayer import keys
+    from qlayer.interpreter import Decision
+    from qlayer.local.worker import _handle
+    from qlayer.planner import Resources
+    from qlayer.program import ProgramCache
+    from qlayer.store.local import FolderStore
+
+    store = FolderStore(tmp_path / "artifacts")
+    members = [{"device_job_id": f"dev-{n}", "job_id": f"job{n}", "seq": 1} for n in range(3)]
+    for n, member in enumerate(members):
+        member["request_key"] = keys.execute_request(member["job_id"], 1)
+        done = Decision("next", seq=2, stage="count", input_key=f"in-{n}")
+        output = keys.step_dir(member["job_id"], 1, "execute") + "output.json"
+        store.put_json(output, done.to_json())
+    lead, *riders = members
+    message = {"op": "device", "backend": "fake_manila_v2", **lead, "riders": riders}
+    reply = _handle(message, store, ProgramCache(store, tmp_path / "scratch"), Resources())
+    assert reply["ok"] and reply["decision"]["input_key"] == "in-0"
+    assert {k: v["decision"]["input_key"] for k, v in reply["riders"].items()} == {
+        "dev-1": "in-1",
+        "dev-2": "in-2",
+    }
