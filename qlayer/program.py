@@ -71,11 +71,22 @@ def bundle(path: str | Path) -> Bundle:
 
 
 def check_syntax(data: bytes, filename: str) -> None:
+    """Compile ``data`` to check it; a failure names ``filename`` and the line.
+
+    Raises:
+        ProgramError: A syntax error, or null bytes in the source.
+    """
+    if b"\0" in data:
+        line = data[: data.index(b"\0")].count(b"\n") + 1
+        raise ProgramError(
+            f"{filename} contains null bytes (first on line {line}); it is not Python "
+            "source — is it a binary file, or saved in UTF-16?"
+        )
     try:
         compile(data, filename, "exec", dont_inherit=True)
     except SyntaxError as exc:
         raise ProgramError(
-            f"syntax error in {exc.filename}, line {exc.lineno}: {exc.msg}\n"
+            f"syntax error in {exc.filename or filename}, line {exc.lineno}: {exc.msg}\n"
             f"    {(exc.text or '').rstrip()}"
         ) from exc
     except ValueError as exc:  # null bytes

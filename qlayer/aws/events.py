@@ -21,8 +21,9 @@ from qlayer.errors import QlayerError
 from qlayer.interpreter import DECISION_KINDS
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$"
-_PROGRAM_DIR = re.compile(r"^programs/([A-Za-z0-9_-]{1,64})/?$")
-_PY_KEY = re.compile(r"^(programs|inbox)/[A-Za-z0-9_.\-/]+\.py$")
+# \Z, not $: "$" also matches before a trailing newline ("inbox/x.py\n").
+_PROGRAM_DIR = re.compile(r"^programs/([A-Za-z0-9_-]{1,64})/?\Z")
+_PY_KEY = re.compile(r"^(programs|inbox)/[A-Za-z0-9_.\-/]+\.py\Z")
 
 M = TypeVar("M", bound=BaseModel)
 

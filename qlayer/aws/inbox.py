@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from qlayer import keys
+from qlayer import bounds, keys
 from qlayer.aws.events import EventError, JobSpec, S3Event, parse
 from qlayer.aws.orchestrator import start_execution
 from qlayer.aws.services import Services
@@ -79,10 +79,13 @@ def start_from_spec(svc: Services, key: str, job_id: str) -> dict[str, Any]:
         return {"key": key, "job_id": job_id, "duplicate": True}
     try:
         raw = svc.store.get_bytes(key)
+        bounds.check_size(len(raw), f"job spec {key}")  # from outside: bounded first
         try:
             body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError) as exc:
             raise EventError(f"invalid job spec: {key} is not JSON ({exc})") from exc
+        except RecursionError as exc:
+            raise EventError(f"invalid job spec: {key} is nested too deeply") from exc
         spec = parse(JobSpec, body, what=f"job spec {key}")
         program_id = _spec_program(svc, spec)
         if spec.backend is not None:
@@ -180,7 +183,7 @@ def _spec_program(svc: Services, spec: JobSpec) -> str:
     return upload(svc.store, program)
 
 
-_BACKEND_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$")
+_BACKEND_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}\Z")  # \Z: no "\n" after
 
 
 def _check_backend_name(backend: str) -> None:

@@ -17,7 +17,7 @@ import time
 import traceback
 from typing import Any
 
-from qlayer import keys
+from qlayer import codec, keys
 from qlayer.aws.events import LoadEvent, StepEvent
 from qlayer.aws.services import Services, batch_compute
 from qlayer.core import transitions
@@ -95,6 +95,9 @@ def prepare(svc: Services, job_id: str) -> Decision:
 
     raw = svc.store.get_json(keys.job_input(job_id))
     try:
+        # A spec's arguments come from outside: decoded within the codec's bounds, and
+        # they may not refer to files in the bucket.
+        arguments = codec.decode(raw.get("arguments") or {}, where="the job spec's arguments")
         workflow = svc.programs().workflow(raw["program_id"])
         check_stages(workflow, svc.config.resources())
         job = write_inputs(
@@ -102,7 +105,7 @@ def prepare(svc: Services, job_id: str) -> Decision:
             job_id,
             raw["program_id"],
             workflow,
-            raw.get("arguments") or {},
+            arguments,
             backend=raw.get("backend"),
             extra=raw,
         )

@@ -51,16 +51,25 @@ class ArtifactStore(ABC):
             ) from exc
 
     def put_value(self, key: str, value: Any, *, where: str) -> None:
-        """Encode ``value`` with the safe codec and write it."""
-        self.put_bytes(key, codec.dumps(value, where=where).encode())
+        """Encode ``value`` with the safe codec and write it; large arrays and circuits go
+        to binary sidecars next to it (``<key>-<n>.npy``, ``.qpy``), written first."""
+        sidecars = codec.Sidecars(self, key)
+        self.put_bytes(key, codec.dumps(value, where=where, sidecars=sidecars).encode())
 
     def get_value(self, key: str) -> Any:
-        """Read and decode a value written by :meth:`put_value`."""
+        """Read and decode a value written by :meth:`put_value` (bounded, see
+        :mod:`qlayer.bounds`).
+
+        Raises:
+            ArtifactError: The artifact is missing or corrupted; the message names it once.
+        """
         data = self.get_bytes(key)
         try:
-            return codec.loads(data, where=f"artifact {key}")
-        except Exception as exc:
-            raise ArtifactError(f"artifact {key} is corrupted: {exc}") from exc
+            return codec.loads(data, where=f"artifact {key}", files=self)
+        except ArtifactError:
+            raise
+        except Exception as exc:  # CodecError names the artifact already
+            raise ArtifactError(f"{exc}; it cannot be used, rerun the job") from exc
 
     def get_text(self, key: str) -> str:
         return self.get_bytes(key).decode("utf-8", errors="replace")
