@@ -157,7 +157,15 @@ def _wait_and_print(job: Any, as_json: bool, timeout: float | None) -> None:
 @app.command()
 def run(
     program: Path = typer.Argument(..., help="A program file, or a folder with main.py."),
-    arg: list[str] = typer.Option([], "--arg", "-a", help="An argument key=value (repeatable)."),
+    arg: list[str] = typer.Option(
+        [],
+        "--arg",
+        "-a",
+        help="An argument key=value, or key=@FILE (.qpy circuits, .npy array, .json) (repeatable).",
+    ),
+    arg_file: Path | None = typer.Option(
+        None, "--arg-file", help="A JSON object of arguments (--arg overrides its keys)."
+    ),
     backend: str | None = typer.Option(
         None, "--backend", "-b", help="Default backend for Execute."
     ),
@@ -169,12 +177,13 @@ def run(
     home: str | None = HomeOption,
 ) -> None:
     """Submit a program. Returns at once with the job id (unless --wait)."""
+    from qlayer.cliargs import parse_cli_argument, read_arguments_file
     from qlayer.program import bundle, load_path
-    from qlayer.workflow import parse_cli_argument
 
     bundle(program)
     workflow = load_path(program)
-    arguments = dict(parse_cli_argument(text, workflow) for text in arg)
+    arguments = read_arguments_file(arg_file) if arg_file is not None else {}
+    arguments.update(parse_cli_argument(text, workflow) for text in arg)
     if _TARGET["target"] == "cloud-box":
         _run_in_cloud_box(program, arguments, backend, timeout, as_json)
         return

@@ -36,8 +36,15 @@ class ExecuteRequest:
         )
 
 
-def encode_request(request: ExecuteRequest, state: Any, *, where: str) -> dict[str, Any]:
-    """The request artifact: encoded PUBs plus the state handed to ``then``."""
+def encode_request(
+    request: ExecuteRequest, state: Any, *, where: str, sidecars: codec.Sidecars | None = None
+) -> dict[str, Any]:
+    """The request artifact: encoded PUBs plus the state handed to ``then``.
+
+    Args:
+        sidecars: Where the state's large arrays and circuits go (the PUBs stay inline:
+            every provider path reads them without a store).
+    """
     return {
         "primitive": request.primitive,
         "backend": request.backend,
@@ -47,7 +54,7 @@ def encode_request(request: ExecuteRequest, state: Any, *, where: str) -> dict[s
         "seed": request.seed,
         "options": request.options or {},
         "pubs": codec.encode(request.pubs, where=f"PUBs of {where}"),
-        "state": codec.encode(state, where=f"state of {where}"),
+        "state": codec.encode(state, where=f"state of {where}", sidecars=sidecars),
     }
 
 

@@ -42,11 +42,17 @@ class JobInfo:
     runs: dict[str, int] = field(default_factory=dict)  # stage -> completed runs so far
 
 
-def first_input(store: ArtifactStore, job_id: str, stage: str, data: Any) -> str:
-    """Write the first stage's input (the arguments, or a fan-out item)."""
+def first_input(store: ArtifactStore, job_id: str, stage: str, encoded: Any) -> str:
+    """Write the first stage's input: the job's arguments, already encoded (see
+    :func:`qlayer.submit.encode_arguments`; their sidecars are written once, for the job)."""
     key = keys.stage_input(job_id, 0, stage)
-    store.put_json(key, {"data": codec.encode(data, where="job arguments"), "state": None})
+    store.put_json(key, {"data": encoded, "state": None})
     return key
+
+
+def decode_arguments(store: ArtifactStore, encoded: Any, *, where: str = "job arguments") -> Any:
+    """The job's arguments as a stage sees them (``ctx.arguments``)."""
+    return codec.decode(encoded, where=where, files=store)
 
 
 def run_stage(
@@ -105,6 +111,7 @@ def _run_stage(
     try:
         try:
             data, state = load_input(store, keys.stage_input(job.job_id, seq, stage_name))
+            arguments = decode_arguments(store, job.arguments)
         except (ArtifactError, CodecError) as exc:
             logger.error("cannot read the input of stage %s: %s", stage_name, exc)
             return Decision.failed(seq, stage_name, "ArtifactError", str(exc))
@@ -112,7 +119,7 @@ def _run_stage(
             job_id=job.job_id,
             stage=stage_name,
             seq=seq,
-            arguments=job.arguments,
+            arguments=arguments,
             backend=job.backend,
             store=store,
             log=logger,
@@ -190,11 +197,14 @@ def materialise(
         if decided.kind == "next":
             assert decided.stage is not None
             key = keys.stage_input(job.job_id, seq + 1, decided.stage)
+            sidecars = codec.Sidecars(store, key)
             store.put_json(
                 key,
                 {
-                    "data": codec.encode(decided.payload, where=where),
-                    "state": codec.encode(decided.state, where=f"state from {stage!r}"),
+                    "data": codec.encode(decided.payload, where=where, sidecars=sidecars),
+                    "state": codec.encode(
+                        decided.state, where=f"state from {stage!r}", sidecars=sidecars
+                    ),
                 },
             )
             return Decision(
@@ -208,11 +218,16 @@ def materialise(
             return _materialise_execute(store, workflow, job, seq, stage, decided, limits)
         assert decided.kind == "fanout" and decided.stage and decided.then
         key = keys.step_dir(job.job_id, seq + 1, "fanout") + "items.json"
+        sidecars = codec.Sidecars(store, key)
         store.put_json(
             key,
             {
-                "items": codec.encode(decided.payload, where=f"fan-out items of {stage!r}"),
-                "state": codec.encode(decided.state, where=f"state from {stage!r}"),
+                "items": codec.encode(
+                    decided.payload, where=f"fan-out items of {stage!r}", sidecars=sidecars
+                ),
+                "state": codec.encode(
+                    decided.state, where=f"state from {stage!r}", sidecars=sidecars
+                ),
                 "stage": decided.stage,
                 "then": decided.then,
                 "then_compute": workflow.stages[decided.then].compute.to_json(),
@@ -255,11 +270,12 @@ def _materialise_execute(
         return Decision.failed(seq, stage, kind, f"stage {stage!r} asked to execute: {exc}")
     request = ExecuteRequest.from_execute(execute, backend)
     request.options = {**(request.options or {}), "method": chosen.method}
-    raw = encode_request(request, decided.state, where=f"stage {stage!r}")
+    key = keys.execute_request(job.job_id, seq + 1)
+    sidecars = codec.Sidecars(store, key)
+    raw = encode_request(request, decided.state, where=f"stage {stage!r}", sidecars=sidecars)
     assert decided.then is not None
     raw["then_compute"] = workflow.stages[decided.then].compute.to_json()
     raw["plan"] = chosen.to_json()
-    key = keys.execute_request(job.job_id, seq + 1)
     store.put_json(key, raw)
     return Decision(
         "execute",
@@ -292,12 +308,12 @@ def load_input(store: ArtifactStore, key: str) -> tuple[Any, Any]:
     raw = store.get_json(key)
     if not isinstance(raw, dict):
         raise ArtifactError(f"artifact {key} is corrupted: not a stage input")
-    state = codec.decode(raw.get("state"), where=f"state in {key}")
+    state = codec.decode(raw.get("state"), where=f"state in {key}", files=store)
     if "data_ref" in raw:
         return store.get_value(raw["data_ref"]), state
     if "data_refs" in raw:
         return [store.get_value(ref) for ref in raw["data_refs"]], state
-    return codec.decode(raw.get("data"), where=f"input {key}"), state
+    return codec.decode(raw.get("data"), where=f"input {key}", files=store), state
 
 
 def complete_execute(

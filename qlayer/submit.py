@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qlayer import keys
+from qlayer import codec, keys
 from qlayer.core.ports import NewJob
-from qlayer.errors import ProgramError
+from qlayer.errors import ArgumentError, CodecError, ProgramError
 from qlayer.interpreter import Decision
 from qlayer.program import bundle, load_path, upload
 from qlayer.steps import first_input
@@ -37,7 +37,7 @@ class PreparedJob:
     job_id: str
     program_id: str
     workflow: Workflow
-    arguments: dict[str, Any]
+    arguments: dict[str, Any]  # encoded (plain JSON; arrays and circuits as sidecar refs)
     backend: str
     first: Decision  # the decision that runs the first stage
 
@@ -112,6 +112,7 @@ def write_inputs(
     """Bind the arguments, check the backend, and write ``input.json`` and the first input.
 
     Args:
+        arguments: The job's arguments as Python values (decoded).
         extra: More fields for ``input.json`` (a substrate's own bookkeeping).
 
     Raises:
@@ -124,11 +125,12 @@ def write_inputs(
     chosen = backend or workflow.backend
     resolve(chosen, credentials_elsewhere=credentials_elsewhere)
     stage = workflow.first_stage
+    encoded = encode_arguments(store, job_id, bound)
     first = Decision(
         "next",
         seq=0,
         stage=stage,
-        input_key=first_input(store, job_id, stage, bound),
+        input_key=first_input(store, job_id, stage, encoded),
         compute=workflow.stages[stage].compute.to_json(),
     )
     store.put_json(
@@ -137,10 +139,31 @@ def write_inputs(
             **(extra or {}),
             "program_id": program_id,
             "workflow": workflow.name,
-            "arguments": bound,
+            "arguments": encoded,
             "backend": chosen,
             "first": first.to_json(),
             "prepared": True,
         },
     )
-    return PreparedJob(job_id, program_id, workflow, bound, chosen, first)
+    return PreparedJob(job_id, program_id, workflow, encoded, chosen, first)
+
+
+def encode_arguments(
+    store: ArtifactStore, job_id: str, arguments: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Encode a job's arguments by their values alone (no program needed): JSON values
+    stay as they are; circuits, operators and arrays take the codec's typed encodings,
+    and large arrays and circuits are written once, as sidecars of ``input.json``
+    (``jobs/<id>/input-<n>.npy``, ``.qpy``). The result is what the job records hold.
+
+    Raises:
+        ArgumentError: An argument cannot be serialised; the message names it.
+    """
+    sidecars = codec.Sidecars(store, keys.job_input(job_id))
+    encoded: dict[str, Any] = {}
+    for name, value in arguments.items():
+        try:
+            encoded[name] = codec.encode(value, where=f"argument {name!r}", sidecars=sidecars)
+        except CodecError as exc:
+            raise ArgumentError(str(exc)) from exc
+    return encoded

@@ -7,8 +7,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from qlayer.cliargs import parse_cli_argument
+from qlayer.codec import is_plain_json
 from qlayer.errors import ArgumentError, WorkflowError
 from qlayer.keys import check_name
+
+__all__ = ["Compute", "Param", "Stage", "Workflow", "parse_cli_argument"]
 
 ComputeKind = Literal["lambda", "batch", "batch-gpu"]
 COMPUTE_KINDS: tuple[str, ...] = ("lambda", "batch", "batch-gpu")
@@ -60,7 +64,16 @@ class Param:
     """A declared job argument.
 
     Args:
-        type: One of ``int``, ``float``, ``str``, ``bool``, ``list``, ``dict``.
+        type: What the argument is:
+
+            * ``int``, ``float``, ``str``, ``bool``, ``list``, ``dict``: JSON values
+              (an ``int`` is accepted for a ``float``; a ``list`` may hold circuits);
+            * ``numpy.ndarray``: an array of a numeric, bool or string dtype (a list is
+              converted); large arrays travel as ``.npy`` sidecars;
+            * ``qiskit.QuantumCircuit``: a circuit (QPY; from the CLI ``@file.qpy``);
+            * ``qiskit.quantum_info.SparsePauliOp``: an observable;
+            * ``object``: any value qlayer's codec can carry (JSON values, the types above,
+              tuples, complex numbers, bytes, and nestings of them).
         default: The value used when the job does not give one; ``...`` makes it required.
         help: One line shown by ``qlayer describe``.
     """
@@ -70,7 +83,26 @@ class Param:
     help: str = ""
 
 
-_ALLOWED_PARAM_TYPES = (int, float, str, bool, list, dict)
+_ALLOWED_PARAM_TYPES = (int, float, str, bool, list, dict, object)
+#: Types from numpy and Qiskit a Param may name, as (module prefix, class name).
+_CODEC_PARAM_TYPES = {
+    ("numpy", "ndarray"),
+    ("qiskit", "QuantumCircuit"),
+    ("qiskit", "SparsePauliOp"),
+}
+ALLOWED_PARAM_TYPES_TEXT = (
+    "int, float, str, bool, list, dict, numpy.ndarray, QuantumCircuit, SparsePauliOp or object"
+)
+
+
+def _allowed_param_type(kind: Any) -> bool:
+    if kind in _ALLOWED_PARAM_TYPES:
+        return True
+    module = getattr(kind, "__module__", "") or ""
+    return any(
+        module.startswith(prefix) and getattr(kind, "__name__", "") == name
+        for prefix, name in _CODEC_PARAM_TYPES
+    )
 
 
 @dataclass
@@ -106,10 +138,10 @@ class Workflow:
         self._params: dict[str, Param] = {}
         for key, spec in dict(self.params).items():
             param = spec if isinstance(spec, Param) else Param(type(spec), spec)
-            if param.type not in _ALLOWED_PARAM_TYPES:
+            if not _allowed_param_type(param.type):
                 raise WorkflowError(
-                    f"parameter {key!r} has type {param.type.__name__}; "
-                    "use int, float, str, bool, list or dict"
+                    f"parameter {key!r} has type {getattr(param.type, '__name__', param.type)}; "
+                    f"use {ALLOWED_PARAM_TYPES_TEXT}"
                 )
             self._params[key] = param
         frame = inspect.currentframe()
@@ -224,7 +256,7 @@ class Workflow:
             "params": {
                 k: {
                     "type": p.type.__name__,
-                    "default": None if p.default is ... else p.default,
+                    "default": None if p.default is ... else _describe_default(p.default),
                     "required": p.default is ...,
                     "help": p.help,
                 }
@@ -243,6 +275,13 @@ class Workflow:
             ArgumentError: An unknown name, a missing required one, or a wrong type.
         """
         if not self._params:
+            for key, value in given.items():
+                if not is_plain_json(value):
+                    raise ArgumentError(
+                        f"argument {key!r} is a {_type_name(value)}, but workflow "
+                        f"{self.name!r} declares no params, so it takes JSON values only; "
+                        f"declare it, e.g. params={{{key!r}: Param({_param_hint(value)})}}"
+                    )
             return dict(given)
         unknown = sorted(set(given) - set(self._params))
         if unknown:
@@ -265,50 +304,70 @@ class Workflow:
         return param.type if param else None
 
 
+def _type_name(value: Any) -> str:
+    kind = type(value)
+    module = kind.__module__ or ""
+    return kind.__qualname__ if module == "builtins" else f"{module.split('.')[0]}.{kind.__name__}"
+
+
+def _param_hint(value: Any) -> str:
+    kind = type(value)
+    if (kind.__module__ or "").startswith("numpy") and kind.__name__ == "ndarray":
+        return "numpy.ndarray"
+    if any(
+        (kind.__module__ or "").startswith(prefix) and kind.__name__ == name
+        for prefix, name in _CODEC_PARAM_TYPES
+    ):
+        return kind.__name__
+    return "object"
+
+
+def _describe_default(value: Any) -> Any:
+    """A default as ``qlayer describe`` shows it: JSON as is, others summarised."""
+    if is_plain_json(value):
+        return value
+    shape = getattr(value, "shape", None)
+    return f"<{_type_name(value)}{f' shape {tuple(shape)}' if shape is not None else ''}>"
+
+
 def _check_type(key: str, value: Any, expected: type) -> Any:
+    if expected is object:
+        return value
+    module = getattr(expected, "__module__", "") or ""
+    if module.startswith("numpy") and expected.__name__ == "ndarray":
+        return _as_array(key, value)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if expected is not bool and isinstance(value, bool) and expected is not str:
         raise ArgumentError(f"argument {key!r} must be {expected.__name__}, got bool {value!r}")
     if not isinstance(value, expected):
         raise ArgumentError(
-            f"argument {key!r} must be {expected.__name__}, got {type(value).__name__} {value!r}"
+            f"argument {key!r} must be {expected.__name__}, got {_type_name(value)} "
+            f"{_short_repr(value)}"
         )
     return value
 
 
-def parse_cli_argument(text: str, workflow: Workflow | None = None) -> tuple[str, Any]:
-    """Parse ``key=value`` from the command line, typed by the declared parameter.
+def _as_array(key: str, value: Any) -> Any:
+    import numpy as np
 
-    Undeclared keys (or no workflow) are parsed as JSON when they look like JSON,
-    else kept as strings.
-    """
-    if "=" not in text:
-        raise ArgumentError(f"--arg expects key=value, got {text!r}")
-    key, raw = text.split("=", 1)
-    key = key.strip()
-    expected = workflow.param_type(key) if workflow else None
-    import json
-
-    if expected is str:
-        return key, raw
-    if expected in (int, float):
+    if isinstance(value, np.ndarray):
+        array = value
+    elif isinstance(value, (list, tuple, int, float, complex)) and not isinstance(value, bool):
         try:
-            return key, expected(raw)
-        except ValueError:
-            raise ArgumentError(
-                f"argument {key!r} must be {expected.__name__}, got {raw!r}"
-            ) from None
-    if expected is bool:
-        lowered = raw.lower()
-        if lowered in {"true", "1", "yes"}:
-            return key, True
-        if lowered in {"false", "0", "no"}:
-            return key, False
-        raise ArgumentError(f"argument {key!r} must be true or false, got {raw!r}")
-    try:
-        return key, json.loads(raw)
-    except json.JSONDecodeError:
-        if expected in (list, dict):
-            raise ArgumentError(f"argument {key!r} must be JSON {expected.__name__}") from None
-        return key, raw
+            array = np.asarray(value)
+        except ValueError as exc:  # ragged lists
+            raise ArgumentError(f"argument {key!r} must be an array: {exc}") from None
+    else:
+        raise ArgumentError(
+            f"argument {key!r} must be a numpy array (or a list of numbers), got "
+            f"{_type_name(value)} {_short_repr(value)}"
+        )
+    if array.dtype.hasobject:
+        raise ArgumentError(f"argument {key!r} must be an array of numbers, not of objects")
+    return array
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
