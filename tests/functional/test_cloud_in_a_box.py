@@ -47,6 +47,7 @@ from qlayer.cloudbox.server import REGION
 
 STACK = "Qlayer"
 TINY = PROGRAMS / "aws_tiny.py"
+ARGS_TYPED = PROGRAMS.parents[1] / "e2e" / "programs" / "args_typed.py"
 
 
 # -- fixtures ---------------------------------------------------------------------------
@@ -565,3 +566,28 @@ def test_the_cli_with_target_aws(box: CloudBox) -> None:
     listed = json.loads(runner.invoke(app, [*base, "jobs", "--json"]).stdout)
     assert job_id in {j["job_id"] for j in listed}
     assert runner.invoke(app, [*base, "down"]).exit_code == 2  # no daemon on AWS
+
+
+# -- typed arguments ------------------------------------------------------------------------
+def test_a_circuit_and_an_array_as_arguments(box: CloudBox, cloud: Any) -> None:
+    """Issue 8.2/8.3 on the stack: a circuit and an array reach the Lambda stages through
+    S3 sidecars and DynamoDB (the record holds references, not the array)."""
+    import numpy as np
+    from qiskit import QuantumCircuit
+
+    from qlayer import keys
+
+    circuit = QuantumCircuit(2)
+    circuit.h(0)
+    circuit.cx(0, 1)
+    circuit.measure_all()
+    weights = np.linspace(0, 1, 50_000)
+    job = cloud.run(ARGS_TYPED, {"circuit": circuit, "weights": weights, "extra": (1, 2)})
+    result = job.result(timeout=240)
+    assert result["qubits"] == 2 and result["shots"] == 64 and result["extra"] == (1, 2)
+    assert np.array_equal(result["weights"], weights)
+    assert job.info()["arguments"]["weights"] == {
+        "$q": "ndarray",
+        "file": f"jobs/{job.job_id}/input-0.npy",
+    }
+    assert cloud.services.store.exists(keys.job_prefix(job.job_id) + "input-0.npy")
