@@ -198,6 +198,7 @@ class Namespaces:
     def __init__(self) -> None:
         self.active: str | None = None
         self._kept: dict[str, dict[str, ModuleType]] = {}
+        self._baseline: set[str] = set()
 
     def activate(self, folder: Path | str) -> None:
         """Make the modules and folder of the program in ``folder`` the importable ones."""
@@ -206,7 +207,11 @@ class Namespaces:
             return
         self.deactivate()
         sys.path.insert(0, root)
-        sys.modules.update(self._kept.pop(root, {}))
+        kept = self._kept.pop(root, {})
+        # Modules already loaded (the caller's own, even from the same folder) are not
+        # the program's: only those it imports from now on, or had imported, are.
+        self._baseline = set(sys.modules) - set(kept)
+        sys.modules.update(kept)
         self.active = root
 
     def deactivate(self) -> None:
@@ -218,13 +223,14 @@ class Namespaces:
         own = {
             name: module
             for name, module in list(sys.modules.items())
-            if str(getattr(module, "__file__", None) or "").startswith(prefix)
+            if name not in self._baseline
+            and str(getattr(module, "__file__", None) or "").startswith(prefix)
         }
         for name in own:
             del sys.modules[name]
         self._kept[root] = own
-        while root in sys.path:
-            sys.path.remove(root)
+        if root in sys.path:
+            sys.path.remove(root)  # the first one: the one activate() put in front
         self.active = None
 
 

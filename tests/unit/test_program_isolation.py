@@ -126,3 +126,16 @@ def test_client_side_loads_keep_programs_apart(tmp_path):
     b = load_path(program(tmp_path / "iso-b", TOP_IMPORTS_HELPER, "B"))
     assert a.stages["start"].fn.__globals__["helper"].f() == "A"
     assert b.stages["start"].fn.__globals__["helper"].f() == "B"
+
+
+def test_loading_a_program_leaves_the_callers_own_modules_alone(tmp_path, monkeypatch):
+    # The caller's script (here a module ``mine``) lives in the program's folder.
+    folder = program(tmp_path / "iso-own", TOP_IMPORTS_HELPER, "A")
+    (folder / "mine.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(folder))
+    import mine  # noqa: F401
+
+    load_path(folder)
+    assert "mine" in sys.modules
+    assert str(folder) in sys.path
+    sys.modules.pop("mine")
