@@ -395,7 +395,7 @@ def files(job_id: str, as_json: bool = JsonOption, home: str | None = HomeOption
         _emit_json(names)
     else:
         for name in names:
-            out.print(name)
+            out.print(name, markup=False, highlight=False)
 
 
 @app.command()
@@ -407,7 +407,7 @@ def download(
 ) -> None:
     """Copy a file the job saved to this folder (or --output)."""
     target = _client(home).job(job_id).download(path, output)
-    out.print(f"wrote {target}")
+    out.print(f"wrote {target}", markup=False, highlight=False)
 
 
 @app.command()
@@ -552,6 +552,21 @@ def main() -> None:
     except QlayerError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         sys.exit(1)
+    except Exception as exc:
+        explained = _explain_aws(exc)
+        if explained is None:
+            raise
+        err.print(f"[red]error:[/red] {explained}", highlight=False)
+        sys.exit(1)
+
+
+def _explain_aws(exc: BaseException) -> str | None:
+    """One line for an AWS client failure (only when botocore is in use at all)."""
+    if "botocore" not in sys.modules:
+        return None
+    from qlayer.aws.reach import explain
+
+    return explain(exc)
 
 
 if __name__ == "__main__":

@@ -154,3 +154,45 @@ def test_backends_table_shows_qubits_and_fits_80_columns(tmp_path):
     assert rows["fake_brisbane"][3] == "127"
     assert rows["fake_aachen"][3] == "156"  # not in any hand-kept table: read from its snapshot
     assert all(row[3].isdigit() for row in rows.values()), rows
+
+
+def _aws_cli(tmp_path, *args, **env_extra):
+    import os
+
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("AWS_") and key != "QLAYER_HOME"
+    }
+    env.update(
+        AWS_CONFIG_FILE=str(tmp_path / "none"),
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+        AWS_EC2_METADATA_DISABLED="true",  # never look for an instance role off this machine
+        AWS_ENDPOINT_URL="http://127.0.0.1:9",  # the discard port: nothing listens
+        AWS_MAX_ATTEMPTS="1",
+        **env_extra,
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "qlayer.cli", "--target", "aws", "--region", "eu-west-1", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+    )
+
+
+def test_aws_target_unreachable_is_one_line_saying_what_to_check(tmp_path):
+    done = _aws_cli(tmp_path, "jobs", AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="y")
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    text = " ".join(done.stderr.split())
+    assert "cannot reach AWS at http://127.0.0.1:9" in text
+    assert "--region" in text and "AWS_ENDPOINT_URL" in text
+
+
+def test_aws_target_without_credentials_says_how_to_give_them(tmp_path):
+    done = _aws_cli(tmp_path, "jobs")
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "no AWS credentials found" in " ".join(done.stderr.split())
