@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -293,6 +294,10 @@ def status(job_id: str, as_json: bool = JsonOption, home: str | None = HomeOptio
         table.add_row("items", f"{info['children']['done']}/{info['children']['total']} done")
     if info.get("provider_job_ids"):
         table.add_row("provider jobs", ", ".join(info["provider_job_ids"]))
+    for warning in info.get("warnings") or []:
+        table.add_row("warning", warning)
+    if info.get("note"):
+        table.add_row("daemon", f"{info.get('daemon', '')}: {info['note']}")
     used = info.get("usage") or {}
     if used:
         table.add_row(
@@ -386,6 +391,9 @@ def jobs(
             info["job_id"],
         )
     out.print(table)
+    note = next((info["note"] for info in listed if info.get("note")), None)
+    if note:
+        out.print(f"[yellow]note:[/yellow] {note}")
 
 
 @app.command()
@@ -396,7 +404,7 @@ def files(job_id: str, as_json: bool = JsonOption, home: str | None = HomeOption
         _emit_json(names)
     else:
         for name in names:
-            out.print(name)
+            out.print(name, markup=False, highlight=False)
 
 
 @app.command()
@@ -408,7 +416,7 @@ def download(
 ) -> None:
     """Copy a file the job saved to this folder (or --output)."""
     target = _client(home).job(job_id).download(path, output)
-    out.print(f"wrote {target}")
+    out.print(f"wrote {target}", markup=False, highlight=False)
 
 
 @app.command()
@@ -477,27 +485,54 @@ def backends(as_json: bool = JsonOption, home: str | None = HomeOption) -> None:
     if as_json:
         _emit_json(listed)
         return
-    table = Table("backend", "provider", "kind", "qubits", "method", "concurrency", "description")
+    wide = out.width >= 120
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+    table.add_column("backend", no_wrap=True)
+    table.add_column("provider", no_wrap=True)
+    table.add_column("kind", no_wrap=True)
+    table.add_column("qubits", justify="right", no_wrap=True)
+    table.add_column("method", no_wrap=True)
+    table.add_column("jobs", justify="right", no_wrap=True)
+    if wide:
+        table.add_column("description")
     for info in listed:
-        table.add_row(
+        row = [
             info["name"],
             info["provider"],
             info["kind"],
-            str(info["num_qubits"] or "memory"),
-            info["method"],
+            str(info["num_qubits"]) if info["num_qubits"] else "any",
+            _SHORT_METHODS.get(info["method"], info["method"]),
             str(info["max_concurrency"]),
-            info["description"],
-        )
+        ]
+        table.add_row(*row, *([info["description"]] if wide else []))
     out.print(table)
+    if not wide:
+        out.print(
+            "qubits 'any': as many as memory allows; jobs: how many run at once. "
+            "--json, or a wider terminal, adds each backend's description."
+        )
+
+
+_SHORT_METHODS = {"matrix_product_state": "mps", "density_matrix": "density"}
 
 
 @app.command()
 def describe(program: Path, as_json: bool = JsonOption) -> None:
     """Show a program's stages and parameters without running it."""
+    from qlayer.errors import WorkflowError
+    from qlayer.planner import Resources, check_local_stages
     from qlayer.program import bundle, load_path
 
     bundle(program)
-    info = load_path(program).describe()
+    workflow = load_path(program)
+    info = workflow.describe()
+    try:
+        info["local"] = {
+            "refused": None,
+            "warnings": check_local_stages(workflow, Resources.for_this_machine()),
+        }
+    except WorkflowError as exc:
+        info["local"] = {"refused": str(exc), "warnings": []}
     if as_json:
         _emit_json(info)
         return
@@ -506,10 +541,17 @@ def describe(program: Path, as_json: bool = JsonOption) -> None:
         default = "required" if param["required"] else f"default {param['default']!r}"
         out.print(f"  --arg {name}=<{param['type']}>  {default}  {param['help']}", markup=False)
     for stage in info["stages"]:
+        gpus = f", {stage['gpus']} GPU{'s' if stage['gpus'] != 1 else ''}" if stage["gpus"] else ""
         out.print(
-            f"  stage {stage['name']}: {stage['kind']}, {stage['memory_mb']} MiB, "
-            f"{stage['timeout_s']} s"
+            f"  stage {stage['name']}: {stage['kind']}, {stage['vcpus']:g} vCPU{gpus}, "
+            f"{stage['memory_mb']} MiB, timeout {stage['timeout_s']} s, "
+            f"max_runs {stage['max_runs']}",
+            markup=False,
         )
+    if info["local"]["refused"]:
+        out.print(f"  locally: refused: {info['local']['refused']}", markup=False)
+    for warning in info["local"]["warnings"]:
+        out.print(f"  locally: {warning}", markup=False)
 
 
 def main() -> None:
@@ -519,6 +561,21 @@ def main() -> None:
     except QlayerError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         sys.exit(1)
+    except Exception as exc:
+        explained = _explain_aws(exc)
+        if explained is None:
+            raise
+        err.print(f"[red]error:[/red] {explained}", highlight=False)
+        sys.exit(1)
+
+
+def _explain_aws(exc: BaseException) -> str | None:
+    """One line for an AWS client failure (only when botocore is in use at all)."""
+    if "botocore" not in sys.modules:
+        return None
+    from qlayer.aws.reach import explain
+
+    return explain(exc)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,16 @@ class StageContext:
         return preset_pass_manager(backend or self.backend, optimization_level, seed)
 
     def save_file(self, name: str, data: bytes | str) -> str:
-        """Save a file with the job (``qlayer files`` lists it). Returns its key."""
+        """Save a file with the job (``qlayer files`` lists it). Returns its key.
+
+        ``name`` may be any Unicode name, with ``/`` between folders
+        (``"plots/fig 1.png"``, ``"grüße ✓.txt"``); it may not be absolute, hold ``.``
+        or ``..`` segments, empty segments, backslashes or control characters, and is
+        at most 900 bytes of UTF-8 (255 a segment).
+
+        Raises:
+            FileNameError: (a ``ValueError``) the name breaks one of those rules.
+        """
         key = keys.file_key(self.job_id, name)
         self.store.put_bytes(key, data.encode() if isinstance(data, str) else data)
         self.saved_files.append(name)

@@ -71,3 +71,10 @@ class ConfigError(QlayerError):
 
 class DaemonError(QlayerError):
     """The local daemon could not be started or reached."""
+
+
+class FileNameError(QlayerError, ValueError):
+    """A file name a job may not use (traversal, an absolute path, control characters).
+
+    Also a ``ValueError``, which is what it was before it had a name of its own.
+    """

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qlayer import keys
-from qlayer.errors import JobCancelled, JobFailed
+from qlayer.errors import ArtifactError, JobCancelled, JobFailed
 from qlayer.status import JobStatus
 from qlayer.store.base import ArtifactStore
 
@@ -195,8 +195,26 @@ class BaseJob(ABC):
         return [key[len(prefix) :] for key in self.store.list(prefix)]
 
     def download(self, name: str, destination: str | os.PathLike[str] | None = None) -> Path:
-        """Copy a saved file to ``destination`` (default: the current folder)."""
-        data = self.store.get_bytes(keys.file_key(self.job_id, name))
+        """Copy a saved file to ``destination`` (default: the current folder).
+
+        Raises:
+            FileNameError: ``name`` is not a name a job can save (see
+                :func:`qlayer.keys.check_relative_path`).
+            ArtifactError: The job saved no file of that name.
+        """
+        key = keys.file_key(self.job_id, name)
+        if not self.store.exists(key):
+            saved = self.files()
+            raise ArtifactError(
+                f"job {self.job_id} saved no file {name!r}; "
+                + (
+                    f"it saved {len(saved)}: {', '.join(saved[:10])}"
+                    + (", ..." if len(saved) > 10 else "")
+                    if saved
+                    else "it saved no files"
+                )
+            )
+        data = self.store.get_bytes(key)
         target = Path(destination) if destination else Path(Path(name).name)
         if target.is_dir():
             target = target / Path(name).name

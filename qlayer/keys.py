@@ -17,9 +17,9 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_SAFE_PATH = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 
 
 def check_name(name: str, what: str = "name") -> str:
@@ -32,14 +32,55 @@ def check_name(name: str, what: str = "name") -> str:
     return name
 
 
-def check_relative_path(path: str, what: str = "file path") -> str:
-    """Return ``path`` if it is a safe relative path (no '..', no leading '/')."""
-    if not _SAFE_PATH.match(path) or any(part in {".", ".."} for part in path.split("/")):
-        raise ValueError(
-            f"invalid {what} {path!r}: a relative path of letters, digits, '.', '_', '-' "
-            "and '/' without '..'"
-        )
+#: The longest file name a job may save, in UTF-8 bytes (S3 keys stop at 1,024, and
+#: ``jobs/<id>/files/`` takes its share).
+MAX_FILE_NAME_BYTES = 900
+#: The longest segment between slashes, in UTF-8 bytes (a file system's name limit).
+MAX_FILE_SEGMENT_BYTES = 255
+
+
+def check_relative_path(path: str, what: str = "file name") -> str:
+    """Return ``path`` if it is safe as a file a job saves, else raise FileNameError.
+
+    Any Unicode is accepted (``"grüße ✓.txt"``, spaces, ``plots/fig 1.png``) except what
+    could escape the job's folder or confuse a terminal or a file system: an empty
+    name, a leading ``/``, a ``.`` or ``..`` segment, an empty segment (``a//b``), a
+    backslash, control characters (newline, tab, NUL, DEL, C1), a segment over 255
+    bytes or a name over 900 bytes of UTF-8.
+    """
+    from qlayer.errors import FileNameError
+
+    problem = _path_problem(path)
+    if problem:
+        raise FileNameError(f"invalid {what} {path!r}: {problem}")
     return path
+
+
+def _path_problem(path: object) -> str | None:
+    if not isinstance(path, str):
+        return f"a name is a str, not {type(path).__name__}"
+    if not path:
+        return "it is empty"
+    if path.startswith("/"):
+        return "it is absolute; give a path relative to the job's files"
+    if any(unicodedata.category(char) == "Cc" for char in path):
+        return "it holds a control character (newline, tab, NUL...)"
+    if "\\" in path:
+        return "it holds a backslash; separate folders with '/'"
+    parts = path.split("/")
+    if any(part in {".", ".."} for part in parts):
+        return "'.' and '..' segments are not allowed"
+    if any(not part for part in parts):
+        return "it has an empty segment (a trailing or doubled '/')"
+    if len(path.encode("utf-8", "surrogatepass")) > MAX_FILE_NAME_BYTES:
+        return f"it is longer than {MAX_FILE_NAME_BYTES} bytes of UTF-8"
+    if any(len(part.encode("utf-8", "surrogatepass")) > MAX_FILE_SEGMENT_BYTES for part in parts):
+        return f"a segment is longer than {MAX_FILE_SEGMENT_BYTES} bytes of UTF-8"
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return "it is not valid Unicode (a lone surrogate)"
+    return None
 
 
 def program_prefix(program_id: str) -> str:

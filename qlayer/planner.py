@@ -78,6 +78,8 @@ class Resources:
         gpu_vcpus: vCPUs a GPU job asks for (it must fit the smallest GPU instance).
         gpu_job_memory_mb: Host memory a GPU job asks for (likewise).
         local_memory_mb: Set on the local substrate: the machine's memory for a job.
+        local_cpus: Set on the local substrate: the machine's CPU cores.
+        local_gpus: Set on the local substrate: the machine's visible NVIDIA GPUs.
     """
 
     stage_memory_mb: int = 4096
@@ -89,16 +91,23 @@ class Resources:
     gpu_vcpus: int = 4  # g5.xlarge, the smallest default GPU instance, has 4
     gpu_job_memory_mb: int = 15360  # and 16 GiB
     local_memory_mb: int | None = None
+    local_cpus: int | None = None
+    local_gpus: int | None = None
 
     @classmethod
     def for_this_machine(cls, fraction: float = 0.8) -> Resources:
+        """The local machine as a tier: ``fraction`` of its memory, its cores and GPUs."""
         import os
 
         try:
             total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // MIB
         except (ValueError, OSError):  # pragma: no cover - non-POSIX
             total = 8192
-        return cls(local_memory_mb=int(total * fraction))
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):  # pragma: no cover - non-Linux
+            cpus = os.cpu_count() or 1
+        return cls(local_memory_mb=int(total * fraction), local_cpus=cpus, local_gpus=_gpus())
 
     def to_json(self) -> str:
         """A deployment's resources as the stack writes them: compact JSON, sorted keys
@@ -137,7 +146,22 @@ class Resources:
 
 
 #: The fields of :class:`Resources` a deployment declares.
-_DEPLOYED = [name for name in Resources.__dataclass_fields__ if name != "local_memory_mb"]
+_DEPLOYED = [name for name in Resources.__dataclass_fields__ if not name.startswith("local_")]
+
+
+def _gpus() -> int:
+    """NVIDIA GPUs this process may use: those the driver lists, narrowed by
+    ``CUDA_VISIBLE_DEVICES`` when it is set."""
+    import os
+    from pathlib import Path
+
+    listed = Path("/proc/driver/nvidia/gpus")
+    found = len(list(listed.iterdir())) if listed.is_dir() else 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        wanted = [part for part in visible.split(",") if part.strip() and part.strip() != "-1"]
+        found = min(found, len(wanted))
+    return found
 
 
 @dataclass(frozen=True)
@@ -222,7 +246,10 @@ def seconds(method: str, load: Workload) -> float:
     if method == "stabilizer":
         per = 1e-7 * load.qubits * load.qubits
     elif method == "matrix_product_state":
-        per = 1e-6 * load.qubits * 2 ** min(load.qubits / 2, 10) ** 3
+        # A gate on two sites costs about chi**3 (chi: the bond dimension the memory
+        # estimate uses), at about 1e9 of those a second.
+        chi = 2 ** min(load.qubits / 2, 10)
+        per = 1e-6 + 1e-9 * chi**3
     elif method == "density_matrix":
         per = 2e-9 * 4.0**load.qubits
     else:
@@ -231,15 +258,26 @@ def seconds(method: str, load: Workload) -> float:
 
 
 def choose_method(backend: BackendInfo, load: Workload) -> str:
+    """The simulation method for a request (see :func:`method_reason` for why)."""
+    return _method(backend, load)[0]
+
+
+def method_reason(backend: BackendInfo, load: Workload) -> str:
+    """Why :func:`choose_method` picks the method it does, in a few words."""
+    return _method(backend, load)[1]
+
+
+def _method(backend: BackendInfo, load: Workload) -> tuple[str, str]:
     if backend.method != "automatic":
-        return backend.method
+        return backend.method, f"{backend.name} always uses {backend.method}"
     if load.clifford and not backend.noisy:
-        return "stabilizer"
+        return "stabilizer", "every gate is Clifford and the backend is ideal"
     if backend.noisy:
-        return "statevector"  # Aer samples noise by trajectories over a statevector
+        # Aer samples noise by trajectories over a statevector
+        return "statevector", "noisy backend: noise is sampled over a statevector"
     if load.qubits <= 30:
-        return "statevector"
-    return "matrix_product_state"
+        return "statevector", f"{load.qubits} qubits fit a statevector (30 or fewer)"
+    return "matrix_product_state", f"{load.qubits} qubits are too many for a statevector (> 30)"
 
 
 def plan(backend: BackendInfo, load: Workload, limits: Resources) -> Plan:
@@ -253,12 +291,20 @@ def plan(backend: BackendInfo, load: Workload, limits: Resources) -> Plan:
         raise PlannerError(
             f"the request uses {load.qubits} qubits but {backend.name} has {backend.num_qubits}"
         )
-    method = choose_method(backend, load)
+    method, why = _method(backend, load)
     need = memory_mb(method, load.qubits)
     time = seconds(method, load)
 
     def made(tier: str, reason: str) -> Plan:
-        return Plan(tier, method, load.qubits, load.depth, need, round(time, 3), reason)
+        return Plan(
+            tier,
+            method,
+            load.qubits,
+            load.depth,
+            need,
+            round(time, 3),
+            f"{method}: {why}; {reason}",
+        )
 
     if limits.local_memory_mb is not None:
         if need > limits.local_memory_mb:
@@ -302,6 +348,51 @@ def _human(mb: float) -> str:
             return f"{value:.0f} {unit}" if value >= 10 else f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.0f} YiB"  # pragma: no cover
+
+
+def check_local_stages(workflow: Any, machine: Resources) -> list[str]:
+    """Check what a workflow's stages declare against this machine (the local substrate).
+
+    Memory is a hard limit here (the stage's address space is capped at what it
+    declares), so a stage that declares more than the machine has is refused. vCPUs
+    and GPUs are not: a stage that declares more runs degraded — on fewer cores, or
+    on the CPU — and the returned warnings go to the job's status and timeline.
+
+    Returns:
+        One warning per stage that will run with less than it declares.
+
+    Raises:
+        WorkflowError: A stage declares more memory than the machine offers.
+    """
+    from qlayer.errors import WorkflowError
+
+    refused, warnings = [], []
+    for stage in workflow.stages.values():
+        compute = stage.compute
+        where = f"stage {stage.name!r} (compute={compute.kind!r})"
+        if machine.local_memory_mb is not None and compute.memory_mb > machine.local_memory_mb:
+            refused.append(
+                f"{where} declares memory_mb={compute.memory_mb}; this machine offers "
+                f"{machine.local_memory_mb} MiB"
+            )
+        if machine.local_cpus is not None and compute.vcpus > machine.local_cpus:
+            warnings.append(
+                f"{where} declares vcpus={compute.vcpus:g}; this machine has "
+                f"{machine.local_cpus}: it runs on those here"
+            )
+        if machine.local_gpus is not None and compute.gpus > machine.local_gpus:
+            have = machine.local_gpus
+            warnings.append(
+                f"{where} declares gpus={compute.gpus}; this machine has {have}: "
+                + (f"it runs on {have} here" if have else "it runs on the CPU here")
+            )
+    if refused:
+        raise WorkflowError(
+            "this machine cannot give what these stages declare: "
+            + "; ".join(refused)
+            + " (lower memory_mb, or run it on AWS)"
+        )
+    return warnings
 
 
 def check_stages(workflow: Any, resources: Resources) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.util
 import json
+import os
 import sys
 import threading
 from dataclasses import dataclass
@@ -46,6 +48,7 @@ def bundle(path: str | Path) -> Bundle:
             raise ProgramError(f"program {str(path)!r} is not a .py file")
         entry = source.name
         files[entry] = source.read_bytes()
+        files.update(sibling_modules(source, files[entry]))
     else:
         entry = "main.py"
         if not (source / entry).is_file():
@@ -63,11 +66,59 @@ def bundle(path: str | Path) -> Bundle:
         )
     for name, data in files.items():
         if name.endswith(".py"):
-            check_syntax(data, str(source / name) if source.is_dir() else str(source))
+            check_syntax(data, str(source / name) if source.is_dir() else str(source.parent / name))
     digest = hashlib.sha256()
     for name, data in sorted(files.items()):
         digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
     return Bundle(digest.hexdigest()[:24], entry, files)
+
+
+def sibling_modules(entry: Path, source: bytes) -> dict[str, bytes]:
+    """The modules a single-file program imports from its own folder, transitively.
+
+    ``qlayer run prog.py`` where ``prog.py`` does ``import helper`` (``helper.py`` or a
+    ``helper/`` package beside it) would work on the laptop and fail in the daemon,
+    which sees only the bundle; so those files are bundled with it. Imports are read
+    from the syntax tree (top level and inside functions); nothing is executed.
+    """
+    folder = entry.parent
+    found: dict[str, bytes] = {}
+    pending = [source]
+    seen: set[str] = set()
+    while pending:
+        for name in _imported_names(pending.pop()):
+            if name in seen or name == "qlayer" or name in sys.stdlib_module_names:
+                continue
+            seen.add(name)
+            module = folder / f"{name}.py"
+            package = folder / name
+            if module.is_file() and module != entry:
+                found[module.name] = data = module.read_bytes()
+                pending.append(data)
+            elif package.is_dir() and (package / "__init__.py").is_file():
+                for file in sorted(package.rglob("*")):
+                    rel = file.relative_to(folder)
+                    if file.is_dir() or any(part in _SKIP_DIRS for part in rel.parts):
+                        continue
+                    found[rel.as_posix()] = data = file.read_bytes()
+                    if file.suffix == ".py":
+                        pending.append(data)
+    return found
+
+
+def _imported_names(source: bytes) -> set[str]:
+    """Top-level names of the absolute imports in ``source`` (empty if it does not parse)."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return set()  # reported by check_syntax with the file's name
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
 
 
 def check_syntax(data: bytes, filename: str) -> None:
@@ -143,19 +194,82 @@ def import_file(path: Path, module_name: str) -> ModuleType:
     return module
 
 
+class Namespaces:
+    """Keeps each program's own modules apart inside one long-lived process.
+
+    A program's folder holds modules of its own (``helper.py``, a package). Python
+    caches imports by name in ``sys.modules``, so in a warm worker or a warm Lambda
+    the second program to ``import helper`` would get the first one's. Here each
+    program's modules (those whose file lies in its folder) are kept aside while
+    another program is active, and its folder is on ``sys.path`` only while it is
+    active, so imports made inside a stage function find the program's own modules
+    and never another program's. Programs are told apart by their folder.
+    """
+
+    def __init__(self) -> None:
+        self.active: str | None = None
+        self._kept: dict[str, dict[str, ModuleType]] = {}
+        self._baseline: set[str] = set()
+
+    def activate(self, folder: Path | str) -> None:
+        """Make the modules and folder of the program in ``folder`` the importable ones."""
+        root = os.path.abspath(folder)
+        if self.active == root:
+            return
+        self.deactivate()
+        sys.path.insert(0, root)
+        kept = self._kept.pop(root, {})
+        # Modules already loaded (the caller's own, even from the same folder) are not
+        # the program's: only those it imports from now on, or had imported, are.
+        self._baseline = set(sys.modules) - set(kept)
+        sys.modules.update(kept)
+        self.active = root
+
+    def deactivate(self) -> None:
+        """Put the active program's modules aside and take its folder off ``sys.path``."""
+        root = self.active
+        if root is None:
+            return
+        prefix = root + os.sep
+        own = {
+            name: module
+            for name, module in list(sys.modules.items())
+            if name not in self._baseline
+            and str(getattr(module, "__file__", None) or "").startswith(prefix)
+        }
+        for name in own:
+            del sys.modules[name]
+        self._kept[root] = own
+        if root in sys.path:
+            sys.path.remove(root)  # the first one: the one activate() put in front
+        self.active = None
+
+
+_NAMESPACES = Namespaces()
+
+
 def load_path(path: str | Path) -> Workflow:
     """Load the Workflow of a program file or folder on disk (client side)."""
     source = Path(path)
     entry = source if source.is_file() else source / "main.py"
     if not entry.is_file():
         raise ProgramError(f"program {str(path)!r} does not exist")
+    entry = entry.resolve()
     stamp = (str(entry.resolve()), entry.stat().st_mtime_ns, entry.stat().st_size)
     cached = _LOADED_PATHS.get(stamp)
     if cached is not None:
         return cached
     digest = hashlib.sha256(stamp[0].encode()).hexdigest()[:12]
-    module = import_file(entry, f"qlayer_user_{digest}")
-    workflow = find_workflow(module, str(path))
+    # The program's own modules are put aside once it is loaded, so that a second
+    # program from another folder (a notebook submitting both) imports its own.
+    with _LOCK:
+        _NAMESPACES.activate(entry.parent)
+    try:
+        module = import_file(entry, f"qlayer_user_{digest}")
+        workflow = find_workflow(module, str(path))
+    finally:
+        with _LOCK:
+            _NAMESPACES.deactivate()
     _LOADED_PATHS[stamp] = workflow
     return workflow
 
@@ -164,32 +278,42 @@ _LOADED_PATHS: dict[tuple[str, int, int], Workflow] = {}
 
 
 class ProgramCache:
-    """Loads programs from a store once per process and keeps them (warm workers)."""
+    """Loads programs from a store once per process and keeps them (warm workers).
+
+    :meth:`workflow` also makes the program the active one in this process (see
+    :class:`Namespaces`): the stage that runs next imports that program's own modules.
+    """
 
     def __init__(self, store: ArtifactStore, scratch: Path) -> None:
         self.store = store
         self.scratch = scratch
         self._loaded: dict[str, Workflow] = {}
+        self._folders: dict[str, Path] = {}
 
     def workflow(self, program_id: str) -> Workflow:
         cached = self._loaded.get(program_id)
         if cached is not None:
+            with _LOCK:
+                _NAMESPACES.activate(self._folders[program_id])
             return cached
         prefix = keys.program_prefix(program_id)
         manifest = self.store.get_json(prefix + "manifest.json")
         local_root = getattr(self.store, "root", None)
         if local_root is not None:
-            folder = Path(local_root) / prefix / "src"
+            folder = Path(os.path.abspath(Path(local_root) / prefix / "src"))
         else:
-            folder = self.scratch / program_id
+            folder = Path(os.path.abspath(self.scratch / program_id))
             for name in manifest["files"]:
                 target = folder / keys.check_relative_path(name)
                 if not target.exists():
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(self.store.get_bytes(prefix + "src/" + name))
+        with _LOCK:
+            _NAMESPACES.activate(folder)
         module = import_file(folder / manifest["entry"], f"qlayer_program_{program_id}")
         workflow = find_workflow(module, manifest["entry"])
         self._loaded[program_id] = workflow
+        self._folders[program_id] = folder
         return workflow
 
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import threading
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,10 +129,18 @@ def _run_stage(
             run=runs_before + 1,
             index=job.index,
         )
-        logger.info("stage %s started (run %d, step %d)", stage_name, ctx.run, seq)
+        attempt = _attempt_of(store, log_key, stage_name)
+        if attempt > 1:
+            sink.write(
+                f"── attempt {attempt} of step {seq}: attempt {attempt - 1} was interrupted "
+                "before it finished (its lines are above) ──\n"
+            )
+        logger.info(
+            "stage %s started (run %d, step %d, attempt %d)", stage_name, ctx.run, seq, attempt
+        )
         started = time.perf_counter()
         try:
-            with _redirect_output(sink), _deadline(timeout_s):
+            with _redirect_output(sink), _deadline(timeout_s), sink.flushing():
                 returned = stage.fn(data, ctx) if stage.takes_ctx else stage.fn(data)
         except StageTimeout:
             message = f"stage {stage_name!r} exceeded its timeout of {timeout_s} s and was stopped"
@@ -391,18 +401,40 @@ def note(store: ArtifactStore, job_id: str, seq: int, name: str, text: str) -> N
         logging.getLogger("qlayer").exception("cannot write a log line for %s", job_id)
 
 
+def _attempt_of(store: ArtifactStore, key: str, stage: str) -> int:
+    """Which attempt at this step this is: one more than the starts its log records.
+
+    A step is attempted again when the process running it died (a daemon restart, a
+    killed worker, a Lambda retried); the earlier attempts' lines stay in the log.
+    """
+    try:
+        text = store.get_bytes(key).decode("utf-8", "replace")
+    except ArtifactError:
+        return 1
+    return text.count(f" stage {stage} started (") + 1
+
+
 class _LogSink:
-    """Buffers stage output and appends it to the stage's log artifact line by line."""
+    """Buffers stage output and appends it to the stage's log artifact line by line.
+
+    Where appending is cheap (a local folder) logged lines are written at once and a
+    thread flushes printed output every :attr:`FLUSH_S` while the stage runs, so a
+    worker killed mid-stage loses at most that much of what it printed.
+    """
+
+    FLUSH_S = 0.25
 
     def __init__(self, store: ArtifactStore, key: str) -> None:
         self.store = store
         self.key = key
         self._buffer: list[str] = []
         self._last_flush = time.monotonic()
+        self._lock = threading.Lock()
 
     def write(self, text: str) -> int:
         if text:
-            self._buffer.append(text)
+            with self._lock:
+                self._buffer.append(text)
             if "\n" in text and (
                 time.monotonic() - self._last_flush > 0.5 or len(self._buffer) > 200
             ):
@@ -410,10 +442,38 @@ class _LogSink:
         return len(text)
 
     def flush(self) -> None:
-        if self._buffer:
+        with self._lock:
             text, self._buffer = "".join(self._buffer), []
-            self.store.append_text(self.key, text)
-        self._last_flush = time.monotonic()
+            if text:
+                self.store.append_text(self.key, text)
+            self._last_flush = time.monotonic()
+
+    @contextlib.contextmanager
+    def flushing(self) -> Iterator[None]:
+        """Flush in the background while the block runs (cheap appends only)."""
+        if not self.store.append_is_cheap:
+            yield
+            return
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(self.FLUSH_S):
+                try:
+                    self.flush()
+                except Exception:  # a log line must never fail a step
+                    return
+
+        thread = threading.Thread(target=loop, name="qlayer-log-flush", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # no room for a thread under the stage's memory limit
+            yield
+            return
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     def isatty(self) -> bool:
         return False
@@ -430,8 +490,8 @@ class _SinkHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self.sink.write(self.format(record) + "\n")
-            if record.levelno >= logging.WARNING:
-                self.sink.flush()
+            if record.levelno >= logging.WARNING or self.sink.store.append_is_cheap:
+                self.sink.flush()  # logged lines survive a kill that follows them
         except Exception:  # pragma: no cover - logging must never break a stage
             self.handleError(record)
 

@@ -7,10 +7,11 @@ input. The substrate then records the job and starts it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ class PreparedJob:
     arguments: dict[str, Any]  # encoded (plain JSON; arrays and circuits as sidecar refs)
     backend: str
     first: Decision  # the decision that runs the first stage
+    warnings: tuple[str, ...] = ()  # the substrate's, for the job's timeline
 
     @property
     def first_stage(self) -> str:
@@ -65,12 +67,16 @@ def prepare_job(
     *,
     backend: str | None = None,
     credentials_elsewhere: bool = False,
+    check: Callable[[Workflow], Sequence[str]] | None = None,
 ) -> PreparedJob:
     """Check and upload a program and write a new job's inputs.
 
     Args:
         credentials_elsewhere: The substrate holds the providers' credentials (an AWS
             stack's secret), not this machine (see :func:`qlayer.providers.registry.resolve`).
+        check: The substrate's own check of the workflow, run before anything is
+            written; it raises to refuse the job, or returns warnings, which the
+            prepared job carries.
 
     Raises:
         ProgramError: The program is missing, does not parse, or defines no Workflow.
@@ -86,8 +92,9 @@ def prepare_job(
     program_bundle = bundle(path)  # missing files and syntax errors surface here, before import
     workflow = program if isinstance(program, Workflow) else load_path(path)
     bound = workflow.bind_arguments(dict(arguments or {}))  # before anything is written
+    warnings = tuple(check(workflow)) if check is not None else ()
     program_id = upload(store, program_bundle)
-    return write_inputs(
+    job = write_inputs(
         store,
         new_job_id(),
         program_id,
@@ -96,6 +103,7 @@ def prepare_job(
         backend=backend,
         credentials_elsewhere=credentials_elsewhere,
     )
+    return dataclasses.replace(job, warnings=warnings)
 
 
 def write_inputs(

@@ -8,7 +8,8 @@ step started and ended, and the request artifacts say how many shots were asked 
 * ``qpu_seconds``: the QPU time a provider reports (``usage_seconds`` on its status,
   recorded in the timeline); where it reports none, the time the device ran the job
   (simulated devices count their simulation time here);
-* ``shots``: shots requested by sampler PUBs (parameter sets × shots);
+* ``shots``: shots requested by sampler PUBs (parameter sets × shots), of the
+  requests that ran (a request cancelled before its device started counts none);
 * ``executes``: execute requests; ``provider_jobs``: provider job ids.
 """
 
@@ -18,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 START_EVENTS = {"started", "device running"}
+RAN_EVENTS = {"started", "device running", "finished"}
 END_EVENTS = {"finished", "error", "worker died, retrying", "cancelled", "device job cancelled"}
 
 
@@ -45,12 +47,15 @@ def from_timeline(
     total = empty()
     open_steps: dict[tuple[int | None, str | None], float] = {}
     reported: dict[int | None, float] = {}  # seq -> QPU seconds the provider reported
+    ran: set[int] = set()  # execute steps whose device started or finished
     for event in timeline:
         key = (event.get("seq"), "execute" if event.get("stage") == "execute" else "stage")
         name = event["event"]
         provider_seconds = (event.get("detail") or {}).get("usage_seconds")
         if provider_seconds is not None:
             reported[event.get("seq")] = float(provider_seconds)
+        if key[1] == "execute" and name in RAN_EVENTS:
+            ran.add(int(event.get("seq") or 0))
         if name in START_EVENTS:
             open_steps[key] = event["at"]
             if name == "device running":
@@ -67,9 +72,10 @@ def from_timeline(
                 if bucket == "qpu_seconds" and key[0] in reported:
                     seconds = reported[key[0]]  # the provider's own figure wins
                 total[bucket] += seconds
-    for request in requests.values():
+    for seq, request in requests.items():
         total["executes"] += 1
-        total["shots"] += shots_of(request)
+        if seq in ran:
+            total["shots"] += shots_of(request)
     for field in ("stage_seconds", "simulator_seconds", "qpu_seconds"):
         total[field] = round(total[field], 4)
     return total

@@ -6,14 +6,21 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from qlayer.core.ports import JobRecord
+from qlayer import keys
+from qlayer.core.ports import Event, JobRecord
 from qlayer.job import BaseJob
 from qlayer.local import control, state
 from qlayer.local.jobstore import SqliteJobStore
 from qlayer.local.paths import Home
+from qlayer.planner import Resources, check_local_stages
 from qlayer.store.local import FolderStore
 from qlayer.submit import prepare_job
 from qlayer.workflow import Workflow
+
+DAEMON_DOWN = (
+    "the qlayer daemon is not running, so this job is not advancing; start it with "
+    "`qlayer up` and the job goes on from where it stopped"
+)
 
 
 class LocalClient:
@@ -38,11 +45,18 @@ class LocalClient:
         self.store = FolderStore(self.home.artifacts)
         self._conn = state.connect(self.home.db)
         self.jobstore = SqliteJobStore(self._conn)
+        self._machine: Resources | None = None
 
     def __repr__(self) -> str:
         return f"<LocalClient home={str(self.home.root)!r}>"
 
     # -- daemon ----------------------------------------------------------------------
+    def machine(self) -> Resources:
+        """This machine as the planner sees it (memory, cores, GPUs), measured once."""
+        if self._machine is None:
+            self._machine = Resources.for_this_machine()
+        return self._machine
+
     def up(self) -> int:
         """Start the local daemon if it is not running; returns its pid."""
         return control.start(self.home, workers=self.workers)
@@ -78,9 +92,25 @@ class LocalClient:
             ProgramError: The program is missing, does not parse, or defines no Workflow.
             ArgumentError: The arguments do not match the declared parameters.
             BackendError: The backend name is unknown.
+            WorkflowError: A stage declares more memory than this machine has (vCPUs
+                or GPUs beyond it are a warning in the job's status and timeline).
         """
-        job = prepare_job(self.store, program, arguments, backend=backend)
-        self.jobstore.create(job.record())
+        job = prepare_job(
+            self.store,
+            program,
+            arguments,
+            backend=backend,
+            check=lambda workflow: check_local_stages(workflow, self.machine()),
+        )
+        try:
+            self.jobstore.create(job.record())
+        except BaseException:
+            self.store.remove_tree(keys.job_prefix(job.job_id))  # a failed submit leaves nothing
+            raise
+        for warning in job.warnings:
+            self.jobstore.update(
+                job.job_id, event=Event(None, None, "warning", {"message": warning})
+            )
         self.ensure_daemon()
         control.poke(self.home)
         return LocalJob(self, job.job_id)
@@ -144,6 +174,16 @@ class LocalJob(BaseJob):
         devices = state.device_jobs_for(self.client._conn, self.job_id)
         info = self._status_json(record)
         info["provider_job_ids"] = [d["device_job_id"] for d in devices]
+        warnings = [
+            str((event.get("detail") or {}).get("message"))
+            for event in self.client.jobstore.timeline(self.job_id)
+            if event["event"] == "warning"
+        ]
+        if warnings:
+            info["warnings"] = warnings
+        if not record.status.is_final and control.daemon_pid(self.client.home) is None:
+            info["daemon"] = "not running"
+            info["note"] = DAEMON_DOWN
         return info
 
     def cancel(self) -> bool:

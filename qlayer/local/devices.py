@@ -114,7 +114,8 @@ class DeviceQueue:
             seq,
             "execute",
             f"submitted to {decision.backend}: provider job {device_job_id} (key {key}); "
-            f"plan {plan.get('tier')}, {plan.get('method')}, ~{plan.get('memory_mb')} MiB",
+            f"plan {plan.get('tier')}, {plan.get('method')}, ~{plan.get('memory_mb')} MiB, "
+            f"~{plan.get('seconds')} s ({plan.get('reason')})",
         )
         return device_job_id
 

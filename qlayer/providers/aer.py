@@ -8,7 +8,9 @@ process builds each one once and keeps it.
 from __future__ import annotations
 
 import functools
+import json
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qlayer.errors import BackendError
@@ -131,7 +133,7 @@ class AerProvider(SyncProvider):
 
     def _device_info(self, name: str) -> BackendInfo:
         cls = _fake_classes()[name]
-        qubits = _FAKE_QUBITS.get(name)
+        qubits = _fake_qubits(name)
         return BackendInfo(
             name,
             "aer",
@@ -193,39 +195,13 @@ def check_isa(backend: str, pubs: list[Any], target: Target) -> None:
             )
 
 
-# Qubit counts of common fake devices, so `qlayer backends` need not build each one.
-_FAKE_QUBITS = {
-    "fake_brisbane": 127,
-    "fake_sherbrooke": 127,
-    "fake_kyiv": 127,
-    "fake_osaka": 127,
-    "fake_kyoto": 127,
-    "fake_quebec": 127,
-    "fake_cusco": 127,
-    "fake_torino": 133,
-    "fake_fez": 156,
-    "fake_marrakesh": 156,
-    "fake_kawasaki": 127,
-    "fake_manila_v2": 5,
-    "fake_lima_v2": 5,
-    "fake_belem_v2": 5,
-    "fake_quito_v2": 5,
-    "fake_athens_v2": 5,
-    "fake_nairobi_v2": 7,
-    "fake_jakarta_v2": 7,
-    "fake_lagos_v2": 7,
-    "fake_perth_v2": 7,
-    "fake_guadalupe_v2": 16,
-    "fake_almaden_v2": 20,
-    "fake_boeblingen_v2": 20,
-    "fake_cairo_v2": 27,
-    "fake_hanoi_v2": 27,
-    "fake_kolkata_v2": 27,
-    "fake_montreal_v2": 27,
-    "fake_mumbai_v2": 27,
-    "fake_auckland": 27,
-    "fake_geneva": 27,
-    "fake_peekskill": 27,
-    "fake_prague": 33,
-    "fake_washington_v2": 127,
-}
+@functools.cache
+def _fake_qubits(name: str) -> int | None:
+    """A fake device's qubit count, read from its configuration snapshot (no backend built)."""
+    cls = _fake_classes().get(name)
+    try:
+        path = Path(cls.dirname) / cls.conf_filename  # type: ignore[union-attr]
+        with open(path, encoding="utf-8") as handle:
+            return int(json.load(handle)["n_qubits"])
+    except (AttributeError, OSError, KeyError, TypeError, ValueError):
+        return None

@@ -14,7 +14,13 @@ class ArtifactStore(ABC):
     """Where every artifact lives. Implementations: a local folder, an S3 bucket.
 
     Writes are atomic: a reader sees the old object or the new one, never half.
+
+    Attributes:
+        append_is_cheap: :meth:`append_text` costs a local write (not a round trip),
+            so logs may be flushed often.
     """
+
+    append_is_cheap: bool = False
 
     @abstractmethod
     def put_bytes(self, key: str, data: bytes) -> None:

@@ -13,6 +13,8 @@ from qlayer.store.base import ArtifactStore
 class FolderStore(ArtifactStore):
     """Artifacts as files under ``root``; writes go through a temp file and a rename."""
 
+    append_is_cheap = True
+
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -64,3 +66,9 @@ class FolderStore(ArtifactStore):
         target.parent.mkdir(parents=True, exist_ok=True)
         with open(target, "a", encoding="utf-8") as handle:
             handle.write(text)
+
+    def remove_tree(self, prefix: str) -> None:
+        """Delete every artifact under ``prefix`` (a folder; local only, for cleanup)."""
+        import shutil
+
+        shutil.rmtree(self.path(prefix.rstrip("/")), ignore_errors=True)

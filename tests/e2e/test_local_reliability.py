@@ -92,6 +92,12 @@ def test_daemon_killed_mid_stage_resumes_every_job(client, side, markers):
     assert starts(side, in_measure.job_id, "measure") == 2
     for job in (in_prepare, in_measure):
         assert any(e["event"] == "recovered after restart" for e in job.timeline())
+    # Each attempt's lines stay in the log, labelled (issue 8.5): the killed attempt's too.
+    logs = in_prepare.logs()
+    assert logs.count("waiting for the go file") == 2, logs
+    assert "stage prepare started (run 1, step 0, attempt 1)" in logs
+    assert "── attempt 2 of step 0: attempt 1 was interrupted" in logs
+    assert "stage prepare started (run 1, step 0, attempt 2)" in logs
 
 
 @pytest.mark.slow

@@ -65,3 +65,134 @@ def test_errors_are_one_clear_line_and_exit_1(tmp_path):
     unknown = qlayer("status", "no-such-job", home=tmp_path)
     assert unknown.returncode == 1
     assert "no job 'no-such-job'" in unknown.stderr
+
+
+def test_status_says_when_the_daemon_is_not_running(tmp_path):
+    from qlayer.local.client import LocalClient
+
+    program = tmp_path / "p.py"
+    program.write_text(PROGRAM)
+    client = LocalClient(tmp_path / "home", autostart=False)
+    job = client.run(program)
+    shown = qlayer("status", job.job_id, home=tmp_path / "home")
+    assert shown.returncode == 0, shown.stderr
+    assert "daemon is not running" in shown.stdout
+    assert "qlayer up" in shown.stdout
+    as_json = json.loads(qlayer("status", job.job_id, "--json", home=tmp_path / "home").stdout)
+    assert as_json["status"] == "QUEUED"
+    assert as_json["daemon"] == "not running"
+    listed = qlayer("jobs", home=tmp_path / "home")
+    assert "daemon is not running" in listed.stdout
+
+
+DECLARES_TOO_MUCH = """
+from qlayer import Workflow, Done
+wf = Workflow("greedy")
+
+@wf.stage(compute="batch-gpu", gpus=64, vcpus=512, memory_mb=4096)
+def only(args):
+    return Done(1)
+"""
+
+
+def test_describe_shows_every_declared_resource_and_what_this_machine_gives(tmp_path):
+    program = tmp_path / "greedy.py"
+    program.write_text(DECLARES_TOO_MUCH)
+    shown = qlayer("describe", str(program), home=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    text = " ".join(shown.stdout.split())
+    assert "stage only: batch-gpu, 512 vCPU, 64 GPUs, 4096 MiB, timeout 3600 s, max_runs" in text
+    assert "locally: stage 'only' (compute='batch-gpu') declares vcpus=512" in text
+    assert "declares gpus=64" in text
+
+
+def test_resources_this_machine_lacks_are_warned_in_status_and_timeline(tmp_path):
+    from qlayer.local.client import LocalClient
+
+    program = tmp_path / "greedy.py"
+    program.write_text(DECLARES_TOO_MUCH)
+    client = LocalClient(tmp_path / "home", autostart=False)
+    job = client.run(program)
+    warnings = job.info()["warnings"]
+    assert any("declares vcpus=512" in w for w in warnings), warnings
+    assert any("declares gpus=64" in w for w in warnings), warnings
+    assert [e["event"] for e in job.timeline()].count("warning") == 2
+    shown = " ".join(qlayer("status", job.job_id, home=tmp_path / "home").stdout.split())
+    assert "warning stage 'only' (compute='batch-gpu') declares gpus=64" in shown
+
+
+def test_memory_this_machine_lacks_is_refused_at_submit_leaving_nothing(tmp_path):
+    import pytest
+
+    from qlayer.errors import WorkflowError
+    from qlayer.local.client import LocalClient
+
+    program = tmp_path / "huge.py"
+    program.write_text(DECLARES_TOO_MUCH.replace("memory_mb=4096", "memory_mb=10**9"))
+    client = LocalClient(tmp_path / "home", autostart=False)
+    with pytest.raises(WorkflowError, match=r"declares memory_mb=1000000000; this machine offers"):
+        client.run(program)
+    assert client.jobs() == []
+    jobs_folder = client.home.artifacts / "jobs"
+    assert not jobs_folder.exists() or not list(jobs_folder.iterdir())
+
+
+def test_backends_table_shows_qubits_and_fits_80_columns(tmp_path):
+    import os
+
+    done = subprocess.run(
+        [sys.executable, "-m", "qlayer.cli", "backends", "--home", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "80"},
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    rows = {line.split()[0]: line.split() for line in lines if line.strip().startswith("fake_")}
+    assert rows["fake_brisbane"][3] == "127"
+    assert rows["fake_aachen"][3] == "156"  # not in any hand-kept table: read from its snapshot
+    assert all(row[3].isdigit() for row in rows.values()), rows
+
+
+def _aws_cli(tmp_path, *args, **env_extra):
+    import os
+
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("AWS_") and key != "QLAYER_HOME"
+    }
+    env.update(
+        AWS_CONFIG_FILE=str(tmp_path / "none"),
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+        AWS_EC2_METADATA_DISABLED="true",  # never look for an instance role off this machine
+        AWS_ENDPOINT_URL="http://127.0.0.1:9",  # the discard port: nothing listens
+        AWS_MAX_ATTEMPTS="1",
+        **env_extra,
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "qlayer.cli", "--target", "aws", "--region", "eu-west-1", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+    )
+
+
+def test_aws_target_unreachable_is_one_line_saying_what_to_check(tmp_path):
+    done = _aws_cli(tmp_path, "jobs", AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="y")
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    text = " ".join(done.stderr.split())
+    assert "cannot reach AWS at http://127.0.0.1:9" in text
+    assert "--region" in text and "AWS_ENDPOINT_URL" in text
+
+
+def test_aws_target_without_credentials_says_how_to_give_them(tmp_path):
+    done = _aws_cli(tmp_path, "jobs")
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "no AWS credentials found" in " ".join(done.stderr.split())

@@ -90,3 +90,14 @@ def test_memory_grows_with_method():
         > memory_mb("stabilizer", 30)
     )
     assert memory_mb("density_matrix", 15) > memory_mb("statevector", 15)
+
+
+def test_mps_time_estimate_is_finite_and_the_plan_says_why():
+    from qlayer.planner import Workload, seconds
+
+    load = Workload(qubits=40, depth=10, gates=400, clifford=False, executions=1, shots=1024)
+    estimate = seconds("matrix_product_state", load)
+    assert estimate < 1e6, estimate  # chi = 2**10 at most: chi**3 per gate, not 2**(10**3)
+    chosen = plan(IDEAL, load, CLOUD)
+    assert chosen.method == "matrix_product_state"
+    assert "too many for a statevector" in chosen.reason

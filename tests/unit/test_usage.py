@@ -80,3 +80,18 @@ def test_qpu_seconds_reported_by_the_provider_win_over_wall_time():
     ]
     request = {"primitive": "estimator", "pubs": [], "plan": {"tier": "qpu"}}
     assert from_timeline(timeline, {1: request})["qpu_seconds"] == 4.2
+
+
+def test_a_request_that_never_ran_counts_no_shots():
+    # Cancelled while its execute waited for the device: submitted, never running.
+    timeline = [
+        {"at": 0.0, "seq": 0, "stage": "build", "event": "started"},
+        {"at": 1.0, "seq": 0, "stage": "build", "event": "finished"},
+        {"at": 1.1, "seq": 1, "stage": "execute", "event": "submitted"},
+        {"at": 2.0, "seq": None, "stage": None, "event": "cancelled"},
+    ]
+    requests = {1: request("sampler", [circuit().assign_parameters([0.3])], 1000, "qpu")}
+    used = from_timeline(timeline, requests)
+    assert used["shots"] == 0
+    assert used["executes"] == 1
+    assert from_timeline([], requests)["shots"] == 0

@@ -36,6 +36,7 @@ def handshake(ctx):
     if not markers or ctx.stage not in ctx.arguments["wait_at"].split(","):
         return
     folder = Path(markers)
+    ctx.log.info("waiting for the go file")  # an attempt killed here keeps this line
     (folder / f"{ctx.job_id}.{ctx.stage}.started").write_text(str(os.getpid()))
     deadline = time.monotonic() + 120
     while not ((folder / "go").exists() or (folder / f"{ctx.job_id}.go").exists()):

@@ -1,0 +1,141 @@
+"""Each program sees only its own modules, in one long-lived process (a warm worker).
+
+These run the loading code the local workers and the AWS stage runners use
+(:class:`qlayer.program.ProgramCache`) on a folder store, several programs in turn.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from qlayer.program import ProgramCache, bundle, load_path, upload
+from qlayer.store.local import FolderStore
+
+STAGE_IMPORTS_HELPER = """
+from qlayer import Workflow
+
+wf = Workflow("iso")
+
+
+@wf.stage()
+def start(args):
+    import helper  # imported when the stage runs, not when the program loads
+
+    return {"who": helper.f()}
+"""
+
+TOP_IMPORTS_HELPER = """
+import helper
+from qlayer import Workflow
+
+wf = Workflow("iso-top")
+
+
+@wf.stage()
+def start(args):
+    return {"who": helper.f()}
+"""
+
+
+def program(folder: Path, main: str, who: str, *, name: str = "main.py") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(main)
+    (folder / "helper.py").write_text(f"def f():\n    return {who!r}\n")
+    return folder
+
+
+def run_start(cache: ProgramCache, program_id: str) -> dict:
+    workflow = cache.workflow(program_id)
+    return workflow.stages["start"].fn({})
+
+
+@pytest.fixture
+def store(tmp_path):
+    return FolderStore(tmp_path / "artifacts")
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_helper():
+    yield
+    assert "helper" not in sys.modules or "iso" not in str(sys.modules["helper"])
+
+
+@pytest.mark.parametrize("main", [STAGE_IMPORTS_HELPER, TOP_IMPORTS_HELPER])
+def test_two_folders_with_a_helper_each(store, tmp_path, main):
+    a = upload(store, bundle(program(tmp_path / "iso-a", main, "A")))
+    b = upload(store, bundle(program(tmp_path / "iso-b", main, "B")))
+    cache = ProgramCache(store, tmp_path / "scratch")
+    try:
+        for _ in range(3):
+            assert run_start(cache, a) == {"who": "A"}
+            assert run_start(cache, b) == {"who": "B"}
+        assert run_start(cache, b) == {"who": "B"}
+        assert run_start(cache, a) == {"who": "A"}
+    finally:
+        from qlayer.program import _NAMESPACES
+
+        _NAMESPACES.deactivate()
+
+
+def test_a_program_cannot_import_another_programs_module(store, tmp_path):
+    a = upload(store, bundle(program(tmp_path / "iso-a", STAGE_IMPORTS_HELPER, "A")))
+    lonely = tmp_path / "iso-c"
+    lonely.mkdir()
+    (lonely / "main.py").write_text(STAGE_IMPORTS_HELPER)  # no helper.py of its own
+    c = upload(store, bundle(lonely))
+    cache = ProgramCache(store, tmp_path / "scratch")
+    try:
+        assert run_start(cache, a) == {"who": "A"}
+        with pytest.raises(ModuleNotFoundError, match="helper"):
+            run_start(cache, c)
+    finally:
+        from qlayer.program import _NAMESPACES
+
+        _NAMESPACES.deactivate()
+
+
+def test_single_file_program_bundles_the_modules_it_imports(tmp_path):
+    folder = program(tmp_path / "iso-single", TOP_IMPORTS_HELPER, "S", name="prog.py")
+    (folder / "pkg").mkdir()
+    (folder / "pkg" / "__init__.py").write_text("from pkg.inner import g\n")
+    (folder / "pkg" / "inner.py").write_text("def g():\n    return 1\n")
+    (folder / "helper.py").write_text("import pkg\n\ndef f():\n    return 'S'\n")
+    (folder / "unrelated.py").write_text("raise SystemExit('never bundled')\n")
+    found = bundle(folder / "prog.py")
+    assert found.entry == "prog.py"
+    assert sorted(found.files) == ["helper.py", "pkg/__init__.py", "pkg/inner.py", "prog.py"]
+
+
+def test_single_file_program_runs_with_its_sibling_in_a_fresh_process(store, tmp_path):
+    folder = program(tmp_path / "iso-single", TOP_IMPORTS_HELPER, "S", name="prog.py")
+    pid = upload(store, bundle(folder / "prog.py"))
+    cache = ProgramCache(store, tmp_path / "scratch")
+    try:
+        assert run_start(cache, pid) == {"who": "S"}
+    finally:
+        from qlayer.program import _NAMESPACES
+
+        _NAMESPACES.deactivate()
+
+
+def test_client_side_loads_keep_programs_apart(tmp_path):
+    a = load_path(program(tmp_path / "iso-a", TOP_IMPORTS_HELPER, "A"))
+    b = load_path(program(tmp_path / "iso-b", TOP_IMPORTS_HELPER, "B"))
+    assert a.stages["start"].fn.__globals__["helper"].f() == "A"
+    assert b.stages["start"].fn.__globals__["helper"].f() == "B"
+
+
+def test_loading_a_program_leaves_the_callers_own_modules_alone(tmp_path, monkeypatch):
+    # The caller's script (here a module ``mine``) lives in the program's folder.
+    folder = program(tmp_path / "iso-own", TOP_IMPORTS_HELPER, "A")
+    (folder / "mine.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(folder))
+    import mine  # noqa: F401
+
+    load_path(folder)
+    assert "mine" in sys.modules
+    assert str(folder) in sys.path
+    sys.modules.pop("mine")
