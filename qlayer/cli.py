@@ -170,6 +170,11 @@ def run(
     backend: str | None = typer.Option(
         None, "--backend", "-b", help="Default backend for Execute."
     ),
+    notify: list[str] = typer.Option(
+        [],
+        "--notify",
+        help="Announce the job's end: a webhook URL (signed JSON POST) or 'desktop' (repeatable).",
+    ),
     wait: bool = typer.Option(False, "--wait", "-w", help="Wait and print the result."),
     timeout: float | None = typer.Option(
         None, "--timeout", help="With --wait: give up after N seconds."
@@ -189,7 +194,7 @@ def run(
         _run_in_cloud_box(program, arguments, backend, timeout, as_json)
         return
     client = _client(home)
-    job = client.run(program, arguments, backend=backend)
+    job = client.run(program, arguments, backend=backend, notify=notify or None)
     if wait:
         if not as_json:
             err.print(

@@ -114,8 +114,9 @@ class QlayerClient(Protocol):
         arguments: Mapping[str, Any] | None = None,
         *,
         backend: str | None = None,
+        notify: Sequence[str] | str | None = None,
     ) -> Job:
-        """Submit a program and return at once."""
+        """Submit a program and return at once (``notify``: :mod:`qlayer.notify`)."""
         ...
 
     def job(self, job_id: str) -> Job:

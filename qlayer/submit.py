@@ -48,8 +48,12 @@ class PreparedJob:
         assert self.first.stage is not None
         return self.first.stage
 
-    def record(self) -> NewJob:
-        """The job as a substrate's job store records it."""
+    def record(self, notify: Sequence[str] = ()) -> NewJob:
+        """The job as a substrate's job store records it.
+
+        Args:
+            notify: Targets to announce its end to, besides the workflow's own.
+        """
         return NewJob(
             self.job_id,
             program_id=self.program_id,
@@ -57,6 +61,7 @@ class PreparedJob:
             arguments=self.arguments,
             backend=self.backend,
             first=self.first,
+            notify=tuple(dict.fromkeys([*self.workflow.notify, *notify])),
         )
 
 

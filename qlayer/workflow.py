@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -11,6 +11,7 @@ from qlayer.cliargs import parse_cli_argument
 from qlayer.codec import is_plain_json
 from qlayer.errors import ArgumentError, WorkflowError
 from qlayer.keys import check_name
+from qlayer.notify import check_targets
 
 __all__ = ["Compute", "Param", "Stage", "Workflow", "parse_cli_argument"]
 
@@ -116,6 +117,9 @@ class Workflow:
             are rejected at submit time.
         backend: The default backend for ``Execute`` requests (e.g. ``"aer"``,
             ``"fake_brisbane"``); ``qlayer run --backend`` overrides it.
+        notify: Where to announce each job's end: webhook URLs (a signed JSON POST)
+            and/or ``"desktop"`` (see :mod:`qlayer.notify`); ``qlayer run --notify``
+            adds more.
 
     Example:
         >>> wf = Workflow("demo", params={"n": 3})
@@ -127,6 +131,7 @@ class Workflow:
     name: str
     params: Mapping[str, Any] = field(default_factory=dict)
     backend: str = "aer"
+    notify: Sequence[str] = ()
     stages: dict[str, Stage] = field(default_factory=dict, init=False)
     source_path: str | None = field(default=None, init=False)
 
@@ -134,6 +139,10 @@ class Workflow:
         try:
             check_name(self.name, "workflow name")
         except ValueError as exc:
+            raise WorkflowError(str(exc)) from None
+        try:
+            self.notify = tuple(check_targets(self.notify))
+        except ArgumentError as exc:
             raise WorkflowError(str(exc)) from None
         self._params: dict[str, Param] = {}
         for key, spec in dict(self.params).items():

@@ -14,7 +14,7 @@ No network call happens until a method needs one: the stack's outputs are read
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from qlayer.aws.orchestrator import start_execution
@@ -109,15 +109,28 @@ class AwsClient:
         arguments: Mapping[str, Any] | None = None,
         *,
         backend: str | None = None,
+        notify: Sequence[str] | str | None = None,
     ) -> AwsJob:
         """Submit a program and return at once (the execution is named by the job id).
 
+        Args:
+            notify: Not delivered on AWS yet: giving targets here is refused rather
+                than dropped (a workflow's own ``notify`` is only honoured locally).
+
         Raises:
+            ConfigError: ``notify`` was given (see above).
             ProgramError: The program is missing, does not parse, or defines no Workflow.
             ArgumentError: The arguments do not match the declared parameters.
             BackendError: The backend name is unknown.
             WorkflowError: A stage declares more than the deployment offers.
         """
+        if notify:
+            from qlayer.errors import ConfigError
+
+            raise ConfigError(
+                "notify targets are delivered by the local substrate only; on AWS, "
+                "subscribe to the state machine's execution events instead (docs/deploy.md)"
+            )
         svc = self.services
         job_id = prepare_job(svc, program, arguments, backend=backend)
         start_execution(svc, job_id)

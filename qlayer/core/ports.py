@@ -119,6 +119,10 @@ class NewJob:
         status: QUEUED, or ERROR for a job that fails before it starts.
         message: The reason, for a job recorded in ERROR.
         error_type: The reason's type name, for a job recorded in ERROR.
+        notify: Where to announce the job's end (:mod:`qlayer.notify` targets). A store
+            that keeps them queues one notification per target in the same write as
+            the job's final status (the local store does; the DynamoDB store does not
+            yet).
     """
 
     job_id: str
@@ -132,6 +136,7 @@ class NewJob:
     status: JobStatus = JobStatus.QUEUED
     message: str | None = None
     error_type: str | None = None
+    notify: tuple[str, ...] = ()
 
     @property
     def stage(self) -> str | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from qlayer import keys
@@ -12,6 +12,7 @@ from qlayer.job import BaseJob
 from qlayer.local import control, state
 from qlayer.local.jobstore import SqliteJobStore
 from qlayer.local.paths import Home
+from qlayer.notify import check_targets
 from qlayer.planner import Resources, check_local_stages
 from qlayer.store.local import FolderStore
 from qlayer.submit import prepare_job
@@ -79,6 +80,7 @@ class LocalClient:
         arguments: Mapping[str, Any] | None = None,
         *,
         backend: str | None = None,
+        notify: Sequence[str] | str | None = None,
     ) -> LocalJob:
         """Submit a program and return at once.
 
@@ -87,6 +89,8 @@ class LocalClient:
                 defined in an importable file.
             arguments: Job arguments, checked against the workflow's ``params``.
             backend: Default backend for Execute requests (overrides the workflow's).
+            notify: More targets to announce the job's end to (webhook URLs,
+                ``"desktop"``; see :mod:`qlayer.notify`), besides the workflow's.
 
         Raises:
             ProgramError: The program is missing, does not parse, or defines no Workflow.
@@ -95,6 +99,7 @@ class LocalClient:
             WorkflowError: A stage declares more memory than this machine has (vCPUs
                 or GPUs beyond it are a warning in the job's status and timeline).
         """
+        targets = check_targets(notify)  # before anything is written
         job = prepare_job(
             self.store,
             program,
@@ -103,7 +108,7 @@ class LocalClient:
             check=lambda workflow: check_local_stages(workflow, self.machine()),
         )
         try:
-            self.jobstore.create(job.record())
+            self.jobstore.create(job.record(targets))
         except BaseException:
             self.store.remove_tree(keys.job_prefix(job.job_id))  # a failed submit leaves nothing
             raise

@@ -37,6 +37,7 @@ from qlayer.interpreter import Decision
 from qlayer.local import state
 from qlayer.local.devices import DeviceQueue
 from qlayer.local.jobstore import SqliteJobStore
+from qlayer.local.notifier import Notifier
 from qlayer.local.paths import Home
 from qlayer.local.pool import Assignment, WorkerHandle, WorkerPool
 from qlayer.local.remote import RemoteDispatcher
@@ -130,11 +131,14 @@ class Daemon:
         self.recover()
         self.open_wake_socket()
         self.pool.start()
+        notifier = Notifier(self.home)
+        notifier.start()
         log.info("daemon %d ready with %d workers", os.getpid(), len(self.pool))
         try:
             while not self.stopping:
                 self.tick()
         finally:
+            notifier.stop()
             self.remote.shutdown()
             self.pool.shutdown()
             if self.wake_socket is not None:

@@ -94,6 +94,11 @@ class SqliteJobStore(JobStore):
             ).rowcount
             if not inserted:
                 return False
+            if job.notify:
+                conn.execute(
+                    "INSERT INTO notify_targets (job_id, targets) VALUES (?, ?)",
+                    (job.job_id, json.dumps(list(job.notify))),
+                )
             if job.first is not None and not job.status.is_final:
                 detail = {"input_key": job.first.input_key, "compute": job.first.compute}
                 conn.execute(
@@ -151,6 +156,14 @@ class SqliteJobStore(JobStore):
             ).rowcount
             if changed and event is not None:
                 self._event(job_id, event, at=now)
+            if changed and status is not None and status.is_final:
+                # The outbox of its notifications, in the same write as the final status.
+                conn.execute(
+                    "INSERT OR IGNORE INTO notifications (job_id, target, status, state, next_at)"
+                    " SELECT t.job_id, each.value, ?, 'pending', ? FROM notify_targets AS t,"
+                    " json_each(t.targets) AS each WHERE t.job_id = ?",
+                    (status.value, now, job_id),
+                )
         return bool(changed)
 
     def add_event(self, job_id: str, event: Event) -> None:

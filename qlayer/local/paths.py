@@ -49,5 +49,30 @@ class Home:
         return self.root / "daemon.log"
 
     @property
+    def token_file(self) -> Path:
+        return self.root / "token"
+
+    def token(self) -> str:
+        """This home's secret (0600; made on first use): it signs webhook notifications."""
+        import secrets
+
+        try:
+            return self.token_file.read_text().strip()
+        except FileNotFoundError:
+            pass
+        value = secrets.token_urlsafe(32)
+        temporary = self.root / f".token-{os.getpid()}-{secrets.token_hex(4)}"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(value + "\n")
+        try:
+            os.link(temporary, self.token_file)  # whole, or not at all; the first one wins
+        except FileExistsError:
+            value = self.token_file.read_text().strip()
+        finally:
+            temporary.unlink()
+        return value
+
+    @property
     def scratch(self) -> Path:
         return self.root / "scratch"

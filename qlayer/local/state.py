@@ -97,6 +97,26 @@ CREATE TABLE IF NOT EXISTS device_jobs (
     finished_at REAL
 );
 CREATE INDEX IF NOT EXISTS device_jobs_status ON device_jobs (status, submitted_at);
+
+-- Notifications (qlayer.notify): the targets a job was submitted with, and an outbox
+-- row per target written in the same transaction as the job's final status, so an end
+-- is notified once even if the daemon dies right after it (qlayer.local.notifier).
+CREATE TABLE IF NOT EXISTS notify_targets (
+    job_id TEXT PRIMARY KEY,
+    targets TEXT NOT NULL            -- JSON array of targets
+);
+CREATE TABLE IF NOT EXISTS notifications (
+    job_id TEXT NOT NULL,
+    target TEXT NOT NULL,
+    status TEXT NOT NULL,            -- the final status it announces
+    state TEXT NOT NULL,             -- pending | delivered | failed
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL,
+    last_error TEXT,
+    delivered_at REAL,
+    PRIMARY KEY (job_id, target)
+);
+CREATE INDEX IF NOT EXISTS notifications_due ON notifications (state, next_at);
 """
 
 LEDGER_SCHEMA = """

@@ -172,12 +172,17 @@ def test_the_cli_run_command_reads_arg_file_and_file_arguments(tmp_path, monkeyp
     (tmp_path / "args.json").write_text(json.dumps({"extra": [1, 2]}))
     seen = {}
 
-    class FakeClient:
-        def run(self, program, arguments, backend=None):
-            seen.update(arguments)
-            raise SystemExit(0)
+    from qlayer.local.client import LocalClient
 
-    monkeypatch.setattr(cli, "_client", lambda home: FakeClient())
+    class RecordingClient(LocalClient):
+        """The real local client (no daemon started), noting what the CLI passed it."""
+
+        def run(self, program, arguments=None, **options):
+            seen.update(arguments or {})
+            return super().run(program, arguments, **options)
+
+    client = RecordingClient(tmp_path / "home", autostart=False)
+    monkeypatch.setattr(cli, "_client", lambda home: client)
     runner = CliRunner()
     result = runner.invoke(
         cli.app,
@@ -195,6 +200,8 @@ def test_the_cli_run_command_reads_arg_file_and_file_arguments(tmp_path, monkeyp
     assert result.exit_code == 0, result.output
     assert seen["circuit"] == bell() and seen["weights"].tolist() == [1, 1, 1, 1]
     assert seen["extra"] == [1, 2]
+    [job] = client.jobs()
+    assert job.status().value == "QUEUED"
 
 
 def test_a_numpy_argument_to_a_workflow_without_params_names_it():
