@@ -175,6 +175,11 @@ def run(
         "--notify",
         help="Announce the job's end: a webhook URL (signed JSON POST) or 'desktop' (repeatable).",
     ),
+    max_cost_usd: float | None = typer.Option(
+        None,
+        "--max-cost-usd",
+        help="A budget: an execute that would take the job's spend past it ends the job.",
+    ),
     wait: bool = typer.Option(False, "--wait", "-w", help="Wait and print the result."),
     timeout: float | None = typer.Option(
         None, "--timeout", help="With --wait: give up after N seconds."
@@ -194,7 +199,9 @@ def run(
         _run_in_cloud_box(program, arguments, backend, timeout, as_json)
         return
     client = _client(home)
-    job = client.run(program, arguments, backend=backend, notify=notify or None)
+    job = client.run(
+        program, arguments, backend=backend, notify=notify or None, max_cost_usd=max_cost_usd
+    )
     if wait:
         if not as_json:
             err.print(
@@ -308,7 +315,8 @@ def status(job_id: str, as_json: bool = JsonOption, home: str | None = HomeOptio
         table.add_row(
             "usage",
             f"stages {used['stage_seconds']:.2f} s, simulators {used['simulator_seconds']:.2f} s, "
-            f"QPU {used['qpu_seconds']:.2f} s, {used['shots']} shots",
+            f"QPU {used['qpu_seconds']:.2f} s, {used['shots']} shots, "
+            f"${used.get('cost_usd', 0.0):.4f}",
         )
     out.print(table)
 
@@ -443,7 +451,7 @@ def timeline(job_id: str, as_json: bool = JsonOption, home: str | None = HomeOpt
 
 @app.command()
 def usage(job_id: str, as_json: bool = JsonOption, home: str | None = HomeOption) -> None:
-    """Shots, QPU seconds, simulator seconds and stage compute seconds of a job."""
+    """Shots, QPU / simulator / stage compute seconds and the cost of a job."""
     used = _client(home).job(job_id).usage()
     if as_json:
         _emit_json(used)
@@ -454,6 +462,7 @@ def usage(job_id: str, as_json: bool = JsonOption, home: str | None = HomeOption
     table.add_row("QPU", f"{used['qpu_seconds']:.3f} s")
     table.add_row("shots", str(used["shots"]))
     table.add_row("execute requests", str(used["executes"]))
+    table.add_row("cost", f"${used.get('cost_usd', 0.0):.4f} (qlayer.pricing's prices)")
     if used["provider_jobs"]:
         table.add_row("provider jobs", ", ".join(used["provider_jobs"]))
     out.print(table)
@@ -516,6 +525,52 @@ def backends(as_json: bool = JsonOption, home: str | None = HomeOption) -> None:
             "qubits 'any': as many as memory allows; jobs: how many run at once. "
             "--json, or a wider terminal, adds each backend's description."
         )
+
+
+@app.command()
+def estimate(
+    program: Path = typer.Argument(..., help="A program file, or a folder with main.py."),
+    arg: list[str] = typer.Option([], "--arg", "-a", help="An argument key=value (repeatable)."),
+    arg_file: Path | None = typer.Option(
+        None, "--arg-file", help="A JSON object of arguments (--arg overrides its keys)."
+    ),
+    backend: str | None = typer.Option(
+        None, "--backend", "-b", help="The backend to price for (default: the workflow's)."
+    ),
+    timeout: float | None = typer.Option(None, "--timeout", help="Give up after N seconds."),
+    as_json: bool = JsonOption,
+    home: str | None = HomeOption,
+) -> None:
+    """What a program would cost on a backend: run here on a free stand-in, then priced."""
+    from qlayer import estimate as estimates
+    from qlayer.cliargs import parse_cli_argument, read_arguments_file
+    from qlayer.client import Client
+    from qlayer.program import bundle, load_path
+
+    bundle(program)
+    workflow = load_path(program)
+    arguments = read_arguments_file(arg_file) if arg_file is not None else {}
+    arguments.update(parse_cli_argument(text, workflow) for text in arg)
+    target = backend or workflow.backend
+    stand_in = estimates.stand_in_for(target)
+    client = Client.local(home)
+    job = client.run(program, arguments, backend=stand_in)
+    if not as_json:
+        err.print(f"running {job.job_id} on {stand_in} to see what it asks for...")
+    job.wait(timeout=timeout)
+    found = estimates.of_job(job, target)
+    if as_json:
+        _emit_json({"job_id": job.job_id, "status": job.status().value, **found.to_json()})
+        return
+    table = Table("stage", "requests", "shots", "QPU s (est.)", "USD (est.)", box=box.SIMPLE_HEAD)
+    for row in [*found.stages, found.total]:
+        table.add_row(
+            row.stage, str(row.requests), str(row.shots), f"{row.qpu_seconds:.1f}", f"{row.usd:.4f}"
+        )
+    out.print(f"estimate for {target} (stand-in run {job.job_id}: {job.status().value})")
+    out.print(table)
+    for said in found.assumptions:
+        out.print(f"  assumes: {said}", markup=False, highlight=False)
 
 
 _SHORT_METHODS = {"matrix_product_state": "mps", "density_matrix": "density"}

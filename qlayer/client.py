@@ -115,8 +115,10 @@ class QlayerClient(Protocol):
         *,
         backend: str | None = None,
         notify: Sequence[str] | str | None = None,
+        max_cost_usd: float | None = None,
     ) -> Job:
-        """Submit a program and return at once (``notify``: :mod:`qlayer.notify`)."""
+        """Submit a program and return at once (``notify``: :mod:`qlayer.notify`;
+        ``max_cost_usd``: a budget, see :class:`~qlayer.workflow.Workflow`)."""
         ...
 
     def job(self, job_id: str) -> Job:

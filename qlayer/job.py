@@ -20,7 +20,7 @@ from qlayer.status import JobStatus
 from qlayer.store.base import ArtifactStore
 
 if TYPE_CHECKING:
-    from qlayer.core.ports import JobRecord
+    from qlayer.core.ports import JobRecord, JobStore
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 
@@ -43,6 +43,11 @@ class BaseJob(ABC):
     @abstractmethod
     def store(self) -> ArtifactStore:
         """The artifact store the job's artifacts live in."""
+
+    @property
+    @abstractmethod
+    def _jobstore(self) -> JobStore:
+        """The job store the job's record lives in."""
 
     @abstractmethod
     def _fetch(self) -> JobRecord:
@@ -176,18 +181,10 @@ class BaseJob(ABC):
         return text
 
     def usage(self) -> dict[str, Any]:
-        """Shots, QPU seconds, simulator seconds and stage compute seconds, children included."""
+        """Shots, QPU / simulator / stage seconds and dollars, children included."""
         from qlayer import usage
 
-        prefix = keys.job_prefix(self.job_id) + "stages/"
-        requests: dict[int, dict[str, Any]] = {}
-        for key in self.store.list(prefix):
-            if key.endswith("-execute/request.json"):
-                requests[int(key[len(prefix) :].split("-", 1)[0])] = self.store.get_json(key)
-        total = usage.from_timeline(self.timeline(), requests)
-        for child in self.children():
-            usage.add(total, child.usage())
-        return total
+        return usage.of_job(self._jobstore, self.store, self.job_id)
 
     def files(self) -> list[str]:
         """Names of the files and plots the stages saved."""

@@ -23,7 +23,7 @@ from qlayer.interpreter import Decision
 from qlayer.program import bundle, load_path, upload
 from qlayer.steps import first_input
 from qlayer.store.base import ArtifactStore
-from qlayer.workflow import Workflow
+from qlayer.workflow import Workflow, check_budget
 
 
 def new_job_id() -> str:
@@ -73,6 +73,7 @@ def prepare_job(
     backend: str | None = None,
     credentials_elsewhere: bool = False,
     check: Callable[[Workflow], Sequence[str]] | None = None,
+    max_cost_usd: float | None = None,
 ) -> PreparedJob:
     """Check and upload a program and write a new job's inputs.
 
@@ -107,6 +108,7 @@ def prepare_job(
         bound,
         backend=backend,
         credentials_elsewhere=credentials_elsewhere,
+        max_cost_usd=max_cost_usd,
     )
     return dataclasses.replace(job, warnings=warnings)
 
@@ -121,12 +123,14 @@ def write_inputs(
     backend: str | None = None,
     extra: Mapping[str, Any] | None = None,
     credentials_elsewhere: bool = False,
+    max_cost_usd: float | None = None,
 ) -> PreparedJob:
     """Bind the arguments, check the backend, and write ``input.json`` and the first input.
 
     Args:
         arguments: The job's arguments as Python values (decoded).
         extra: More fields for ``input.json`` (a substrate's own bookkeeping).
+        max_cost_usd: The run's budget; the job's is the smaller of it and the workflow's.
 
     Raises:
         ArgumentError: The arguments do not match the declared parameters.
@@ -135,6 +139,7 @@ def write_inputs(
     from qlayer.providers.registry import resolve
 
     bound = workflow.bind_arguments(dict(arguments))
+    budgets = [b for b in (workflow.max_cost_usd, check_budget(max_cost_usd)) if b is not None]
     chosen = backend or workflow.backend
     resolve(chosen, credentials_elsewhere=credentials_elsewhere)
     stage = workflow.first_stage
@@ -156,6 +161,7 @@ def write_inputs(
             "backend": chosen,
             "first": first.to_json(),
             "prepared": True,
+            **({"max_cost_usd": min(budgets)} if budgets else {}),
         },
     )
     return PreparedJob(job_id, program_id, workflow, encoded, chosen, first)

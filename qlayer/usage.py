@@ -10,13 +10,19 @@ step started and ended, and the request artifacts say how many shots were asked 
   (simulated devices count their simulation time here);
 * ``shots``: shots requested by sampler PUBs (parameter sets × shots), of the
   requests that ran (a request cancelled before its device started counts none);
-* ``executes``: execute requests; ``provider_jobs``: provider job ids.
+* ``executes``: execute requests; ``provider_jobs``: provider job ids;
+* ``cost_usd``: what the requests that ran cost at :mod:`qlayer.pricing`'s prices (QPU
+  seconds as reported, estimated while a request runs).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from qlayer.core.ports import JobStore
+    from qlayer.store.base import ArtifactStore
 
 START_EVENTS = {"started", "device running"}
 RAN_EVENTS = {"started", "device running", "finished"}
@@ -31,6 +37,7 @@ def empty() -> dict[str, Any]:
         "shots": 0,
         "executes": 0,
         "provider_jobs": [],
+        "cost_usd": 0.0,
     }
 
 
@@ -48,6 +55,7 @@ def from_timeline(
     open_steps: dict[tuple[int | None, str | None], float] = {}
     reported: dict[int | None, float] = {}  # seq -> QPU seconds the provider reported
     ran: set[int] = set()  # execute steps whose device started or finished
+    qpu_by_seq: dict[int, float] = {}  # QPU seconds of each execute step that ended
     for event in timeline:
         key = (event.get("seq"), "execute" if event.get("stage") == "execute" else "stage")
         name = event["event"]
@@ -72,13 +80,35 @@ def from_timeline(
                 if bucket == "qpu_seconds" and key[0] in reported:
                     seconds = reported[key[0]]  # the provider's own figure wins
                 total[bucket] += seconds
+                if bucket == "qpu_seconds":
+                    qpu_by_seq[int(key[0] or 0)] = seconds
     for seq, request in requests.items():
         total["executes"] += 1
         if seq in ran:
-            total["shots"] += shots_of(request)
+            shots = shots_of(request)
+            total["shots"] += shots
+            total["cost_usd"] += cost_of(request, shots, qpu_by_seq.get(seq, reported.get(seq)))
     for field in ("stage_seconds", "simulator_seconds", "qpu_seconds"):
         total[field] = round(total[field], 4)
+    total["cost_usd"] = round(total["cost_usd"], 6)
     return total
+
+
+def cost_of(request: Mapping[str, Any], shots: int, qpu_seconds: float | None) -> float:
+    """Dollars of one request that ran (QPU seconds estimated where none are known yet)."""
+    from qlayer.pricing import price_of
+
+    price = price_of(str(request.get("backend") or ""))
+    if qpu_seconds is None:
+        return price.estimate(shots)
+    return price.charge(shots, 1, qpu_seconds)
+
+
+def estimate_of(request: Mapping[str, Any]) -> float:
+    """Dollars a request will cost, before it runs (the price's time assumptions)."""
+    from qlayer.pricing import price_of
+
+    return price_of(str(request.get("backend") or "")).estimate(shots_of(request))
 
 
 def shots_of(request: Mapping[str, Any]) -> int:
@@ -109,6 +139,22 @@ def add(into: dict[str, Any], other: Mapping[str, Any]) -> dict[str, Any]:
     for field in ("stage_seconds", "simulator_seconds", "qpu_seconds"):
         into[field] = round(into[field] + other[field], 4)
     into["shots"] += other["shots"]
+    into["cost_usd"] = round(into.get("cost_usd", 0.0) + other.get("cost_usd", 0.0), 6)
     into["executes"] += other["executes"]
     into["provider_jobs"] = [*into["provider_jobs"], *other["provider_jobs"]]
     return into
+
+
+def of_job(jobs: JobStore, store: ArtifactStore, job_id: str) -> dict[str, Any]:
+    """Usage of a job and its fan-out children (recursively), read through the ports."""
+    from qlayer import keys
+
+    prefix = keys.job_prefix(job_id) + "stages/"
+    requests: dict[int, dict[str, Any]] = {}
+    for key in store.list(prefix):
+        if key.endswith("-execute/request.json"):
+            requests[int(key[len(prefix) :].split("-", 1)[0])] = store.get_json(key)
+    total = from_timeline(jobs.timeline(job_id), requests)
+    for child in jobs.children(job_id):
+        add(total, of_job(jobs, store, child.job_id))
+    return total

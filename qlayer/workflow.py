@@ -106,6 +106,19 @@ def _allowed_param_type(kind: Any) -> bool:
     )
 
 
+def check_budget(value: Any) -> float | None:
+    """A ``max_cost_usd``: None, or a positive number of dollars.
+
+    Raises:
+        WorkflowError: Anything else.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise WorkflowError(f"max_cost_usd must be a positive number of dollars, got {value!r}")
+    return float(value)
+
+
 @dataclass
 class Workflow:
     """A quantum–classical program: stages run in order, with loops and fan-outs.
@@ -120,6 +133,9 @@ class Workflow:
         notify: Where to announce each job's end: webhook URLs (a signed JSON POST)
             and/or ``"desktop"`` (see :mod:`qlayer.notify`); ``qlayer run --notify``
             adds more.
+        max_cost_usd: A budget for each job, its fan-out children included: an execute
+            request that would take the job's spend past it is not submitted and the
+            job ends in ERROR (``BudgetExceeded``); prices are :mod:`qlayer.pricing`'s.
 
     Example:
         >>> wf = Workflow("demo", params={"n": 3})
@@ -132,6 +148,7 @@ class Workflow:
     params: Mapping[str, Any] = field(default_factory=dict)
     backend: str = "aer"
     notify: Sequence[str] = ()
+    max_cost_usd: float | None = None
     stages: dict[str, Stage] = field(default_factory=dict, init=False)
     source_path: str | None = field(default=None, init=False)
 
@@ -140,6 +157,7 @@ class Workflow:
             check_name(self.name, "workflow name")
         except ValueError as exc:
             raise WorkflowError(str(exc)) from None
+        self.max_cost_usd = check_budget(self.max_cost_usd)
         try:
             self.notify = tuple(check_targets(self.notify))
         except ArgumentError as exc:

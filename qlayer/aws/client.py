@@ -20,7 +20,7 @@ from typing import Any
 from qlayer.aws.orchestrator import start_execution
 from qlayer.aws.services import Services
 from qlayer.core import transitions
-from qlayer.core.ports import JobRecord
+from qlayer.core.ports import JobRecord, JobStore
 from qlayer.job import BaseJob
 from qlayer.store.base import ArtifactStore
 from qlayer.workflow import Workflow
@@ -41,15 +41,21 @@ def prepare_job(
     arguments: Mapping[str, Any] | None,
     *,
     backend: str | None = None,
+    max_cost_usd: float | None = None,
 ) -> str:
     """Upload the program, write the job's inputs (:func:`qlayer.submit.prepare_job`) and
     record the job. Returns the new job id; nothing is started (see :meth:`AwsClient.run`).
 
     Raises:
-        WorkflowError: A stage declares more than the deployment offers.
+        WorkflowError: A stage declares more than the deployment offers (checked before
+            anything is written).
     """
     from qlayer.planner import check_stages
     from qlayer.submit import prepare_job as prepare
+
+    def check(workflow: Workflow) -> list[str]:
+        check_stages(workflow, svc.config.resources())
+        return []
 
     job = prepare(
         svc.store,
@@ -57,8 +63,9 @@ def prepare_job(
         arguments,
         backend=backend,
         credentials_elsewhere=svc.config.providers_secret_arn is not None,
+        check=check,
+        max_cost_usd=max_cost_usd,
     )
-    check_stages(job.workflow, svc.config.resources())
     svc.jobs.create(job.record())
     return job.job_id
 
@@ -110,6 +117,7 @@ class AwsClient:
         *,
         backend: str | None = None,
         notify: Sequence[str] | str | None = None,
+        max_cost_usd: float | None = None,
     ) -> AwsJob:
         """Submit a program and return at once (the execution is named by the job id).
 
@@ -132,7 +140,7 @@ class AwsClient:
                 "subscribe to the state machine's execution events instead (docs/deploy.md)"
             )
         svc = self.services
-        job_id = prepare_job(svc, program, arguments, backend=backend)
+        job_id = prepare_job(svc, program, arguments, backend=backend, max_cost_usd=max_cost_usd)
         start_execution(svc, job_id)
         return AwsJob(self, job_id)
 
@@ -172,6 +180,10 @@ class AwsJob(BaseJob):
     @property
     def store(self) -> ArtifactStore:
         return self._svc.store
+
+    @property
+    def _jobstore(self) -> JobStore:
+        return self._svc.jobs
 
     def _fetch(self) -> JobRecord:
         self._record = self._svc.jobs.get(self.job_id)

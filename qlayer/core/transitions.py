@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from qlayer import keys
+from qlayer.core import budget
 from qlayer.core.ports import Event, JobRecord, NewJob, Ports
 from qlayer.interpreter import DECISION_KINDS, Decision
 from qlayer.status import JobStatus
@@ -85,6 +86,10 @@ def advance(
             job_id, status=JobStatus.RUNNING, stage=decision.stage, seq=decision.seq, event=finished
         )
     elif decision.kind == "execute":
+        refused = budget.refusal(ports, job, decision)
+        if refused is not None:
+            jobs.update(job_id, event=finished)
+            return refused  # fail() records it: the request is never submitted
         detail.update(backend=decision.backend, plan=decision.plan)
         jobs.update(
             job_id, status=JobStatus.RUNNING, stage="execute", seq=decision.seq, event=finished

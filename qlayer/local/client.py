@@ -81,6 +81,7 @@ class LocalClient:
         *,
         backend: str | None = None,
         notify: Sequence[str] | str | None = None,
+        max_cost_usd: float | None = None,
     ) -> LocalJob:
         """Submit a program and return at once.
 
@@ -91,6 +92,8 @@ class LocalClient:
             backend: Default backend for Execute requests (overrides the workflow's).
             notify: More targets to announce the job's end to (webhook URLs,
                 ``"desktop"``; see :mod:`qlayer.notify`), besides the workflow's.
+            max_cost_usd: A budget for the job (the smaller of it and the workflow's
+                applies): an execute that would pass it ends the job in ERROR.
 
         Raises:
             ProgramError: The program is missing, does not parse, or defines no Workflow.
@@ -106,6 +109,7 @@ class LocalClient:
             arguments,
             backend=backend,
             check=lambda workflow: check_local_stages(workflow, self.machine()),
+            max_cost_usd=max_cost_usd,
         )
         try:
             self.jobstore.create(job.record(targets))
@@ -162,6 +166,10 @@ class LocalJob(BaseJob):
     @property
     def store(self) -> FolderStore:
         return self.client.store
+
+    @property
+    def _jobstore(self) -> SqliteJobStore:
+        return self.client.jobstore
 
     def _fetch(self) -> JobRecord:
         self._record = self.client.jobstore.get(self.job_id)
