@@ -5,6 +5,8 @@ from __future__ import annotations
 from aws_cdk import Duration, RemovalPolicy, SecretValue, Stack
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cw_actions
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_secretsmanager as secretsmanager
@@ -113,3 +115,42 @@ class Ops(Construct):
         for alarm in (dead, failed):
             alarm.add_alarm_action(action)
         return [dead, failed]
+
+    def add_job_events(self, *, state_machine: sfn.IStateMachine) -> events.Rule:
+        """A topic that hears of every job's end: subscribe to it (email, HTTPS, a queue).
+
+        One message per top-level job (fan-out children, whose ids hold ``_``, are left
+        out): ``{"job_id", "execution_status", "state_machine_arn", "at"}``, where the
+        execution status SUCCEEDED is DONE, FAILED or TIMED_OUT is ERROR and ABORTED is a
+        cancel. EventBridge delivers it at least once and retries for 24 hours.
+        """
+        self.job_events = sns.Topic(
+            self,
+            "JobEvents",
+            display_name="qlayer job ends",
+            master_key=self.key,
+            enforce_ssl=True,
+        )
+        message = events.RuleTargetInput.from_object(
+            {
+                "job_id": events.EventField.from_path("$.detail.name"),
+                "execution_status": events.EventField.from_path("$.detail.status"),
+                "state_machine_arn": events.EventField.from_path("$.detail.stateMachineArn"),
+                "at": events.EventField.time,
+            }
+        )
+        return events.Rule(
+            self,
+            "JobEnded",
+            description="qlayer: tell the job-events topic that a top-level job ended",
+            event_pattern=events.EventPattern(
+                source=["aws.states"],
+                detail_type=["Step Functions Execution Status Change"],
+                detail={
+                    "status": ["SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"],
+                    "stateMachineArn": [state_machine.state_machine_arn],
+                    "name": events.Match.anything_but_wildcard("*_*"),
+                },
+            ),
+            targets=[targets.SnsTopic(self.job_events, message=message)],
+        )

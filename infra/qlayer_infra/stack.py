@@ -213,6 +213,7 @@ class QlayerStack(Stack):
         )
         machine = workflow.state_machine
         ops.add_alarms(dlq=dispatch.dlq, state_machine=machine)
+        ops.add_job_events(state_machine=machine)
 
         # An upload to inbox/*.json starts a job.
         storage.bucket.add_event_notification(
@@ -275,6 +276,10 @@ class QlayerStack(Stack):
                 "Provider settings (JSON): put the IBM Quantum token here",
             ),
             "ProvidersSecretName": (ops.providers_secret.secret_name, "Provider settings"),
+            "JobEventsTopicArn": (
+                ops.job_events.topic_arn,
+                "One message per finished job: subscribe to hear when jobs end",
+            ),
             "BraketResultsBucketName": (
                 storage.braket_results.bucket_name,
                 "Where Amazon Braket writes task results",

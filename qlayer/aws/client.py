@@ -137,7 +137,8 @@ class AwsClient:
 
             raise ConfigError(
                 "notify targets are delivered by the local substrate only; on AWS, "
-                "subscribe to the state machine's execution events instead (docs/deploy.md)"
+                "subscribe to the stack's job-events topic (output JobEventsTopicArn; "
+                "docs/deploy.md)"
             )
         svc = self.services
         job_id = prepare_job(svc, program, arguments, backend=backend, max_cost_usd=max_cost_usd)

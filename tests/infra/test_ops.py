@@ -131,3 +131,37 @@ def test_secret_readers_may_decrypt_it_through_secrets_manager_only(
         _role_of(stack, "stage_runner"),
         batch_role,
     }
+
+
+def test_job_ends_reach_the_job_events_topic(template: Template, stack) -> None:
+    machine = stack.resolve(stack.workflow.state_machine.state_machine_arn)
+    topic = stack.resolve(stack.ops.job_events.topic_arn)
+    template.has_resource_properties(
+        "AWS::Events::Rule",
+        {
+            "EventPattern": {
+                "source": ["aws.states"],
+                "detail-type": ["Step Functions Execution Status Change"],
+                "detail": {
+                    "status": ["SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"],
+                    "stateMachineArn": [machine],
+                    # Top-level jobs only: children's ids are <parent>_<seq>_<index>.
+                    "name": [{"anything-but": {"wildcard": "*_*"}}],
+                },
+            },
+            "Targets": [
+                Match.object_like(
+                    {
+                        "Arn": topic,
+                        "InputTransformer": Match.object_like(
+                            {"InputPathsMap": Match.object_like({"detail-name": "$.detail.name"})}
+                        ),
+                    }
+                )
+            ],
+        },
+    )
+    template.has_resource_properties(
+        "AWS::SNS::Topic", {"DisplayName": "qlayer job ends", "KmsMasterKeyId": Match.any_value()}
+    )
+    template.has_output("JobEventsTopicArn", {"Value": topic})
