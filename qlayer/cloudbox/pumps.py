@@ -216,7 +216,8 @@ def matches(pattern: Any, event: Any) -> bool:
     """Whether an EventBridge event pattern matches an event.
 
     moto does not implement TestEventPattern. Supported: nested fields, lists of values
-    (any of them), and the ``prefix``, ``exists`` and ``anything-but`` filters; a field
+    (any of them), and the ``prefix``, ``wildcard``, ``exists`` and ``anything-but``
+    (of values, or of a prefix, suffix or wildcard) filters; a field
     holding a list matches when any of its items does.
     """
     if isinstance(pattern, dict):
@@ -244,14 +245,32 @@ def _field_matches(options: Any, present: bool, value: Any) -> bool:
                 isinstance(v, str) and v.startswith(option["prefix"]) for v in values
             ):
                 return True
+            if "wildcard" in option and any(_wildcard(option["wildcard"], v) for v in values):
+                return True
             if "anything-but" in option:
                 banned = option["anything-but"]
+                if isinstance(banned, dict):  # {"prefix": ...}, {"suffix": ...}, {"wildcard": ...}
+                    if not any(_field_matches([banned], True, v) for v in values) and not (
+                        "suffix" in banned
+                        and any(isinstance(v, str) and v.endswith(banned["suffix"]) for v in values)
+                    ):
+                        return True
+                    continue
                 banned = banned if isinstance(banned, list) else [banned]
                 if all(v not in banned for v in values):
                     return True
         elif present and option in values:
             return True
     return False
+
+
+def _wildcard(pattern: Any, value: Any) -> bool:
+    """EventBridge's ``wildcard`` filter: ``*`` matches any run of characters."""
+    if not isinstance(pattern, str) or not isinstance(value, str):
+        return False
+    return (
+        re.fullmatch(".*".join(re.escape(part) for part in pattern.split("*")), value) is not None
+    )
 
 
 @dataclass

@@ -236,3 +236,15 @@ def test_the_bootstrap_needs_only_the_standard_library() -> None:
     source = (REPO / "qlayer" / "cloudbox" / "bootstrap.py").read_text()
     # it runs as a script (python -S bootstrap.py ...) beside a zip function's code
     assert "import qlayer" not in source and "from qlayer" not in source
+
+
+def test_event_patterns_with_wildcards_match_as_eventbridge_does():
+    from qlayer.cloudbox.pumps import matches
+
+    top_level_only = {"detail": {"name": [{"anything-but": {"wildcard": "*_*"}}]}}
+    assert matches(top_level_only, {"detail": {"name": "20261201-124155-e337ca"}})
+    assert not matches(top_level_only, {"detail": {"name": "20261201-124155-e337ca_3_7"}})
+    assert matches({"detail": {"name": [{"wildcard": "job-*-x"}]}}, {"detail": {"name": "job-1-x"}})
+    assert not matches({"detail": {"name": [{"wildcard": "job-*"}]}}, {"detail": {"name": "j"}})
+    not_tmp = {"key": [{"anything-but": {"prefix": "tmp/"}}]}
+    assert matches(not_tmp, {"key": "jobs/a"}) and not matches(not_tmp, {"key": "tmp/a"})
