@@ -34,7 +34,7 @@ from typing import Any
 from qlayer.core import transitions
 from qlayer.core.ports import Event, JobRecord, Orchestrator, Ports
 from qlayer.interpreter import Decision
-from qlayer.local import state
+from qlayer.local import faults, state
 from qlayer.local.devices import DeviceQueue
 from qlayer.local.jobstore import SqliteJobStore
 from qlayer.local.paths import Home
@@ -48,8 +48,6 @@ from qlayer.store.local import FolderStore
 
 log = logging.getLogger("qlayer.daemon")
 
-#: A stage whose worker died this many times fails.
-MAX_ATTEMPTS = 3
 IDLE_POLL_S = 0.25
 
 
@@ -212,12 +210,15 @@ class Daemon:
         for row in self.conn.execute(
             "SELECT * FROM steps WHERE kind = 'execute' AND state = 'waiting' ORDER BY step_id"
         ).fetchall():
-            decision = Decision.from_json(json.loads(row["detail"]))
-            if self.remote.is_remote(decision.backend):
-                self.remote.track(row["job_id"], row["seq"], decision, row["created_at"])
+            self._guarded(row["job_id"], functools.partial(self._track_remote, row))
         self.remote.recover(self._ended)
         if rows:
             log.info("recovered %d running steps", len(rows))
+
+    def _track_remote(self, row: sqlite3.Row) -> None:
+        decision = Decision.from_json(json.loads(row["detail"]))
+        if self.remote.is_remote(decision.backend):
+            self.remote.track(row["job_id"], row["seq"], decision, row["created_at"])
 
     def _ended(self, job_id: str) -> bool:
         job = self.jobs.find(job_id)
@@ -237,16 +238,19 @@ class Daemon:
             "SELECT * FROM steps WHERE kind = 'execute' AND state = 'pending' ORDER BY step_id"
         ).fetchall()
         for row in rows:
-            decision = Decision.from_json(json.loads(row["detail"]))
-            remote = self.remote.is_remote(decision.backend)
-            with transaction(self.conn):
-                self.conn.execute(
-                    "UPDATE steps SET state = 'waiting' WHERE step_id = ?", (row["step_id"],)
-                )
-                if remote:
-                    self.remote.track(row["job_id"], row["seq"], decision, row["created_at"])
-                else:
-                    self.devices.submit(row["job_id"], row["seq"], decision)
+            self._guarded(row["job_id"], functools.partial(self._submit_execute, row))
+
+    def _submit_execute(self, row: sqlite3.Row) -> None:
+        decision = Decision.from_json(json.loads(row["detail"]))
+        remote = self.remote.is_remote(decision.backend)
+        with transaction(self.conn):
+            self.conn.execute(
+                "UPDATE steps SET state = 'waiting' WHERE step_id = ?", (row["step_id"],)
+            )
+            if remote:
+                self.remote.track(row["job_id"], row["seq"], decision, row["created_at"])
+            else:
+                self.devices.submit(row["job_id"], row["seq"], decision)
 
     def assign_next(self, worker: WorkerHandle) -> bool:
         step = self.conn.execute(
@@ -341,7 +345,7 @@ class Daemon:
         if assignment.kind == "stage":
             self._guarded(assignment.job_id, lambda: self.finish_stage(assignment, reply))
         else:
-            self.devices.finish(assignment, reply)
+            self._guarded(assignment.job_id, lambda: self.devices.finish(assignment, reply))
 
     def finish_stage(self, assignment: Assignment, reply: dict[str, Any]) -> None:
         assert assignment.step_id is not None
@@ -454,22 +458,8 @@ class Daemon:
             self.conn.execute("UPDATE steps SET state = 'done' WHERE step_id = ?", (step_id,))
 
     def _guarded(self, job_id: str, fn: Callable[[], None]) -> None:
-        """Run one job's transition; a fault confined to that job ends it in ERROR with the
-        reason instead of stopping the loop for everyone."""
-        try:
-            fn()
-        except Exception as exc:
-            log.exception("a transition of job %s failed", job_id)
-            try:
-                with transaction(self.conn):
-                    transitions.fail(
-                        self.ports,
-                        job_id,
-                        "InternalError",
-                        f"qlayer could not carry on with this job: {type(exc).__name__}: {exc}",
-                    )
-            except Exception:
-                log.exception("cannot record the failure of job %s", job_id)
+        """Run one job's transition: :func:`qlayer.local.faults.guarded`."""
+        faults.guarded(self, job_id, fn)
 
     # -- cancel, deadlines, deaths ---------------------------------------------------
     def handle_cancels(self) -> None:
@@ -481,61 +471,10 @@ class Daemon:
             transitions.cancel_tree(self.ports, job_id)
 
     def check_deadlines(self) -> None:
-        now = time.time()
-        for worker in self.pool:
-            busy = worker.busy
-            if busy is None or busy.deadline is None or now < busy.deadline:
-                continue
-            log.warning(
-                "stage %s of %s passed its timeout; killing worker", busy.stage, busy.job_id
-            )
-            worker.busy = None
-            self.pool.replace(worker)
-            message = (
-                f"stage {busy.stage!r} exceeded its timeout of {busy.timeout_s} s and was stopped"
-            )
-            note(self.store, busy.job_id, busy.seq, busy.stage or "stage", message)
-            with transaction(self.conn):
-                self._done_step(busy.step_id)
-                transitions.fail(
-                    self.ports, busy.job_id, "Timeout", message, seq=busy.seq, stage=busy.stage
-                )
+        faults.check_deadlines(self, time.time())
 
     def worker_died(self, worker: WorkerHandle) -> None:
-        busy, worker.busy = worker.busy, None
-        code = worker.process.exitcode
-        self.pool.replace(worker)
-        if busy is None:
-            return
-        how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-        log.warning("worker died (%s) running %s of %s", how, busy.stage, busy.job_id)
-        if busy.kind != "stage":
-            self.devices.died(busy, how)
-            return
-        with transaction(self.conn):
-            row = self.conn.execute(
-                "SELECT attempts FROM steps WHERE step_id = ?", (busy.step_id,)
-            ).fetchone()
-            attempts = row["attempts"] if row else MAX_ATTEMPTS
-            if attempts >= MAX_ATTEMPTS:
-                message = (
-                    f"the worker running stage {busy.stage!r} died ({how}) {attempts} times. "
-                    f"If it ran out of memory, raise memory_mb (now {busy.memory_mb} MiB) in "
-                    "@wf.stage()."
-                )
-                note(self.store, busy.job_id, busy.seq, busy.stage or "stage", message)
-                self._done_step(busy.step_id)
-                transitions.fail(
-                    self.ports, busy.job_id, "WorkerDied", message, seq=busy.seq, stage=busy.stage
-                )
-            else:
-                self.conn.execute(
-                    "UPDATE steps SET state = 'pending' WHERE step_id = ?", (busy.step_id,)
-                )
-                self.jobs.add_event(
-                    busy.job_id,
-                    Event(busy.seq, busy.stage, "worker died, retrying", {"how": how}),
-                )
+        faults.worker_died(self, worker)
 
 
 def _preload() -> None:

@@ -267,13 +267,15 @@ class DeviceQueue:
 
     def died(self, assignment: Assignment, how: str) -> None:
         """The worker running ``assignment`` died: each member is queued again, or fails
-        after :data:`MAX_ATTEMPTS` runs."""
+        after its worker died :data:`MAX_ATTEMPTS` times (a daemon restart is not a death)."""
         for member in assignment.members():
-            row = self.conn.execute(
-                "SELECT attempts FROM device_jobs WHERE device_job_id = ?",
-                (member["device_job_id"],),
-            ).fetchone()
-            if row and row["attempts"] >= MAX_ATTEMPTS:
+            with joined(self.conn):
+                row = self.conn.execute(
+                    "UPDATE device_jobs SET deaths = deaths + 1 WHERE device_job_id = ?"
+                    " RETURNING attempts, deaths",
+                    (member["device_job_id"],),
+                ).fetchone()
+            if row and row["deaths"] >= MAX_ATTEMPTS:
                 with joined(self.conn):
                     self.conn.execute(
                         "UPDATE device_jobs SET status = 'ERROR', message = ? WHERE"
@@ -288,7 +290,8 @@ class DeviceQueue:
                         "execute",
                         "WorkerDied",
                         f"the simulator running {member['device_job_id']} died ({how}) "
-                        f"{row['attempts']} times",
+                        f"{row['deaths']} times in {row['attempts']} runs (daemon restarts"
+                        " do not count)",
                     ),
                 )
             else:

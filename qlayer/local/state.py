@@ -54,6 +54,8 @@ CREATE TABLE IF NOT EXISTS steps (
     stage TEXT,
     state TEXT NOT NULL,         -- pending | running | waiting | done
     attempts INTEGER NOT NULL DEFAULT 0,
+    -- the attempts its own worker died in: [{attempt, how}] (a daemon restart is not one)
+    deaths TEXT NOT NULL DEFAULT '[]',
     detail TEXT,                 -- the decision that created the step (JSON)
     created_at REAL NOT NULL,
     started_at REAL,
@@ -91,6 +93,7 @@ CREATE TABLE IF NOT EXISTS device_jobs (
     request_key TEXT NOT NULL,
     status TEXT NOT NULL,        -- QUEUED | RUNNING | DONE | ERROR | CANCELLED
     attempts INTEGER NOT NULL DEFAULT 0,
+    deaths INTEGER NOT NULL DEFAULT 0,  -- runs whose worker died (not daemon restarts)
     message TEXT,
     submitted_at REAL NOT NULL,
     started_at REAL,
@@ -164,6 +167,8 @@ def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
 _ADDED_COLUMNS = (
     ("jobs", "provider_job_ids", "TEXT NOT NULL DEFAULT '[]'"),
     ("jobs", "fanout_seq", "INTEGER NOT NULL DEFAULT 0"),
+    ("steps", "deaths", "TEXT NOT NULL DEFAULT '[]'"),
+    ("device_jobs", "deaths", "INTEGER NOT NULL DEFAULT 0"),
     ("provider_ledger", "token", "TEXT"),
     ("provider_ledger", "outcome", "TEXT"),
     ("provider_ledger", "slot", "INTEGER NOT NULL DEFAULT 0"),

@@ -1,0 +1,101 @@
+"""Faults confined to one job, or to the machine: the daemon survives them all.
+
+Each test injects a real fault (a deleted artifact, a killed process, an unwritable
+folder) and proves the job it belongs to ends with a reason a user can act on, while the
+daemon keeps serving every other job.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "programs"))
+
+import helpers
+from helpers import FAULTY, wait_for
+
+from qlayer import keys
+from qlayer.errors import JobFailed
+from qlayer.status import JobStatus
+
+
+@pytest.fixture
+def client(tmp_path):
+    yield from helpers.local_client(tmp_path / "home")
+
+
+@pytest.fixture
+def markers(tmp_path):
+    folder = tmp_path / "markers"
+    folder.mkdir()
+    return folder
+
+
+@pytest.mark.slow
+def test_fanout_missing_items_fails_that_job_only(client, markers):
+    job = client.run(FAULTY, {"mode": "fanout", "n": 4, "markers": str(markers)})
+    wait_for(lambda: len(list(markers.glob("*.child.started"))) == 2, 60, "two children to wait")
+    daemon = client.daemon_pid()
+    client.store.path(keys.step_dir(job.job_id, 1, "fanout") + "items.json").unlink()
+    (markers / "go").touch()
+    with pytest.raises(JobFailed, match=r"items\.json"):
+        job.result(timeout=120)
+    assert job.status() == JobStatus.ERROR
+    assert {s["state"] for s in helpers.step_rows(client, job.job_id)} == {"done"}
+    assert client.daemon_pid() == daemon, "the daemon crashed"
+    assert client.run(FAULTY, {"mode": "ok", "n": 3}).result(timeout=60) == {"n": 3}
+    # ... and it stays up across a restart (recovery meets the poisoned job again).
+    client.down()
+    client.up()
+    assert client.run(FAULTY, {"mode": "ok", "n": 4}).result(timeout=60) == {"n": 4}
+
+
+BASIS = Path(__file__).resolve().parents[2] / "bench" / "programs" / "basis_state.py"
+
+
+@pytest.mark.slow
+def test_coalesced_leader_missing_request_fails_only_the_leader(client):
+    blocker = client.run(BASIS, {"k": 1, "shots": 2_000_000, "seed": 1})
+    helpers.wait_device_running(client, blocker.job_id)
+    jobs = [client.run(BASIS, {"k": k, "shots": 300}) for k in range(3)]
+    wait_for(
+        lambda: len([r for r in helpers.device_rows(client) if r["status"] == "QUEUED"]) == 3,
+        60,
+        "three requests to queue behind the blocker",
+    )
+    # The oldest queued request leads the merged run; its request disappears.
+    client.store.path(keys.execute_request(jobs[0].job_id, 1)).unlink()
+    blocker.result(timeout=180)
+    with pytest.raises(JobFailed, match=r"request\.json"):
+        jobs[0].result(timeout=180)
+    for k, job in enumerate(jobs[1:], start=1):
+        counts = job.result(timeout=180)["counts"]
+        assert max(counts, key=counts.get) == format(k, "05b")
+
+
+@pytest.mark.slow
+def test_daemon_restarts_do_not_count_as_worker_deaths(client, markers, tmp_path):
+    side = tmp_path / "side.log"
+    job = client.run(
+        helpers.CHAIN, {"side": str(side), "markers": str(markers), "wait_at": "measure"}
+    )
+    started = markers / f"{job.job_id}.measure.started"
+    for _restart in range(3):
+        helpers.wait_file(started, "measure to start")
+        started.unlink()
+        helpers.kill_daemon(client)
+        client.up()
+    helpers.wait_file(started, "measure to start after the restarts")
+    helpers.kill_hard(helpers.started_worker(job, "measure"))
+    wait_for(
+        lambda: any(e["event"] == "worker died, retrying" for e in job.timeline()),
+        60,
+        "the daemon to retry after its worker died",
+    )
+    (markers / "go").touch()
+    assert job.result(timeout=120)["ok"]
+    [retry] = [e for e in job.timeline() if e["event"] == "worker died, retrying"]
+    assert retry["detail"]["attempt"] == 4 and retry["detail"]["deaths"] == 1

@@ -1,0 +1,74 @@
+"""The daemon's loop under faults confined to one job: that job ends, the loop goes on.
+
+The daemon is built but not run (no workers are forked): each test calls the part of the
+loop that meets the fault.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from qlayer.core.ports import NewJob
+from qlayer.interpreter import Decision
+from qlayer.local.daemon import Daemon
+from qlayer.local.paths import Home
+from qlayer.status import JobStatus
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    made = Daemon(Home.resolve(tmp_path / "home"), workers=1)
+    yield made
+    made.remote.shutdown()
+    made.conn.close()
+
+
+def _job(daemon: Daemon, job_id: str) -> None:
+    first = Decision("next", seq=0, stage="start", input_key=f"jobs/{job_id}/in.json")
+    daemon.jobs.create(NewJob(job_id, "prog", "wf", {}, "aer", first=first))
+
+
+def _steps(daemon: Daemon, job_id: str) -> set[str]:
+    rows = daemon.conn.execute("SELECT state FROM steps WHERE job_id = ?", (job_id,))
+    return {row["state"] for row in rows}
+
+
+def test_a_corrupted_execute_step_fails_its_job_and_not_the_loop(daemon):
+    _job(daemon, "bad")
+    _job(daemon, "good")
+    for job_id, detail in (("bad", "{not json"), ("good", None)):
+        decision = Decision("execute", seq=1, then="t", request_key="r", backend="aer")
+        daemon.conn.execute(
+            "INSERT INTO steps (job_id, seq, kind, stage, state, detail, created_at)"
+            " VALUES (?, 1, 'execute', 'execute', 'pending', ?, 1)",
+            (job_id, detail or __import__("json").dumps(decision.to_json())),
+        )
+    daemon.submit_executes()
+    bad = daemon.jobs.get("bad")
+    assert bad.status == JobStatus.ERROR
+    assert "could not carry on" in (bad.message or "")
+    assert _steps(daemon, "bad") == {"done"}  # nothing of it is picked up again
+    [row] = daemon.conn.execute("SELECT job_id FROM device_jobs").fetchall()
+    assert row["job_id"] == "good"
+
+
+def test_a_stage_fails_on_its_third_own_death_and_says_which_attempts_were_whose(daemon):
+    from qlayer.local import faults
+    from qlayer.local.pool import Assignment
+
+    _job(daemon, "j")
+    daemon.conn.execute(
+        "UPDATE steps SET state = 'running', attempts = 5, deaths = ? WHERE job_id = 'j'",
+        ('[{"attempt": 2, "how": "signal 9"}, {"attempt": 4, "how": "exit code 1"}]',),
+    )
+    [step] = daemon.conn.execute("SELECT step_id FROM steps WHERE job_id = 'j'").fetchall()
+    busy = Assignment("stage", "j", 0, "start", step_id=step["step_id"], memory_mb=2048)
+    faults._stage_worker_died(daemon, busy, "signal 9")
+    job = daemon.jobs.get("j")
+    assert job.status == JobStatus.ERROR and job.error_type == "WorkerDied"
+    assert job.message == (
+        "the worker running stage 'start' died 3 times: attempts 2 (signal 9), "
+        "4 (exit code 1), 5 (signal 9). Attempts 1, 3 were interrupted by a daemon restart, "
+        "which does not count. If it ran out of memory, raise memory_mb (now 2048 MiB) in "
+        "@wf.stage()."
+    )
