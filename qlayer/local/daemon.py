@@ -34,7 +34,7 @@ from typing import Any
 from qlayer.core import transitions
 from qlayer.core.ports import Event, JobRecord, Orchestrator, Ports
 from qlayer.interpreter import Decision
-from qlayer.local import faults, state
+from qlayer.local import faults, procs, state
 from qlayer.local.devices import DeviceQueue
 from qlayer.local.jobstore import SqliteJobStore
 from qlayer.local.paths import Home
@@ -516,6 +516,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    procs.end_leftovers(home.workers_file, _old_pid(home))
+    procs.become_subreaper()  # a killed worker's orphans come here and are reaped
     home.pid_file.write_text(str(os.getpid()))
     try:
         daemon.run()
@@ -527,6 +529,13 @@ def main(argv: list[str] | None = None) -> int:
             pass
     log.info("daemon stopped")
     return 0
+
+
+def _old_pid(home: Home) -> int | None:
+    try:
+        return int(home.pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def _env_int(name: str) -> int | None:

@@ -51,3 +51,8 @@ class Home:
     @property
     def scratch(self) -> Path:
         return self.root / "scratch"
+
+    @property
+    def workers_file(self) -> Path:
+        """The process groups of the daemon's workers (ended after a crash)."""
+        return self.root / "workers.pgid"

@@ -20,6 +20,7 @@ from typing import Any
 
 from qlayer import keys
 from qlayer.errors import ArtifactError
+from qlayer.local import procs
 from qlayer.planner import Resources
 from qlayer.program import ProgramCache
 from qlayer.request import decode_request
@@ -96,6 +97,8 @@ def worker_main(
     """Serve requests from the daemon until the pipe closes."""
     die_with_parent()
     release_daemon_lock(lock_fd)
+    procs.lead_group()  # what a stage forks is in this group; the daemon kills it whole
+    procs.become_subreaper()  # and what it orphans is re-parented here, to be reaped
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     store = FolderStore(artifacts)
@@ -116,6 +119,8 @@ def worker_main(
                 "message": f"{exc}",
                 "traceback": traceback.format_exc(),
             }
+        finally:
+            procs.end_descendants()  # a step's processes end with the step
         reply["id"] = message["id"]
         conn.send_bytes(json.dumps(reply).encode())
 

@@ -99,3 +99,42 @@ def test_daemon_restarts_do_not_count_as_worker_deaths(client, markers, tmp_path
     assert job.result(timeout=120)["ok"]
     [retry] = [e for e in job.timeline() if e["event"] == "worker died, retrying"]
     assert retry["detail"]["attempt"] == 4 and retry["detail"]["deaths"] == 1
+
+
+SPAWNER = helpers.PROGRAMS / "spawner.py"
+
+
+def forked_pids(path: Path) -> list[int]:
+    return [int(line) for line in path.read_text().split()]
+
+
+def gone(pid: int) -> bool:
+    """Neither running nor a zombie left for someone to reap."""
+    return not Path(f"/proc/{pid}").exists() or not helpers.alive(pid)
+
+
+@pytest.mark.slow
+def test_processes_a_stage_forks_end_with_the_stage(client, tmp_path):
+    pids = tmp_path / "pids"
+    job = client.run(SPAWNER, {"mode": "leave", "pids": str(pids)})
+    assert job.result(timeout=60) == {"spawned": True}
+    forked = forked_pids(pids)
+    assert len(forked) == 7
+    left = [pid for pid in forked if Path(f"/proc/{pid}").exists()]
+    assert not left, f"still running or zombies after DONE: {left}"
+
+
+@pytest.mark.slow
+def test_processes_a_stage_forks_end_when_it_is_cancelled_or_times_out(client, tmp_path, markers):
+    cancelled_pids, timed_out_pids = tmp_path / "cancelled", tmp_path / "timed_out"
+    job = client.run(
+        SPAWNER, {"mode": "wait", "pids": str(cancelled_pids), "markers": str(markers)}
+    )
+    helpers.wait_file(markers / f"{job.job_id}.started", "the stage to fork")
+    assert job.cancel()
+    job.wait(timeout=60)
+    slow = client.run(SPAWNER, {"mode": "hang", "pids": str(timed_out_pids)})
+    with pytest.raises(JobFailed, match="timeout"):
+        slow.result(timeout=60)
+    for pid in forked_pids(cancelled_pids) + forked_pids(timed_out_pids):
+        wait_for(lambda pid=pid: gone(pid), 30, f"forked process {pid} to end")
