@@ -7,6 +7,7 @@ Every read command takes ``--json`` for scripts. State lives under ``$QLAYER_HOM
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 import time
 from datetime import datetime
@@ -462,6 +463,36 @@ def down(home: str | None = HomeOption) -> None:
 
 
 @app.command()
+def doctor(
+    repair: bool = typer.Option(
+        False, "--repair", help="Back up a corrupt state database and rebuild it."
+    ),
+    home: str | None = HomeOption,
+) -> None:
+    """Check this home's state (database integrity, artifacts writable); repair it."""
+    from qlayer.local import control
+    from qlayer.local import doctor as checks
+    from qlayer.local.paths import Home
+
+    _local_only("doctor")
+    where = Home.resolve(home)
+    problems = checks.check(where)
+    if problems and repair and any("database" in p for p in problems):
+        if control.stop(where):
+            out.print("stopped the daemon to repair its database")
+        backup, kept = checks.repair(where)
+        out.print(f"backed up the corrupt database to {backup}")
+        out.print("rebuilt it with " + ", ".join(f"{n} {t}" for t, n in kept.items()))
+        out.print("run `qlayer up` (or any run) to start the daemon again")
+        problems = checks.check(where)
+    for problem in problems:
+        err.print(f"[red]problem:[/red] {problem}", highlight=False)
+    if problems:
+        raise typer.Exit(1)
+    out.print(f"{where.root}: state database and artifacts are fine")
+
+
+@app.command()
 def backends(as_json: bool = JsonOption, home: str | None = HomeOption) -> None:
     """Every backend the configuration knows."""
     listed = _client(home).backends()
@@ -509,6 +540,11 @@ def main() -> None:
         app()
     except QlayerError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(1)
+    except sqlite3.DatabaseError as exc:  # met after the database opened (a damaged page)
+        from qlayer.local.doctor import describe
+
+        err.print(f"[red]error:[/red] {describe(exc, Path('qlayer.db'))}", highlight=False)
         sys.exit(1)
 
 

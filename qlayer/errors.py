@@ -71,3 +71,7 @@ class ConfigError(QlayerError):
 
 class DaemonError(QlayerError):
     """The local daemon could not be started or reached."""
+
+
+class StateError(QlayerError):
+    """The local state database is corrupt, or cannot be written (``qlayer doctor``)."""

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qlayer import keys
-from qlayer.errors import JobCancelled, JobFailed
+from qlayer.errors import ArtifactError, JobCancelled, JobFailed
 from qlayer.status import JobStatus
 from qlayer.store.base import ArtifactStore
 
@@ -195,12 +195,27 @@ class BaseJob(ABC):
         return [key[len(prefix) :] for key in self.store.list(prefix)]
 
     def download(self, name: str, destination: str | os.PathLike[str] | None = None) -> Path:
-        """Copy a saved file to ``destination`` (default: the current folder)."""
-        data = self.store.get_bytes(keys.file_key(self.job_id, name))
+        """Copy a saved file to ``destination`` (default: the current folder).
+
+        Raises:
+            ArtifactError: ``name`` is not a file the job saved, or ``destination`` cannot
+                be written.
+        """
+        hint = f"`qlayer files {self.job_id}` lists the files it saved"
+        try:
+            key = keys.file_key(self.job_id, name)
+        except ValueError as exc:
+            raise ArtifactError(f"{exc}; {hint}") from exc
+        if not self.store.exists(key):
+            raise ArtifactError(f"job {self.job_id} saved no file named {name!r}; {hint}")
+        data = self.store.get_bytes(key)
         target = Path(destination) if destination else Path(Path(name).name)
         if target.is_dir():
             target = target / Path(name).name
-        target.write_bytes(data)
+        try:
+            target.write_bytes(data)
+        except OSError as exc:
+            raise ArtifactError(f"cannot write {target}: {exc.strerror or exc}") from exc
         return target
 
     def error(self) -> dict[str, Any] | None:

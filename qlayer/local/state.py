@@ -136,7 +136,21 @@ SCHEMA += LEDGER_SCHEMA
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    """Open the state database (creating it) in WAL mode with a busy timeout."""
+    """Open the state database (creating it) in WAL mode with a busy timeout.
+
+    Raises:
+        StateError: The file is corrupt (the message says how to recover) or cannot be
+            written.
+    """
+    try:
+        return _connect(path)
+    except sqlite3.DatabaseError as exc:
+        from qlayer.local.doctor import describe
+
+        raise describe(exc, path) from exc
+
+
+def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")

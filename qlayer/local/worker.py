@@ -116,7 +116,7 @@ def worker_main(
             reply = {
                 "ok": False,
                 "error_type": type(exc).__name__,
-                "message": f"{exc}",
+                "message": str(exc) or f"{type(exc).__name__} with no message",
                 "traceback": traceback.format_exc(),
             }
         finally:

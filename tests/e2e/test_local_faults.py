@@ -138,3 +138,15 @@ def test_processes_a_stage_forks_end_when_it_is_cancelled_or_times_out(client, t
         slow.result(timeout=60)
     for pid in forked_pids(cancelled_pids) + forked_pids(timed_out_pids):
         wait_for(lambda pid=pid: gone(pid), 30, f"forked process {pid} to end")
+
+
+@pytest.mark.slow
+def test_a_result_too_large_to_store_says_so_and_how_to_fix_it(client):
+    job = client.run(FAULTY, {"mode": "bulky"})
+    with pytest.raises(JobFailed) as raised:
+        job.result(timeout=120)
+    info = job.info()
+    assert info["error_type"] == "MemoryError"
+    assert "storing the output of stage 'bulky' ran out of memory" in info["message"]
+    assert "memory_mb=1024" in info["message"] and "ctx.save_file" in info["message"]
+    assert info["message"] in str(raised.value)
