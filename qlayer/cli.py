@@ -81,6 +81,14 @@ def _local_only(command: str) -> None:
         raise typer.Exit(2)
 
 
+def _paused(client: Any) -> str | None:
+    """Why the local daemon paused new work (a full disk, say), or None."""
+    from qlayer.local.health import paused_reason
+
+    home = getattr(client, "home", None)
+    return paused_reason(home, client.daemon_pid()) if home is not None else None
+
+
 def _emit_json(value: Any) -> None:
     from qlayer.plain import plain
 
@@ -268,12 +276,16 @@ def _run_in_cloud_box(
 @app.command()
 def status(job_id: str, as_json: bool = JsonOption, home: str | None = HomeOption) -> None:
     """A job's status, current stage, provider job ids and usage."""
-    job = _client(home).job(job_id)
+    client = _client(home)
+    job = client.job(job_id)
     info = job.info()
     info["usage"] = job.usage()
+    paused = _paused(client)
     if as_json:
-        _emit_json(info)
+        _emit_json({**info, "daemon_paused": paused})
         return
+    if paused:
+        err.print(f"[yellow]{paused}[/yellow]", highlight=False)
     table = Table(show_header=False, box=None)
     for key in ("job_id", "workflow", "status", "stage", "seq", "backend", "message"):
         if info.get(key) is not None:
@@ -360,10 +372,13 @@ def jobs(
     home: str | None = HomeOption,
 ) -> None:
     """A table of recent jobs."""
-    listed = [job.info() for job in _client(home).jobs(limit=limit, status=status_filter)]
+    client = _client(home)
+    listed = [job.info() for job in client.jobs(limit=limit, status=status_filter)]
     if as_json:
         _emit_json(listed)
         return
+    if paused := _paused(client):
+        err.print(f"[yellow]{paused}[/yellow]", highlight=False)
     table = Table("workflow", "status", "stage", "created", "finished")
     table.add_column("job", no_wrap=True)
     colours = {"DONE": "green", "ERROR": "red", "CANCELLED": "yellow"}

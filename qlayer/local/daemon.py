@@ -36,6 +36,7 @@ from qlayer.core.ports import Event, JobRecord, Orchestrator, Ports
 from qlayer.interpreter import Decision
 from qlayer.local import faults, procs, state
 from qlayer.local.devices import DeviceQueue
+from qlayer.local.health import Health, StorageFault
 from qlayer.local.jobstore import SqliteJobStore
 from qlayer.local.paths import Home
 from qlayer.local.pool import Assignment, WorkerHandle, WorkerPool
@@ -93,6 +94,7 @@ class Daemon:
         self.remote = RemoteDispatcher(
             self.conn, home.db, self.jobs, self.store, self.on_decision, clock=time.time
         )
+        self.health = Health(home, self.store, self.conn)
         self.stopping = False
         self.wake_socket: socket.socket | None = None
         #: Parents whose last child just ended: their fan-in runs after that child's
@@ -125,7 +127,11 @@ class Daemon:
         self.wake_socket = sock
 
     def run(self) -> None:
-        self.recover()
+        try:
+            self.recover()
+        except Exception as exc:  # a full disk at start: paused, recovered when it resumes
+            if not self.health.absorb(exc):
+                raise
         self.open_wake_socket()
         self.pool.start()
         log.info("daemon %d ready with %d workers", os.getpid(), len(self.pool))
@@ -143,9 +149,11 @@ class Daemon:
                     pass
 
     def tick(self) -> None:
+        paused = self.health.paused and not self.resumed()
         self.handle_cancels()
-        self.assign()
-        self.remote.pump()
+        if not paused:
+            self.assign()
+            self.remote.pump()
         workers = list(self.pool)
         waitables: list[Any] = [w.conn for w in workers] + [w.process.sentinel for w in workers]
         waitables.append(self.remote.wake_r)
@@ -156,7 +164,8 @@ class Daemon:
             self._drain_wake_socket()
         if self.remote.wake_r in ready:
             self.remote.drain_wake()
-        self.remote.collect()
+        if not self.health.paused:  # provider outcomes wait in their queue meanwhile
+            self.remote.collect()
         for worker in workers:
             if worker not in self.pool:
                 continue  # replaced meanwhile (a cancel or a failure stopped its job)
@@ -166,6 +175,14 @@ class Daemon:
                 self.worker_died(worker)
         self.run_fan_ins()
         self.check_deadlines()
+
+    def resumed(self) -> bool:
+        """Paused on a storage fault: once no worker is busy and a write works again,
+        resume through crash recovery (what was cut short runs again; steps are idempotent)."""
+        if any(w.busy for w in self.pool) or not self.health.probe(time.time()):
+            return False
+        self.recover()
+        return True
 
     def run_fan_ins(self) -> None:
         """The fan-ins that children's ends made due (each in its parent's own transaction)."""
@@ -341,6 +358,9 @@ class Daemon:
             return
         assignment, worker.busy = worker.busy, None
         if assignment is None:
+            return
+        if reply.get("storage"):  # it could not write: no one's fault; run again on resume
+            self.health.absorb(StorageFault(reply["storage"]))
             return
         if assignment.kind == "stage":
             self._guarded(assignment.job_id, lambda: self.finish_stage(assignment, reply))

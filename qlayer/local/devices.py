@@ -328,3 +328,12 @@ class DeviceQueue:
         """After a restart: device jobs that were running are queued again."""
         with joined(self.conn):
             self.conn.execute("UPDATE device_jobs SET status = 'QUEUED' WHERE status = 'RUNNING'")
+            # Ended, but the outcome never reached its step (the daemon died, or could not
+            # write, in between): run again; a recorded outcome is answered, not re-simulated.
+            self.conn.execute(
+                "UPDATE device_jobs SET status = 'QUEUED' WHERE status IN ('DONE', 'ERROR')"
+                " AND EXISTS (SELECT 1 FROM steps s JOIN jobs j ON j.job_id = s.job_id"
+                " WHERE s.job_id = device_jobs.job_id AND s.seq = device_jobs.seq"
+                " AND s.kind = 'execute' AND s.state = 'waiting'"
+                " AND j.status NOT IN ('DONE', 'ERROR', 'CANCELLED'))"
+            )

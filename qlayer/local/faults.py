@@ -35,6 +35,8 @@ def guarded(daemon: Daemon, job_id: str, fn: Callable[[], None]) -> None:
     try:
         fn()
     except Exception as exc:
+        if daemon.health.absorb(exc):
+            return  # the machine's fault, not the job's: the daemon pauses, then retries
         log.exception("a transition of job %s failed", job_id)
         fail_job(
             daemon,
@@ -52,8 +54,9 @@ def fail_job(daemon: Daemon, job_id: str, error_type: str, message: str) -> None
             daemon.conn.execute(
                 "UPDATE steps SET state = 'done' WHERE job_id = ? AND state != 'done'", (job_id,)
             )
-    except Exception:
-        log.exception("cannot record the failure of job %s", job_id)
+    except Exception as exc:
+        if not daemon.health.absorb(exc):
+            log.exception("cannot record the failure of job %s", job_id)
 
 
 def check_deadlines(daemon: Daemon, now: float) -> None:

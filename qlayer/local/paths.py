@@ -56,3 +56,8 @@ class Home:
     def workers_file(self) -> Path:
         """The process groups of the daemon's workers (ended after a crash)."""
         return self.root / "workers.pgid"
+
+    @property
+    def health_file(self) -> Path:
+        """What the daemon says of its health (paused on a full disk, and why)."""
+        return self.root / "daemon.health"

@@ -100,6 +100,10 @@ CREATE TABLE IF NOT EXISTS device_jobs (
     finished_at REAL
 );
 CREATE INDEX IF NOT EXISTS device_jobs_status ON device_jobs (status, submitted_at);
+
+-- One row the daemon rewrites to learn whether the database can be written again (with
+-- room to grow: a 64 KiB blob, freed in the same transaction).
+CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, at REAL NOT NULL, room BLOB);
 """
 
 LEDGER_SCHEMA = """
@@ -224,9 +228,15 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     try:
         yield conn
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # SQLite may have rolled back already (a full disk)
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
+    try:
+        conn.execute("COMMIT")
+    except BaseException:  # a full disk at COMMIT: the transaction must not stay open
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 @contextmanager

@@ -21,6 +21,7 @@ from typing import Any
 from qlayer import keys
 from qlayer.errors import ArtifactError
 from qlayer.local import procs
+from qlayer.local.health import storage_fault
 from qlayer.planner import Resources
 from qlayer.program import ProgramCache
 from qlayer.request import decode_request
@@ -118,6 +119,7 @@ def worker_main(
                 "error_type": type(exc).__name__,
                 "message": str(exc) or f"{type(exc).__name__} with no message",
                 "traceback": traceback.format_exc(),
+                "storage": storage_fault(exc),  # a full disk, a read-only folder: not the job's
             }
         finally:
             procs.end_descendants()  # a step's processes end with the step

@@ -150,3 +150,52 @@ def test_a_result_too_large_to_store_says_so_and_how_to_fix_it(client):
     assert "storing the output of stage 'bulky' ran out of memory" in info["message"]
     assert "memory_mb=1024" in info["message"] and "ctx.save_file" in info["message"]
     assert info["message"] in str(raised.value)
+
+
+def qlayer_status(client, job_id: str) -> str:
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-m", "qlayer.cli", "status", job_id, "--home", str(client.home.root)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout + done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["EROFS", "ENOSPC"])
+def test_unwritable_artifacts_pause_the_daemon_until_they_can_be_written(
+    client, tmp_path, monkeypatch, markers, fault
+):
+    # Root ignores chmod, and a small tmpfs needs privileges: the artifact store's fault
+    # hook (QLAYER_FAULT_FILE, read on every write) fails each write with the real errno.
+    # The daemon starts at the first run, after the variable is set, and inherits it.
+    fault_file = tmp_path / "fault"
+    monkeypatch.setenv("QLAYER_FAULT_FILE", str(fault_file))
+    words = {"EROFS": "Read-only file system", "ENOSPC": "No space left on device"}[fault]
+    side = tmp_path / "side.log"
+    jobs = [
+        client.run(
+            helpers.CHAIN, {"side": str(side), "markers": str(markers), "wait_at": "measure"}
+        )
+        for _ in range(2)
+    ]
+    wait_for(lambda: len(list(markers.glob("*.measure.started"))) == 2, 60, "two stages")
+    daemon = client.daemon_pid()
+    fault_file.write_text(fault)
+    (markers / "go").touch()
+    wait_for(lambda: words in qlayer_status(client, jobs[0].job_id), 60, "a paused daemon")
+    said = qlayer_status(client, jobs[0].job_id)
+    assert "paused new work" in said and "resumes by itself" in said
+    assert "cannot write state" in client.home.daemon_log.read_text()
+    assert [job.status() for job in jobs] == [JobStatus.RUNNING] * 2
+    assert client.daemon_pid() == daemon, "the daemon died"
+    fault_file.unlink()
+    for job in jobs:
+        assert job.result(timeout=120)["ok"]
+    assert "resuming" in client.home.daemon_log.read_text()
+    assert "paused" not in qlayer_status(client, jobs[0].job_id)
+    assert client.daemon_pid() == daemon

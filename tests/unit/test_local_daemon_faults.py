@@ -72,3 +72,53 @@ def test_a_stage_fails_on_its_third_own_death_and_says_which_attempts_were_whose
         "which does not count. If it ran out of memory, raise memory_mb (now 2048 MiB) in "
         "@wf.stage()."
     )
+
+
+def _fill_the_database(daemon: Daemon) -> None:
+    """Cap the database at its size now: the next page it needs is 'disk full' (SQLITE_FULL),
+    a real full disk as SQLite reports it, whoever runs the test (root included)."""
+    pages = daemon.conn.execute("PRAGMA page_count").fetchone()[0]
+    daemon.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    daemon.conn.execute(f"PRAGMA max_page_count = {pages}")
+
+
+def test_a_full_database_pauses_the_daemon_which_resumes_when_there_is_room(daemon):
+    import sqlite3
+
+    from qlayer.local.health import Status
+    from qlayer.local.state import transaction
+
+    _fill_the_database(daemon)
+    with (
+        pytest.raises(sqlite3.OperationalError, match="full") as raised,
+        transaction(daemon.conn),
+    ):
+        for index in range(5000):
+            daemon.conn.execute(
+                "INSERT INTO events (job_id, at, event, detail) VALUES ('j', 0, 'x', ?)",
+                ("y" * 1000 + str(index),),
+            )
+    assert not daemon.conn.in_transaction  # the next transaction can begin
+    assert daemon.health.absorb(raised.value)
+    assert daemon.health.paused
+    status = Status.read(daemon.home)
+    assert status is not None and "database or disk is full" in (status.problem or "")
+    assert not daemon.health.probe(daemon.health.next_probe)  # still full
+    daemon.conn.execute("PRAGMA max_page_count = 1073741823")
+    assert daemon.health.probe(daemon.health.next_probe)
+    assert not daemon.health.paused
+    assert Status.read(daemon.home).problem is None  # type: ignore[union-attr]
+
+
+def test_a_fault_of_the_machine_fails_no_job(daemon, tmp_path, monkeypatch):
+    _job(daemon, "j")
+    fault = tmp_path / "fault"
+    fault.write_text("ENOSPC")
+    monkeypatch.setenv("QLAYER_FAULT_FILE", str(fault))
+
+    def writes_an_artifact() -> None:
+        daemon.store.put_json("jobs/j/x.json", {})
+
+    daemon._guarded("j", writes_an_artifact)
+    assert daemon.jobs.get("j").status == JobStatus.QUEUED
+    assert daemon.health.paused and "No space left on device" in (daemon.health.problem or "")
