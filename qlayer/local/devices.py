@@ -26,6 +26,7 @@ from typing import Any
 from qlayer.core.ports import Event, JobStore
 from qlayer.dispatch import coalesce
 from qlayer.interpreter import Decision
+from qlayer.local.faults import max_deaths
 from qlayer.local.pool import Assignment, WorkerHandle
 from qlayer.local.state import joined
 from qlayer.status import JobStatus
@@ -34,8 +35,6 @@ from qlayer.store.base import ArtifactStore
 
 log = logging.getLogger("qlayer.daemon")
 
-#: A device job whose simulator died this many times fails.
-MAX_ATTEMPTS = 3
 
 OnDecision = Callable[[str, int, Decision], None]
 
@@ -267,7 +266,8 @@ class DeviceQueue:
 
     def died(self, assignment: Assignment, how: str) -> None:
         """The worker running ``assignment`` died: each member is queued again, or fails
-        after its worker died :data:`MAX_ATTEMPTS` times (a daemon restart is not a death)."""
+        after its worker died :func:`~qlayer.local.faults.max_deaths` times (a daemon
+        restart is not a death)."""
         for member in assignment.members():
             with joined(self.conn):
                 row = self.conn.execute(
@@ -275,7 +275,7 @@ class DeviceQueue:
                     " RETURNING attempts, deaths",
                     (member["device_job_id"],),
                 ).fetchone()
-            if row and row["deaths"] >= MAX_ATTEMPTS:
+            if row and row["deaths"] >= max_deaths():
                 with joined(self.conn):
                     self.conn.execute(
                         "UPDATE device_jobs SET status = 'ERROR', message = ? WHERE"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -25,8 +26,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("qlayer.daemon")
 
-#: A stage whose own worker died this many times fails.
+#: A stage whose own worker died this many times fails (``$QLAYER_MAX_WORKER_DEATHS``).
 MAX_DEATHS = 3
+
+
+def max_deaths() -> int:
+    """How many deaths of its own worker a stage or device job survives, less one."""
+    raw = os.environ.get("QLAYER_MAX_WORKER_DEATHS")
+    return max(1, int(raw)) if raw and raw.isdigit() else MAX_DEATHS
 
 
 def guarded(daemon: Daemon, job_id: str, fn: Callable[[], None]) -> None:
@@ -82,7 +89,7 @@ def check_deadlines(daemon: Daemon, now: float) -> None:
 
 
 def worker_died(daemon: Daemon, worker: WorkerHandle) -> None:
-    """``worker`` died: its stage runs again, or fails after :data:`MAX_DEATHS` deaths."""
+    """``worker`` died: its stage runs again, or fails after :func:`max_deaths` deaths."""
     busy, worker.busy = worker.busy, None
     code = worker.process.exitcode
     daemon.pool.replace(worker)
@@ -107,7 +114,7 @@ def _stage_worker_died(daemon: Daemon, busy: Assignment, how: str) -> None:
         daemon.conn.execute(
             "UPDATE steps SET deaths = ? WHERE step_id = ?", (json.dumps(deaths), busy.step_id)
         )
-        if len(deaths) < MAX_DEATHS:
+        if len(deaths) < max_deaths():
             daemon.conn.execute(
                 "UPDATE steps SET state = 'pending' WHERE step_id = ?", (busy.step_id,)
             )
