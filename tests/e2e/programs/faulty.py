@@ -93,11 +93,6 @@ def hungry(data):
     return Done(float(big[0]))
 
 
-@wf.stage(memory_mb=1024)
-def bulky(data):
-    return Done(bytes(500 * 1024 * 1024))  # fits memory_mb; its encoding does not
-
-
 @wf.stage()
 def after(result):
     return Done("should not get here")
@@ -116,3 +111,8 @@ def child(item, ctx):
 @wf.stage()
 def gather(results):
     return Done(sorted(r["square"] for r in results))
+
+
+@wf.stage(memory_mb=1024)
+def bulky(data):
+    return Done(bytes(500 * 1024 * 1024))  # fits memory_mb; its encoding does not
