@@ -181,7 +181,12 @@ class Daemon:
         resume through crash recovery (what was cut short runs again; steps are idempotent)."""
         if any(w.busy for w in self.pool) or not self.health.probe(time.time()):
             return False
-        self.recover()
+        try:
+            self.recover()
+        except Exception as exc:  # the fault came back meanwhile: still paused
+            if not self.health.absorb(exc):
+                raise
+            return False
         return True
 
     def run_fan_ins(self) -> None:

@@ -1,9 +1,10 @@
 """Torture: SIGKILL the daemon and its workers at random while a mixed workload runs.
 
-The workload (seeded sweeps, QAOA-like loops, coalescable device runs) runs once
+The workload (seeded sweeps, QAOA-like loops, coalescable device runs, and jobs on a
+FAKE QPU service that keeps its own ledger of provider jobs) runs once
 undisturbed, then again under a seeded random schedule of kills. Afterwards every job
 is DONE with exactly the undisturbed results, no step whose outcome had been recorded
-ran again, and every execute request made exactly one device job.
+ran again, and every execute request made exactly one device or provider job.
 
 ``make torture`` runs it; ``QLAYER_TORTURE_SEED`` and ``QLAYER_TORTURE_KILLS`` change
 the schedule.
@@ -28,6 +29,19 @@ from qlayer import keys
 from qlayer.status import JobStatus
 
 TORTURE = helpers.PROGRAMS / "torture.py"
+QPU_CHAIN = helpers.PROGRAMS / "qpu_chain.py"
+FAKE_QPU = helpers.PROGRAMS / "fake_qpu.py"
+QPU_RUNS = [{"executes": 4}, {"executes": 3}, {"executes": 1, "fanout": 3}]
+
+
+def use_fake_qpu(monkeypatch, folder: Path) -> None:
+    """The daemon started next (it inherits the environment) talks to a FAKE QPU service
+    that keeps its own ledger of every provider job in ``folder``."""
+    monkeypatch.setenv("QLAYER_PROVIDERS", f"fakeqpu={FAKE_QPU}:FakeQpu")
+    monkeypatch.setenv("QLAYER_FAKE_QPU_DIR", str(folder))
+    monkeypatch.setenv("QLAYER_QPU_POLL_S", "0.05")
+    monkeypatch.setenv("QLAYER_QPU_POLLS_PER_S", "2000")
+    monkeypatch.setenv("QLAYER_QPU_RETRY_BASE_S", "0.05")
 
 
 def workload(side: Path) -> list[dict[str, object]]:
@@ -39,14 +53,14 @@ def workload(side: Path) -> list[dict[str, object]]:
     return [{**job, "side": str(side)} for job in jobs]
 
 
-def run_all(client, side: Path) -> tuple[list, list]:
+def submit_all(client, side: Path) -> list:
     jobs = [client.run(TORTURE, args) for args in workload(side)]
-    return jobs, [job.result(timeout=300) for job in jobs]
+    return jobs + [client.run(QPU_CHAIN, args) for args in QPU_RUNS]
 
 
 def comparable(result):
-    if isinstance(result, dict):
-        return {k: v for k, v in result.items() if k != "coalesced"}
+    if isinstance(result, dict):  # how a run was shared, and a job's own id, may differ
+        return {k: v for k, v in result.items() if k not in ("coalesced", "job")}
     return result
 
 
@@ -97,15 +111,17 @@ def test_random_sigkills_change_no_result(tmp_path, monkeypatch):
     seed = int(os.environ.get("QLAYER_TORTURE_SEED", "9"))
     kills = int(os.environ.get("QLAYER_TORTURE_KILLS", "14"))
 
+    use_fake_qpu(monkeypatch, tmp_path / "calm_qpu")
     for calm in helpers.local_client(tmp_path / "calm"):
-        _jobs, expected = run_all(calm, tmp_path / "calm.side")
+        expected = [job.result(timeout=300) for job in submit_all(calm, tmp_path / "calm.side")]
     assert any(r.get("coalesced", 1) > 1 for r in expected if isinstance(r, dict)), (
         "no device run was shared: the workload no longer exercises coalescing"
     )
 
     side = tmp_path / "tortured.side"
+    use_fake_qpu(monkeypatch, tmp_path / "tortured_qpu")
     for client in helpers.local_client(tmp_path / "tortured"):
-        jobs = [client.run(TORTURE, args) for args in workload(side)]
+        jobs = submit_all(client, side)
         done = torment(client, jobs, random.Random(seed), kills)
         client.up()
         results = [job.result(timeout=300) for job in jobs]
@@ -117,9 +133,13 @@ def test_random_sigkills_change_no_result(tmp_path, monkeypatch):
         assert not reruns_of_recorded_steps(client, side)
         with helpers.db(client) as conn:
             executes = {
-                (row["job_id"], row["seq"])
-                for row in conn.execute("SELECT job_id, seq FROM steps WHERE kind = 'execute'")
+                (row["job_id"], row["seq"], row["workflow"])
+                for row in conn.execute(
+                    "SELECT s.job_id, s.seq, j.workflow FROM steps s JOIN jobs j"
+                    " ON j.job_id = s.job_id WHERE s.kind = 'execute'"
+                )
             }
+            ledger = conn.execute("SELECT key, state FROM provider_ledger").fetchall()
             devices = conn.execute(
                 "SELECT job_id, seq, status FROM device_jobs ORDER BY job_id, seq"
             ).fetchall()
@@ -128,6 +148,16 @@ def test_random_sigkills_change_no_result(tmp_path, monkeypatch):
             ).fetchall()
             not_done = conn.execute("SELECT COUNT(*) FROM steps WHERE state != 'done'")
             assert not_done.fetchone()[0] == 0
-        assert sorted((r["job_id"], r["seq"]) for r in devices) == sorted(executes)
+        on_devices = sorted((job, seq) for job, seq, flow in executes if flow == "torture")
+        on_qpu = sorted(f"{job}/{seq}" for job, seq, flow in executes if flow == "qpu_chain")
+        assert sorted((r["job_id"], r["seq"]) for r in devices) == on_devices
         assert {r["status"] for r in devices} == {"DONE"}
+        assert sorted(r["key"] for r in ledger) == on_qpu
+        assert {r["state"] for r in ledger} == {"DONE"}
         assert {r["n"] for r in done_events} == {1}
+        from fake_qpu import FakeQpu
+
+        provider_jobs: dict[str, int] = {}
+        for job in FakeQpu(tmp_path / "tortured_qpu").jobs():
+            provider_jobs[job["key"]] = provider_jobs.get(job["key"], 0) + 1
+        assert provider_jobs and set(provider_jobs.values()) == {1}, provider_jobs
