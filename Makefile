@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 QLAYER := $(VENV)/bin/qlayer
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
-.PHONY: demo test test-fast check lint types bench synth cloud-box install install-dev clean
+.PHONY: demo test test-fast torture check lint types bench synth cloud-box install install-dev clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,15 @@ test: $(VENV)/.installed-dev
 ## test-fast: the quick loop — unit tests and the port contracts on SQLite/memory (no daemon, no moto)
 test-fast: $(VENV)/.installed-dev
 	$(PY) -m pytest -q -m "not moto and not slow" tests/unit tests/contract
+
+## torture: SIGKILL the local daemon and its workers at random during a mixed workload;
+##   every job must end DONE with the undisturbed results (a few minutes at most)
+##   make torture TORTURE_SEED=3 TORTURE_KILLS=30
+TORTURE_SEED ?= 9
+TORTURE_KILLS ?= 14
+torture: $(VENV)/.installed-dev
+	QLAYER_TORTURE_SEED=$(TORTURE_SEED) QLAYER_TORTURE_KILLS=$(TORTURE_KILLS) \
+		timeout 300 $(PY) -m pytest -q -s tests/e2e/test_local_torture.py
 
 ## check: lint, format check, types, tests
 check: lint types test

@@ -7,6 +7,7 @@ Every read command takes ``--json`` for scripts. State lives under ``$QLAYER_HOM
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 import time
 from datetime import datetime
@@ -79,6 +80,14 @@ def _local_only(command: str) -> None:
     if _TARGET["target"] != "local":
         err.print(f"'qlayer {command}' manages the local daemon; with --target aws there is none")
         raise typer.Exit(2)
+
+
+def _paused(client: Any) -> str | None:
+    """Why the local daemon paused new work (a full disk, say), or None."""
+    from qlayer.local.health import paused_reason
+
+    home = getattr(client, "home", None)
+    return paused_reason(home, client.daemon_pid()) if home is not None else None
 
 
 def _emit_json(value: Any) -> None:
@@ -289,12 +298,16 @@ def _run_in_cloud_box(
 @app.command()
 def status(job_id: str, as_json: bool = JsonOption, home: str | None = HomeOption) -> None:
     """A job's status, current stage, provider job ids and usage."""
-    job = _client(home).job(job_id)
+    client = _client(home)
+    job = client.job(job_id)
     info = job.info()
     info["usage"] = job.usage()
+    paused = _paused(client)
     if as_json:
-        _emit_json(info)
+        _emit_json({**info, "daemon_paused": paused})
         return
+    if paused:
+        err.print(f"[yellow]{paused}[/yellow]", highlight=False)
     table = Table(show_header=False, box=None)
     for key in ("job_id", "workflow", "status", "stage", "seq", "backend", "message"):
         if info.get(key) is not None:
@@ -386,10 +399,13 @@ def jobs(
     home: str | None = HomeOption,
 ) -> None:
     """A table of recent jobs."""
-    listed = [job.info() for job in _client(home).jobs(limit=limit, status=status_filter)]
+    client = _client(home)
+    listed = [job.info() for job in client.jobs(limit=limit, status=status_filter)]
     if as_json:
         _emit_json(listed)
         return
+    if paused := _paused(client):
+        err.print(f"[yellow]{paused}[/yellow]", highlight=False)
     table = Table("workflow", "status", "stage", "created", "finished")
     table.add_column("job", no_wrap=True)
     colours = {"DONE": "green", "ERROR": "red", "CANCELLED": "yellow"}
@@ -490,6 +506,36 @@ def down(home: str | None = HomeOption) -> None:
     _local_only("down")
     stopped = _client(home).down()
     out.print("qlayer daemon stopped" if stopped else "qlayer daemon was not running")
+
+
+@app.command()
+def doctor(
+    repair: bool = typer.Option(
+        False, "--repair", help="Back up a corrupt state database and rebuild it."
+    ),
+    home: str | None = HomeOption,
+) -> None:
+    """Check this home's state (database integrity, artifacts writable); repair it."""
+    from qlayer.local import control
+    from qlayer.local import doctor as checks
+    from qlayer.local.paths import Home
+
+    _local_only("doctor")
+    where = Home.resolve(home)
+    problems = checks.check(where)
+    if problems and repair and any("database" in p for p in problems):
+        if control.stop(where):
+            out.print("stopped the daemon to repair its database")
+        backup, kept = checks.repair(where)
+        out.print(f"backed up the corrupt database to {backup}")
+        out.print("rebuilt it with " + ", ".join(f"{n} {t}" for t, n in kept.items()))
+        out.print("run `qlayer up` (or any run) to start the daemon again")
+        problems = checks.check(where)
+    for problem in problems:
+        err.print(f"[red]problem:[/red] {problem}", highlight=False)
+    if problems:
+        raise typer.Exit(1)
+    out.print(f"{where.root}: state database and artifacts are fine")
 
 
 @app.command()
@@ -620,6 +666,11 @@ def main() -> None:
         app()
     except QlayerError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(1)
+    except sqlite3.DatabaseError as exc:  # met after the database opened (a damaged page)
+        from qlayer.local.doctor import describe
+
+        err.print(f"[red]error:[/red] {describe(exc, Path('qlayer.db'))}", highlight=False)
         sys.exit(1)
     except Exception as exc:
         explained = _explain_aws(exc)

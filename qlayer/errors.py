@@ -78,3 +78,7 @@ class FileNameError(QlayerError, ValueError):
 
     Also a ``ValueError``, which is what it was before it had a name of its own.
     """
+
+
+class StateError(QlayerError):
+    """The local state database is corrupt, or cannot be written (``qlayer doctor``)."""

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qlayer import keys
-from qlayer.errors import ArtifactError, JobCancelled, JobFailed
+from qlayer.errors import ArtifactError, FileNameError, JobCancelled, JobFailed
 from qlayer.status import JobStatus
 from qlayer.store.base import ArtifactStore
 
@@ -197,13 +197,18 @@ class BaseJob(ABC):
         Raises:
             FileNameError: ``name`` is not a name a job can save (see
                 :func:`qlayer.keys.check_relative_path`).
-            ArtifactError: The job saved no file of that name.
+            ArtifactError: The job saved no file of that name, or ``destination``
+                cannot be written.
         """
-        key = keys.file_key(self.job_id, name)
+        hint = f"`qlayer files {self.job_id}` lists the files it saved"
+        try:
+            key = keys.file_key(self.job_id, name)
+        except FileNameError as exc:
+            raise FileNameError(f"{exc}; {hint}") from exc
         if not self.store.exists(key):
             saved = self.files()
             raise ArtifactError(
-                f"job {self.job_id} saved no file {name!r}; "
+                f"job {self.job_id} saved no file named {name!r}; "
                 + (
                     f"it saved {len(saved)}: {', '.join(saved[:10])}"
                     + (", ..." if len(saved) > 10 else "")
@@ -215,7 +220,10 @@ class BaseJob(ABC):
         target = Path(destination) if destination else Path(Path(name).name)
         if target.is_dir():
             target = target / Path(name).name
-        target.write_bytes(data)
+        try:
+            target.write_bytes(data)
+        except OSError as exc:
+            raise ArtifactError(f"cannot write {target}: {exc.strerror or exc}") from exc
         return target
 
     def error(self) -> dict[str, Any] | None:

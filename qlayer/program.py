@@ -7,11 +7,14 @@ import hashlib
 import importlib.util
 import json
 import os
+import signal
 import sys
 import threading
+import traceback
 from dataclasses import dataclass
+from importlib.abc import Loader
 from pathlib import Path
-from types import ModuleType
+from types import FrameType, ModuleType, TracebackType
 
 from qlayer import keys
 from qlayer.errors import ProgramError
@@ -19,6 +22,8 @@ from qlayer.store.base import ArtifactStore
 from qlayer.workflow import Workflow
 
 MAX_PROGRAM_BYTES = 20 * 1024 * 1024
+#: How long importing a program may take, unless ``$QLAYER_IMPORT_TIMEOUT_S`` says.
+IMPORT_TIMEOUT_S = 30.0
 _SKIP_DIRS = {"__pycache__", ".git", ".venv", "node_modules", ".mypy_cache", ".pytest_cache"}
 _LOCK = threading.Lock()
 
@@ -177,12 +182,15 @@ def import_file(path: Path, module_name: str) -> ModuleType:
         sys.path.insert(0, folder)
         sys.modules[module_name] = module
         try:
-            spec.loader.exec_module(module)
+            _exec_bounded(spec.loader, module, path)
         except SyntaxError as exc:
             sys.modules.pop(module_name, None)
             raise ProgramError(
                 f"syntax error in {exc.filename}, line {exc.lineno}: {exc.msg}"
             ) from exc
+        except ProgramError:
+            sys.modules.pop(module_name, None)
+            raise
         except Exception as exc:
             sys.modules.pop(module_name, None)
             raise ProgramError(f"importing {path.name} raised {type(exc).__name__}: {exc}") from exc
@@ -246,6 +254,82 @@ class Namespaces:
 
 
 _NAMESPACES = Namespaces()
+
+
+def import_timeout_s() -> float:
+    """How long a program's import may take: ``$QLAYER_IMPORT_TIMEOUT_S`` (default 30)."""
+    raw = os.environ.get("QLAYER_IMPORT_TIMEOUT_S")
+    try:
+        return float(raw) if raw else IMPORT_TIMEOUT_S
+    except ValueError:
+        raise ProgramError(f"QLAYER_IMPORT_TIMEOUT_S={raw!r} is not a number of seconds") from None
+
+
+class _ImportTimeout(BaseException):
+    """Raised into an import that ran past its bound (a BaseException: a program's own
+    ``except Exception`` at top level does not swallow it)."""
+
+
+def _exec_bounded(loader: Loader, module: ModuleType, path: Path) -> None:
+    """Run a program's top level, stopped after :func:`import_timeout_s` seconds.
+
+    On the main thread a timer signal interrupts the import where it is; elsewhere (a
+    signal cannot reach another thread) it runs on a helper thread that is abandoned
+    past the bound.
+    """
+    seconds = import_timeout_s()
+    if seconds <= 0:
+        loader.exec_module(module)
+        return
+    if threading.current_thread() is threading.main_thread() and not any(
+        signal.getitimer(signal.ITIMER_REAL)
+    ):
+
+        def expired(signum: int, frame: FrameType | None) -> None:
+            raise _ImportTimeout()
+
+        previous = signal.signal(signal.SIGALRM, expired)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        try:
+            loader.exec_module(module)
+        except _ImportTimeout as exc:
+            raise ProgramError(_too_long(path, seconds, exc.__traceback__)) from None
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0.0)
+            signal.signal(signal.SIGALRM, previous)
+        return
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            loader.exec_module(module)
+        except BaseException as exc:
+            failure.append(exc)
+
+    helper = threading.Thread(target=run, name=f"import {path.name}", daemon=True)
+    helper.start()
+    helper.join(seconds)
+    if helper.is_alive():
+        frame = sys._current_frames().get(helper.ident or -1)
+        raise ProgramError(_too_long(path, seconds, None, frame))
+    if failure:
+        raise failure[0]
+
+
+def _too_long(
+    path: Path, seconds: float, tb: TracebackType | None, frame: FrameType | None = None
+) -> str:
+    """What to say of an import past its bound: where it was, and what to do."""
+    stack = traceback.extract_tb(tb) if tb is not None else traceback.extract_stack(frame)
+    folder = str(path.parent)
+    mine = [f for f in stack if f.filename.startswith(folder)]
+    where = f" (it was at {Path(mine[-1].filename).name}, line {mine[-1].lineno})" if mine else ""
+    return (
+        f"importing {path.name} did not finish within {seconds:g} s{where}. A program's top "
+        "level should only define its Workflow: move long work (loops, downloads, data "
+        "loading, training) into a stage. If the import really needs longer, raise "
+        "QLAYER_IMPORT_TIMEOUT_S."
+    )
 
 
 def load_path(path: str | Path) -> Workflow:

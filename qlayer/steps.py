@@ -254,6 +254,17 @@ def materialise(
         )
     except CodecError as exc:
         return Decision.failed(seq, stage, "CodecError", str(exc))
+    except MemoryError:
+        memory_mb = workflow.stages[stage].compute.memory_mb
+        return Decision.failed(
+            seq,
+            stage,
+            "MemoryError",
+            f"stage {stage!r} returned, but storing the output of stage {stage!r} ran out of "
+            f"memory: encoding a value takes a few times its size, and the stage may use "
+            f"memory_mb={memory_mb} MiB. Raise memory_mb in @wf.stage(), or write large "
+            "arrays with ctx.save_file() and return their names.",
+        )
 
 
 def _materialise_execute(

@@ -34,8 +34,9 @@ from typing import Any
 from qlayer.core import transitions
 from qlayer.core.ports import Event, JobRecord, Orchestrator, Ports
 from qlayer.interpreter import Decision
-from qlayer.local import state
+from qlayer.local import faults, procs, state
 from qlayer.local.devices import DeviceQueue
+from qlayer.local.health import Health, StorageFault
 from qlayer.local.jobstore import SqliteJobStore
 from qlayer.local.notifier import Notifier
 from qlayer.local.paths import Home
@@ -49,8 +50,6 @@ from qlayer.store.local import FolderStore
 
 log = logging.getLogger("qlayer.daemon")
 
-#: A stage whose worker died this many times fails.
-MAX_ATTEMPTS = 3
 IDLE_POLL_S = 0.25
 
 
@@ -96,6 +95,7 @@ class Daemon:
         self.remote = RemoteDispatcher(
             self.conn, home.db, self.jobs, self.store, self.on_decision, clock=time.time
         )
+        self.health = Health(home, self.store, self.conn)
         self.stopping = False
         self.wake_socket: socket.socket | None = None
         #: Parents whose last child just ended: their fan-in runs after that child's
@@ -128,7 +128,11 @@ class Daemon:
         self.wake_socket = sock
 
     def run(self) -> None:
-        self.recover()
+        try:
+            self.recover()
+        except Exception as exc:  # a full disk at start: paused, recovered when it resumes
+            if not self.health.absorb(exc):
+                raise
         self.open_wake_socket()
         self.pool.start()
         notifier = Notifier(self.home)
@@ -149,9 +153,11 @@ class Daemon:
                     pass
 
     def tick(self) -> None:
+        paused = self.health.paused and not self.resumed()
         self.handle_cancels()
-        self.assign()
-        self.remote.pump()
+        if not paused:
+            self.assign()
+            self.remote.pump()
         workers = list(self.pool)
         waitables: list[Any] = [w.conn for w in workers] + [w.process.sentinel for w in workers]
         waitables.append(self.remote.wake_r)
@@ -162,7 +168,8 @@ class Daemon:
             self._drain_wake_socket()
         if self.remote.wake_r in ready:
             self.remote.drain_wake()
-        self.remote.collect()
+        if not self.health.paused:  # provider outcomes wait in their queue meanwhile
+            self.remote.collect()
         for worker in workers:
             if worker not in self.pool:
                 continue  # replaced meanwhile (a cancel or a failure stopped its job)
@@ -172,6 +179,19 @@ class Daemon:
                 self.worker_died(worker)
         self.run_fan_ins()
         self.check_deadlines()
+
+    def resumed(self) -> bool:
+        """Paused on a storage fault: once no worker is busy and a write works again,
+        resume through crash recovery (what was cut short runs again; steps are idempotent)."""
+        if any(w.busy for w in self.pool) or not self.health.probe(time.time()):
+            return False
+        try:
+            self.recover()
+        except Exception as exc:  # the fault came back meanwhile: still paused
+            if not self.health.absorb(exc):
+                raise
+            return False
+        return True
 
     def run_fan_ins(self) -> None:
         """The fan-ins that children's ends made due (each in its parent's own transaction)."""
@@ -216,12 +236,15 @@ class Daemon:
         for row in self.conn.execute(
             "SELECT * FROM steps WHERE kind = 'execute' AND state = 'waiting' ORDER BY step_id"
         ).fetchall():
-            decision = Decision.from_json(json.loads(row["detail"]))
-            if self.remote.is_remote(decision.backend):
-                self.remote.track(row["job_id"], row["seq"], decision, row["created_at"])
+            self._guarded(row["job_id"], functools.partial(self._track_remote, row))
         self.remote.recover(self._ended)
         if rows:
             log.info("recovered %d running steps", len(rows))
+
+    def _track_remote(self, row: sqlite3.Row) -> None:
+        decision = Decision.from_json(json.loads(row["detail"]))
+        if self.remote.is_remote(decision.backend):
+            self.remote.track(row["job_id"], row["seq"], decision, row["created_at"])
 
     def _ended(self, job_id: str) -> bool:
         job = self.jobs.find(job_id)
@@ -241,16 +264,19 @@ class Daemon:
             "SELECT * FROM steps WHERE kind = 'execute' AND state = 'pending' ORDER BY step_id"
         ).fetchall()
         for row in rows:
-            decision = Decision.from_json(json.loads(row["detail"]))
-            remote = self.remote.is_remote(decision.backend)
-            with transaction(self.conn):
-                self.conn.execute(
-                    "UPDATE steps SET state = 'waiting' WHERE step_id = ?", (row["step_id"],)
-                )
-                if remote:
-                    self.remote.track(row["job_id"], row["seq"], decision, row["created_at"])
-                else:
-                    self.devices.submit(row["job_id"], row["seq"], decision)
+            self._guarded(row["job_id"], functools.partial(self._submit_execute, row))
+
+    def _submit_execute(self, row: sqlite3.Row) -> None:
+        decision = Decision.from_json(json.loads(row["detail"]))
+        remote = self.remote.is_remote(decision.backend)
+        with transaction(self.conn):
+            self.conn.execute(
+                "UPDATE steps SET state = 'waiting' WHERE step_id = ?", (row["step_id"],)
+            )
+            if remote:
+                self.remote.track(row["job_id"], row["seq"], decision, row["created_at"])
+            else:
+                self.devices.submit(row["job_id"], row["seq"], decision)
 
     def assign_next(self, worker: WorkerHandle) -> bool:
         step = self.conn.execute(
@@ -342,10 +368,13 @@ class Daemon:
         assignment, worker.busy = worker.busy, None
         if assignment is None:
             return
+        if reply.get("storage"):  # it could not write: no one's fault; run again on resume
+            self.health.absorb(StorageFault(reply["storage"]))
+            return
         if assignment.kind == "stage":
             self._guarded(assignment.job_id, lambda: self.finish_stage(assignment, reply))
         else:
-            self.devices.finish(assignment, reply)
+            self._guarded(assignment.job_id, lambda: self.devices.finish(assignment, reply))
 
     def finish_stage(self, assignment: Assignment, reply: dict[str, Any]) -> None:
         assert assignment.step_id is not None
@@ -458,22 +487,8 @@ class Daemon:
             self.conn.execute("UPDATE steps SET state = 'done' WHERE step_id = ?", (step_id,))
 
     def _guarded(self, job_id: str, fn: Callable[[], None]) -> None:
-        """Run one job's transition; a fault confined to that job ends it in ERROR with the
-        reason instead of stopping the loop for everyone."""
-        try:
-            fn()
-        except Exception as exc:
-            log.exception("a transition of job %s failed", job_id)
-            try:
-                with transaction(self.conn):
-                    transitions.fail(
-                        self.ports,
-                        job_id,
-                        "InternalError",
-                        f"qlayer could not carry on with this job: {type(exc).__name__}: {exc}",
-                    )
-            except Exception:
-                log.exception("cannot record the failure of job %s", job_id)
+        """Run one job's transition: :func:`qlayer.local.faults.guarded`."""
+        faults.guarded(self, job_id, fn)
 
     # -- cancel, deadlines, deaths ---------------------------------------------------
     def handle_cancels(self) -> None:
@@ -485,61 +500,10 @@ class Daemon:
             transitions.cancel_tree(self.ports, job_id)
 
     def check_deadlines(self) -> None:
-        now = time.time()
-        for worker in self.pool:
-            busy = worker.busy
-            if busy is None or busy.deadline is None or now < busy.deadline:
-                continue
-            log.warning(
-                "stage %s of %s passed its timeout; killing worker", busy.stage, busy.job_id
-            )
-            worker.busy = None
-            self.pool.replace(worker)
-            message = (
-                f"stage {busy.stage!r} exceeded its timeout of {busy.timeout_s} s and was stopped"
-            )
-            note(self.store, busy.job_id, busy.seq, busy.stage or "stage", message)
-            with transaction(self.conn):
-                self._done_step(busy.step_id)
-                transitions.fail(
-                    self.ports, busy.job_id, "Timeout", message, seq=busy.seq, stage=busy.stage
-                )
+        faults.check_deadlines(self, time.time())
 
     def worker_died(self, worker: WorkerHandle) -> None:
-        busy, worker.busy = worker.busy, None
-        code = worker.process.exitcode
-        self.pool.replace(worker)
-        if busy is None:
-            return
-        how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-        log.warning("worker died (%s) running %s of %s", how, busy.stage, busy.job_id)
-        if busy.kind != "stage":
-            self.devices.died(busy, how)
-            return
-        with transaction(self.conn):
-            row = self.conn.execute(
-                "SELECT attempts FROM steps WHERE step_id = ?", (busy.step_id,)
-            ).fetchone()
-            attempts = row["attempts"] if row else MAX_ATTEMPTS
-            if attempts >= MAX_ATTEMPTS:
-                message = (
-                    f"the worker running stage {busy.stage!r} died ({how}) {attempts} times. "
-                    f"If it ran out of memory, raise memory_mb (now {busy.memory_mb} MiB) in "
-                    "@wf.stage()."
-                )
-                note(self.store, busy.job_id, busy.seq, busy.stage or "stage", message)
-                self._done_step(busy.step_id)
-                transitions.fail(
-                    self.ports, busy.job_id, "WorkerDied", message, seq=busy.seq, stage=busy.stage
-                )
-            else:
-                self.conn.execute(
-                    "UPDATE steps SET state = 'pending' WHERE step_id = ?", (busy.step_id,)
-                )
-                self.jobs.add_event(
-                    busy.job_id,
-                    Event(busy.seq, busy.stage, "worker died, retrying", {"how": how}),
-                )
+        faults.worker_died(self, worker)
 
 
 def _preload() -> None:
@@ -581,6 +545,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    procs.end_leftovers(home.workers_file, _old_pid(home))
+    procs.become_subreaper()  # a killed worker's orphans come here and are reaped
     home.pid_file.write_text(str(os.getpid()))
     try:
         daemon.run()
@@ -592,6 +558,13 @@ def main(argv: list[str] | None = None) -> int:
             pass
     log.info("daemon stopped")
     return 0
+
+
+def _old_pid(home: Home) -> int | None:
+    try:
+        return int(home.pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def _env_int(name: str) -> int | None:

@@ -26,6 +26,7 @@ from typing import Any
 from qlayer.core.ports import Event, JobStore
 from qlayer.dispatch import coalesce
 from qlayer.interpreter import Decision
+from qlayer.local.faults import max_deaths
 from qlayer.local.pool import Assignment, WorkerHandle
 from qlayer.local.state import joined
 from qlayer.status import JobStatus
@@ -34,8 +35,6 @@ from qlayer.store.base import ArtifactStore
 
 log = logging.getLogger("qlayer.daemon")
 
-#: A device job whose simulator died this many times fails.
-MAX_ATTEMPTS = 3
 
 OnDecision = Callable[[str, int, Decision], None]
 
@@ -268,13 +267,16 @@ class DeviceQueue:
 
     def died(self, assignment: Assignment, how: str) -> None:
         """The worker running ``assignment`` died: each member is queued again, or fails
-        after :data:`MAX_ATTEMPTS` runs."""
+        after its worker died :func:`~qlayer.local.faults.max_deaths` times (a daemon
+        restart is not a death)."""
         for member in assignment.members():
-            row = self.conn.execute(
-                "SELECT attempts FROM device_jobs WHERE device_job_id = ?",
-                (member["device_job_id"],),
-            ).fetchone()
-            if row and row["attempts"] >= MAX_ATTEMPTS:
+            with joined(self.conn):
+                row = self.conn.execute(
+                    "UPDATE device_jobs SET deaths = deaths + 1 WHERE device_job_id = ?"
+                    " RETURNING attempts, deaths",
+                    (member["device_job_id"],),
+                ).fetchone()
+            if row and row["deaths"] >= max_deaths():
                 with joined(self.conn):
                     self.conn.execute(
                         "UPDATE device_jobs SET status = 'ERROR', message = ? WHERE"
@@ -289,7 +291,8 @@ class DeviceQueue:
                         "execute",
                         "WorkerDied",
                         f"the simulator running {member['device_job_id']} died ({how}) "
-                        f"{row['attempts']} times",
+                        f"{row['deaths']} times in {row['attempts']} runs (daemon restarts"
+                        " do not count)",
                     ),
                 )
             else:
@@ -326,3 +329,12 @@ class DeviceQueue:
         """After a restart: device jobs that were running are queued again."""
         with joined(self.conn):
             self.conn.execute("UPDATE device_jobs SET status = 'QUEUED' WHERE status = 'RUNNING'")
+            # Ended, but the outcome never reached its step (the daemon died, or could not
+            # write, in between): run again; a recorded outcome is answered, not re-simulated.
+            self.conn.execute(
+                "UPDATE device_jobs SET status = 'QUEUED' WHERE status IN ('DONE', 'ERROR')"
+                " AND EXISTS (SELECT 1 FROM steps s JOIN jobs j ON j.job_id = s.job_id"
+                " WHERE s.job_id = device_jobs.job_id AND s.seq = device_jobs.seq"
+                " AND s.kind = 'execute' AND s.state = 'waiting'"
+                " AND j.status NOT IN ('DONE', 'ERROR', 'CANCELLED'))"
+            )

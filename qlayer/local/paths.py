@@ -76,3 +76,13 @@ class Home:
     @property
     def scratch(self) -> Path:
         return self.root / "scratch"
+
+    @property
+    def workers_file(self) -> Path:
+        """The process groups of the daemon's workers (ended after a crash)."""
+        return self.root / "workers.pgid"
+
+    @property
+    def health_file(self) -> Path:
+        """What the daemon says of its health (paused on a full disk, and why)."""
+        return self.root / "daemon.health"

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
+from qlayer.local import procs
 from qlayer.local.paths import Home
 from qlayer.local.worker import worker_main
 
@@ -82,10 +83,13 @@ class WorkerHandle:
         self.conn.send_bytes(json.dumps(message).encode())
 
     def kill(self) -> None:
+        """Kill the worker and every process its stage forked (its process group)."""
+        members = procs.kill_group(self.process.pid) if self.process.pid else []
         if self.process.is_alive():
             self.process.kill()
         self.process.join(timeout=5)
         self.conn.close()
+        procs.reap(members)  # orphans of the worker come to the daemon (a subreaper)
 
 
 class WorkerPool:
@@ -110,9 +114,13 @@ class WorkerPool:
     def start(self) -> None:
         self._ctx = multiprocessing.get_context("fork")
         self.workers = [self._spawn() for _ in range(self.size)]
+        self._record()
 
     def _spawn(self) -> WorkerHandle:
         return WorkerHandle(self._ctx, self.home, self.local_memory_mb, self.lock_fd)
+
+    def _record(self) -> None:
+        procs.record_groups(self.home.workers_file, [w.process.pid for w in self.workers])
 
     def __iter__(self) -> Iterator[WorkerHandle]:
         return iter(list(self.workers))
@@ -135,6 +143,7 @@ class WorkerPool:
         if worker not in self.workers:
             return  # already replaced
         self.workers[self.workers.index(worker)] = self._spawn()
+        self._record()
 
     def stop_job(self, job_id: str) -> list[Assignment]:
         """Kill the workers running anything of ``job_id``; what they were running."""

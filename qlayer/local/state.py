@@ -54,6 +54,8 @@ CREATE TABLE IF NOT EXISTS steps (
     stage TEXT,
     state TEXT NOT NULL,         -- pending | running | waiting | done
     attempts INTEGER NOT NULL DEFAULT 0,
+    -- the attempts its own worker died in: [{attempt, how}] (a daemon restart is not one)
+    deaths TEXT NOT NULL DEFAULT '[]',
     detail TEXT,                 -- the decision that created the step (JSON)
     created_at REAL NOT NULL,
     started_at REAL,
@@ -91,6 +93,7 @@ CREATE TABLE IF NOT EXISTS device_jobs (
     request_key TEXT NOT NULL,
     status TEXT NOT NULL,        -- QUEUED | RUNNING | DONE | ERROR | CANCELLED
     attempts INTEGER NOT NULL DEFAULT 0,
+    deaths INTEGER NOT NULL DEFAULT 0,  -- runs whose worker died (not daemon restarts)
     message TEXT,
     submitted_at REAL NOT NULL,
     started_at REAL,
@@ -117,6 +120,10 @@ CREATE TABLE IF NOT EXISTS notifications (
     PRIMARY KEY (job_id, target)
 );
 CREATE INDEX IF NOT EXISTS notifications_due ON notifications (state, next_at);
+
+-- One row the daemon rewrites to learn whether the database can be written again (with
+-- room to grow: a 64 KiB blob, freed in the same transaction).
+CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, at REAL NOT NULL, room BLOB);
 """
 
 LEDGER_SCHEMA = """
@@ -153,7 +160,21 @@ SCHEMA += LEDGER_SCHEMA
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    """Open the state database (creating it) in WAL mode with a busy timeout."""
+    """Open the state database (creating it) in WAL mode with a busy timeout.
+
+    Raises:
+        StateError: The file is corrupt (the message says how to recover) or cannot be
+            written.
+    """
+    try:
+        return _connect(path)
+    except sqlite3.DatabaseError as exc:
+        from qlayer.local.doctor import describe
+
+        raise describe(exc, path) from exc
+
+
+def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
@@ -184,6 +205,8 @@ def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
 _ADDED_COLUMNS = (
     ("jobs", "provider_job_ids", "TEXT NOT NULL DEFAULT '[]'"),
     ("jobs", "fanout_seq", "INTEGER NOT NULL DEFAULT 0"),
+    ("steps", "deaths", "TEXT NOT NULL DEFAULT '[]'"),
+    ("device_jobs", "deaths", "INTEGER NOT NULL DEFAULT 0"),
     ("provider_ledger", "token", "TEXT"),
     ("provider_ledger", "outcome", "TEXT"),
     ("provider_ledger", "slot", "INTEGER NOT NULL DEFAULT 0"),
@@ -225,9 +248,15 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     try:
         yield conn
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # SQLite may have rolled back already (a full disk)
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
+    try:
+        conn.execute("COMMIT")
+    except BaseException:  # a full disk at COMMIT: the transaction must not stay open
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 @contextmanager

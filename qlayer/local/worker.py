@@ -20,6 +20,8 @@ from typing import Any
 
 from qlayer import keys
 from qlayer.errors import ArtifactError
+from qlayer.local import procs
+from qlayer.local.health import storage_fault
 from qlayer.planner import Resources
 from qlayer.program import ProgramCache
 from qlayer.request import decode_request
@@ -96,6 +98,8 @@ def worker_main(
     """Serve requests from the daemon until the pipe closes."""
     die_with_parent()
     release_daemon_lock(lock_fd)
+    procs.lead_group()  # what a stage forks is in this group; the daemon kills it whole
+    procs.become_subreaper()  # and what it orphans is re-parented here, to be reaped
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     store = FolderStore(artifacts)
@@ -113,9 +117,12 @@ def worker_main(
             reply = {
                 "ok": False,
                 "error_type": type(exc).__name__,
-                "message": f"{exc}",
+                "message": str(exc) or f"{type(exc).__name__} with no message",
                 "traceback": traceback.format_exc(),
+                "storage": storage_fault(exc),  # a full disk, a read-only folder: not the job's
             }
+        finally:
+            procs.end_descendants()  # a step's processes end with the step
         reply["id"] = message["id"]
         conn.send_bytes(json.dumps(reply).encode())
 

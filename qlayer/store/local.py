@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -9,9 +10,31 @@ from pathlib import Path
 from qlayer.errors import ArtifactError
 from qlayer.store.base import ArtifactStore
 
+#: A test hook (never set in use): while the file this names exists and holds an errno
+#: name (``ENOSPC``, ``EROFS``, ``EACCES``), every artifact write fails with that error, as
+#: a full disk or a read-only folder would — which ``chmod`` cannot fake for root.
+FAULT_FILE_ENV = "QLAYER_FAULT_FILE"
+
+
+def _injected_fault(path: Path) -> None:
+    fault_file = os.environ.get(FAULT_FILE_ENV)
+    if not fault_file:
+        return
+    try:
+        name = Path(fault_file).read_text().strip()
+    except OSError:
+        return
+    code = getattr(errno, name, None)
+    if isinstance(code, int):
+        raise OSError(code, os.strerror(code), str(path))
+
 
 class FolderStore(ArtifactStore):
-    """Artifacts as files under ``root``; writes go through a temp file and a rename."""
+    """Artifacts as files under ``root``; writes go through a temp file and a rename.
+
+    A write that the file system refuses (a full disk, a read-only folder) raises
+    :class:`ArtifactError` whose cause is the ``OSError``.
+    """
 
     append_is_cheap = True
 
@@ -24,8 +47,21 @@ class FolderStore(ArtifactStore):
             raise ArtifactError(f"invalid artifact key {key!r}")
         return self.root / key
 
+    def _refused(self, key: str, exc: OSError) -> ArtifactError:
+        return ArtifactError(
+            f"cannot write artifact {key} in {self.root}: {exc.strerror or exc}. Free disk "
+            "space or make the artifacts folder writable."
+        )
+
     def put_bytes(self, key: str, data: bytes) -> None:
         target = self.path(key)
+        try:
+            _injected_fault(target)
+            self._put(target, data)
+        except OSError as exc:
+            raise self._refused(key, exc) from exc
+
+    def _put(self, target: Path, data: bytes) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
         try:
@@ -63,9 +99,13 @@ class FolderStore(ArtifactStore):
 
     def append_text(self, key: str, text: str) -> None:
         target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(target, "a", encoding="utf-8") as handle:
-            handle.write(text)
+        try:
+            _injected_fault(target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(target, "a", encoding="utf-8") as handle:
+                handle.write(text)
+        except OSError as exc:
+            raise self._refused(key, exc) from exc
 
     def remove_tree(self, prefix: str) -> None:
         """Delete every artifact under ``prefix`` (a folder; local only, for cleanup)."""

@@ -227,6 +227,6 @@ def test_stage_that_kills_its_worker(client, good):
     job = client.run(FAULTY, {"mode": "crash"})
     error = failed(job)
     assert job.info()["error_type"] == "WorkerDied"
-    assert "died (signal 9) 3 times" in str(error)
+    assert "died 3 times: attempts 1 (signal 9), 2 (signal 9), 3 (signal 9)." in str(error)
     assert "memory_mb" in str(error)
     assert sum(e["event"] == "worker died, retrying" for e in job.timeline()) == 2

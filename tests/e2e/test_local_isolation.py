@@ -105,7 +105,7 @@ def test_unicode_file_names_are_saved_listed_and_downloaded(client, tmp_path):
     fetched = cli("download", job.job_id, "grüße ✓.txt")
     assert fetched.returncode == 0, fetched.stderr
     assert (tmp_path / "grüße ✓.txt").read_text() == "hallo"
-    for bad, says in [("../x", "'..'"), ("nothing.txt", "saved no file 'nothing.txt'")]:
+    for bad, says in [("../x", "'..'"), ("nothing.txt", "saved no file named 'nothing.txt'")]:
         refused = cli("download", job.job_id, bad)
         assert refused.returncode == 1
         assert "Traceback" not in refused.stderr

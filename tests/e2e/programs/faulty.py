@@ -60,6 +60,8 @@ def start(args, ctx):
         return Next("sleepy", 0)
     if mode == "memory":
         return Next("hungry", 0)
+    if mode == "bulky":
+        return Next("bulky", 0)
     if mode == "crash":
         os.kill(os.getpid(), 9)  # the worker dies, as a segfaulting extension would
     if mode == "fanout":
@@ -109,3 +111,8 @@ def child(item, ctx):
 @wf.stage()
 def gather(results):
     return Done(sorted(r["square"] for r in results))
+
+
+@wf.stage(memory_mb=1024)
+def bulky(data):
+    return Done(bytes(500 * 1024 * 1024))  # fits memory_mb; its encoding does not
