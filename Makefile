@@ -16,7 +16,15 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed pyproject.toml infra/package-lock.json
-	$(PIP) install -q -e '.[dev,aws,infra,braket]'
+	$(PIP) install -q -e '.[dev,aws,infra,braket,ui]'
+	@# tests/e2e/test_ui.py drives Debian's chromium; without root it is skipped, and says why
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && apt-get install -y -qq chromium) \
+	      || echo "note: could not install chromium; tests/e2e/test_ui.py will skip"; \
+	  else \
+	    echo "note: chromium missing (as root: apt-get install chromium); tests/e2e/test_ui.py will skip"; \
+	  fi; }
 	npm ci --prefix infra --no-audit --no-fund --loglevel=error
 	touch $@
 
