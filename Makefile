@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 QLAYER := $(VENV)/bin/qlayer
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
-.PHONY: demo test test-fast check lint types bench synth cloud-box install install-dev clean
+.PHONY: demo test test-fast check lint types bench synth cloud-box screenshots install install-dev clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,10 @@ types: $(VENV)/.installed-dev
 ## bench: the local-layer benchmarks (figures go to docs/benchmarks.md)
 bench: $(VENV)/.installed-dev
 	$(PY) bench/local_overhead.py
+
+## screenshots: the dashboard's browser test, writing its screenshots to docs/screenshots
+screenshots: $(VENV)/.installed-dev
+	QLAYER_UI_SCREENSHOTS="$(CURDIR)/docs/screenshots" $(PY) -m pytest -q tests/e2e/test_ui.py
 
 ## synth: synthesise the CDK app (no Docker, no AWS account needed)
 synth: $(VENV)/.installed-dev
