@@ -188,3 +188,19 @@ def test_the_app_imports_no_substrate():
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_serve_binds_loopback_and_refuses_a_port_in_use():
+    from qlayer.errors import QlayerError
+    from qlayer.ui.serve import bind, is_loopback, url
+
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")
+    taken = bind("127.0.0.1", 0)
+    try:
+        port = taken.getsockname()[1]
+        assert url("127.0.0.1", port, "t") == f"http://127.0.0.1:{port}/?token=t"
+        with pytest.raises(QlayerError, match=f"cannot serve on 127.0.0.1:{port}"):
+            bind("127.0.0.1", port)
+    finally:
+        taken.close()
