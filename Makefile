@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 QLAYER := $(VENV)/bin/qlayer
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
-.PHONY: demo test test-fast torture check lint types bench synth cloud-box install install-dev clean
+.PHONY: demo test test-fast torture check lint types bench synth cloud-box screenshots install install-dev clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,15 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed pyproject.toml infra/package-lock.json
-	$(PIP) install -q -e '.[dev,aws,infra,braket]'
+	$(PIP) install -q -e '.[dev,aws,infra,braket,ui]'
+	@# tests/e2e/test_ui.py drives Debian's chromium; without root it is skipped, and says why
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && apt-get install -y -qq chromium) \
+	      || echo "note: could not install chromium; tests/e2e/test_ui.py will skip"; \
+	  else \
+	    echo "note: chromium missing (as root: apt-get install chromium); tests/e2e/test_ui.py will skip"; \
+	  fi; }
 	npm ci --prefix infra --no-audit --no-fund --loglevel=error
 	touch $@
 
@@ -58,6 +66,10 @@ types: $(VENV)/.installed-dev
 ## bench: the local-layer benchmarks (figures go to docs/benchmarks.md)
 bench: $(VENV)/.installed-dev
 	$(PY) bench/local_overhead.py
+
+## screenshots: the dashboard's browser test, writing its screenshots to docs/screenshots
+screenshots: $(VENV)/.installed-dev
+	QLAYER_UI_SCREENSHOTS="$(CURDIR)/docs/screenshots" $(PY) -m pytest -q tests/e2e/test_ui.py
 
 ## synth: synthesise the CDK app (no Docker, no AWS account needed)
 synth: $(VENV)/.installed-dev

@@ -501,6 +501,27 @@ def up(
 
 
 @app.command()
+def ui(
+    port: int = typer.Option(8765, "--port", "-p", help="Port (0: any free one)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback default)."),
+    home: str | None = HomeOption,
+) -> None:
+    """Serve the live dashboard; prints its URL (with this home's token). Needs the ui extra."""
+    from qlayer.local.paths import Home
+
+    try:
+        from qlayer.ui.serve import serve
+    except ImportError as exc:
+        raise QlayerError(
+            f"the dashboard needs the ui extra: pip install 'qlayer[ui]' ({exc})"
+        ) from exc
+    target = _TARGET["target"] or "local"
+    token = Home.resolve(home).token()
+    refresh = 0.5 if target == "local" else 2.0
+    serve(_client(home), token=token, host=host, port=port, target=target, refresh_s=refresh)
+
+
+@app.command()
 def down(home: str | None = HomeOption) -> None:
     """Stop the local daemon. Unfinished jobs resume when it starts again."""
     _local_only("down")
