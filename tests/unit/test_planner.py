@@ -90,3 +90,29 @@ def test_memory_grows_with_method():
         > memory_mb("stabilizer", 30)
     )
     assert memory_mb("density_matrix", 15) > memory_mb("statevector", 15)
+
+
+#: GPU memory per GPU (GiB) of the GPU instance types the stack deploys by default.
+DEPLOYED_GPU_GIB = {"g5.xlarge (A10G)": 24, "p4d.24xlarge (A100)": 40}
+
+
+@pytest.mark.parametrize(
+    ("instance", "qubits", "tier"),
+    [
+        ("g5.xlarge (A10G)", 30, "batch-gpu"),
+        ("g5.xlarge (A10G)", 31, "batch"),
+        ("p4d.24xlarge (A100)", 31, "batch-gpu"),
+        ("p4d.24xlarge (A100)", 32, "batch"),
+    ],
+)
+def test_a_statevector_goes_to_the_gpu_only_where_it_fits(instance, qubits, tier):
+    """31 qubits (~36 GiB with working space) fit an A100 40 GiB, not an A10G 24 GiB."""
+    limits = Resources(gpu_memory_mb=DEPLOYED_GPU_GIB[instance] * 1024)
+    assert plan(STATEVECTOR, summarise([qv(qubits)], None), limits).tier == tier
+
+
+def test_the_default_gpu_limit_is_the_smallest_gpu_of_the_queue():
+    """The default queue mixes g5 (A10G 24 GiB) and p4d (A100 40 GiB): a job may land on
+    either, so a 31-qubit statevector must not be sent to the GPU queue."""
+    assert Resources().gpu_memory_mb == 24 * 1024
+    assert plan(STATEVECTOR, summarise([qv(31)], None), CLOUD).tier == "batch"
