@@ -255,6 +255,15 @@ def _materialise_execute(
         return Decision.failed(seq, stage, kind, f"stage {stage!r} asked to execute: {exc}")
     request = ExecuteRequest.from_execute(execute, backend)
     request.options = {**(request.options or {}), "method": chosen.method}
+    if info.kind == "qpu":
+        from qlayer.providers.registry import prepare_request
+
+        try:  # client-side preparation runs here, on stage compute, not in a dispatcher
+            request.prepared = prepare_request(request)
+        except (ValueError, TypeError) as exc:
+            return Decision.failed(
+                seq, stage, "InvalidPubs", f"stage {stage!r} asked to execute: {exc}"
+            )
     raw = encode_request(request, decided.state, where=f"stage {stage!r}")
     assert decided.then is not None
     raw["then_compute"] = workflow.stages[decided.then].compute.to_json()

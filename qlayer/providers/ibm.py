@@ -1,4 +1,10 @@
-"""IBM Quantum through qiskit-ibm-runtime: SamplerV2/EstimatorV2 in job, batch or session mode.
+"""IBM Quantum through qiskit-ibm-runtime's client-side Sampler/Estimator, in job, batch or
+session mode.
+
+Primitives (:mod:`qlayer.providers.ibm_primitives`): a request prepared on stage compute
+(``request.prepared``: the executor's ``QuantumProgram``) is sent with ``Executor``; any
+other goes through ``executor_sampler.Sampler`` / ``executor_estimator.Estimator``, which
+prepare it here.
 
 Credentials: the user's saved account (``QiskitRuntimeService.save_account``) or a
 token handed in by a ``token_provider`` (on AWS it reads a Secrets Manager secret
@@ -24,7 +30,6 @@ provider default, and is passed to the primitive's options.
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +41,7 @@ from qlayer.providers.base import (
     ProviderJobState,
     ProviderJobStatus,
 )
+from qlayer.providers.ibm_primitives import primitive_class, run_prepared
 
 if TYPE_CHECKING:
     from qiskit.primitives import PrimitiveResult
@@ -189,6 +195,7 @@ class IbmProvider(AsyncProvider):
         self.max_execution_time = max_execution_time
         self.lookup_limit = lookup_limit
         self._classes = dict(classes or {})
+        self._overridden = frozenset(self._classes)
         self._jobs: dict[str, Any] = {}  # jobs this process submitted or fetched
         self._modes: dict[tuple[str, str, str], Any] = {}  # (kind, backend, group) -> Session/Batch
         self._backends: dict[str, Any] = {}
@@ -225,8 +232,8 @@ class IbmProvider(AsyncProvider):
             import qiskit_ibm_runtime as runtime
 
             self._classes[kind] = {
-                "sampler": runtime.SamplerV2,
-                "estimator": runtime.EstimatorV2,
+                "sampler": primitive_class("sampler"),
+                "estimator": primitive_class("estimator"),
                 "session": runtime.Session,
                 "batch": runtime.Batch,
             }[kind]
@@ -310,10 +317,11 @@ class IbmProvider(AsyncProvider):
             )
             options = self._options(request, device, tags, opts)
             kind = "sampler" if request.primitive == "sampler" else "estimator"
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                primitive = self._cls(kind)(mode=mode, options=options)
-            job = primitive.run(request.pubs)
+            if request.prepared is not None and kind not in self._overridden:
+                # Prepared on stage compute: only decoded and sent from here.
+                job = run_prepared(mode, request.prepared, options)
+            else:
+                job = self._cls(kind)(mode=mode, options=options).run(request.pubs)
         except ProviderError:
             raise
         except Exception as exc:

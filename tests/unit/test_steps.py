@@ -173,3 +173,21 @@ def test_fan_out_and_fan_in(store):
 
     data, _ = load_input(store, following.input_key)
     assert data == [0, 10, 20]
+
+
+@wf.stage()
+def on_ibm(data):
+    return Execute.sampler([bell()], then="count", shots=64, backend="ibm_brisbane")
+
+
+def test_an_ibm_request_is_prepared_where_the_stage_ran(store, monkeypatch):
+    """The client-side primitives' preparation (PUBs -> the executor's QuantumProgram) is
+    done by the stage step, not left to the dispatcher; no account or network is needed."""
+    monkeypatch.setenv("QISKIT_IBM_TOKEN", "not-used")
+    prepare(store, "on_ibm", None, seq=1)
+    decision = run_stage(store, wf, job(), 1, "on_ibm", Resources())
+    assert decision.kind == "execute", decision
+    request = decode_request(store.get_json(decision.request_key))
+    assert request.prepared is not None
+    assert request.prepared["primitive"] == "sampler"
+    assert request.prepared["params"]["quantum_program"]["shots"] == 64

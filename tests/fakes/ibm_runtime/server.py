@@ -222,7 +222,7 @@ class Service:
             return error(400, "the request body is not JSON")
         program_id = payload.get("program_id")
         backend = payload.get("backend")
-        if program_id not in ("sampler", "estimator"):
+        if program_id not in ("sampler", "estimator", "executor"):
             return error(404, f"program {program_id!r} not found")
         if backend not in self.backends:
             return error(400, f"backend {backend!r} is not available to this instance")
