@@ -84,6 +84,9 @@ class Workflow:
             are rejected at submit time.
         backend: The default backend for ``Execute`` requests (e.g. ``"aer"``,
             ``"fake_brisbane"``); ``qlayer run --backend`` overrides it.
+        qpu_mode: How the job's requests reach a QPU service: ``"job"``, ``"batch"`` or
+            ``"session"`` (an ``Execute``'s own ``mode`` wins). None: decided per request
+            (a loop holds a session; a fan-out's items share a batch; else a job).
 
     Example:
         >>> wf = Workflow("demo", params={"n": 3})
@@ -95,12 +98,19 @@ class Workflow:
     name: str
     params: Mapping[str, Any] = field(default_factory=dict)
     backend: str = "aer"
+    qpu_mode: str | None = None
     stages: dict[str, Stage] = field(default_factory=dict, init=False)
     source_path: str | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         try:
             check_name(self.name, "workflow name")
+        except ValueError as exc:
+            raise WorkflowError(str(exc)) from None
+        from qlayer.outcomes import check_qpu_mode
+
+        try:
+            check_qpu_mode(self.qpu_mode, f"workflow {self.name!r}")
         except ValueError as exc:
             raise WorkflowError(str(exc)) from None
         self._params: dict[str, Param] = {}

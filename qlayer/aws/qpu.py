@@ -191,6 +191,9 @@ def cancel_task(svc: Services, job_id: str, seq: int | None) -> None:
         ledger.finish(key, "CANCELLED", message="cancelled with the job")
         return
     provider_job_id = cancel_once(ledger, found, key, retry=svc.retry)
+    options = dict(svc.store.get_json(entry.request_key).get("options") or {})
+    if options.get("mode") in ("session", "batch") and options.get("session_group") == job_id:
+        svc.retry(lambda: found.close_group(job_id))  # the job's own session ends with it
     if provider_job_id is not None:
         note(
             svc.store,

@@ -134,3 +134,10 @@ class AsyncProvider(ABC):
     @abstractmethod
     def cancel(self, provider_job_id: str) -> None:
         """Cancel a queued or running job (no error if it already ended)."""
+
+    def close_group(self, group: str) -> int:
+        """Close what ``group`` (a qlayer job) holds open on the service: sessions and
+        batches (IBM). Called when the job ends; queued jobs still run. Providers with no
+        such thing close nothing. Returns how many were closed."""
+        del group
+        return 0

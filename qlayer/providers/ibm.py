@@ -382,6 +382,37 @@ class IbmProvider(AsyncProvider):
                     raise classify(exc, "closing session") from exc
                 del self._modes[cache_key]
 
+    def close_group(self, group: str) -> int:
+        """Close every Session/Batch of ``group`` (the qlayer job whose requests held it).
+
+        Works from any process: besides this process's own, the group's sessions are found
+        by the ``qlayer-session:<group>`` tag of their jobs. Closing stops new jobs; the
+        queued ones still run. Returns how many were closed.
+        """
+        closed: set[str] = set()
+        for cache_key, mode in list(self._modes.items()):
+            if cache_key[2] == group:
+                try:
+                    mode.close()
+                except Exception as exc:
+                    raise classify(exc, "closing session") from exc
+                closed.add(str(getattr(mode, "session_id", id(mode))))
+                del self._modes[cache_key]
+        try:
+            tagged = self.service.jobs(
+                job_tags=[SESSION_TAG + group], limit=self.lookup_limit, descending=True
+            )
+            for job in tagged:
+                session_id = getattr(job, "session_id", None)
+                if session_id and session_id not in closed:
+                    self._cls("session").from_id(session_id, service=self.service).close()
+                    closed.add(session_id)
+        except ProviderError:
+            raise
+        except Exception as exc:
+            raise classify(exc, f"closing the sessions of {group}") from exc
+        return len(closed)
+
     def _job(self, provider_job_id: str) -> Any:
         job = self._jobs.get(provider_job_id)
         if job is None:

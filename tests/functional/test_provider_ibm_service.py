@@ -16,7 +16,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -355,3 +355,88 @@ def test_a_prepared_request_is_sent_without_touching_its_pubs(fake: FakeIbmRunti
     assert run_to_end(provider, job_id)[-1] == "DONE"
     counts = provider.result(job_id)[0].data.meas.get_counts()
     assert sum(counts.values()) == 300 and set(counts) <= {"00", "11"}
+
+
+# ---------------------------------------------------------------- execution modes
+
+
+def test_a_loop_holds_one_session_across_a_restart(fake: FakeIbmRuntime) -> None:
+    """Session mode: the requests of one qlayer job join one runtime session, and a fresh
+    provider (a restarted daemon, another Lambda) re-attaches to it by the group's tag."""
+    fake.ideal()
+    first = provider_for(fake)
+    request = bell_request(first, shots=100)
+    request.options = {"mode": "session", "session_group": "job-L"}
+    a = first.submit(BACKEND, request, idempotency_key="job-L/1")
+    assert run_to_end(first, a)[-1] == "DONE"
+    again = provider_for(fake)
+    b = again.submit(BACKEND, request, idempotency_key="job-L/3")
+    job_a, job_b = fake.store.job(a), fake.store.job(b)
+    assert job_a is not None and job_b is not None
+    assert job_a["session_id"] and job_a["session_id"] == job_b["session_id"]
+    session = fake.store.session(job_a["session_id"])
+    assert session is not None and session["mode"] == "dedicated"
+
+
+def test_the_sessions_of_a_job_are_closed_from_any_process(fake: FakeIbmRuntime) -> None:
+    fake.ideal()
+    opener = provider_for(fake)
+    request = bell_request(opener, shots=100)
+    request.options = {"mode": "session", "session_group": "job-C"}
+    job_id = opener.submit(BACKEND, request, idempotency_key="job-C/1")
+    session_id = fake.store.job(job_id)["session_id"]  # type: ignore[index]
+    assert fake.store.session(session_id)["accepting_jobs"]  # type: ignore[index]
+    assert provider_for(fake).close_group("job-C") == 1  # a fresh process: found by tag
+    assert not fake.store.session(session_id)["accepting_jobs"]  # type: ignore[index]
+
+
+def test_the_local_pump_closes_a_jobs_session_when_the_job_ends(
+    fake: FakeIbmRuntime, tmp_path: Path
+) -> None:
+    """The local substrate's remote pump: a job's session/batch is closed once the job has
+    ended (here: cancelled), not left open until the service's time-out."""
+    import time
+
+    from qlayer.core.ports import Event, NewJob
+    from qlayer.interpreter import Decision
+    from qlayer.local import state
+    from qlayer.local.jobstore import SqliteJobStore
+    from qlayer.local.remote import RemoteDispatcher
+    from qlayer.providers import registry
+    from qlayer.request import encode_request
+    from qlayer.status import JobStatus
+    from qlayer.store.local import FolderStore
+
+    fake.ideal()
+    registry.configure(registry.ProviderSettings(ibm_credentials=fake.credentials))
+    try:
+        db = tmp_path / "state.db"
+        conn = state.connect(db)
+        jobs, store = SqliteJobStore(conn), FolderStore(tmp_path / "artifacts")
+        jobs.create(NewJob("job-R", program_id="p", workflow="w", arguments={}, backend=BACKEND))
+        request = bell_request(provider_for(fake), shots=100)
+        request.options = {"mode": "session", "session_group": "job-R"}
+        store.put_json("jobs/job-R/req.json", encode_request(request, None, where="test"))
+        remote = RemoteDispatcher(conn, db, jobs, store, lambda *a: None, clock=time.time)
+        decision = Decision(
+            "execute", seq=1, then="t", request_key="jobs/job-R/req.json", backend=BACKEND
+        )
+        remote.track("job-R", 1, decision, time.time())
+
+        def pump_until(done: Callable[[], bool]) -> None:
+            for _ in range(400):
+                remote.pump()
+                remote.collect()
+                if done():
+                    return
+                time.sleep(0.05)
+            raise AssertionError("the pump did not get there")
+
+        pump_until(lambda: bool(fake.store.jobs(tags=["job-R/1"])[0]))
+        session_id = fake.store.jobs(tags=["job-R/1"])[0][0]["session_id"]
+        assert fake.store.session(session_id)["accepting_jobs"]  # type: ignore[index]
+        jobs.update("job-R", status=JobStatus.CANCELLED, event=Event(None, None, "cancelled"))
+        pump_until(lambda: not fake.store.session(session_id)["accepting_jobs"])  # type: ignore[index]
+        remote.shutdown()
+    finally:
+        registry.configure(registry.ProviderSettings())

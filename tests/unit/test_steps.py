@@ -191,3 +191,58 @@ def test_an_ibm_request_is_prepared_where_the_stage_ran(store, monkeypatch):
     assert request.prepared is not None
     assert request.prepared["primitive"] == "sampler"
     assert request.prepared["params"]["quantum_program"]["shots"] == 64
+
+
+@wf.stage()
+def loop_ibm(data):
+    return Execute.sampler([bell()], then="loop_ibm", shots=64, backend="ibm_brisbane")
+
+
+@wf.stage()
+def batch_ibm(data):
+    return Execute.sampler([bell()], then="count", backend="ibm_brisbane", mode="batch")
+
+
+def _qpu_options(store, workflow, info, stage) -> dict:
+    store.put_json(keys.stage_input(info.job_id, 1, stage), {"data": None, "state": None})
+    decision = run_stage(store, workflow, info, 1, stage, Resources())
+    assert decision.kind == "execute", decision
+    options = decode_request(store.get_json(decision.request_key)).options
+    return {k: options[k] for k in ("mode", "session_group")}
+
+
+@pytest.mark.parametrize(
+    ("stage", "info", "expected"),
+    [
+        # One Execute: a job. A loop (the stage hands its result to itself, or runs again):
+        # one session for the job. A fan-out item: one batch with its siblings.
+        ("on_ibm", JobInfo("job-1", {}, "aer"), ("job", "job-1")),
+        ("loop_ibm", JobInfo("job-1", {}, "aer"), ("session", "job-1")),
+        ("on_ibm", JobInfo("job-1", {}, "aer", runs={"on_ibm": 1}), ("session", "job-1")),
+        ("on_ibm", JobInfo("job-1_3_2", {}, "aer", index=2), ("batch", "job-1_3")),
+        ("batch_ibm", JobInfo("job-1", {}, "aer"), ("batch", "job-1")),  # its own mode
+    ],
+)
+def test_the_qpu_mode_of_a_request(store, monkeypatch, stage, info, expected):
+    monkeypatch.setenv("QISKIT_IBM_TOKEN", "not-used")
+    options = _qpu_options(store, wf, info, stage)
+    assert (options["mode"], options["session_group"]) == expected
+
+
+def test_the_workflow_qpu_mode_applies_unless_the_execute_names_one(store, monkeypatch):
+    monkeypatch.setenv("QISKIT_IBM_TOKEN", "not-used")
+    held = Workflow("held", qpu_mode="session")
+    held.stage(name="on_ibm")(on_ibm)
+    held.stage(name="batch_ibm")(batch_ibm)
+    held.stage(name="count")(count)
+    assert _qpu_options(store, held, job(), "on_ibm")["mode"] == "session"
+    assert _qpu_options(store, held, job(), "batch_ibm")["mode"] == "batch"
+
+
+def test_an_unknown_mode_names_the_choices():
+    with pytest.raises(ValueError, match="job, batch, session"):
+        Execute.sampler([bell()], then="count", mode="dedicated")
+    from qlayer.errors import WorkflowError
+
+    with pytest.raises(WorkflowError, match="job, batch, session"):
+        Workflow("bad", qpu_mode="exclusive")
