@@ -98,6 +98,7 @@ class Execute:
         seed: int | None = None,
         state: Any = None,
         mode: QpuMode | None = None,
+        options: dict[str, Any] | None = None,
     ) -> Execute:
         """Sample circuits with the sampler primitive.
 
@@ -111,10 +112,22 @@ class Execute:
             mode: On a QPU service, ``job``, ``batch`` or ``session``; None: the
                 workflow's ``qpu_mode``, else decided per request (a loop holds a
                 session, a fan-out's items share a batch, anything else is a job).
+            options: Provider options: ``{"ibm": {...}}`` (the IBM primitive's options,
+                e.g. ``{"twirling": {"enable_gates": True}}``), ``{"braket":
+                {"reservation_arn": ...}}`` (a Braket Direct reservation).
         """
         check_qpu_mode(mode, "Execute.sampler")
         return cls(
-            "sampler", _as_pub_list(pubs), then, backend, shots, None, seed, state, mode=mode
+            "sampler",
+            _as_pub_list(pubs),
+            then,
+            backend,
+            shots,
+            None,
+            seed,
+            state,
+            dict(options or {}),
+            mode,
         )
 
     @classmethod
@@ -128,6 +141,7 @@ class Execute:
         seed: int | None = None,
         state: Any = None,
         mode: QpuMode | None = None,
+        options: dict[str, Any] | None = None,
     ) -> Execute:
         """Estimate expectation values with the estimator primitive.
 
@@ -139,10 +153,20 @@ class Execute:
             seed: Simulator seed.
             state: Any serialisable value handed to ``then`` as ``ctx.state``.
             mode: As for :meth:`sampler`.
+            options: As for :meth:`sampler`.
         """
         check_qpu_mode(mode, "Execute.estimator")
         return cls(
-            "estimator", _as_pub_list(pubs), then, backend, None, precision, seed, state, mode=mode
+            "estimator",
+            _as_pub_list(pubs),
+            then,
+            backend,
+            None,
+            precision,
+            seed,
+            state,
+            dict(options or {}),
+            mode,
         )
 
 

@@ -246,3 +246,12 @@ def test_an_unknown_mode_names_the_choices():
 
     with pytest.raises(WorkflowError, match="job, batch, session"):
         Workflow("bad", qpu_mode="exclusive")
+
+
+def test_provider_options_reach_the_request(store):
+    reservation = "arn:aws:braket:us-east-1:123456789012:reservation/abc"
+    execute = Execute.sampler(
+        [bell()], then="count", options={"braket": {"reservation_arn": reservation}}
+    )
+    assert execute.options == {"braket": {"reservation_arn": reservation}}
+    assert execute.mode is None
