@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
 from qlayer.errors import BackendError
@@ -287,10 +288,10 @@ class BraketProvider(AsyncProvider):
 
     def _tagged_tasks(self, backend: str, key: str) -> dict[int, str]:
         """Run index -> task ARN of the device's recent tasks tagged with ``key``."""
-        from datetime import datetime, timedelta, timezone
+        from datetime import datetime, timedelta
 
         braket, _ = self._clients(backend)
-        since = datetime.now(timezone.utc) - timedelta(seconds=self.lookup_window_s)
+        since = datetime.now(UTC) - timedelta(seconds=self.lookup_window_s)
         filters = [
             {"name": "deviceArn", "operator": "EQUAL", "values": [device_arn(backend)]},
             {"name": "createdAt", "operator": "GTE", "values": [since.isoformat()]},
