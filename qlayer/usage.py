@@ -9,7 +9,10 @@ step started and ended, and the request artifacts say how many shots were asked 
   recorded in the timeline); where it reports none, the time the device ran the job
   (simulated devices count their simulation time here);
 * ``shots``: shots requested by sampler PUBs (parameter sets × shots);
-* ``executes``: execute requests; ``provider_jobs``: provider job ids.
+* ``executes``: execute requests; ``provider_jobs``: provider job ids;
+* ``session_seconds``: what the QPU service bills for the sessions/batches the job held
+  (a session counts the time the device was held, so it may exceed ``qpu_seconds``),
+  reported when they are closed (``sessions closed``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ def empty() -> dict[str, Any]:
         "shots": 0,
         "executes": 0,
         "provider_jobs": [],
+        "session_seconds": 0.0,
     }
 
 
@@ -51,6 +55,8 @@ def from_timeline(
         provider_seconds = (event.get("detail") or {}).get("usage_seconds")
         if provider_seconds is not None:
             reported[event.get("seq")] = float(provider_seconds)
+        if name == "sessions closed":
+            total["session_seconds"] += float((event.get("detail") or {}).get("session_seconds", 0))
         if name in START_EVENTS:
             open_steps[key] = event["at"]
             if name == "device running":
@@ -70,7 +76,7 @@ def from_timeline(
     for request in requests.values():
         total["executes"] += 1
         total["shots"] += shots_of(request)
-    for field in ("stage_seconds", "simulator_seconds", "qpu_seconds"):
+    for field in ("stage_seconds", "simulator_seconds", "qpu_seconds", "session_seconds"):
         total[field] = round(total[field], 4)
     return total
 
@@ -100,8 +106,8 @@ def shots_of(request: Mapping[str, Any]) -> int:
 
 def add(into: dict[str, Any], other: Mapping[str, Any]) -> dict[str, Any]:
     """Add ``other``'s usage (a child's) into ``into``."""
-    for field in ("stage_seconds", "simulator_seconds", "qpu_seconds"):
-        into[field] = round(into[field] + other[field], 4)
+    for field in ("stage_seconds", "simulator_seconds", "qpu_seconds", "session_seconds"):
+        into[field] = round(into[field] + other.get(field, 0.0), 4)
     into["shots"] += other["shots"]
     into["executes"] += other["executes"]
     into["provider_jobs"] = [*into["provider_jobs"], *other["provider_jobs"]]

@@ -20,7 +20,7 @@ import json
 import logging
 import time
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from qlayer import keys
 from qlayer.aws.services import Services, batch_compute
@@ -193,7 +193,12 @@ def cancel_task(svc: Services, job_id: str, seq: int | None) -> None:
     provider_job_id = cancel_once(ledger, found, key, retry=svc.retry)
     options = dict(svc.store.get_json(entry.request_key).get("options") or {})
     if options.get("mode") in ("session", "batch") and options.get("session_group") == job_id:
-        svc.retry(lambda: found.close_group(job_id))  # the job's own session ends with it
+        closed = svc.retry(lambda: found.close_group(job_id))  # its session ends with it
+        seconds = [v for v in closed.values() if v is not None]
+        detail: dict[str, Any] = {"sessions": sorted(closed)}
+        if seconds:
+            detail["session_seconds"] = sum(seconds)
+        svc.jobs.add_event(job_id, Event(None, None, "sessions closed", detail))
     if provider_job_id is not None:
         note(
             svc.store,

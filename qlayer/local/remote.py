@@ -299,7 +299,7 @@ class RemoteDispatcher:
                 continue  # a call in flight may still open one: close after it
             del self.held[job_id]
 
-            def close(job_id: str = job_id, backend: str = backend) -> int:
+            def close(job_id: str = job_id, backend: str = backend) -> dict[str, float | None]:
                 return self._retry(lambda: async_provider(backend).close_group(job_id))
 
             self._call(f"{job_id}/close", "close", close)
@@ -390,7 +390,11 @@ class RemoteDispatcher:
             if error is not None:
                 event = Event(None, None, "session close failed", {"message": str(error)})
             else:
-                event = Event(None, None, "sessions closed", {"count": outcome})
+                seconds = [v for v in outcome.values() if v is not None]
+                detail: dict[str, Any] = {"sessions": sorted(outcome)}
+                if seconds:
+                    detail["session_seconds"] = sum(seconds)
+                event = Event(None, None, "sessions closed", detail)
             self.jobs.add_event(job_id, event)
             return
         if kind == "cancel":

@@ -16,12 +16,16 @@ Idempotency: every job carries the qlayer idempotency key as a job tag
 (``options.environment.job_tags``). Before submitting, ``service.jobs(job_tags=[key])``
 is consulted; a job found there is returned instead of a new one.
 
-Execution modes (``request.options["mode"]`` or the provider default):
+Execution modes (``request.options["mode"]``, set by the stage step from
+``Execute(mode=)``, the workflow's ``qpu_mode`` or the request's shape — see
+``qlayer.steps.qpu_mode`` — else the provider default):
 - ``job``: one runtime job per execute request.
-- ``batch`` / ``session``: jobs of one qlayer job share a runtime Batch/Session. The
-  group is ``request.options["session_group"]`` or the qlayer job id (the key up to
-  its last ``/``). Jobs are also tagged ``qlayer-session:<group>`` so a fresh process
-  (another Lambda) finds the open session and re-attaches with ``Session.from_id``.
+- ``batch`` / ``session``: the requests of one group share a runtime Batch/Session. The
+  group is ``request.options["session_group"]`` (the qlayer job; a fan-out's parent step
+  for its items' batch) or the key up to its last ``/``. Jobs are also tagged
+  ``qlayer-session:<group>`` so a fresh process (another Lambda) finds the open session
+  and re-attaches with ``Session.from_id``, and :meth:`IbmProvider.close_group` closes
+  them from anywhere when the qlayer job ends.
 
 ``max_execution_time`` (seconds of QPU time) comes from ``request.options`` or the
 provider default, and is passed to the primitive's options.
@@ -382,21 +386,17 @@ class IbmProvider(AsyncProvider):
                     raise classify(exc, "closing session") from exc
                 del self._modes[cache_key]
 
-    def close_group(self, group: str) -> int:
+    def close_group(self, group: str) -> dict[str, float | None]:
         """Close every Session/Batch of ``group`` (the qlayer job whose requests held it).
 
         Works from any process: besides this process's own, the group's sessions are found
         by the ``qlayer-session:<group>`` tag of their jobs. Closing stops new jobs; the
-        queued ones still run. Returns how many were closed.
+        queued ones still run. Returns each closed session's id and its usage (seconds).
         """
-        closed: set[str] = set()
+        modes = {}
         for cache_key, mode in list(self._modes.items()):
             if cache_key[2] == group:
-                try:
-                    mode.close()
-                except Exception as exc:
-                    raise classify(exc, "closing session") from exc
-                closed.add(str(getattr(mode, "session_id", id(mode))))
+                modes[str(mode.session_id)] = mode
                 del self._modes[cache_key]
         try:
             tagged = self.service.jobs(
@@ -404,14 +404,20 @@ class IbmProvider(AsyncProvider):
             )
             for job in tagged:
                 session_id = getattr(job, "session_id", None)
-                if session_id and session_id not in closed:
-                    self._cls("session").from_id(session_id, service=self.service).close()
-                    closed.add(session_id)
+                if session_id and session_id not in modes:
+                    modes[session_id] = self._cls("session").from_id(
+                        session_id, service=self.service
+                    )
+            closed: dict[str, float | None] = {}
+            for session_id, mode in modes.items():
+                mode.close()
+                usage = mode.usage() if hasattr(mode, "usage") else None
+                closed[session_id] = float(usage) if usage is not None else None
         except ProviderError:
             raise
         except Exception as exc:
             raise classify(exc, f"closing the sessions of {group}") from exc
-        return len(closed)
+        return closed
 
     def _job(self, provider_job_id: str) -> Any:
         job = self._jobs.get(provider_job_id)

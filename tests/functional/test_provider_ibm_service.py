@@ -384,19 +384,23 @@ def test_the_sessions_of_a_job_are_closed_from_any_process(fake: FakeIbmRuntime)
     request = bell_request(opener, shots=100)
     request.options = {"mode": "session", "session_group": "job-C"}
     job_id = opener.submit(BACKEND, request, idempotency_key="job-C/1")
+    assert run_to_end(opener, job_id)[-1] == "DONE"
     session_id = fake.store.job(job_id)["session_id"]  # type: ignore[index]
     assert fake.store.session(session_id)["accepting_jobs"]  # type: ignore[index]
-    assert provider_for(fake).close_group("job-C") == 1  # a fresh process: found by tag
+    # A fresh process finds the session by its tag, closes it, and reads its usage (the
+    # fake bills a session the 2 s of each of its jobs).
+    assert provider_for(fake).close_group("job-C") == {session_id: 2.0}
     assert not fake.store.session(session_id)["accepting_jobs"]  # type: ignore[index]
 
 
 def test_the_local_pump_closes_a_jobs_session_when_the_job_ends(
-    fake: FakeIbmRuntime, tmp_path: Path
+    fake: FakeIbmRuntime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The local substrate's remote pump: a job's session/batch is closed once the job has
     ended (here: cancelled), not left open until the service's time-out."""
     import time
 
+    from qlayer import usage
     from qlayer.core.ports import Event, NewJob
     from qlayer.interpreter import Decision
     from qlayer.local import state
@@ -408,6 +412,7 @@ def test_the_local_pump_closes_a_jobs_session_when_the_job_ends(
     from qlayer.store.local import FolderStore
 
     fake.ideal()
+    monkeypatch.setenv("QLAYER_QPU_POLL_S", "0.05")
     registry.configure(registry.ProviderSettings(ibm_credentials=fake.credentials))
     try:
         db = tmp_path / "state.db"
@@ -432,11 +437,19 @@ def test_the_local_pump_closes_a_jobs_session_when_the_job_ends(
                 time.sleep(0.05)
             raise AssertionError("the pump did not get there")
 
-        pump_until(lambda: bool(fake.store.jobs(tags=["job-R/1"])[0]))
+        def polled_done() -> bool:
+            return any(
+                (e.get("detail") or {}).get("state") == "DONE" for e in jobs.timeline("job-R")
+            )
+
+        pump_until(polled_done)
         session_id = fake.store.jobs(tags=["job-R/1"])[0][0]["session_id"]
         assert fake.store.session(session_id)["accepting_jobs"]  # type: ignore[index]
         jobs.update("job-R", status=JobStatus.CANCELLED, event=Event(None, None, "cancelled"))
         pump_until(lambda: not fake.store.session(session_id)["accepting_jobs"])  # type: ignore[index]
+        pump_until(lambda: any(e["event"] == "sessions closed" for e in jobs.timeline("job-R")))
         remote.shutdown()
+        # The session's billed seconds reach the job's usage.
+        assert usage.from_timeline(jobs.timeline("job-R"), {})["session_seconds"] == 2.0
     finally:
         registry.configure(registry.ProviderSettings())

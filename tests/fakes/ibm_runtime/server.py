@@ -378,7 +378,10 @@ class Service:
         session = self.store.session(session_id)
         if session is None:
             return error(404, f"session {session_id} not found")
-        return JSONResponse(_session_json(session))
+        jobs, _ = self.store.jobs(session_id=session_id)
+        # The service's session usage; here the QPU seconds of its jobs that have ended.
+        elapsed = sum(job["usage_seconds"] or 0 for job in jobs)
+        return JSONResponse({**_session_json(session), "elapsed_time": elapsed})
 
     def cancel_session(self, request: Request, body: bytes) -> Response:
         if not self.store.close_session(request.path_params["session_id"], cancel_jobs=True):
