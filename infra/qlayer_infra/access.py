@@ -271,4 +271,5 @@ def grant_all(
         state_machine.grant_task_response(principals[name])
     state_machine.grant_start_execution(principals["trigger"])
     dispatch_queue.grant_send_messages(principals["fail_job"])
+    dispatch_queue.grant_send_messages(principals["finaliser"])  # close a job's QPU session
     grant_stop_executions(principals["fail_job"], stack, state_machine_name)

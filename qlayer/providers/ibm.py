@@ -175,7 +175,7 @@ class IbmProvider(AsyncProvider):
         max_execution_time: Default per-job limit in seconds of QPU time (None: the
             service's own limit).
         lookup_limit: How many tagged jobs to fetch when looking a key up.
-        classes: Overrides of ``SamplerV2``, ``EstimatorV2``, ``Session``, ``Batch``
+        classes: Overrides of the sampler and estimator primitive classes, ``Session``, ``Batch``
             (keys ``sampler``, ``estimator``, ``session``, ``batch``), for tests.
     """
 

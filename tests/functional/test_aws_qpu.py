@@ -332,6 +332,22 @@ def test_a_cancelled_ibm_job_closes_its_session(box: CloudBox, cloud: Any, ibm: 
     )
 
 
+def test_a_finished_ibm_session_job_closes_its_session(box: CloudBox, cloud: Any, ibm: Any) -> None:
+    """Finalise has the dispatcher close the session a job held; its billed seconds (the
+    fake bills 2 s per runtime job) reach the job's usage."""
+    job = cloud.run(ISA, {"shots": 50, "mode": "session"})
+    row = finish(box, job, timeout=600)
+    assert row["status"] == "DONE", (row["message"], box.function_log("dispatcher")[-2000:])
+    [runtime_job] = ibm.store.jobs(tags=[f"{job.job_id}/1"])[0]
+    session_id = runtime_job["session_id"]
+    until(
+        "the session to close",
+        lambda: not ibm.store.session(session_id)["accepting_jobs"],
+        timeout=180,
+    )
+    until("its usage", lambda: job.usage()["session_seconds"] == 2.0, timeout=60)
+
+
 def test_braket_local_runs_as_a_simulator(box: CloudBox, cloud: Any) -> None:
     """``braket_local`` is Braket's simulator on our own compute: simulated on Lambda."""
     job = cloud.run(TINY, {"shots": 40}, backend="braket_local")
