@@ -25,7 +25,10 @@ can poll and collect from the id alone.
 
 Local (``braket_local``): :class:`BraketLocalProvider` runs Braket's offline
 LocalSimulator on our own compute, like Aer (a worker, a Lambda, a Batch job): it has no
-queue of its own, so it is a simulator, not a service to submit to.
+queue of its own, so it is a simulator, not a service to submit to. A request of several
+circuits with the same shots runs there as one program set (``ProgramSet``: the
+simulator lists ``braket.ir.openqasm.program_set``); on AWS devices each circuit is still
+its own task.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from qlayer.providers.base import (
     ProviderJobStatus,
     SyncProvider,
 )
-from qlayer.providers.braket_tasks import assemble, expand
+from qlayer.providers.braket_tasks import as_program_set, assemble, expand, program_set_runs
 
 if TYPE_CHECKING:
     from qiskit.primitives import PrimitiveResult
@@ -519,9 +522,14 @@ class BraketLocalProvider(SyncProvider):
             self._simulator = LocalSimulator()
         runs = []
         try:
-            for program, n in zip(programs, shots, strict=True):
-                result = self._simulator.run(program, shots=n).result()
-                runs.append((list(result.measured_qubits), result.measurements))
+            program_set = as_program_set(programs, shots, self._simulator.properties.action)
+            if program_set is not None:  # several circuits as one task
+                result = self._simulator.run(program_set, shots=program_set.total_shots).result()
+                runs = program_set_runs(result)
+            else:
+                for program, n in zip(programs, shots, strict=True):
+                    result = self._simulator.run(program, shots=n).result()
+                    runs.append((list(result.measured_qubits), result.measurements))
         except Exception as exc:
             raise ProviderError(
                 f"Amazon Braket LocalSimulator failed: {exc}", retryable=False

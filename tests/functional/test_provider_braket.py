@@ -397,3 +397,55 @@ def test_a_takeover_finds_the_tasks_by_tag_when_the_manifest_is_missing(aws):
     assert provider.find_job("braket_sv1", key) is None
     job_id = provider.submit("braket_sv1", request, idempotency_key=key)
     assert provider._read_manifest(job_id)["tasks"] == [TASK]  # type: ignore[index]
+
+
+class _Recording:
+    """Braket's LocalSimulator, noting what each ``run`` was given."""
+
+    def __init__(self):
+        from braket.devices import LocalSimulator
+
+        self.simulator = LocalSimulator()
+        self.properties = self.simulator.properties
+        self.runs = []
+
+    def run(self, program, shots):
+        self.runs.append((type(program).__name__, shots))
+        return self.simulator.run(program, shots=shots)
+
+
+def test_several_circuits_run_as_one_program_set_where_the_device_has_them():
+    """A request of three circuits (a PUB with two parameter sets, and a GHZ) with equal
+    shots is one program-set task on the LocalSimulator, and its results come back apart."""
+    theta = Parameter("t")
+    flip = QuantumCircuit(1)
+    flip.rx(theta, 0)
+    flip.measure_all()
+    simulator = _Recording()
+    request = ExecuteRequest(
+        "sampler",
+        [(flip, [[0.0], [3.141592653589793]]), ghz().measure_all(inplace=False)],
+        "braket_local",
+        "n",
+        shots=40,
+    )
+    result = BraketLocalProvider(simulator=simulator).run("braket_local", request)
+    assert simulator.runs == [("ProgramSet", 120)]
+    flips = result[0].data.meas
+    assert flips.shape == (2,) and flips[0].get_counts() == {"0": 40}
+    assert flips[1].get_counts() == {"1": 40}
+    assert set(result[1].data.meas.get_counts()) <= {"000", "111"}
+
+
+def test_unequal_shots_run_circuit_by_circuit():
+    simulator = _Recording()
+    request = ExecuteRequest(
+        "sampler",
+        [(ghz().measure_all(inplace=False), None, 30), ghz(2).measure_all(inplace=False)],
+        "braket_local",
+        "n",
+        shots=20,
+    )
+    result = BraketLocalProvider(simulator=simulator).run("braket_local", request)
+    assert [shots for _, shots in simulator.runs] == [30, 20]
+    assert result[0].data.meas.num_shots == 30 and result[1].data.meas.num_shots == 20
