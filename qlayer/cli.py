@@ -475,6 +475,8 @@ def usage(job_id: str, as_json: bool = JsonOption, home: str | None = HomeOption
     table.add_row("stage compute", f"{used['stage_seconds']:.3f} s")
     table.add_row("simulators", f"{used['simulator_seconds']:.3f} s")
     table.add_row("QPU", f"{used['qpu_seconds']:.3f} s")
+    if used.get("session_seconds"):
+        table.add_row("QPU sessions", f"{used['session_seconds']:.3f} s")
     table.add_row("shots", str(used["shots"]))
     table.add_row("execute requests", str(used["executes"]))
     table.add_row("cost", f"${used.get('cost_usd', 0.0):.4f} (qlayer.pricing's prices)")

@@ -18,6 +18,24 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 PrimitiveKind = Literal["sampler", "estimator"]
+QpuMode = Literal["job", "batch", "session"]
+#: How the requests of a job reach a QPU service (IBM's execution modes): ``job`` (each
+#: on its own), ``batch`` (queued together, for independent requests: a fan-out) or
+#: ``session`` (the device held between requests, for a loop).
+QPU_MODES: tuple[str, ...] = ("job", "batch", "session")
+
+
+def check_qpu_mode(mode: str | None, where: str) -> str | None:
+    """``mode`` if it is one of :data:`QPU_MODES` (or None: decided per request).
+
+    Raises:
+        ValueError: Any other value, naming the choices.
+    """
+    if mode is not None and mode not in QPU_MODES:
+        raise ValueError(
+            f"{where}: mode must be one of {', '.join(QPU_MODES)} (or None), got {mode!r}"
+        )
+    return mode
 
 
 @dataclass(frozen=True)
@@ -67,6 +85,7 @@ class Execute:
     seed: int | None = None
     state: Any = None
     options: dict[str, Any] = field(default_factory=dict)
+    mode: QpuMode | None = None
 
     @classmethod
     def sampler(
@@ -78,8 +97,10 @@ class Execute:
         backend: str | None = None,
         seed: int | None = None,
         state: Any = None,
+        mode: QpuMode | None = None,
+        options: dict[str, Any] | None = None,
     ) -> Execute:
-        """Sample circuits with SamplerV2.
+        """Sample circuits with the sampler primitive.
 
         Args:
             pubs: Sampler PUBs: circuits, or ``(circuit, parameter_values[, shots])``.
@@ -88,8 +109,26 @@ class Execute:
             backend: Backend name; defaults to the job's backend.
             seed: Simulator seed, for reproducible results on simulators.
             state: Any serialisable value handed to ``then`` as ``ctx.state``.
+            mode: On a QPU service, ``job``, ``batch`` or ``session``; None: the
+                workflow's ``qpu_mode``, else decided per request (a loop holds a
+                session, a fan-out's items share a batch, anything else is a job).
+            options: Provider options: ``{"ibm": {...}}`` (the IBM primitive's options,
+                e.g. ``{"twirling": {"enable_gates": True}}``), ``{"braket":
+                {"reservation_arn": ...}}`` (a Braket Direct reservation).
         """
-        return cls("sampler", _as_pub_list(pubs), then, backend, shots, None, seed, state)
+        check_qpu_mode(mode, "Execute.sampler")
+        return cls(
+            "sampler",
+            _as_pub_list(pubs),
+            then,
+            backend,
+            shots,
+            None,
+            seed,
+            state,
+            dict(options or {}),
+            mode,
+        )
 
     @classmethod
     def estimator(
@@ -101,8 +140,10 @@ class Execute:
         backend: str | None = None,
         seed: int | None = None,
         state: Any = None,
+        mode: QpuMode | None = None,
+        options: dict[str, Any] | None = None,
     ) -> Execute:
-        """Estimate expectation values with EstimatorV2.
+        """Estimate expectation values with the estimator primitive.
 
         Args:
             pubs: Estimator PUBs: ``(circuit, observables[, parameter_values[, precision]])``.
@@ -111,8 +152,22 @@ class Execute:
             backend: Backend name; defaults to the job's backend.
             seed: Simulator seed.
             state: Any serialisable value handed to ``then`` as ``ctx.state``.
+            mode: As for :meth:`sampler`.
+            options: As for :meth:`sampler`.
         """
-        return cls("estimator", _as_pub_list(pubs), then, backend, None, precision, seed, state)
+        check_qpu_mode(mode, "Execute.estimator")
+        return cls(
+            "estimator",
+            _as_pub_list(pubs),
+            then,
+            backend,
+            None,
+            precision,
+            seed,
+            state,
+            dict(options or {}),
+            mode,
+        )
 
 
 def _as_pub_list(pubs: Sequence[Any]) -> list[Any]:

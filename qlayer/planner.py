@@ -13,7 +13,8 @@ Memory (bytes) by method, for ``n`` active qubits:
   by ``2**min(n/2, 10)`` for circuits we cannot analyse.
 
 Tiers (AWS): ``lambda`` up to 10 GiB memory and 15 minutes; ``batch`` (CPU) up
-to ``batch_max_memory_mb``; ``batch-gpu`` statevector up to the GPU's memory.
+to ``batch_max_memory_mb``; ``batch-gpu`` statevector up to the memory of the
+GPU queue's smallest GPU (24 GiB A10G by default: 30 qubits; 31 need a 40 GiB A100).
 QPU backends are routed to ``qpu``. Locally every tier runs on this machine, and
 the local limit is the machine's memory.
 """
@@ -74,7 +75,8 @@ class Resources:
         lambda_seconds: A Lambda's longest run.
         batch_memory_mb: The most memory one CPU Batch job can get.
         batch_vcpus: The most vCPUs one CPU Batch job can get.
-        gpu_memory_mb: The largest GPU memory of one GPU of the GPU queue.
+        gpu_memory_mb: The memory of one GPU that every instance type of the GPU queue
+            has (its smallest GPU's: Batch may place a job on any of them).
         gpu_vcpus: vCPUs a GPU job asks for (it must fit the smallest GPU instance).
         gpu_job_memory_mb: Host memory a GPU job asks for (likewise).
         local_memory_mb: Set on the local substrate: the machine's memory for a job.
@@ -87,7 +89,7 @@ class Resources:
     lambda_seconds: int = 900
     batch_memory_mb: int = 245760  # r6i.8xlarge-class CPU nodes
     batch_vcpus: int = 32
-    gpu_memory_mb: int = 40960  # the default GPU queue's largest: A100 40 GB (p4d)
+    gpu_memory_mb: int = 24576  # the default GPU queue's smallest: A10G 24 GiB (g5)
     gpu_vcpus: int = 4  # g5.xlarge, the smallest default GPU instance, has 4
     gpu_job_memory_mb: int = 15360  # and 16 GiB
     local_memory_mb: int | None = None

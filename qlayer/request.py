@@ -21,6 +21,9 @@ class ExecuteRequest:
     precision: float | None = None
     seed: int | None = None
     options: dict[str, Any] | None = None
+    #: The provider's client-side preparation of the PUBs, done on stage compute (JSON;
+    #: IBM: the executor's ``QuantumProgram``), or None.
+    prepared: dict[str, Any] | None = None
 
     @classmethod
     def from_execute(cls, execute: Execute, backend: str) -> ExecuteRequest:
@@ -55,6 +58,7 @@ def encode_request(
         "options": request.options or {},
         "pubs": codec.encode(request.pubs, where=f"PUBs of {where}"),
         "state": codec.encode(state, where=f"state of {where}", sidecars=sidecars),
+        **({"prepared": request.prepared} if request.prepared is not None else {}),
     }
 
 
@@ -68,6 +72,7 @@ def decode_request(raw: dict[str, Any]) -> ExecuteRequest:
         precision=raw.get("precision"),
         seed=raw.get("seed"),
         options=raw.get("options") or {},
+        prepared=raw.get("prepared"),
     )
 
 

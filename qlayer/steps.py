@@ -291,6 +291,17 @@ def _materialise_execute(
         return Decision.failed(seq, stage, kind, f"stage {stage!r} asked to execute: {exc}")
     request = ExecuteRequest.from_execute(execute, backend)
     request.options = {**(request.options or {}), "method": chosen.method}
+    if info.kind == "qpu":
+        from qlayer.providers.registry import prepare_request
+
+        request.options.update(qpu_mode(workflow, job, stage, execute))
+
+        try:  # client-side preparation runs here, on stage compute, not in a dispatcher
+            request.prepared = prepare_request(request)
+        except (ValueError, TypeError) as exc:
+            return Decision.failed(
+                seq, stage, "InvalidPubs", f"stage {stage!r} asked to execute: {exc}"
+            )
     key = keys.execute_request(job.job_id, seq + 1)
     sidecars = codec.Sidecars(store, key)
     raw = encode_request(request, decided.state, where=f"stage {stage!r}", sidecars=sidecars)
@@ -306,6 +317,31 @@ def _materialise_execute(
         backend=backend,
         plan=chosen.to_json(),
     )
+
+
+def qpu_mode(workflow: Workflow, job: JobInfo, stage: str, execute: Execute) -> dict[str, str]:
+    """The execution mode of a QPU request and the group whose requests share it.
+
+    The request's ``mode``, else the legacy ``options["mode"]``, else the workflow's
+    ``qpu_mode``, else by shape: a fan-out item's requests share one batch with their
+    siblings' (group: the parent's fan-out step); a loop (the stage, or the one it hands
+    the result to, has run before in this job, or hands the result to itself) holds one
+    session for the job; anything else is a job. The group is the qlayer job id unless
+    ``options["session_group"]`` names one.
+    """
+    options = execute.options or {}
+    mode = execute.mode or options.get("mode") or workflow.qpu_mode
+    fan_out_item = job.index is not None
+    if mode is None:
+        looping = (
+            execute.then == stage or job.runs.get(stage, 0) > 0 or job.runs.get(execute.then, 0) > 0
+        )
+        mode = "batch" if fan_out_item else "session" if looping else "job"
+    group = options.get("session_group")
+    if group is None:
+        # One batch for the items of a fan-out: child ids are <parent>_<seq>_<index>.
+        group = job.job_id.rsplit("_", 1)[0] if fan_out_item and mode == "batch" else job.job_id
+    return {"mode": str(mode), "session_group": str(group)}
 
 
 def _check_pubs(execute: Execute) -> None:

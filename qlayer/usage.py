@@ -13,6 +13,9 @@ step started and ended, and the request artifacts say how many shots were asked 
 * ``executes``: execute requests; ``provider_jobs``: provider job ids;
 * ``cost_usd``: what the requests that ran cost at :mod:`qlayer.pricing`'s prices (QPU
   seconds as reported, estimated while a request runs).
+* ``session_seconds``: what the QPU service bills for the sessions/batches the job held
+  (a session counts the time the device was held, so it may exceed ``qpu_seconds``),
+  reported when they are closed (``sessions closed``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ def empty() -> dict[str, Any]:
         "executes": 0,
         "provider_jobs": [],
         "cost_usd": 0.0,
+        "session_seconds": 0.0,
     }
 
 
@@ -64,6 +68,8 @@ def from_timeline(
             reported[event.get("seq")] = float(provider_seconds)
         if key[1] == "execute" and name in RAN_EVENTS:
             ran.add(int(event.get("seq") or 0))
+        if name == "sessions closed":
+            total["session_seconds"] += float((event.get("detail") or {}).get("session_seconds", 0))
         if name in START_EVENTS:
             open_steps[key] = event["at"]
             if name == "device running":
@@ -88,7 +94,7 @@ def from_timeline(
             shots = shots_of(request)
             total["shots"] += shots
             total["cost_usd"] += cost_of(request, shots, qpu_by_seq.get(seq, reported.get(seq)))
-    for field in ("stage_seconds", "simulator_seconds", "qpu_seconds"):
+    for field in ("stage_seconds", "simulator_seconds", "qpu_seconds", "session_seconds"):
         total[field] = round(total[field], 4)
     total["cost_usd"] = round(total["cost_usd"], 6)
     return total
@@ -136,8 +142,8 @@ def shots_of(request: Mapping[str, Any]) -> int:
 
 def add(into: dict[str, Any], other: Mapping[str, Any]) -> dict[str, Any]:
     """Add ``other``'s usage (a child's) into ``into``."""
-    for field in ("stage_seconds", "simulator_seconds", "qpu_seconds"):
-        into[field] = round(into[field] + other[field], 4)
+    for field in ("stage_seconds", "simulator_seconds", "qpu_seconds", "session_seconds"):
+        into[field] = round(into[field] + other.get(field, 0.0), 4)
     into["shots"] += other["shots"]
     into["cost_usd"] = round(into.get("cost_usd", 0.0) + other.get("cost_usd", 0.0), 6)
     into["executes"] += other["executes"]

@@ -136,6 +136,9 @@ class Workflow:
         max_cost_usd: A budget for each job, its fan-out children included: an execute
             request that would take the job's spend past it is not submitted and the
             job ends in ERROR (``BudgetExceeded``); prices are :mod:`qlayer.pricing`'s.
+        qpu_mode: How the job's requests reach a QPU service: ``"job"``, ``"batch"`` or
+            ``"session"`` (an ``Execute``'s own ``mode`` wins). None: decided per request
+            (a loop holds a session; a fan-out's items share a batch; else a job).
 
     Example:
         >>> wf = Workflow("demo", params={"n": 3})
@@ -149,6 +152,7 @@ class Workflow:
     backend: str = "aer"
     notify: Sequence[str] = ()
     max_cost_usd: float | None = None
+    qpu_mode: str | None = None
     stages: dict[str, Stage] = field(default_factory=dict, init=False)
     source_path: str | None = field(default=None, init=False)
 
@@ -158,6 +162,12 @@ class Workflow:
         except ValueError as exc:
             raise WorkflowError(str(exc)) from None
         self.max_cost_usd = check_budget(self.max_cost_usd)
+        from qlayer.outcomes import check_qpu_mode
+
+        try:
+            check_qpu_mode(self.qpu_mode, f"workflow {self.name!r}")
+        except ValueError as exc:
+            raise WorkflowError(str(exc)) from None
         try:
             self.notify = tuple(check_targets(self.notify))
         except ArgumentError as exc:

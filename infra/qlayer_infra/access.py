@@ -21,6 +21,7 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_sqs as sqs
 from aws_cdk import aws_stepfunctions as sfn
+from constructs import Construct
 
 from qlayer_infra.storage import INBOX_PREFIX, JOBS_PREFIX, PROGRAMS_PREFIX
 
@@ -176,12 +177,29 @@ def grant_braket(
     regions: Sequence[str] = (),
 ) -> None:
     """GetDevice on Braket devices; with ``submit``, CreateQuantumTask on them; with
-    ``tasks``, Get/CancelQuantumTask on this account's quantum tasks. ``regions``: Braket
+    ``tasks``, Get/CancelQuantumTask on this account's quantum tasks (and, with ``submit``,
+    SearchQuantumTasks, which takes no resource). ``regions``: Braket
     regions beyond the stack's."""
     devices = braket_device_arns(stack, regions)
     actions = ["braket:GetDevice", *(["braket:CreateQuantumTask"] if submit else [])]
     policy = principal.grant_principal
     policy.add_to_principal_policy(iam.PolicyStatement(actions=actions, resources=devices))
+    if submit:
+        # find_job's fallback: the device's recent tasks tagged with a key (a crash before
+        # the manifest). SearchQuantumTasks has no resource-level permissions.
+        policy.add_to_principal_policy(
+            iam.PolicyStatement(actions=["braket:SearchQuantumTasks"], resources=["*"])
+        )
+        if isinstance(principal, Construct):
+            from qlayer_infra.nag import ack
+
+            ack(
+                principal,
+                "braket:SearchQuantumTasks takes no resource (the service authorization "
+                "reference lists none): the look-up of the tasks tagged with a request's "
+                "key after a crash, on this function only",
+                "AwsSolutions-IAM5[Resource::*]",
+            )
     if tasks:
         policy.add_to_principal_policy(
             iam.PolicyStatement(
@@ -253,4 +271,5 @@ def grant_all(
         state_machine.grant_task_response(principals[name])
     state_machine.grant_start_execution(principals["trigger"])
     dispatch_queue.grant_send_messages(principals["fail_job"])
+    dispatch_queue.grant_send_messages(principals["finaliser"])  # close a job's QPU session
     grant_stop_executions(principals["fail_job"], stack, state_machine_name)

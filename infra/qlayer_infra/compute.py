@@ -284,7 +284,7 @@ class Compute(Construct):
             lambda_seconds=function_timeout_s("simulator"),
             batch_memory_mb=instances.job_memory_mib(largest),
             batch_vcpus=min(largest.vcpus, max_cpu_vcpus),
-            gpu_memory_mb=instances.largest_gpu_memory_mib(gpu_types),
+            gpu_memory_mb=instances.gpu_memory_mib(gpu_types),
             gpu_vcpus=gpu_vcpus,
             gpu_job_memory_mb=gpu_memory,
         )

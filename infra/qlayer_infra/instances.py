@@ -157,6 +157,11 @@ def gpu_job_size(types: Sequence[InstanceType]) -> tuple[int, int]:
     return vcpus, memory
 
 
-def largest_gpu_memory_mib(types: Sequence[InstanceType]) -> int:
-    """The largest memory of one GPU among ``types`` (MiB)."""
-    return max(t.gpu_memory_gib for t in types) * 1024
+def gpu_memory_mib(types: Sequence[InstanceType]) -> int:
+    """The memory of one GPU that a job of a queue over ``types`` is sure to get (MiB).
+
+    Batch places a job on any type of its compute environment that has room, so a job
+    planned for the A100's 40 GiB may land on a g5's A10G (24 GiB) and fail there: the
+    planner's limit is the smallest GPU's memory.
+    """
+    return min(t.gpu_memory_gib for t in types) * 1024

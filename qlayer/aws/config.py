@@ -57,7 +57,8 @@ FUNCTION_ENV: dict[str, frozenset[str]] = {
     "read_outcome": _EVERY,
     "start_children": _EVERY,
     "fan_in": _EVERY,
-    "finaliser": _EVERY,
+    # finaliser asks the dispatcher to close a finished job's QPU session.
+    "finaliser": _EVERY | {DISPATCH_QUEUE_URL_ENV},
     # fail_job sends provider-cancel messages to the dispatcher.
     "fail_job": _EVERY | {DISPATCH_QUEUE_URL_ENV},
     "stage_runner": _EVERY | _RUNS_STAGES,

@@ -18,7 +18,7 @@ from typing import Any
 
 from qlayer.aws.events import DispatchMessage, EventError, SqsEvent, parse
 from qlayer.aws.ledger import task_key
-from qlayer.aws.qpu import cancel_task, deliver, drain, ledger_of
+from qlayer.aws.qpu import cancel_task, close_sessions, deliver, drain, ledger_of
 from qlayer.aws.services import Services
 from qlayer.aws.steps import simulate_step
 from qlayer.core.ports import Event
@@ -81,6 +81,10 @@ def dispatch_message(message: DispatchMessage, svc: Services) -> str | None:
     ledger = ledger_of(svc)
     if message.action == "cancel":
         cancel_task(svc, message.job_id, message.seq)
+        return None
+    if message.action == "close":
+        if message.backend:
+            close_sessions(svc, message.job_id, message.backend)
         return None
     assert message.seq is not None and message.backend and message.request_key
     key = task_key(message.job_id, message.seq)

@@ -156,10 +156,16 @@ class S3Event(_Model):
     Records: list[S3Record]
 
 
-class DispatchMessage(_Model):
-    """One SQS message from "Wait for QPU" (or a cancel from "Fail job")."""
+#: In a ``submitted`` job event's detail: the request runs in a QPU session of its job's
+#: own, which Finalise has the dispatcher close (``action: close``).
+SESSION_HELD = "session_held"
 
-    action: Literal["execute", "cancel"] = "execute"
+
+class DispatchMessage(_Model):
+    """One SQS message from "Wait for QPU" (or a cancel from "Fail job", or the close of a
+    finished job's QPU session from "Finalise")."""
+
+    action: Literal["execute", "cancel", "close"] = "execute"
     job_id: str = Field(pattern=JOB_ID_PATTERN)
     seq: int | None = None
     task_token: str | None = None

@@ -53,11 +53,29 @@ class AwsOrchestrator(Orchestrator):
         )
 
     def ended(self, job: JobRecord) -> None:
-        """A job from an inbox spec gets its outcome written next to the spec."""
+        """A job from an inbox spec gets its outcome written next to the spec; a job that
+        held a QPU session (a ``submitted`` event says so) has the dispatcher close it."""
+        from qlayer.aws.events import SESSION_HELD
         from qlayer.aws.inbox import report_to_spec
 
         if job.parent_id is None:  # a fan-out child never comes from a spec
             report_to_spec(self.svc, job.job_id)
+        url = self.svc.config.dispatch_queue_url
+        if self.svc.sqs is None or not url:
+            return
+        backends = {
+            str(detail["backend"])
+            for event in self.svc.jobs.timeline(job.job_id)
+            if event.get("event") == "submitted"
+            and (detail := event.get("detail") or {}).get(SESSION_HELD)
+        }
+        for backend in sorted(backends):
+            self.svc.sqs.send_message(
+                QueueUrl=url,
+                MessageBody=json.dumps(
+                    {"action": "close", "job_id": job.job_id, "backend": backend}
+                ),
+            )
 
 
 def start_execution(svc: Services, job_id: str) -> str:

@@ -20,9 +20,10 @@ import json
 import logging
 import time
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from qlayer import keys
+from qlayer.aws.events import SESSION_HELD
 from qlayer.aws.services import Services, batch_compute
 from qlayer.aws.steps import carry_on
 from qlayer.core import transitions
@@ -117,7 +118,8 @@ def _submit(svc: Services, provider: AsyncProvider, entry: LedgerEntry) -> bool:
     ledger = ledger_of(svc)
     key, backend, seq = entry.key, entry.backend, entry.seq or 0
     try:
-        request = decode_request(svc.store.get_json(entry.request_key))
+        raw = svc.store.get_json(entry.request_key)
+        request = decode_request(raw)
         provider_job_id = submit_once(
             ledger,
             provider,
@@ -159,7 +161,13 @@ def _submit(svc: Services, provider: AsyncProvider, entry: LedgerEntry) -> bool:
             seq,
             "execute",
             "submitted",
-            {"backend": backend, "provider_job_id": provider_job_id, "idempotency_key": key},
+            {
+                "backend": backend,
+                "provider_job_id": provider_job_id,
+                "idempotency_key": key,
+                # Finalise asks the dispatcher to close the job's session (close_sessions).
+                **({SESSION_HELD: True} if holds_session(raw, entry.job_id) else {}),
+            },
         ),
     )
     note(
@@ -170,6 +178,28 @@ def _submit(svc: Services, provider: AsyncProvider, entry: LedgerEntry) -> bool:
         f"submitted to {backend}: provider job {provider_job_id} (key {key})",
     )
     return True
+
+
+def holds_session(request_raw: dict[str, Any], job_id: str) -> bool:
+    """Whether a request artifact runs in a session/batch of ``job_id``'s own."""
+    options = dict(request_raw.get("options") or {})
+    return options.get("mode") in ("session", "batch") and options.get("session_group") == job_id
+
+
+def close_sessions(svc: Services, job_id: str, backend: str) -> None:
+    """Close the sessions/batches ``job_id`` held on ``backend``'s service; their billed
+    seconds go to the job's timeline (``sessions closed``: its usage)."""
+    from qlayer.providers.registry import provider
+
+    found = provider(backend)
+    if not isinstance(found, AsyncProvider):
+        return
+    closed = svc.retry(lambda: found.close_group(job_id))
+    seconds = [v for v in closed.values() if v is not None]
+    detail: dict[str, Any] = {"sessions": sorted(closed)}
+    if seconds:
+        detail["session_seconds"] = sum(seconds)
+    svc.jobs.add_event(job_id, Event(None, None, "sessions closed", detail))
 
 
 def cancel_task(svc: Services, job_id: str, seq: int | None) -> None:
@@ -191,6 +221,8 @@ def cancel_task(svc: Services, job_id: str, seq: int | None) -> None:
         ledger.finish(key, "CANCELLED", message="cancelled with the job")
         return
     provider_job_id = cancel_once(ledger, found, key, retry=svc.retry)
+    if holds_session(svc.store.get_json(entry.request_key), job_id):
+        close_sessions(svc, job_id, entry.backend)  # its session ends with it
     if provider_job_id is not None:
         note(
             svc.store,

@@ -169,6 +169,9 @@ class RemoteDispatcher:
             max_workers=max(1, self.config.threads), thread_name_prefix="provider"
         )
         self._remote: dict[str, bool] = {}
+        #: Jobs whose requests hold a session/batch of their own -> the backend: closed by
+        #: the pump once the job has ended (done, failed or cancelled).
+        self.held: dict[str, str] = {}
 
     # -- which backends -------------------------------------------------------------------
     def is_remote(self, backend: str | None) -> bool:
@@ -187,6 +190,9 @@ class RemoteDispatcher:
         assert decision.backend is not None and decision.request_key is not None
         key = f"{job_id}/{seq}"
         entry = self.ledger.hold(key, decision.backend, decision.request_key)
+        options = dict(self.store.get_json(decision.request_key).get("options") or {})
+        if options.get("mode") in ("session", "batch") and options.get("session_group") == job_id:
+            self.held[job_id] = decision.backend
         work = self.works.get(key)
         if work is None:
             work = RemoteWork(
@@ -255,6 +261,7 @@ class RemoteDispatcher:
     def pump(self) -> None:
         """Start the provider calls that are due, within each backend's limits."""
         now = self.clock()
+        self._close_ended()
         for work in list(self.works.values()):
             if work.busy or work.cancelled:
                 continue
@@ -279,6 +286,23 @@ class RemoteDispatcher:
                 self.polls.release(work.backend)
                 work.busy = True
                 self._call(work.key, "poll", self._poll_call(work))
+
+    def _close_ended(self) -> None:
+        """Close the sessions/batches of jobs that have ended (on a provider thread)."""
+        from qlayer.providers.registry import async_provider
+
+        for job_id, backend in list(self.held.items()):
+            record = self.jobs.find(job_id)
+            if record is not None and not record.status.is_final:
+                continue
+            if any(w.job_id == job_id and w.busy for w in self.works.values()):
+                continue  # a call in flight may still open one: close after it
+            del self.held[job_id]
+
+            def close(job_id: str = job_id, backend: str = backend) -> dict[str, float | None]:
+                return self._retry(lambda: async_provider(backend).close_group(job_id))
+
+            self._call(f"{job_id}/close", "close", close)
 
     def _forget(self, work: RemoteWork) -> None:
         self.works.pop(work.key, None)
@@ -362,6 +386,17 @@ class RemoteDispatcher:
 
     def _collect_one(self, key: str, kind: str, outcome: Any, error: BaseException | None) -> None:
         job_id = key.rpartition("/")[0]
+        if kind == "close":
+            if error is not None:
+                event = Event(None, None, "session close failed", {"message": str(error)})
+            else:
+                seconds = [v for v in outcome.values() if v is not None]
+                detail: dict[str, Any] = {"sessions": sorted(outcome)}
+                if seconds:
+                    detail["session_seconds"] = sum(seconds)
+                event = Event(None, None, "sessions closed", detail)
+            self.jobs.add_event(job_id, event)
+            return
         if kind == "cancel":
             if error is not None:
                 event = Event(None, "execute", "provider cancel failed", {"message": str(error)})

@@ -134,3 +134,16 @@ class AsyncProvider(ABC):
     @abstractmethod
     def cancel(self, provider_job_id: str) -> None:
         """Cancel a queued or running job (no error if it already ended)."""
+
+    def close_group(self, group: str) -> dict[str, float | None]:
+        """Close what ``group`` (a qlayer job) holds open on the service: sessions and
+        batches (IBM). Called when the job ends; queued jobs still run. Providers with no
+        such thing close nothing.
+
+        Returns:
+            Each closed session's id and the QPU seconds the service bills for it (a
+            session's usage counts the time the device was held, not only its jobs'), or
+            None where the service does not say.
+        """
+        del group
+        return {}

@@ -11,18 +11,24 @@ parities of the measured bits; ``stds`` the standard error of the mean). Circuit
 are converted with qiskit-braket-provider's ``to_braket``.
 
 Only terminal measurements are supported (Braket measures at the end of a circuit).
+A Braket Direct reservation (``options["braket"]["reservation_arn"]``, or the provider's
+``reservation_arn``) is passed on with every task.
 
 Idempotency (AWS): every task gets a client token derived from the qlayer key and
 the task's index (``sha256(key#i)``), so a repeated ``CreateQuantumTask`` returns the
 same task instead of a second one, and tags ``qlayer-key`` / ``qlayer-run``. The
 request's manifest (task ARNs plus the recipe to rebuild the result) is written to
-S3 at a location derived from the key; ``find_job`` looks there first, and the
+S3 at a location derived from the key; ``find_job`` looks there first, then for the
+device's recent tasks carrying the key's tags (a crash before the manifest), and the
 provider job id is that manifest's ``s3://`` URI, so any process (another Lambda)
 can poll and collect from the id alone.
 
 Local (``braket_local``): :class:`BraketLocalProvider` runs Braket's offline
 LocalSimulator on our own compute, like Aer (a worker, a Lambda, a Batch job): it has no
-queue of its own, so it is a simulator, not a service to submit to.
+queue of its own, so it is a simulator, not a service to submit to. A request of several
+circuits with the same shots runs there as one program set (``ProgramSet``: the
+simulator lists ``braket.ir.openqasm.program_set``); on AWS devices each circuit is still
+its own task.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
 from qlayer.errors import BackendError
@@ -41,7 +48,7 @@ from qlayer.providers.base import (
     ProviderJobStatus,
     SyncProvider,
 )
-from qlayer.providers.braket_tasks import assemble, expand
+from qlayer.providers.braket_tasks import as_program_set, assemble, expand, program_set_runs
 
 if TYPE_CHECKING:
     from qiskit.primitives import PrimitiveResult
@@ -155,6 +162,10 @@ class BraketProvider(AsyncProvider):
         s3_folder: ``(bucket, prefix)`` for task results and manifests (None:
             ``$QLAYER_BRAKET_S3`` as ``s3://bucket/prefix``).
         region: AWS region for the clients (None: the device ARN's, else the default).
+        reservation_arn: A Braket Direct reservation every task joins (a request's
+            ``options["braket"]["reservation_arn"]`` wins); None: on-demand.
+        lookup_window_s: How far back ``find_job`` looks for tasks tagged with a key.
+        lookup_pages: At most this many pages (100 tasks each) of that look-up.
     """
 
     name = "braket"
@@ -166,12 +177,19 @@ class BraketProvider(AsyncProvider):
         s3_client: Any = None,
         s3_folder: tuple[str, str] | None = None,
         region: str | None = None,
+        reservation_arn: str | None = None,
+        lookup_window_s: float = 86400.0,
+        lookup_pages: int = 5,
     ) -> None:
         self._braket = braket_client
         self._s3 = s3_client
         self._s3_folder = s3_folder
         self.region = region
+        self.reservation_arn = reservation_arn
+        self.lookup_window_s = lookup_window_s
+        self.lookup_pages = lookup_pages
         self._manifests: dict[str, dict[str, Any]] = {}
+        self._found_tasks: dict[str, dict[int, str]] = {}  # key -> tasks found by tag
 
     # ------------------------------------------------------------------ clients
 
@@ -252,30 +270,98 @@ class BraketProvider(AsyncProvider):
         except Exception as exc:
             raise classify(exc, f"getting device {backend}") from exc
 
-    def find_job(self, backend: str, idempotency_key: str) -> str | None:
-        """The job already submitted under ``idempotency_key``, or None."""
-        uri = self._manifest_uri(idempotency_key)
+    def _submitted(self, key: str) -> str | None:
+        uri = self._manifest_uri(key)
         return uri if self._read_manifest(uri, missing_ok=True) is not None else None
 
+    def find_job(self, backend: str, idempotency_key: str) -> str | None:
+        """The job already submitted under ``idempotency_key``, or None.
+
+        The manifest first; without one (the submitter died between creating the tasks and
+        writing it), the device's recent tasks tagged ``qlayer-key`` = the key: those are
+        kept for :meth:`submit`, which creates only the missing ones and writes the
+        manifest (it needs the request's recipe), so None is returned.
+        """
+        found = self._submitted(idempotency_key)
+        if found is None and backend != LOCAL:
+            tagged = self._tagged_tasks(backend, idempotency_key)
+            if tagged:
+                self._found_tasks[idempotency_key] = tagged
+        return found
+
+    def _tagged_tasks(self, backend: str, key: str) -> dict[int, str]:
+        """Run index -> task ARN of the device's recent tasks tagged with ``key``."""
+        from datetime import datetime, timedelta
+
+        braket, _ = self._clients(backend)
+        since = datetime.now(UTC) - timedelta(seconds=self.lookup_window_s)
+        filters = [
+            {"name": "deviceArn", "operator": "EQUAL", "values": [device_arn(backend)]},
+            {"name": "createdAt", "operator": "GTE", "values": [since.isoformat()]},
+        ]
+        found: dict[int, str] = {}
+        token = None
+        for _ in range(self.lookup_pages):
+            kwargs: dict[str, Any] = {"filters": filters, "maxResults": 100}
+            if token:
+                kwargs["nextToken"] = token
+            try:
+                page = braket.search_quantum_tasks(**kwargs)
+            except Exception as exc:
+                raise classify(exc, f"looking up tasks tagged {key}") from exc
+            for summary in page.get("quantumTasks", []):
+                tags = summary.get("tags") or {}
+                run = str(tags.get("qlayer-run", ""))
+                if tags.get("qlayer-key") == key[:256] and run.isdigit():
+                    found[int(run)] = summary["quantumTaskArn"]
+            token = page.get("nextToken")
+            if not token:
+                break
+        return found
+
     def submit(self, backend: str, request: ExecuteRequest, *, idempotency_key: str) -> str:
-        found = self.find_job(backend, idempotency_key)
+        found = self._submitted(idempotency_key)
         if found is not None:
             return found
         if backend == LOCAL:
             raise BackendError(f"{LOCAL} runs on our own compute: use BraketLocalProvider.run")
         programs, shots, recipe = braket_programs(request)
-        return self._submit_aws(backend, idempotency_key, programs, shots, recipe)
+        options = dict((request.options or {}).get("braket") or {})
+        return self._submit_aws(
+            backend,
+            idempotency_key,
+            programs,
+            shots,
+            recipe,
+            reservation_arn=options.get("reservation_arn") or self.reservation_arn,
+        )
 
     def _submit_aws(
-        self, backend: str, key: str, programs: list[Any], shots: list[int], recipe: dict[str, Any]
+        self,
+        backend: str,
+        key: str,
+        programs: list[Any],
+        shots: list[int],
+        recipe: dict[str, Any],
+        *,
+        reservation_arn: str | None = None,
     ) -> str:
         from braket.circuits.serialization import IRType
 
         braket, _ = self._clients(backend)
         bucket, prefix = self.s3_folder()
         arn = device_arn(backend)
+        existing = self._found_tasks.pop(key, {})
+        extra: dict[str, Any] = {}
+        if reservation_arn:  # a Braket Direct reservation: the tasks run in its window
+            extra["associations"] = [
+                {"arn": reservation_arn, "type": "RESERVATION_TIME_WINDOW_ARN"}
+            ]
         arns = []
         for index, (program, n) in enumerate(zip(programs, shots, strict=True)):
+            if index in existing:  # created before a crash, found by its tags
+                arns.append(existing[index])
+                continue
             try:
                 response = braket.create_quantum_task(
                     action=program.to_ir(ir_type=IRType.OPENQASM).json(),
@@ -285,6 +371,7 @@ class BraketProvider(AsyncProvider):
                     outputS3KeyPrefix=f"{prefix}/tasks",
                     shots=n,
                     tags={"qlayer-key": key[:256], "qlayer-run": str(index)},
+                    **extra,
                 )
             except Exception as exc:
                 raise classify(exc, f"creating task {index} on {backend}") from exc
@@ -435,9 +522,14 @@ class BraketLocalProvider(SyncProvider):
             self._simulator = LocalSimulator()
         runs = []
         try:
-            for program, n in zip(programs, shots, strict=True):
-                result = self._simulator.run(program, shots=n).result()
-                runs.append((list(result.measured_qubits), result.measurements))
+            program_set = as_program_set(programs, shots, self._simulator.properties.action)
+            if program_set is not None:  # several circuits as one task
+                result = self._simulator.run(program_set, shots=program_set.total_shots).result()
+                runs = program_set_runs(result)
+            else:
+                for program, n in zip(programs, shots, strict=True):
+                    result = self._simulator.run(program, shots=n).result()
+                    runs.append((list(result.measured_qubits), result.measurements))
         except Exception as exc:
             raise ProviderError(
                 f"Amazon Braket LocalSimulator failed: {exc}", retryable=False

@@ -188,3 +188,47 @@ def assemble(recipe: dict[str, Any], runs: list[tuple[list[int], Any]]) -> Primi
             )
         )
     return PrimitiveResult(pub_results, metadata={"version": 2, "provider": "braket"})
+
+
+#: The device action a Braket device lists when it runs program sets.
+PROGRAM_SET_ACTION = "braket.ir.openqasm.program_set"
+
+
+def as_program_set(programs: list[Any], shots: list[int], actions: Any) -> Any | None:
+    """One Braket ``ProgramSet`` for several programs, where the device runs them.
+
+    Args:
+        programs: Braket circuits.
+        shots: Their shots; a program set runs every executable with the same shots.
+        actions: The device's ``properties.action`` (keys: action types or their names).
+
+    Returns:
+        The ``ProgramSet`` (``shots_per_executable`` set), or None: one program, unequal
+        shots, or a device without the program-set action (or past its limits).
+    """
+    if len(programs) < 2 or len(set(shots)) != 1:
+        return None
+    found = None
+    for name, action in dict(actions or {}).items():
+        if str(getattr(name, "value", name)) == PROGRAM_SET_ACTION:
+            found = action
+    if found is None:
+        return None
+    limit = getattr(found, "maximumExecutables", None)
+    total = getattr(found, "maximumTotalShots", None)
+    if (limit is not None and len(programs) > limit) or (
+        total is not None and len(programs) * shots[0] > total
+    ):
+        return None
+    from braket.program_sets import ProgramSet
+
+    return ProgramSet(list(programs), shots_per_executable=shots[0])
+
+
+def program_set_runs(result: Any) -> list[tuple[list[int], Any]]:
+    """(measured qubits, measurements) of each program of a program set's result, in order."""
+    runs = []
+    for entry in result:
+        [executable] = list(entry)  # a circuit without inputs is one executable
+        runs.append((list(executable.measured_qubits), executable.measurements))
+    return runs

@@ -1,4 +1,10 @@
-"""IBM Quantum through qiskit-ibm-runtime: SamplerV2/EstimatorV2 in job, batch or session mode.
+"""IBM Quantum through qiskit-ibm-runtime's client-side Sampler/Estimator, in job, batch or
+session mode.
+
+Primitives (:mod:`qlayer.providers.ibm_primitives`): a request prepared on stage compute
+(``request.prepared``: the executor's ``QuantumProgram``) is sent with ``Executor``; any
+other goes through ``executor_sampler.Sampler`` / ``executor_estimator.Estimator``, which
+prepare it here.
 
 Credentials: the user's saved account (``QiskitRuntimeService.save_account``) or a
 token handed in by a ``token_provider`` (on AWS it reads a Secrets Manager secret
@@ -10,12 +16,16 @@ Idempotency: every job carries the qlayer idempotency key as a job tag
 (``options.environment.job_tags``). Before submitting, ``service.jobs(job_tags=[key])``
 is consulted; a job found there is returned instead of a new one.
 
-Execution modes (``request.options["mode"]`` or the provider default):
+Execution modes (``request.options["mode"]``, set by the stage step from
+``Execute(mode=)``, the workflow's ``qpu_mode`` or the request's shape — see
+``qlayer.steps.qpu_mode`` — else the provider default):
 - ``job``: one runtime job per execute request.
-- ``batch`` / ``session``: jobs of one qlayer job share a runtime Batch/Session. The
-  group is ``request.options["session_group"]`` or the qlayer job id (the key up to
-  its last ``/``). Jobs are also tagged ``qlayer-session:<group>`` so a fresh process
-  (another Lambda) finds the open session and re-attaches with ``Session.from_id``.
+- ``batch`` / ``session``: the requests of one group share a runtime Batch/Session. The
+  group is ``request.options["session_group"]`` (the qlayer job; a fan-out's parent step
+  for its items' batch) or the key up to its last ``/``. Jobs are also tagged
+  ``qlayer-session:<group>`` so a fresh process (another Lambda) finds the open session
+  and re-attaches with ``Session.from_id``, and :meth:`IbmProvider.close_group` closes
+  them from anywhere when the qlayer job ends.
 
 ``max_execution_time`` (seconds of QPU time) comes from ``request.options`` or the
 provider default, and is passed to the primitive's options.
@@ -24,7 +34,6 @@ provider default, and is passed to the primitive's options.
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +45,7 @@ from qlayer.providers.base import (
     ProviderJobState,
     ProviderJobStatus,
 )
+from qlayer.providers.ibm_primitives import primitive_class, run_prepared
 
 if TYPE_CHECKING:
     from qiskit.primitives import PrimitiveResult
@@ -165,7 +175,7 @@ class IbmProvider(AsyncProvider):
         max_execution_time: Default per-job limit in seconds of QPU time (None: the
             service's own limit).
         lookup_limit: How many tagged jobs to fetch when looking a key up.
-        classes: Overrides of ``SamplerV2``, ``EstimatorV2``, ``Session``, ``Batch``
+        classes: Overrides of the sampler and estimator primitive classes, ``Session``, ``Batch``
             (keys ``sampler``, ``estimator``, ``session``, ``batch``), for tests.
     """
 
@@ -189,6 +199,7 @@ class IbmProvider(AsyncProvider):
         self.max_execution_time = max_execution_time
         self.lookup_limit = lookup_limit
         self._classes = dict(classes or {})
+        self._overridden = frozenset(self._classes)
         self._jobs: dict[str, Any] = {}  # jobs this process submitted or fetched
         self._modes: dict[tuple[str, str, str], Any] = {}  # (kind, backend, group) -> Session/Batch
         self._backends: dict[str, Any] = {}
@@ -225,8 +236,8 @@ class IbmProvider(AsyncProvider):
             import qiskit_ibm_runtime as runtime
 
             self._classes[kind] = {
-                "sampler": runtime.SamplerV2,
-                "estimator": runtime.EstimatorV2,
+                "sampler": primitive_class("sampler"),
+                "estimator": primitive_class("estimator"),
                 "session": runtime.Session,
                 "batch": runtime.Batch,
             }[kind]
@@ -310,10 +321,11 @@ class IbmProvider(AsyncProvider):
             )
             options = self._options(request, device, tags, opts)
             kind = "sampler" if request.primitive == "sampler" else "estimator"
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                primitive = self._cls(kind)(mode=mode, options=options)
-            job = primitive.run(request.pubs)
+            if request.prepared is not None and kind not in self._overridden:
+                # Prepared on stage compute: only decoded and sent from here.
+                job = run_prepared(mode, request.prepared, options)
+            else:
+                job = self._cls(kind)(mode=mode, options=options).run(request.pubs)
         except ProviderError:
             raise
         except Exception as exc:
@@ -373,6 +385,39 @@ class IbmProvider(AsyncProvider):
                 except Exception as exc:
                     raise classify(exc, "closing session") from exc
                 del self._modes[cache_key]
+
+    def close_group(self, group: str) -> dict[str, float | None]:
+        """Close every Session/Batch of ``group`` (the qlayer job whose requests held it).
+
+        Works from any process: besides this process's own, the group's sessions are found
+        by the ``qlayer-session:<group>`` tag of their jobs. Closing stops new jobs; the
+        queued ones still run. Returns each closed session's id and its usage (seconds).
+        """
+        modes = {}
+        for cache_key, mode in list(self._modes.items()):
+            if cache_key[2] == group:
+                modes[str(mode.session_id)] = mode
+                del self._modes[cache_key]
+        try:
+            tagged = self.service.jobs(
+                job_tags=[SESSION_TAG + group], limit=self.lookup_limit, descending=True
+            )
+            for job in tagged:
+                session_id = getattr(job, "session_id", None)
+                if session_id and session_id not in modes:
+                    modes[session_id] = self._cls("session").from_id(
+                        session_id, service=self.service
+                    )
+            closed: dict[str, float | None] = {}
+            for session_id, mode in modes.items():
+                mode.close()
+                usage = mode.usage() if hasattr(mode, "usage") else None
+                closed[session_id] = float(usage) if usage is not None else None
+        except ProviderError:
+            raise
+        except Exception as exc:
+            raise classify(exc, f"closing the sessions of {group}") from exc
+        return closed
 
     def _job(self, provider_job_id: str) -> Any:
         job = self._jobs.get(provider_job_id)

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from qlayer.dispatch import RateLimits
     from qlayer.providers.braket import BraketLocalProvider, BraketProvider
     from qlayer.providers.ibm import IbmProvider
+    from qlayer.request import ExecuteRequest
 
 PLUGINS_ENV = "QLAYER_PROVIDERS"
 RATE_LIMITS_ENV = "QLAYER_RATE_LIMITS"
@@ -276,6 +277,23 @@ def provider_name(backend: str) -> str:
     if backend.startswith("braket_") or backend.startswith("arn:aws:braket"):
         return "braket"
     return "aer"
+
+
+def prepare_request(request: ExecuteRequest) -> dict[str, Any] | None:
+    """The provider's client-side preparation of ``request``, done where the stage ran.
+
+    Needs no credentials and no network: IBM's executor program is built from the PUBs
+    and options alone (:func:`qlayer.providers.ibm_primitives.prepare`). None for
+    providers that prepare nothing (and for plugins).
+
+    Raises:
+        ValueError: The PUBs or options cannot be prepared (the stage fails with it).
+    """
+    if plugin_for(request.backend) is not None or provider_name(request.backend) != "ibm":
+        return None
+    from qlayer.providers.ibm_primitives import prepare
+
+    return prepare(request)
 
 
 def provider(backend: str) -> SyncProvider | AsyncProvider:

@@ -308,6 +308,46 @@ def test_an_ibm_device_from_a_batch_stage(box: CloudBox, cloud: Any, ibm: Any) -
     assert run.environment["QLAYER_PROVIDERS_SECRET_ARN"] == box.outputs["ProvidersSecretArn"]
 
 
+def test_a_cancelled_ibm_job_closes_its_session(box: CloudBox, cloud: Any, ibm: Any) -> None:
+    """``mode="session"``: the dispatcher submits into a runtime session of the job's own;
+    cancelling the job cancels the runtime job and closes the session (the cancel path)."""
+    ibm.hold_next()  # the runtime job stays queued until cancelled
+    job = cloud.run(ISA, {"shots": 50, "mode": "session"})
+    key = f"{job.job_id}/1"
+    until("the runtime job", lambda: ibm.store.jobs(tags=[key])[0], timeout=600)
+    [runtime_job] = ibm.store.jobs(tags=[key])[0]
+    assert runtime_job["program_id"] == "executor"
+    session_id = runtime_job["session_id"]
+    assert session_id and ibm.store.session(session_id)["accepting_jobs"]
+    assert job.cancel() is True
+    until(
+        "the session to close",
+        lambda: not ibm.store.session(session_id)["accepting_jobs"],
+        timeout=180,
+    )
+    until(
+        "the job's note of it",
+        lambda: any(e["event"] == "sessions closed" for e in job.timeline()),
+        timeout=60,
+    )
+
+
+def test_a_finished_ibm_session_job_closes_its_session(box: CloudBox, cloud: Any, ibm: Any) -> None:
+    """Finalise has the dispatcher close the session a job held; its billed seconds (the
+    fake bills 2 s per runtime job) reach the job's usage."""
+    job = cloud.run(ISA, {"shots": 50, "mode": "session"})
+    row = finish(box, job, timeout=600)
+    assert row["status"] == "DONE", (row["message"], box.function_log("dispatcher")[-2000:])
+    [runtime_job] = ibm.store.jobs(tags=[f"{job.job_id}/1"])[0]
+    session_id = runtime_job["session_id"]
+    until(
+        "the session to close",
+        lambda: not ibm.store.session(session_id)["accepting_jobs"],
+        timeout=180,
+    )
+    until("its usage", lambda: job.usage()["session_seconds"] == 2.0, timeout=60)
+
+
 def test_braket_local_runs_as_a_simulator(box: CloudBox, cloud: Any) -> None:
     """``braket_local`` is Braket's simulator on our own compute: simulated on Lambda."""
     job = cloud.run(TINY, {"shots": 40}, backend="braket_local")

@@ -309,3 +309,143 @@ def test_registry_routes_braket_names():
         ),
     )
     assert sum(result[0].data.meas.get_counts().values()) == 20
+
+
+def _create_params(key, index, **extra):
+    from botocore.stub import ANY
+
+    return {
+        "action": ANY,
+        "clientToken": hashlib.sha256(f"{key}#{index}".encode()).hexdigest(),
+        "deviceArn": SV1,
+        "outputS3Bucket": "qlayer-results",
+        "outputS3KeyPrefix": "runs/tasks",
+        "shots": 100,
+        "tags": {"qlayer-key": key, "qlayer-run": str(index)},
+        **extra,
+    }
+
+
+def _no_manifest(s3_stub, key):
+    s3_stub.add_client_error(
+        "get_object",
+        "NoSuchKey",
+        http_status_code=404,
+        expected_params={"Bucket": "qlayer-results", "Key": manifest_key(key)},
+    )
+
+
+def _put_manifest(s3_stub, key):
+    from botocore.stub import ANY
+
+    s3_stub.add_response(
+        "put_object",
+        {},
+        {"Bucket": "qlayer-results", "Key": manifest_key(key), "Body": ANY, "ContentType": ANY},
+    )
+
+
+def test_a_reservation_arn_reaches_every_task(aws):
+    """Braket Direct: ``options["braket"]["reservation_arn"]`` goes with each task."""
+    _, _, braket_stub, s3_stub = aws
+    key, reservation = "job-r/1", "arn:aws:braket:us-east-1:123456789012:reservation/abc"
+    _no_manifest(s3_stub, key)
+    association = [{"arn": reservation, "type": "RESERVATION_TIME_WINDOW_ARN"}]
+    braket_stub.add_response(
+        "create_quantum_task",
+        {"quantumTaskArn": TASK},
+        _create_params(key, 0, associations=association),
+    )
+    _put_manifest(s3_stub, key)
+    request = ExecuteRequest(
+        "sampler",
+        [ghz().measure_all(inplace=False)],
+        "braket_sv1",
+        "n",
+        shots=100,
+        options={"braket": {"reservation_arn": reservation}},
+    )
+    provider_on(aws).submit("braket_sv1", request, idempotency_key=key)
+
+
+def test_a_takeover_finds_the_tasks_by_tag_when_the_manifest_is_missing(aws):
+    """The submitter died after CreateQuantumTask and before writing the manifest: the
+    next claim's find_job finds the task by its qlayer-key tag, and submit writes the
+    manifest around it instead of creating another task."""
+    from botocore.stub import ANY
+
+    _, _, braket_stub, s3_stub = aws
+    key = "job-t/1"
+    _no_manifest(s3_stub, key)  # find_job: no manifest...
+    summary = {k: v for k, v in task("QUEUED").items() if k != "deviceParameters"}
+    braket_stub.add_response(  # ...so the device's recent tasks, by tag
+        "search_quantum_tasks",
+        {
+            "quantumTasks": [
+                {**summary, "quantumTaskArn": TASK.replace("1111", "9999"), "tags": {}},
+                {**summary, "tags": {"qlayer-key": key, "qlayer-run": "0"}},
+            ]
+        },
+        {"filters": ANY, "maxResults": 100},
+    )
+    _no_manifest(s3_stub, key)  # submit: still no manifest
+    _put_manifest(s3_stub, key)  # written around the found task; no create_quantum_task
+    provider = provider_on(aws)
+    request = ExecuteRequest(
+        "sampler", [ghz().measure_all(inplace=False)], "braket_sv1", "n", shots=100
+    )
+    assert provider.find_job("braket_sv1", key) is None
+    job_id = provider.submit("braket_sv1", request, idempotency_key=key)
+    assert provider._read_manifest(job_id)["tasks"] == [TASK]  # type: ignore[index]
+
+
+class _Recording:
+    """Braket's LocalSimulator, noting what each ``run`` was given."""
+
+    def __init__(self):
+        from braket.devices import LocalSimulator
+
+        self.simulator = LocalSimulator()
+        self.properties = self.simulator.properties
+        self.runs = []
+
+    def run(self, program, shots):
+        self.runs.append((type(program).__name__, shots))
+        return self.simulator.run(program, shots=shots)
+
+
+def test_several_circuits_run_as_one_program_set_where_the_device_has_them():
+    """A request of three circuits (a PUB with two parameter sets, and a GHZ) with equal
+    shots is one program-set task on the LocalSimulator, and its results come back apart."""
+    theta = Parameter("t")
+    flip = QuantumCircuit(1)
+    flip.rx(theta, 0)
+    flip.measure_all()
+    simulator = _Recording()
+    request = ExecuteRequest(
+        "sampler",
+        [(flip, [[0.0], [3.141592653589793]]), ghz().measure_all(inplace=False)],
+        "braket_local",
+        "n",
+        shots=40,
+    )
+    result = BraketLocalProvider(simulator=simulator).run("braket_local", request)
+    assert simulator.runs == [("ProgramSet", 120)]
+    flips = result[0].data.meas
+    assert flips.shape == (2,) and flips[0].get_counts() == {"0": 40}
+    assert flips[1].get_counts() == {"1": 40}
+    assert set(result[1].data.meas.get_counts()) <= {"000", "111"}
+
+
+def test_unequal_shots_run_circuit_by_circuit():
+    simulator = _Recording()
+    request = ExecuteRequest(
+        "sampler",
+        [(ghz().measure_all(inplace=False), None, 30), ghz(2).measure_all(inplace=False)],
+        "braket_local",
+        "n",
+        shots=20,
+    )
+    result = BraketLocalProvider(simulator=simulator).run("braket_local", request)
+    assert [shots for _, shots in simulator.runs] == [30, 20]
+    assert result[0].data.meas.num_shots == 30 and result[1].data.meas.num_shots == 20

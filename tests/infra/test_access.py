@@ -98,7 +98,18 @@ def test_no_braket_or_batch_action_on_every_resource(statements, name: str) -> N
     for action, resource in _grants(statements[name], "braket:") + _grants(
         statements[name], "batch:"
     ):
+        if (name, action) == ("dispatcher", "braket:SearchQuantumTasks"):
+            continue  # a List action without resource types: "*" is the only resource
         assert resource != '"*"', (name, action)
+
+
+def test_only_the_dispatcher_searches_braket_tasks(statements) -> None:
+    """find_job's fallback (tasks tagged with a key) runs where tasks are created."""
+    for name in ALL:
+        searches = [
+            r for a, r in _grants(statements[name], "braket:") if a == "braket:SearchQuantumTasks"
+        ]
+        assert searches == (['"*"'] if name == "dispatcher" else []), name
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -180,7 +191,8 @@ def test_without_braket_regions_only_the_stack_region(statements) -> None:
     arns = {
         resolve_intrinsics(json.loads(r), lambda lid, attr: lid)
         for name in ALL
-        for _, r in _grants(statements[name], "braket:")
+        for a, r in _grants(statements[name], "braket:")
+        if a != "braket:SearchQuantumTasks"
     }
     assert {arn.split(":")[3] for arn in arns} == {DEFAULT_PSEUDO["AWS::Region"], ""}
     assert {arn for arn in arns if arn.split(":")[3] == ""} == {

@@ -19,8 +19,8 @@ G5_XLARGE_MIB = 16 * 1024
 
 def test_default_resources(stack) -> None:
     """Defaults: stage runner 4 GiB, simulator 10 GiB; r6i.8xlarge is the largest CPU type
-    (32 vCPUs, 256 GiB); g5.xlarge the smallest GPU share (4 vCPUs, 16 GiB); the p4d's
-    A100 has the most GPU memory (40 GiB)."""
+    (32 vCPUs, 256 GiB); g5.xlarge the smallest GPU share (4 vCPUs, 16 GiB); the g5's
+    A10G is the GPU every job of the queue is sure to get (24 GiB, not the p4d's 40)."""
     usable = int(256 * 1024 * 0.95) - 32
     assert stack.compute.resources == Resources(
         stage_memory_mb=4096,
@@ -28,7 +28,7 @@ def test_default_resources(stack) -> None:
         lambda_seconds=900,
         batch_memory_mb=usable,
         batch_vcpus=32,
-        gpu_memory_mb=40 * 1024,
+        gpu_memory_mb=24 * 1024,
         gpu_vcpus=4,
         gpu_job_memory_mb=int(G5_XLARGE_MIB * 0.95) - 32,
     )
@@ -89,7 +89,7 @@ def test_resources_follow_the_properties(tmp_path) -> None:
     r = stack.compute.resources
     assert (r.stage_memory_mb, r.lambda_memory_mb) == (2048, 8192)
     assert (r.batch_vcpus, r.batch_memory_mb) == (128, int(512 * 1024 * 0.95) - 32)
-    assert r.gpu_memory_mb == 80 * 1024  # H100
+    assert r.gpu_memory_mb == 24 * 1024  # the L4 of g6.2xlarge, not the H100's 80
     # One GPU's share: g6.2xlarge 8 vCPUs / 32 GiB; p5.48xlarge 24 vCPUs / 256 GiB.
     assert (r.gpu_vcpus, r.gpu_job_memory_mb) == (8, int(32 * 1024 * 0.95) - 32)
     env = [

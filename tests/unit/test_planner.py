@@ -101,3 +101,29 @@ def test_mps_time_estimate_is_finite_and_the_plan_says_why():
     chosen = plan(IDEAL, load, CLOUD)
     assert chosen.method == "matrix_product_state"
     assert "too many for a statevector" in chosen.reason
+
+
+#: GPU memory per GPU (GiB) of the GPU instance types the stack deploys by default.
+DEPLOYED_GPU_GIB = {"g5.xlarge (A10G)": 24, "p4d.24xlarge (A100)": 40}
+
+
+@pytest.mark.parametrize(
+    ("instance", "qubits", "tier"),
+    [
+        ("g5.xlarge (A10G)", 30, "batch-gpu"),
+        ("g5.xlarge (A10G)", 31, "batch"),
+        ("p4d.24xlarge (A100)", 31, "batch-gpu"),
+        ("p4d.24xlarge (A100)", 32, "batch"),
+    ],
+)
+def test_a_statevector_goes_to_the_gpu_only_where_it_fits(instance, qubits, tier):
+    """31 qubits (~36 GiB with working space) fit an A100 40 GiB, not an A10G 24 GiB."""
+    limits = Resources(gpu_memory_mb=DEPLOYED_GPU_GIB[instance] * 1024)
+    assert plan(STATEVECTOR, summarise([qv(qubits)], None), limits).tier == tier
+
+
+def test_the_default_gpu_limit_is_the_smallest_gpu_of_the_queue():
+    """The default queue mixes g5 (A10G 24 GiB) and p4d (A100 40 GiB): a job may land on
+    either, so a 31-qubit statevector must not be sent to the GPU queue."""
+    assert Resources().gpu_memory_mb == 24 * 1024
+    assert plan(STATEVECTOR, summarise([qv(31)], None), CLOUD).tier == "batch"

@@ -173,3 +173,85 @@ def test_fan_out_and_fan_in(store):
 
     data, _ = load_input(store, following.input_key)
     assert data == [0, 10, 20]
+
+
+@wf.stage()
+def on_ibm(data):
+    return Execute.sampler([bell()], then="count", shots=64, backend="ibm_brisbane")
+
+
+def test_an_ibm_request_is_prepared_where_the_stage_ran(store, monkeypatch):
+    """The client-side primitives' preparation (PUBs -> the executor's QuantumProgram) is
+    done by the stage step, not left to the dispatcher; no account or network is needed."""
+    monkeypatch.setenv("QISKIT_IBM_TOKEN", "not-used")
+    prepare(store, "on_ibm", None, seq=1)
+    decision = run_stage(store, wf, job(), 1, "on_ibm", Resources())
+    assert decision.kind == "execute", decision
+    request = decode_request(store.get_json(decision.request_key))
+    assert request.prepared is not None
+    assert request.prepared["primitive"] == "sampler"
+    assert request.prepared["params"]["quantum_program"]["shots"] == 64
+
+
+@wf.stage()
+def loop_ibm(data):
+    return Execute.sampler([bell()], then="loop_ibm", shots=64, backend="ibm_brisbane")
+
+
+@wf.stage()
+def batch_ibm(data):
+    return Execute.sampler([bell()], then="count", backend="ibm_brisbane", mode="batch")
+
+
+def _qpu_options(store, workflow, info, stage) -> dict:
+    store.put_json(keys.stage_input(info.job_id, 1, stage), {"data": None, "state": None})
+    decision = run_stage(store, workflow, info, 1, stage, Resources())
+    assert decision.kind == "execute", decision
+    options = decode_request(store.get_json(decision.request_key)).options
+    return {k: options[k] for k in ("mode", "session_group")}
+
+
+@pytest.mark.parametrize(
+    ("stage", "info", "expected"),
+    [
+        # One Execute: a job. A loop (the stage hands its result to itself, or runs again):
+        # one session for the job. A fan-out item: one batch with its siblings.
+        ("on_ibm", JobInfo("job-1", {}, "aer"), ("job", "job-1")),
+        ("loop_ibm", JobInfo("job-1", {}, "aer"), ("session", "job-1")),
+        ("on_ibm", JobInfo("job-1", {}, "aer", runs={"on_ibm": 1}), ("session", "job-1")),
+        ("on_ibm", JobInfo("job-1_3_2", {}, "aer", index=2), ("batch", "job-1_3")),
+        ("batch_ibm", JobInfo("job-1", {}, "aer"), ("batch", "job-1")),  # its own mode
+    ],
+)
+def test_the_qpu_mode_of_a_request(store, monkeypatch, stage, info, expected):
+    monkeypatch.setenv("QISKIT_IBM_TOKEN", "not-used")
+    options = _qpu_options(store, wf, info, stage)
+    assert (options["mode"], options["session_group"]) == expected
+
+
+def test_the_workflow_qpu_mode_applies_unless_the_execute_names_one(store, monkeypatch):
+    monkeypatch.setenv("QISKIT_IBM_TOKEN", "not-used")
+    held = Workflow("held", qpu_mode="session")
+    held.stage(name="on_ibm")(on_ibm)
+    held.stage(name="batch_ibm")(batch_ibm)
+    held.stage(name="count")(count)
+    assert _qpu_options(store, held, job(), "on_ibm")["mode"] == "session"
+    assert _qpu_options(store, held, job(), "batch_ibm")["mode"] == "batch"
+
+
+def test_an_unknown_mode_names_the_choices():
+    with pytest.raises(ValueError, match="job, batch, session"):
+        Execute.sampler([bell()], then="count", mode="dedicated")
+    from qlayer.errors import WorkflowError
+
+    with pytest.raises(WorkflowError, match="job, batch, session"):
+        Workflow("bad", qpu_mode="exclusive")
+
+
+def test_provider_options_reach_the_request(store):
+    reservation = "arn:aws:braket:us-east-1:123456789012:reservation/abc"
+    execute = Execute.sampler(
+        [bell()], then="count", options={"braket": {"reservation_arn": reservation}}
+    )
+    assert execute.options == {"braket": {"reservation_arn": reservation}}
+    assert execute.mode is None

@@ -222,7 +222,7 @@ class Service:
             return error(400, "the request body is not JSON")
         program_id = payload.get("program_id")
         backend = payload.get("backend")
-        if program_id not in ("sampler", "estimator"):
+        if program_id not in ("sampler", "estimator", "executor"):
             return error(404, f"program {program_id!r} not found")
         if backend not in self.backends:
             return error(400, f"backend {backend!r} is not available to this instance")
@@ -378,7 +378,10 @@ class Service:
         session = self.store.session(session_id)
         if session is None:
             return error(404, f"session {session_id} not found")
-        return JSONResponse(_session_json(session))
+        jobs, _ = self.store.jobs(session_id=session_id)
+        # The service's session usage; here the QPU seconds of its jobs that have ended.
+        elapsed = sum(job["usage_seconds"] or 0 for job in jobs)
+        return JSONResponse({**_session_json(session), "elapsed_time": elapsed})
 
     def cancel_session(self, request: Request, body: bytes) -> Response:
         if not self.store.close_session(request.path_params["session_id"], cancel_jobs=True):

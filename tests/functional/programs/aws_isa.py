@@ -9,7 +9,7 @@ from qiskit import QuantumCircuit
 
 from qlayer import Done, Execute, Workflow
 
-wf = Workflow("aws_isa", params={"shots": 200}, backend="ibm_brisbane")
+wf = Workflow("aws_isa", params={"shots": 200, "mode": ""}, backend="ibm_brisbane")
 
 
 @wf.stage(compute="batch", timeout_s=600)
@@ -20,7 +20,8 @@ def build(args, ctx):
     qc.measure_all()
     isa = ctx.pass_manager(optimization_level=1).run(qc)
     ctx.log.info("transpiled for %s: %d qubits", ctx.backend, isa.num_qubits)
-    return Execute.sampler([isa], then="count", shots=args["shots"], state=args["shots"])
+    mode = args["mode"] or None  # "": decided by qlayer (one request: a job)
+    return Execute.sampler([isa], then="count", shots=args["shots"], state=args["shots"], mode=mode)
 
 
 @wf.stage()
