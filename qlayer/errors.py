@@ -71,3 +71,7 @@ class ConfigError(QlayerError):
 
 class DaemonError(QlayerError):
     """The local daemon could not be started or reached."""
+
+
+class StateBusy(QlayerError):
+    """The local state database stayed locked by another process past its busy timeout."""

@@ -40,7 +40,8 @@ from qlayer.local.jobstore import SqliteJobStore
 from qlayer.local.paths import Home
 from qlayer.local.pool import Assignment, WorkerHandle, WorkerPool
 from qlayer.local.remote import RemoteDispatcher
-from qlayer.local.state import transaction
+from qlayer.local.scheduler import FanOutFeeder, Scheduler
+from qlayer.local.state import insert_step, transaction
 from qlayer.planner import Resources
 from qlayer.status import JobStatus
 from qlayer.steps import note
@@ -55,6 +56,8 @@ IDLE_POLL_S = 0.25
 
 class LocalOrchestrator(Orchestrator):
     """How the engine stops a job's work here: its workers, device jobs and QPU jobs."""
+
+    loads_job_inputs = False  # the daemon starts a child from its row, not its input.json
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
@@ -95,6 +98,8 @@ class Daemon:
         self.remote = RemoteDispatcher(
             self.conn, home.db, self.jobs, self.store, self.on_decision, clock=time.time
         )
+        self.scheduler = Scheduler(self.conn)
+        self.feeder = FanOutFeeder(self.conn, self.ports, self._guarded)
         self.stopping = False
         self.wake_socket: socket.socket | None = None
         #: Parents whose last child just ended: their fan-in runs after that child's
@@ -146,6 +151,7 @@ class Daemon:
 
     def tick(self) -> None:
         self.handle_cancels()
+        self.feeder.feed()
         self.assign()
         self.remote.pump()
         workers = list(self.pool)
@@ -181,6 +187,8 @@ class Daemon:
         remote = self.remote.next_timeout(now)
         if remote is not None:
             deadlines.append(remote)
+        if self.feeder.pending():
+            deadlines.append(0.0)
         return max(0.0, min([IDLE_POLL_S, *deadlines]))
 
     def _drain_wake_socket(self) -> None:
@@ -205,6 +213,7 @@ class Daemon:
                     row["job_id"], Event(row["seq"], row["stage"], "recovered after restart")
                 )
         self.devices.recover()
+        self.feeder.recover()
         for row in self.conn.execute(
             "SELECT job_id FROM steps WHERE kind = 'fanin' AND state = 'waiting'"
         ).fetchall():
@@ -249,14 +258,12 @@ class Daemon:
                     self.devices.submit(row["job_id"], row["seq"], decision)
 
     def assign_next(self, worker: WorkerHandle) -> bool:
-        step = self.conn.execute(
-            "SELECT * FROM steps WHERE kind = 'stage' AND state = 'pending' ORDER BY step_id "
-            "LIMIT 1"
-        ).fetchone()
+        step = self.scheduler.next_stage()  # fair between trees
         device = self.devices.next_job()
         if step is None and device is None:
             return False
         if step is not None and (device is None or step["created_at"] <= device["submitted_at"]):
+            self.scheduler.served(step)
             self._guarded(step["job_id"], lambda: self.start_stage(worker, step))
         else:
             assert device is not None
@@ -405,7 +412,7 @@ class Daemon:
 
     def _fan_out(self, job_id: str, decision: Decision) -> None:
         self._insert_step(job_id, decision, "fanin", "fan-in", "waiting")
-        transitions.start_children(self.ports, job_id, decision)
+        self.feeder.start(job_id, decision)  # the first batch; the rest in later ticks
 
     def _done(self, job_id: str, decision: Decision) -> None:
         parent = transitions.finish(self.ports, job_id, decision.seq).fan_in
@@ -435,18 +442,15 @@ class Daemon:
     def _insert_step(
         self, job_id: str, decision: Decision, kind: str, stage: str | None, step_state: str
     ) -> None:
-        self.conn.execute(
-            "INSERT INTO steps (job_id, seq, kind, stage, state, detail, created_at) "
-            "VALUES (?,?,?,?,?,?,?)",
-            (
-                job_id,
-                decision.seq,
-                kind,
-                stage,
-                step_state,
-                json.dumps(decision.to_json()),
-                time.time(),
-            ),
+        insert_step(
+            self.conn,
+            job_id,
+            decision.seq,
+            kind,
+            stage,
+            step_state,
+            decision.to_json(),
+            time.time(),
         )
 
     def _done_step(self, step_id: int | None) -> None:
