@@ -208,7 +208,15 @@ _ADDED_COLUMNS = (
 
 
 def _migrate(conn: sqlite3.Connection, *, backfill_runs: bool) -> None:
-    """Bring a state database written by an older qlayer up to this schema, in place."""
+    """Bring a state database written by an older qlayer up to this schema, in place.
+
+    Takes the write lock only when there is something to change: every client opens
+    the database, and must not wait for the daemon's transactions to do so.
+    """
+    if not backfill_runs and all(
+        column in _columns(conn, table) for table, column, _ in _ADDED_COLUMNS
+    ):
+        return
     with transaction(conn):
         for table, column, definition in _ADDED_COLUMNS:
             if column not in _columns(conn, table):
@@ -252,11 +260,17 @@ def is_busy(exc: BaseException) -> bool:
     )
 
 
-def busy_error(exc: BaseException) -> StateBusy:
+def busy_error(exc: BaseException, conn: sqlite3.Connection | None = None) -> StateBusy:
     """The clear error that replaces SQLite's ``database is locked``."""
+    waited_ms = BUSY_TIMEOUT_MS
+    if conn is not None:
+        try:
+            waited_ms = int(conn.execute("PRAGMA busy_timeout").fetchone()[0])
+        except sqlite3.Error:
+            pass
     return StateBusy(
         f"the qlayer state database stayed locked by another process for "
-        f"{BUSY_TIMEOUT_MS // 1000} s ({exc}); nothing was changed. Try again; if it "
+        f"{waited_ms / 1000:g} s ({exc}); nothing was changed. Try again; if it "
         "persists, 'qlayer down' and 'qlayer up' restart the daemon."
     )
 
@@ -272,7 +286,7 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         conn.execute("BEGIN IMMEDIATE")
     except sqlite3.OperationalError as exc:
         if is_busy(exc):
-            raise busy_error(exc) from exc
+            raise busy_error(exc, conn) from exc
         raise
     try:
         yield conn
@@ -280,7 +294,7 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         if is_busy(exc):
-            raise busy_error(exc) from exc
+            raise busy_error(exc, conn) from exc
         raise
     conn.execute("COMMIT")
 
