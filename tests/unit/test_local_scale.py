@@ -135,7 +135,7 @@ def test_a_locked_state_database_is_a_clear_error_not_sqlites(tmp_path):
         waiter = state.connect(tmp_path / "qlayer.db")  # opening needs no write lock
         waiter.execute("PRAGMA busy_timeout=50")
         jobs = SqliteJobStore(waiter)
-        with pytest.raises(StateBusy, match="stayed locked by another process for 0.05 s"):
+        with pytest.raises(StateBusy, match=r"stayed locked by another process for 0\.05 s"):
             jobs.create(NewJob("J", program_id="p", workflow="w", arguments={}, backend="aer"))
         assert not waiter.in_transaction
     finally:
