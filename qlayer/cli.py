@@ -7,6 +7,7 @@ Every read command takes ``--json`` for scripts. State lives under ``$QLAYER_HOM
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 import time
 from datetime import datetime
@@ -380,6 +381,40 @@ def jobs(
 
 
 @app.command()
+def prune(
+    job_ids: list[str] = typer.Argument(None, help="Top-level jobs to prune, each with its tree."),
+    older_than: str | None = typer.Option(
+        None, "--older-than", help="Only jobs that ended this long ago: 90m, 12h, 7d, 2w."
+    ),
+    status_filter: list[str] = typer.Option(
+        [], "--status", help="Only jobs that ended so: DONE, ERROR, CANCELLED (repeatable)."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would go; remove nothing."),
+    as_json: bool = JsonOption,
+    home: str | None = HomeOption,
+) -> None:
+    """Remove ended jobs (with their fan-out children) and their files; never running ones.
+
+    Without a filter: the default retention (QLAYER_RETENTION_DAYS, 30 days).
+    """
+    from qlayer.local.retention import parse_age
+
+    _local_only("prune")
+    try:
+        age = parse_age(older_than) if older_than else None
+        report = _client(home).prune(
+            job_ids or None, older_than_s=age, statuses=status_filter or None, dry_run=dry_run
+        )
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    if as_json:
+        _emit_json(report.to_json())
+        return
+    out.print(report.summary())
+
+
+@app.command()
 def files(job_id: str, as_json: bool = JsonOption, home: str | None = HomeOption) -> None:
     """Files and plots the job's stages saved."""
     names = _client(home).job(job_id).files()
@@ -509,6 +544,13 @@ def main() -> None:
         app()
     except QlayerError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(1)
+    except sqlite3.OperationalError as exc:  # one the state module did not turn into ours
+        err.print(
+            f"[red]error:[/red] the qlayer state database could not be used: {exc}. "
+            "Try again; if it persists, 'qlayer down' and 'qlayer up'.",
+            highlight=False,
+        )
         sys.exit(1)
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from qlayer.core.ports import JobRecord
 from qlayer.job import BaseJob
@@ -14,6 +14,9 @@ from qlayer.local.paths import Home
 from qlayer.store.local import FolderStore
 from qlayer.submit import prepare_job
 from qlayer.workflow import Workflow
+
+if TYPE_CHECKING:
+    from qlayer.local.retention import PruneReport
 
 
 class LocalClient:
@@ -95,6 +98,36 @@ class LocalClient:
             LocalJob(self, record.job_id, record)
             for record in self.jobstore.list_jobs(limit=limit, status=status)
         ]
+
+    def prune(
+        self,
+        job_ids: Iterable[str] | None = None,
+        *,
+        older_than_s: float | None = None,
+        statuses: Iterable[str] | None = None,
+        dry_run: bool = False,
+    ) -> PruneReport:
+        """Remove ended job trees (a top-level job with all its children) and their files.
+
+        With no filter, the default retention applies (``QLAYER_RETENTION_DAYS``, 30 days).
+        Running jobs are never pruned. See :mod:`qlayer.local.retention`.
+
+        Raises:
+            JobNotFound: A named job does not exist.
+            ValueError: A named job is a child or has not ended; a status is not final.
+        """
+        from qlayer.local.retention import prune, retention_days
+
+        if job_ids is None and older_than_s is None and statuses is None:
+            older_than_s = retention_days() * 86400
+        return prune(
+            self._conn,
+            self.home.artifacts,
+            older_than_s=older_than_s,
+            statuses=statuses,
+            job_ids=job_ids,
+            dry_run=dry_run,
+        )
 
     def backends(self) -> list[dict[str, Any]]:
         """Every backend the configuration knows; a QPU service's also says how many of

@@ -40,6 +40,7 @@ from qlayer.local.jobstore import SqliteJobStore
 from qlayer.local.paths import Home
 from qlayer.local.pool import Assignment, WorkerHandle, WorkerPool
 from qlayer.local.remote import RemoteDispatcher
+from qlayer.local.retention import RetentionThread
 from qlayer.local.scheduler import FanOutFeeder, Scheduler
 from qlayer.local.state import insert_step, transaction
 from qlayer.planner import Resources
@@ -135,11 +136,14 @@ class Daemon:
         self.recover()
         self.open_wake_socket()
         self.pool.start()
+        retention = RetentionThread(self.home)
+        retention.start()
         log.info("daemon %d ready with %d workers", os.getpid(), len(self.pool))
         try:
             while not self.stopping:
                 self.tick()
         finally:
+            retention.stop()
             self.remote.shutdown()
             self.pool.shutdown()
             if self.wake_socket is not None:
