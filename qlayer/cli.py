@@ -173,14 +173,16 @@ def run(
     from qlayer.program import bundle, load_path
     from qlayer.workflow import parse_cli_argument
 
-    bundle(program)
-    workflow = load_path(program)
-    arguments = dict(parse_cli_argument(text, workflow) for text in arg)
-    if _TARGET["target"] == "cloud-box":
-        _run_in_cloud_box(program, arguments, backend, timeout, as_json)
-        return
-    client = _client(home)
-    job = client.run(program, arguments, backend=backend)
+    if _TARGET["target"] == "local":  # the daemon checks the program, already warm
+        job = _client(home).run(program, backend=backend, cli_arguments=arg)
+    else:
+        bundle(program)
+        workflow = load_path(program)
+        arguments = dict(parse_cli_argument(text, workflow) for text in arg)
+        if _TARGET["target"] == "cloud-box":
+            _run_in_cloud_box(program, arguments, backend, timeout, as_json)
+            return
+        job = _client(home).run(program, arguments, backend=backend)
     if wait:
         if not as_json:
             err.print(

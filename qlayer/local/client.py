@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qlayer.core.ports import JobRecord
+from qlayer.errors import DaemonError
 from qlayer.job import BaseJob
-from qlayer.local import control, state
+from qlayer.local import admission, control, state
 from qlayer.local.jobstore import SqliteJobStore
 from qlayer.local.paths import Home
+from qlayer.program import bundle, upload
 from qlayer.store.local import FolderStore
-from qlayer.submit import prepare_job
+from qlayer.submit import new_job_id, prepare_job
 from qlayer.workflow import Workflow
 
 if TYPE_CHECKING:
     from qlayer.local.retention import PruneReport
+
+
+#: How long ``run`` waits for the daemon to check a program.
+SUBMIT_TIMEOUT_S = 120.0
 
 
 class LocalClient:
@@ -68,20 +76,82 @@ class LocalClient:
         arguments: Mapping[str, Any] | None = None,
         *,
         backend: str | None = None,
+        cli_arguments: Sequence[str] | None = None,
     ) -> LocalJob:
-        """Submit a program and return at once.
+        """Submit a program and return once it is accepted.
+
+        A program given by its path is not imported here: the daemon checks it in a warm
+        worker (:mod:`qlayer.local.admission`) and this call waits for its answer, so
+        every check still happens before the job exists. Without a daemon and without
+        ``autostart``, or given a Workflow, the checks run here.
 
         Args:
             program: A program file, a folder with ``main.py``, or a Workflow
                 defined in an importable file.
             arguments: Job arguments, checked against the workflow's ``params``.
             backend: Default backend for Execute requests (overrides the workflow's).
+            cli_arguments: ``key=value`` texts typed by the declared params (``--arg``).
 
         Raises:
             ProgramError: The program is missing, does not parse, or defines no Workflow.
             ArgumentError: The arguments do not match the declared parameters.
             BackendError: The backend name is unknown.
+            DaemonError: The daemon did not answer within :data:`SUBMIT_TIMEOUT_S`.
         """
+        if isinstance(program, Workflow) or (
+            not self.autostart and control.daemon_pid(self.home) is None
+        ):
+            return self._run_here(program, arguments, backend, cli_arguments)
+        program_id = upload(self.store, bundle(Path(program)))  # parses; imports nothing
+        job_id = new_job_id()
+        self.ensure_daemon()
+        admission.submit(
+            self._conn,
+            job_id,
+            program_id,
+            arguments or {},
+            cli_arguments=list(cli_arguments or []),
+            backend=backend,
+        )
+        control.poke(self.home)
+        self._await_admission(job_id)
+        return LocalJob(self, job_id)
+
+    def _await_admission(self, job_id: str) -> None:
+        started = time.monotonic()
+        pause, nudged = 0.0005, started
+        while (row := admission.answer(self._conn, job_id)) is None:
+            now = time.monotonic()
+            if now - started > SUBMIT_TIMEOUT_S:
+                admission.forget(self._conn, job_id)
+                raise DaemonError(
+                    f"the qlayer daemon did not check the program within {SUBMIT_TIMEOUT_S:.0f}"
+                    f" s; nothing was submitted. Its log: {self.home.daemon_log}"
+                )
+            if now - nudged > 1.0:  # a daemon that died meanwhile is restarted
+                self.ensure_daemon()
+                control.poke(self.home)
+                nudged = now
+            time.sleep(pause)
+            pause = min(pause * 2, 0.01)
+        admission.forget(self._conn, job_id)
+        if row["state"] != "accepted":
+            raise admission.refusal(row)
+
+    def _run_here(
+        self,
+        program: str | os.PathLike[str] | Workflow,
+        arguments: Mapping[str, Any] | None,
+        backend: str | None,
+        cli_arguments: Sequence[str] | None,
+    ) -> LocalJob:
+        if cli_arguments:
+            from qlayer.program import load_path
+            from qlayer.workflow import parse_cli_argument
+
+            loaded = program if isinstance(program, Workflow) else load_path(Path(program))
+            arguments = dict(arguments or {})
+            arguments.update(parse_cli_argument(text, loaded) for text in cli_arguments)
         job = prepare_job(self.store, program, arguments, backend=backend)
         self.jobstore.create(job.record())
         self.ensure_daemon()

@@ -35,6 +35,7 @@ from qlayer.core import transitions
 from qlayer.core.ports import Event, JobRecord, Orchestrator, Ports
 from qlayer.interpreter import Decision
 from qlayer.local import state
+from qlayer.local.admission import Admission
 from qlayer.local.devices import DeviceQueue
 from qlayer.local.jobstore import SqliteJobStore
 from qlayer.local.paths import Home
@@ -99,6 +100,9 @@ class Daemon:
         self.remote = RemoteDispatcher(
             self.conn, home.db, self.jobs, self.store, self.on_decision, clock=time.time
         )
+        self.admission = Admission(
+            self.conn, self.jobs, home, self.resources.local_memory_mb, lock_fd
+        )
         self.scheduler = Scheduler(self.conn)
         self.feeder = FanOutFeeder(self.conn, self.ports, self._guarded)
         self.stopping = False
@@ -136,6 +140,7 @@ class Daemon:
         self.recover()
         self.open_wake_socket()
         self.pool.start()
+        self.admission.start()
         retention = RetentionThread(self.home)
         retention.start()
         log.info("daemon %d ready with %d workers", os.getpid(), len(self.pool))
@@ -144,6 +149,7 @@ class Daemon:
                 self.tick()
         finally:
             retention.stop()
+            self.admission.shutdown()
             self.remote.shutdown()
             self.pool.shutdown()
             if self.wake_socket is not None:
@@ -155,12 +161,13 @@ class Daemon:
 
     def tick(self) -> None:
         self.handle_cancels()
+        self.admission.pump()
         self.feeder.feed()
         self.assign()
         self.remote.pump()
         workers = list(self.pool)
         waitables: list[Any] = [w.conn for w in workers] + [w.process.sentinel for w in workers]
-        waitables.append(self.remote.wake_r)
+        waitables += [self.remote.wake_r, *self.admission.waitables()]
         if self.wake_socket is not None:
             waitables.append(self.wake_socket)
         ready = wait(waitables, timeout=self.next_timeout())
@@ -169,6 +176,7 @@ class Daemon:
         if self.remote.wake_r in ready:
             self.remote.drain_wake()
         self.remote.collect()
+        self.admission.collect(ready)
         for worker in workers:
             if worker not in self.pool:
                 continue  # replaced meanwhile (a cancel or a failure stopped its job)

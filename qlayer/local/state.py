@@ -104,6 +104,23 @@ CREATE TABLE IF NOT EXISTS device_jobs (
 CREATE INDEX IF NOT EXISTS device_jobs_status ON device_jobs (status, submitted_at);
 """
 
+SUBMISSIONS_SCHEMA = """
+-- Submissions waiting for the daemon's checks (qlayer.local.admission): a row lives
+-- while its client waits for the answer (accepted: the job exists; refused: why).
+CREATE TABLE IF NOT EXISTS submissions (
+    job_id TEXT PRIMARY KEY,
+    program_id TEXT NOT NULL,
+    arguments TEXT NOT NULL,     -- admission.encode_arguments
+    cli_arguments TEXT,          -- JSON list of key=value texts, typed by the params
+    backend TEXT,
+    state TEXT NOT NULL,         -- pending | accepted | refused
+    error_type TEXT,
+    message TEXT,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS submissions_state ON submissions (state, created_at);
+"""
+
 LEDGER_SCHEMA = """
 -- The remote providers' ledger (qlayer.local.ledger.SqliteLedger, the port of
 -- qlayer.dispatch.Ledger): one row per execute request sent to a QPU service, keyed
@@ -134,7 +151,7 @@ CREATE INDEX IF NOT EXISTS provider_ledger_state ON provider_ledger (state);
 CREATE INDEX IF NOT EXISTS provider_ledger_job ON provider_ledger (job_id);
 """
 
-SCHEMA += LEDGER_SCHEMA
+SCHEMA += LEDGER_SCHEMA + SUBMISSIONS_SCHEMA
 
 
 #: How long a connection waits for another's write transaction before it gives up.
