@@ -49,6 +49,7 @@ types: $(VENV)/.installed-dev
 ## bench: the local-layer benchmarks (figures go to docs/benchmarks.md)
 bench: $(VENV)/.installed-dev
 	$(PY) bench/local_overhead.py
+	$(PY) bench/scale.py
 
 ## synth: synthesise the CDK app (no Docker, no AWS account needed)
 synth: $(VENV)/.installed-dev

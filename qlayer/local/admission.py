@@ -25,17 +25,19 @@ import json
 import logging
 import sqlite3
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qlayer import codec, errors
 from qlayer.core.ports import NewJob
 from qlayer.interpreter import Decision
 from qlayer.local.jobstore import SqliteJobStore
 from qlayer.local.paths import Home
-from qlayer.local.pool import Assignment, WorkerHandle, WorkerPool
 from qlayer.local.state import transaction
 from qlayer.program import ProgramCache
 from qlayer.store.base import ArtifactStore
+
+if TYPE_CHECKING:  # the daemon's half only: clients do not import the worker machinery
+    from qlayer.local.pool import WorkerHandle
 
 log = logging.getLogger("qlayer.daemon")
 
@@ -166,6 +168,8 @@ class Admission:
         local_memory_mb: int,
         lock_fd: int | None,
     ) -> None:
+        from qlayer.local.pool import WorkerPool
+
         self.conn = conn
         self.jobs = jobs
         self.pool = WorkerPool(home, 1, local_memory_mb, lock_fd)
@@ -181,6 +185,8 @@ class Admission:
 
     def pump(self) -> None:
         """Hand the oldest pending submission to the admission worker if it is free."""
+        from qlayer.local.pool import Assignment
+
         for worker in self.pool.idle():
             row = self.conn.execute(
                 "SELECT * FROM submissions WHERE state = 'pending' ORDER BY created_at LIMIT 1"
