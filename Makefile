@@ -66,6 +66,7 @@ types: $(VENV)/.installed-dev
 ## bench: the local-layer benchmarks (figures go to docs/benchmarks.md)
 bench: $(VENV)/.installed-dev
 	$(PY) bench/local_overhead.py
+	$(PY) bench/scale.py
 
 ## screenshots: the dashboard's browser test, writing its screenshots to docs/screenshots
 screenshots: $(VENV)/.installed-dev

@@ -199,17 +199,26 @@ def run(
     from qlayer.cliargs import parse_cli_argument, read_arguments_file
     from qlayer.program import bundle, load_path
 
-    bundle(program)
-    workflow = load_path(program)
     arguments = read_arguments_file(arg_file) if arg_file is not None else {}
-    arguments.update(parse_cli_argument(text, workflow) for text in arg)
-    if _TARGET["target"] == "cloud-box":
-        _run_in_cloud_box(program, arguments, backend, timeout, as_json)
-        return
-    client = _client(home)
-    job = client.run(
-        program, arguments, backend=backend, notify=notify or None, max_cost_usd=max_cost_usd
-    )
+    if _TARGET["target"] == "local":  # the daemon checks the program, already warm
+        job = _client(home).run(
+            program,
+            arguments,
+            backend=backend,
+            cli_arguments=[_absolute_file_argument(text) for text in arg],
+            notify=notify or None,
+            max_cost_usd=max_cost_usd,
+        )
+    else:
+        bundle(program)
+        workflow = load_path(program)
+        arguments.update(parse_cli_argument(text, workflow) for text in arg)
+        if _TARGET["target"] == "cloud-box":
+            _run_in_cloud_box(program, arguments, backend, timeout, as_json)
+            return
+        job = _client(home).run(
+            program, arguments, backend=backend, notify=notify or None, max_cost_usd=max_cost_usd
+        )
     if wait:
         if not as_json:
             err.print(
@@ -230,6 +239,14 @@ def run(
             f"  qlayer result {job.job_id} --wait\n"
             f"  qlayer logs {job.job_id}"
         )
+
+
+def _absolute_file_argument(text: str) -> str:
+    """``key=@file`` with the file's absolute path: the daemon reads it, from elsewhere."""
+    key, sep, value = text.partition("=")
+    if sep and value.startswith("@") and Path(value[1:]).expanduser().is_file():
+        return f"{key}=@{Path(value[1:]).expanduser().resolve()}"
+    return text
 
 
 def _run_in_cloud_box(
@@ -425,6 +442,40 @@ def jobs(
 
 
 @app.command()
+def prune(
+    job_ids: list[str] = typer.Argument(None, help="Top-level jobs to prune, each with its tree."),
+    older_than: str | None = typer.Option(
+        None, "--older-than", help="Only jobs that ended this long ago: 90m, 12h, 7d, 2w."
+    ),
+    status_filter: list[str] = typer.Option(
+        [], "--status", help="Only jobs that ended so: DONE, ERROR, CANCELLED (repeatable)."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would go; remove nothing."),
+    as_json: bool = JsonOption,
+    home: str | None = HomeOption,
+) -> None:
+    """Remove ended jobs (with their fan-out children) and their files; never running ones.
+
+    Without a filter: the default retention (QLAYER_RETENTION_DAYS, 30 days).
+    """
+    from qlayer.local.retention import parse_age
+
+    _local_only("prune")
+    try:
+        age = parse_age(older_than) if older_than else None
+        report = _client(home).prune(
+            job_ids or None, older_than_s=age, statuses=status_filter or None, dry_run=dry_run
+        )
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    if as_json:
+        _emit_json(report.to_json())
+        return
+    out.print(report.summary())
+
+
+@app.command()
 def files(job_id: str, as_json: bool = JsonOption, home: str | None = HomeOption) -> None:
     """Files and plots the job's stages saved."""
     names = _client(home).job(job_id).files()
@@ -571,6 +622,13 @@ def main() -> None:
         app()
     except QlayerError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(1)
+    except sqlite3.OperationalError as exc:  # one the state module did not turn into ours
+        err.print(
+            f"[red]error:[/red] the qlayer state database could not be used: {exc}. "
+            "Try again; if it persists, 'qlayer down' and 'qlayer up'.",
+            highlight=False,
+        )
         sys.exit(1)
     except sqlite3.DatabaseError as exc:  # met after the database opened (a damaged page)
         from qlayer.local.doctor import describe

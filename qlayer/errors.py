@@ -82,3 +82,7 @@ class FileNameError(QlayerError, ValueError):
 
 class StateError(QlayerError):
     """The local state database is corrupt, or cannot be written (``qlayer doctor``)."""
+
+
+class StateBusy(QlayerError):
+    """The local state database stayed locked by another process past its busy timeout."""

@@ -20,6 +20,7 @@ machine to it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -41,6 +42,15 @@ ROUTES: dict[str, tuple[str, str]] = {
 
 #: Step Functions Map runs inline up to this many items, Distributed Map past it.
 INLINE_MAP_LIMIT = 40
+
+#: The most items one FanOut may have (``QLAYER_MAX_FANOUT`` changes it).
+MAX_FANOUT = 100_000
+
+
+def max_fanout() -> int:
+    """The largest fan-out accepted: ``QLAYER_MAX_FANOUT`` or :data:`MAX_FANOUT`."""
+    value = os.environ.get("QLAYER_MAX_FANOUT")
+    return int(value) if value else MAX_FANOUT
 
 
 @dataclass
@@ -132,6 +142,16 @@ def route(workflow: Workflow, stage: str, returned: Any) -> Route:
             return Route("error", message=problem)
         if len(returned.items) == 0:
             return Route("next", stage=returned.then, payload=[], state=returned.state)
+        limit = max_fanout()
+        if len(returned.items) > limit:
+            return Route(
+                "error",
+                message=(
+                    f"FanOut of {len(returned.items)} items from stage {stage!r} is over the "
+                    f"maximum fan-out size of {limit} (QLAYER_MAX_FANOUT). Give each child a "
+                    "chunk of items (FanOut over chunks), or raise QLAYER_MAX_FANOUT."
+                ),
+            )
         return Route(
             "fanout",
             stage=returned.stage,

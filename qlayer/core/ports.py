@@ -295,7 +295,15 @@ def _nothing() -> Iterator[None]:
 
 
 class Orchestrator(ABC):
-    """What runs a job's steps: the local daemon's workers, or a Step Functions execution."""
+    """What runs a job's steps: the local daemon's workers, or a Step Functions execution.
+
+    Attributes:
+        loads_job_inputs: Whether this substrate starts a job from its ``input.json``
+            (AWS's "Load job" does; the local daemon reads the job's row), so a fan-out's
+            children need one each.
+    """
+
+    loads_job_inputs: bool = True
 
     @abstractmethod
     def stop(self, job: JobRecord) -> None:

@@ -99,44 +99,69 @@ def advance(
     return decision
 
 
-def start_children(ports: Ports, parent_id: str, decision: Decision) -> list[str]:
+def start_children(
+    ports: Ports,
+    parent_id: str,
+    decision: Decision,
+    *,
+    start: int = 0,
+    stop: int | None = None,
+    items: list[Any] | None = None,
+) -> list[str]:
     """The fan-out transition: one child job per item, each starting at ``decision.stage``.
 
     The items are already encoded (by the stage that returned ``FanOut``) and are copied
     into each child's first input as they are, never decoded here. Each child also gets
-    its ``input.json``, so a substrate that loads jobs from it (AWS) can start it.
+    its ``input.json`` where the substrate loads jobs from it (AWS:
+    :attr:`~qlayer.core.ports.Orchestrator.loads_job_inputs`).
+
+    A substrate may create the children in batches, each call one transaction: items
+    ``start`` to ``stop`` (default: all). The call with ``start == 0`` records the
+    fan-out itself (its size, the parent's stage and its ``fanned out`` event); children
+    must be created in item order, so those created are always a prefix.
+
+    Args:
+        start: The first item to create a child for.
+        stop: One past the last (default: every item).
+        items: The items, when the caller holds them already (else read from
+            ``decision.items_key``).
 
     Returns:
-        The children's ids, in item order.
+        The ids of the children this call created, in item order.
     """
     assert decision.kind == "fanout" and decision.items_key and decision.stage
     store, jobs = ports.store, ports.jobs
-    items = store.get_json(decision.items_key)["items"]
+    if items is None:
+        items = store.get_json(decision.items_key)["items"]
+    stop = len(items) if stop is None else min(stop, len(items))
     parent = jobs.get(parent_id)
+    with_inputs = ports.orchestrator.loads_job_inputs
     with jobs.atomic():
-        jobs.set_fan_out(parent_id, decision.seq, len(items))
+        if start == 0:
+            jobs.set_fan_out(parent_id, decision.seq, len(items))
         ids = []
-        for index, item in enumerate(items):
+        for index in range(start, stop):
             child = child_job_id(parent_id, decision.seq, index)
             ids.append(child)
             input_key = keys.stage_input(child, 0, decision.stage)
-            store.put_json(input_key, {"data": item, "state": None})
+            store.put_json(input_key, {"data": items[index], "state": None})
             first = Decision(
                 "next", seq=0, stage=decision.stage, input_key=input_key, compute=decision.compute
             )
-            store.put_json(
-                keys.job_input(child),
-                {
-                    "program_id": parent.program_id,
-                    "workflow": parent.workflow,
-                    "arguments": parent.arguments,
-                    "backend": parent.backend,
-                    "first": first.to_json(),
-                    "prepared": True,
-                    "parent_id": parent_id,
-                    "item_index": index,
-                },
-            )
+            if with_inputs:
+                store.put_json(
+                    keys.job_input(child),
+                    {
+                        "program_id": parent.program_id,
+                        "workflow": parent.workflow,
+                        "arguments": parent.arguments,
+                        "backend": parent.backend,
+                        "first": first.to_json(),
+                        "prepared": True,
+                        "parent_id": parent_id,
+                        "item_index": index,
+                    },
+                )
             jobs.create(
                 NewJob(
                     child,
@@ -149,13 +174,14 @@ def start_children(ports: Ports, parent_id: str, decision: Decision) -> list[str
                     item_index=index,
                 )
             )
-        jobs.update(
-            parent_id,
-            status=JobStatus.RUNNING,
-            stage=f"{decision.stage} ×{len(ids)}",
-            seq=decision.seq,
-            event=Event(decision.seq, decision.stage, "fanned out", {"children": len(ids)}),
-        )
+        if start == 0:
+            jobs.update(
+                parent_id,
+                status=JobStatus.RUNNING,
+                stage=f"{decision.stage} ×{len(items)}",
+                seq=decision.seq,
+                event=Event(decision.seq, decision.stage, "fanned out", {"children": len(items)}),
+            )
     return ids
 
 

@@ -3,25 +3,36 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
-from typing import Any
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from qlayer import keys
 from qlayer.core.ports import Event, JobRecord
+from qlayer.errors import DaemonError
 from qlayer.job import BaseJob
-from qlayer.local import control, state
+from qlayer.local import admission, control, state
 from qlayer.local.jobstore import SqliteJobStore
 from qlayer.local.paths import Home
 from qlayer.notify import check_targets
 from qlayer.planner import Resources, check_local_stages
+from qlayer.program import bundle, upload
 from qlayer.store.local import FolderStore
-from qlayer.submit import prepare_job
+from qlayer.submit import new_job_id, prepare_job
 from qlayer.workflow import Workflow
 
 DAEMON_DOWN = (
     "the qlayer daemon is not running, so this job is not advancing; start it with "
     "`qlayer up` and the job goes on from where it stopped"
 )
+
+if TYPE_CHECKING:
+    from qlayer.local.retention import PruneReport
+
+
+#: How long ``run`` waits for the daemon to check a program.
+SUBMIT_TIMEOUT_S = 120.0
 
 
 class LocalClient:
@@ -82,8 +93,14 @@ class LocalClient:
         backend: str | None = None,
         notify: Sequence[str] | str | None = None,
         max_cost_usd: float | None = None,
+        cli_arguments: Sequence[str] | None = None,
     ) -> LocalJob:
-        """Submit a program and return at once.
+        """Submit a program and return once it is accepted.
+
+        A program given by its path is not imported here: the daemon checks it in a warm
+        worker (:mod:`qlayer.local.admission`) and this call waits for its answer, so
+        every check still happens before the job exists. Without a daemon and without
+        ``autostart``, or given a Workflow, the checks run here.
 
         Args:
             program: A program file, a folder with ``main.py``, or a Workflow
@@ -94,6 +111,7 @@ class LocalClient:
                 ``"desktop"``; see :mod:`qlayer.notify`), besides the workflow's.
             max_cost_usd: A budget for the job (the smaller of it and the workflow's
                 applies): an execute that would pass it ends the job in ERROR.
+            cli_arguments: ``key=value`` texts typed by the declared params (``--arg``).
 
         Raises:
             ProgramError: The program is missing, does not parse, or defines no Workflow.
@@ -101,18 +119,76 @@ class LocalClient:
             BackendError: The backend name is unknown.
             WorkflowError: A stage declares more memory than this machine has (vCPUs
                 or GPUs beyond it are a warning in the job's status and timeline).
+            DaemonError: The daemon did not answer within :data:`SUBMIT_TIMEOUT_S`.
         """
         targets = check_targets(notify)  # before anything is written
+        options = {"notify": targets, "max_cost_usd": max_cost_usd}
+        if isinstance(program, Workflow) or (
+            not self.autostart and control.daemon_pid(self.home) is None
+        ):
+            return self._run_here(program, arguments, backend, cli_arguments, options)
+        program_id = upload(self.store, bundle(Path(program)))  # parses; imports nothing
+        job_id = new_job_id()
+        self.ensure_daemon()
+        admission.submit(
+            self._conn,
+            job_id,
+            program_id,
+            arguments or {},
+            cli_arguments=list(cli_arguments or []),
+            backend=backend,
+            options=options,
+        )
+        control.poke(self.home)
+        self._await_admission(job_id)
+        return LocalJob(self, job_id)
+
+    def _await_admission(self, job_id: str) -> None:
+        started = time.monotonic()
+        pause, nudged = 0.0005, started
+        while (row := admission.answer(self._conn, job_id)) is None:
+            now = time.monotonic()
+            if now - started > SUBMIT_TIMEOUT_S:
+                admission.forget(self._conn, job_id)
+                raise DaemonError(
+                    f"the qlayer daemon did not check the program within {SUBMIT_TIMEOUT_S:.0f}"
+                    f" s; nothing was submitted. Its log: {self.home.daemon_log}"
+                )
+            if now - nudged > 1.0:  # a daemon that died meanwhile is restarted
+                self.ensure_daemon()
+                control.poke(self.home)
+                nudged = now
+            time.sleep(pause)
+            pause = min(pause * 2, 0.01)
+        admission.forget(self._conn, job_id)
+        if row["state"] != "accepted":
+            raise admission.refusal(row)
+
+    def _run_here(
+        self,
+        program: str | os.PathLike[str] | Workflow,
+        arguments: Mapping[str, Any] | None,
+        backend: str | None,
+        cli_arguments: Sequence[str] | None,
+        options: Mapping[str, Any],
+    ) -> LocalJob:
+        if cli_arguments:
+            from qlayer.program import load_path
+            from qlayer.workflow import parse_cli_argument
+
+            loaded = program if isinstance(program, Workflow) else load_path(Path(program))
+            arguments = dict(arguments or {})
+            arguments.update(parse_cli_argument(text, loaded) for text in cli_arguments)
         job = prepare_job(
             self.store,
             program,
             arguments,
             backend=backend,
             check=lambda workflow: check_local_stages(workflow, self.machine()),
-            max_cost_usd=max_cost_usd,
+            max_cost_usd=options.get("max_cost_usd"),
         )
         try:
-            self.jobstore.create(job.record(targets))
+            self.jobstore.create(job.record(options.get("notify") or ()))
         except BaseException:
             self.store.remove_tree(keys.job_prefix(job.job_id))  # a failed submit leaves nothing
             raise
@@ -134,6 +210,36 @@ class LocalClient:
             LocalJob(self, record.job_id, record)
             for record in self.jobstore.list_jobs(limit=limit, status=status)
         ]
+
+    def prune(
+        self,
+        job_ids: Iterable[str] | None = None,
+        *,
+        older_than_s: float | None = None,
+        statuses: Iterable[str] | None = None,
+        dry_run: bool = False,
+    ) -> PruneReport:
+        """Remove ended job trees (a top-level job with all its children) and their files.
+
+        With no filter, the default retention applies (``QLAYER_RETENTION_DAYS``, 30 days).
+        Running jobs are never pruned. See :mod:`qlayer.local.retention`.
+
+        Raises:
+            JobNotFound: A named job does not exist.
+            ValueError: A named job is a child or has not ended; a status is not final.
+        """
+        from qlayer.local.retention import prune, retention_days
+
+        if job_ids is None and older_than_s is None and statuses is None:
+            older_than_s = retention_days() * 86400
+        return prune(
+            self._conn,
+            self.home.artifacts,
+            older_than_s=older_than_s,
+            statuses=statuses,
+            job_ids=job_ids,
+            dry_run=dry_run,
+        )
 
     def backends(self) -> list[dict[str, Any]]:
         """Every backend the configuration knows; a QPU service's also says how many of

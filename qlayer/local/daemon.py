@@ -35,6 +35,7 @@ from qlayer.core import transitions
 from qlayer.core.ports import Event, JobRecord, Orchestrator, Ports
 from qlayer.interpreter import Decision
 from qlayer.local import faults, procs, state
+from qlayer.local.admission import Admission
 from qlayer.local.devices import DeviceQueue
 from qlayer.local.health import Health, StorageFault
 from qlayer.local.jobstore import SqliteJobStore
@@ -42,7 +43,9 @@ from qlayer.local.notifier import Notifier
 from qlayer.local.paths import Home
 from qlayer.local.pool import Assignment, WorkerHandle, WorkerPool
 from qlayer.local.remote import RemoteDispatcher
-from qlayer.local.state import transaction
+from qlayer.local.retention import RetentionThread
+from qlayer.local.scheduler import FanOutFeeder, Scheduler
+from qlayer.local.state import insert_step, transaction
 from qlayer.planner import Resources
 from qlayer.status import JobStatus
 from qlayer.steps import note
@@ -55,6 +58,8 @@ IDLE_POLL_S = 0.25
 
 class LocalOrchestrator(Orchestrator):
     """How the engine stops a job's work here: its workers, device jobs and QPU jobs."""
+
+    loads_job_inputs = False  # the daemon starts a child from its row, not its input.json
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
@@ -96,6 +101,11 @@ class Daemon:
             self.conn, home.db, self.jobs, self.store, self.on_decision, clock=time.time
         )
         self.health = Health(home, self.store, self.conn)
+        self.admission = Admission(
+            self.conn, self.jobs, home, self.resources.local_memory_mb, lock_fd
+        )
+        self.scheduler = Scheduler(self.conn)
+        self.feeder = FanOutFeeder(self.conn, self.ports, self._guarded)
         self.stopping = False
         self.wake_socket: socket.socket | None = None
         #: Parents whose last child just ended: their fan-in runs after that child's
@@ -137,12 +147,17 @@ class Daemon:
         self.pool.start()
         notifier = Notifier(self.home)
         notifier.start()
+        self.admission.start()
+        retention = RetentionThread(self.home)
+        retention.start()
         log.info("daemon %d ready with %d workers", os.getpid(), len(self.pool))
         try:
             while not self.stopping:
                 self.tick()
         finally:
             notifier.stop()
+            retention.stop()
+            self.admission.shutdown()
             self.remote.shutdown()
             self.pool.shutdown()
             if self.wake_socket is not None:
@@ -156,11 +171,13 @@ class Daemon:
         paused = self.health.paused and not self.resumed()
         self.handle_cancels()
         if not paused:
+            self.admission.pump()
+            self.feeder.feed()
             self.assign()
             self.remote.pump()
         workers = list(self.pool)
         waitables: list[Any] = [w.conn for w in workers] + [w.process.sentinel for w in workers]
-        waitables.append(self.remote.wake_r)
+        waitables += [self.remote.wake_r, *self.admission.waitables()]
         if self.wake_socket is not None:
             waitables.append(self.wake_socket)
         ready = wait(waitables, timeout=self.next_timeout())
@@ -170,6 +187,7 @@ class Daemon:
             self.remote.drain_wake()
         if not self.health.paused:  # provider outcomes wait in their queue meanwhile
             self.remote.collect()
+        self.admission.collect(ready)
         for worker in workers:
             if worker not in self.pool:
                 continue  # replaced meanwhile (a cancel or a failure stopped its job)
@@ -205,6 +223,8 @@ class Daemon:
         remote = self.remote.next_timeout(now)
         if remote is not None:
             deadlines.append(remote)
+        if self.feeder.pending():
+            deadlines.append(0.0)
         return max(0.0, min([IDLE_POLL_S, *deadlines]))
 
     def _drain_wake_socket(self) -> None:
@@ -229,6 +249,7 @@ class Daemon:
                     row["job_id"], Event(row["seq"], row["stage"], "recovered after restart")
                 )
         self.devices.recover()
+        self.feeder.recover()
         for row in self.conn.execute(
             "SELECT job_id FROM steps WHERE kind = 'fanin' AND state = 'waiting'"
         ).fetchall():
@@ -279,14 +300,12 @@ class Daemon:
                 self.devices.submit(row["job_id"], row["seq"], decision)
 
     def assign_next(self, worker: WorkerHandle) -> bool:
-        step = self.conn.execute(
-            "SELECT * FROM steps WHERE kind = 'stage' AND state = 'pending' ORDER BY step_id "
-            "LIMIT 1"
-        ).fetchone()
+        step = self.scheduler.next_stage()  # fair between trees
         device = self.devices.next_job()
         if step is None and device is None:
             return False
         if step is not None and (device is None or step["created_at"] <= device["submitted_at"]):
+            self.scheduler.served(step)
             self._guarded(step["job_id"], lambda: self.start_stage(worker, step))
         else:
             assert device is not None
@@ -438,7 +457,7 @@ class Daemon:
 
     def _fan_out(self, job_id: str, decision: Decision) -> None:
         self._insert_step(job_id, decision, "fanin", "fan-in", "waiting")
-        transitions.start_children(self.ports, job_id, decision)
+        self.feeder.start(job_id, decision)  # the first batch; the rest in later ticks
 
     def _done(self, job_id: str, decision: Decision) -> None:
         parent = transitions.finish(self.ports, job_id, decision.seq).fan_in
@@ -468,18 +487,15 @@ class Daemon:
     def _insert_step(
         self, job_id: str, decision: Decision, kind: str, stage: str | None, step_state: str
     ) -> None:
-        self.conn.execute(
-            "INSERT INTO steps (job_id, seq, kind, stage, state, detail, created_at) "
-            "VALUES (?,?,?,?,?,?,?)",
-            (
-                job_id,
-                decision.seq,
-                kind,
-                stage,
-                step_state,
-                json.dumps(decision.to_json()),
-                time.time(),
-            ),
+        insert_step(
+            self.conn,
+            job_id,
+            decision.seq,
+            kind,
+            stage,
+            step_state,
+            decision.to_json(),
+            time.time(),
         )
 
     def _done_step(self, step_id: int | None) -> None:

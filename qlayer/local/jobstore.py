@@ -19,7 +19,7 @@ from typing import Any
 
 from qlayer.core.ports import KEEP, Event, JobRecord, JobStore, NewJob
 from qlayer.errors import JobNotFound
-from qlayer.local.state import joined, transaction
+from qlayer.local.state import insert_step, joined, transaction
 from qlayer.status import JobStatus
 
 _FINAL_SQL = "('DONE','ERROR','CANCELLED')"
@@ -72,7 +72,8 @@ class SqliteJobStore(JobStore):
             inserted = conn.execute(
                 "INSERT INTO jobs (job_id, parent_id, item_index, program_id, workflow, arguments,"
                 " backend, status, stage, seq, message, error_type, created_at, updated_at,"
-                " finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                " finished_at, root_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,"
+                " COALESCE((SELECT COALESCE(root_id, job_id) FROM jobs WHERE job_id = ?), ?))"
                 " ON CONFLICT(job_id) DO NOTHING",
                 (
                     job.job_id,
@@ -90,6 +91,8 @@ class SqliteJobStore(JobStore):
                     now,
                     now,
                     now if job.status.is_final else None,
+                    job.parent_id,
+                    job.job_id,
                 ),
             ).rowcount
             if not inserted:
@@ -101,11 +104,7 @@ class SqliteJobStore(JobStore):
                 )
             if job.first is not None and not job.status.is_final:
                 detail = {"input_key": job.first.input_key, "compute": job.first.compute}
-                conn.execute(
-                    "INSERT INTO steps (job_id, seq, kind, stage, state, detail, created_at)"
-                    " VALUES (?,?,?,?,?,?,?)",
-                    (job.job_id, 0, "stage", job.stage, "pending", json.dumps(detail), now),
-                )
+                insert_step(conn, job.job_id, 0, "stage", job.stage, "pending", detail, now)
             submitted = {"backend": job.backend} if job.backend else None
             self._event(job.job_id, Event(0, job.stage, "submitted", submitted), at=now)
             if job.status == JobStatus.ERROR:

@@ -11,11 +11,14 @@ flag; both commit in short transactions (WAL mode).
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from qlayer.errors import StateBusy
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -38,7 +41,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     children_total INTEGER NOT NULL DEFAULT 0,
     children_done INTEGER NOT NULL DEFAULT 0,
-    fanout_seq INTEGER NOT NULL DEFAULT 0
+    fanout_seq INTEGER NOT NULL DEFAULT 0,
+    root_id TEXT                 -- the top-level job of its tree (itself, for one)
 );
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
 CREATE INDEX IF NOT EXISTS jobs_parent ON jobs (parent_id);
@@ -59,6 +63,7 @@ CREATE TABLE IF NOT EXISTS steps (
     detail TEXT,                 -- the decision that created the step (JSON)
     created_at REAL NOT NULL,
     started_at REAL,
+    root_id TEXT,                -- jobs.root_id of its job: the scheduler's fairness unit
     UNIQUE (job_id, seq)
 );
 CREATE INDEX IF NOT EXISTS steps_state ON steps (state, step_id);
@@ -126,6 +131,24 @@ CREATE INDEX IF NOT EXISTS notifications_due ON notifications (state, next_at);
 CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, at REAL NOT NULL, room BLOB);
 """
 
+SUBMISSIONS_SCHEMA = """
+-- Submissions waiting for the daemon's checks (qlayer.local.admission): a row lives
+-- while its client waits for the answer (accepted: the job exists; refused: why).
+CREATE TABLE IF NOT EXISTS submissions (
+    job_id TEXT PRIMARY KEY,
+    program_id TEXT NOT NULL,
+    arguments TEXT NOT NULL,     -- admission.encode_arguments
+    cli_arguments TEXT,          -- JSON list of key=value texts, typed by the params
+    backend TEXT,
+    options TEXT,                -- JSON: the run's notify targets, max_cost_usd
+    state TEXT NOT NULL,         -- pending | accepted | refused
+    error_type TEXT,
+    message TEXT,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS submissions_state ON submissions (state, created_at);
+"""
+
 LEDGER_SCHEMA = """
 -- The remote providers' ledger (qlayer.local.ledger.SqliteLedger, the port of
 -- qlayer.dispatch.Ledger): one row per execute request sent to a QPU service, keyed
@@ -156,18 +179,29 @@ CREATE INDEX IF NOT EXISTS provider_ledger_state ON provider_ledger (state);
 CREATE INDEX IF NOT EXISTS provider_ledger_job ON provider_ledger (job_id);
 """
 
-SCHEMA += LEDGER_SCHEMA
+SCHEMA += LEDGER_SCHEMA + SUBMISSIONS_SCHEMA
+
+
+#: How long a connection waits for another's write transaction before it gives up.
+BUSY_TIMEOUT_MS = 30_000
 
 
 def connect(path: Path) -> sqlite3.Connection:
     """Open the state database (creating it) in WAL mode with a busy timeout.
 
     Raises:
+        StateBusy: Another process held the write lock past the busy timeout.
         StateError: The file is corrupt (the message says how to recover) or cannot be
             written.
     """
     try:
         return _connect(path)
+    except sqlite3.OperationalError as exc:
+        if is_busy(exc):
+            raise busy_error(exc) from exc
+        from qlayer.local.doctor import describe
+
+        raise describe(exc, path) from exc
     except sqlite3.DatabaseError as exc:
         from qlayer.local.doctor import describe
 
@@ -175,21 +209,36 @@ def connect(path: Path) -> sqlite3.Connection:
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(
+        str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+    )
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    # The indexes of a home with a long history do not fit SQLite's default 2 MiB cache.
+    conn.execute("PRAGMA cache_size=-65536")
     had_runs = _has_table(conn, "runs")
     had_jobs = _has_table(conn, "jobs")
     conn.executescript(SCHEMA)
     if had_jobs:
         _migrate(conn, backfill_runs=not had_runs)
     # Indexes on columns a migration may have just added.
-    conn.execute(
-        "CREATE INDEX IF NOT EXISTS provider_ledger_slot ON provider_ledger (backend, slot)"
-    )
+    conn.executescript(_LATE_INDEXES)
     return conn
+
+
+#: Indexes on columns a migration may have just added.
+_LATE_INDEXES = """
+CREATE INDEX IF NOT EXISTS provider_ledger_slot ON provider_ledger (backend, slot);
+-- the fair scheduler: the next root with pending work, then that root's oldest step
+CREATE INDEX IF NOT EXISTS steps_fair ON steps (state, kind, root_id, step_id);
+-- pending executes, oldest first, without scanning the pending stage steps
+CREATE INDEX IF NOT EXISTS steps_kind ON steps (state, kind, step_id);
+-- a tree at once (prune, retention); top-level jobs newest first (qlayer jobs)
+CREATE INDEX IF NOT EXISTS jobs_root ON jobs (root_id);
+CREATE INDEX IF NOT EXISTS jobs_top ON jobs (created_at) WHERE parent_id IS NULL;
+"""
 
 
 def _has_table(conn: sqlite3.Connection, name: str) -> bool:
@@ -207,6 +256,9 @@ _ADDED_COLUMNS = (
     ("jobs", "fanout_seq", "INTEGER NOT NULL DEFAULT 0"),
     ("steps", "deaths", "TEXT NOT NULL DEFAULT '[]'"),
     ("device_jobs", "deaths", "INTEGER NOT NULL DEFAULT 0"),
+    ("jobs", "root_id", "TEXT"),
+    ("steps", "root_id", "TEXT"),
+    ("submissions", "options", "TEXT"),
     ("provider_ledger", "token", "TEXT"),
     ("provider_ledger", "outcome", "TEXT"),
     ("provider_ledger", "slot", "INTEGER NOT NULL DEFAULT 0"),
@@ -216,7 +268,15 @@ _ADDED_COLUMNS = (
 
 
 def _migrate(conn: sqlite3.Connection, *, backfill_runs: bool) -> None:
-    """Bring a state database written by an older qlayer up to this schema, in place."""
+    """Bring a state database written by an older qlayer up to this schema, in place.
+
+    Takes the write lock only when there is something to change: every client opens
+    the database, and must not wait for the daemon's transactions to do so.
+    """
+    if not backfill_runs and all(
+        column in _columns(conn, table) for table, column, _ in _ADDED_COLUMNS
+    ):
+        return
     with transaction(conn):
         for table, column, definition in _ADDED_COLUMNS:
             if column not in _columns(conn, table):
@@ -226,6 +286,18 @@ def _migrate(conn: sqlite3.Connection, *, backfill_runs: bool) -> None:
                         "UPDATE jobs SET fanout_seq = COALESCE((SELECT MAX(seq) FROM steps"
                         " WHERE steps.job_id = jobs.job_id AND kind = 'fanin'), 0)"
                         " WHERE children_total > 0"
+                    )
+                if (table, column) == ("jobs", "root_id"):
+                    conn.execute(
+                        "WITH RECURSIVE tree(id, root) AS (SELECT job_id, job_id FROM jobs"
+                        " WHERE parent_id IS NULL UNION ALL SELECT jobs.job_id, tree.root FROM"
+                        " jobs JOIN tree ON jobs.parent_id = tree.id)"
+                        " UPDATE jobs SET root_id = (SELECT root FROM tree WHERE id = job_id)"
+                    )
+                if (table, column) == ("steps", "root_id"):
+                    conn.execute(
+                        "UPDATE steps SET root_id = (SELECT COALESCE(jobs.root_id, jobs.job_id)"
+                        " FROM jobs WHERE jobs.job_id = steps.job_id)"
                     )
                 if (table, column) == ("jobs", "provider_job_ids") and "provider_job_id" in (
                     _columns(conn, "jobs")
@@ -241,15 +313,48 @@ def _migrate(conn: sqlite3.Connection, *, backfill_runs: bool) -> None:
             )
 
 
+def is_busy(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLite giving up on a lock another connection held too long."""
+    return isinstance(exc, sqlite3.OperationalError) and (
+        "locked" in str(exc) or "busy" in str(exc)
+    )
+
+
+def busy_error(exc: BaseException, conn: sqlite3.Connection | None = None) -> StateBusy:
+    """The clear error that replaces SQLite's ``database is locked``."""
+    waited_ms = BUSY_TIMEOUT_MS
+    if conn is not None:
+        try:
+            waited_ms = int(conn.execute("PRAGMA busy_timeout").fetchone()[0])
+        except sqlite3.Error:
+            pass
+    return StateBusy(
+        f"the qlayer state database stayed locked by another process for "
+        f"{waited_ms / 1000:g} s ({exc}); nothing was changed. Try again; if it "
+        "persists, 'qlayer down' and 'qlayer up' restart the daemon."
+    )
+
+
 @contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back on any error."""
-    conn.execute("BEGIN IMMEDIATE")
+    """``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back on any error.
+
+    Raises:
+        StateBusy: Another connection held the write lock past the busy timeout.
+    """
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if is_busy(exc):
+            raise busy_error(exc, conn) from exc
+        raise
     try:
         yield conn
-    except BaseException:
+    except BaseException as exc:
         if conn.in_transaction:  # SQLite may have rolled back already (a full disk)
             conn.execute("ROLLBACK")
+        if is_busy(exc):
+            raise busy_error(exc, conn) from exc
         raise
     try:
         conn.execute("COMMIT")
@@ -257,6 +362,24 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def insert_step(
+    conn: sqlite3.Connection,
+    job_id: str,
+    seq: int,
+    kind: str,
+    stage: str | None,
+    step_state: str,
+    detail: Any,
+    now: float,
+) -> None:
+    """Queue a step of ``job_id`` (its tree's root copied from ``jobs``, for fairness)."""
+    conn.execute(
+        "INSERT INTO steps (job_id, seq, kind, stage, state, detail, created_at, root_id)"
+        " VALUES (?,?,?,?,?,?,?,(SELECT COALESCE(root_id, job_id) FROM jobs WHERE job_id = ?))",
+        (job_id, seq, kind, stage, step_state, json.dumps(detail), now, job_id),
+    )
 
 
 @contextmanager

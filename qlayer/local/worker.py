@@ -190,6 +190,10 @@ def _handle(
                 },
             }
         return _run_alone(store, backend, message, request_raw, request)
+    if message["op"] == "validate":  # a submission's checks (qlayer.local.admission)
+        from qlayer.local.admission import check
+
+        return check(message, store, programs)
     if message["op"] == "ping":
         return {"ok": True, "pid": os.getpid()}
     raise ValueError(f"unknown op {message['op']!r}")

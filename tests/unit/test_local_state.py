@@ -95,3 +95,29 @@ def test_a_worker_answers_for_riders_whose_run_was_recorded(tmp_path):
         "dev-1": "in-1",
         "dev-2": "in-2",
     }
+
+
+def test_an_old_home_gets_its_trees_roots(tmp_path):
+    """Fairness and retention work by tree (``root_id``): an old home's jobs and queued
+    steps get theirs when it is opened, children through their parents."""
+    db = tmp_path / "qlayer.db"
+    old = sqlite3.connect(db)
+    old.executescript(OLD_SCHEMA)
+    for job_id, parent in (("r", None), ("r_1_0", "r"), ("r_1_0_2_0", "r_1_0"), ("s", None)):
+        old.execute(
+            "INSERT INTO jobs (job_id, parent_id, program_id, workflow, arguments, backend,"
+            " status, created_at, updated_at) VALUES (?, ?, 'p', 'w', '{}', 'aer', 'QUEUED', 1, 1)",
+            (job_id, parent),
+        )
+        old.execute(
+            "INSERT INTO steps (job_id, seq, kind, stage, state, created_at)"
+            " VALUES (?, 0, 'stage', 'a', 'pending', 1)",
+            (job_id,),
+        )
+    old.commit()
+    old.close()
+    conn = state.connect(db)
+    roots = dict(conn.execute("SELECT job_id, root_id FROM jobs").fetchall())
+    assert roots == {"r": "r", "r_1_0": "r", "r_1_0_2_0": "r", "s": "s"}
+    steps = dict(conn.execute("SELECT job_id, root_id FROM steps").fetchall())
+    assert steps == roots
