@@ -163,25 +163,18 @@ def test_an_argument_file_holds_json_and_typed_encodings(tmp_path):
 def test_the_cli_run_command_reads_arg_file_and_file_arguments(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from qlayer import cli
+    from qlayer import cli, keys
+    from qlayer.steps import load_input
 
     buffer = io.BytesIO()
     qpy.dump(bell(), buffer)
     (tmp_path / "bell.qpy").write_bytes(buffer.getvalue())
     np.save(tmp_path / "w.npy", np.ones(4))
     (tmp_path / "args.json").write_text(json.dumps({"extra": [1, 2]}))
-    seen = {}
-
     from qlayer.local.client import LocalClient
 
-    class RecordingClient(LocalClient):
-        """The real local client (no daemon started), noting what the CLI passed it."""
-
-        def run(self, program, arguments=None, **options):
-            seen.update(arguments or {})
-            return super().run(program, arguments, **options)
-
-    client = RecordingClient(tmp_path / "home", autostart=False)
+    # The real local client, with no daemon: the job is recorded, QUEUED, not run.
+    client = LocalClient(tmp_path / "home", autostart=False)
     monkeypatch.setattr(cli, "_client", lambda home: client)
     runner = CliRunner()
     result = runner.invoke(
@@ -198,10 +191,12 @@ def test_the_cli_run_command_reads_arg_file_and_file_arguments(tmp_path, monkeyp
         ],
     )
     assert result.exit_code == 0, result.output
-    assert seen["circuit"] == bell() and seen["weights"].tolist() == [1, 1, 1, 1]
-    assert seen["extra"] == [1, 2]
     [job] = client.jobs()
     assert job.status().value == "QUEUED"
+    first = job.timeline()[0]
+    seen, _state = load_input(client.store, keys.stage_input(job.job_id, 0, first["stage"]))
+    assert seen["circuit"] == bell() and seen["weights"].tolist() == [1, 1, 1, 1]
+    assert seen["extra"] == [1, 2]
 
 
 def test_a_numpy_argument_to_a_workflow_without_params_names_it():
