@@ -291,7 +291,7 @@ def _materialise_execute(
         return Decision.failed(seq, stage, kind, f"stage {stage!r} asked to execute: {exc}")
     request = ExecuteRequest.from_execute(execute, backend)
     request.options = {**(request.options or {}), "method": chosen.method}
-    if info.kind == "qpu":
+    if info.kind == "qpu" and info.provider != "aer":  # simulated devices hold no sessions
         from qlayer.providers.registry import prepare_request
 
         request.options.update(qpu_mode(workflow, job, stage, execute))
@@ -337,6 +337,10 @@ def qpu_mode(workflow: Workflow, job: JobInfo, stage: str, execute: Execute) -> 
             execute.then == stage or job.runs.get(stage, 0) > 0 or job.runs.get(execute.then, 0) > 0
         )
         mode = "batch" if fan_out_item else "session" if looping else "job"
+    if mode == "job":
+        # No group: requests of different jobs stay alike, so they may still share one
+        # provider job (coalescing compares options).
+        return {"mode": "job"}
     group = options.get("session_group")
     if group is None:
         # One batch for the items of a fan-out: child ids are <parent>_<seq>_<index>.

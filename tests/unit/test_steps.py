@@ -208,7 +208,7 @@ def _qpu_options(store, workflow, info, stage) -> dict:
     decision = run_stage(store, workflow, info, 1, stage, Resources())
     assert decision.kind == "execute", decision
     options = decode_request(store.get_json(decision.request_key)).options
-    return {k: options[k] for k in ("mode", "session_group")}
+    return {k: options.get(k) for k in ("mode", "session_group")}
 
 
 @pytest.mark.parametrize(
@@ -216,7 +216,7 @@ def _qpu_options(store, workflow, info, stage) -> dict:
     [
         # One Execute: a job. A loop (the stage hands its result to itself, or runs again):
         # one session for the job. A fan-out item: one batch with its siblings.
-        ("on_ibm", JobInfo("job-1", {}, "aer"), ("job", "job-1")),
+        ("on_ibm", JobInfo("job-1", {}, "aer"), ("job", None)),  # a job needs no group
         ("loop_ibm", JobInfo("job-1", {}, "aer"), ("session", "job-1")),
         ("on_ibm", JobInfo("job-1", {}, "aer", runs={"on_ibm": 1}), ("session", "job-1")),
         ("on_ibm", JobInfo("job-1_3_2", {}, "aer", index=2), ("batch", "job-1_3")),
