@@ -33,16 +33,54 @@ log = logging.getLogger("qlayer.aws")
 POLL_BUDGET_S = 240.0
 
 
+#: While requests wait for a slot, one invocation keeps the provider busy this long
+#: (following the in-flight ones and submitting the next as each ends) instead of one
+#: wave of submissions per scheduled run; it stops as soon as nothing waits.
+BACKLOG_S = 50.0
+#: The pause between two rounds of that loop.
+BACKLOG_PAUSE_S = 1.0
+IN_FLIGHT_STATES = ("SUBMITTED", "QUEUED", "RUNNING")
+
+
 def poller(event: Mapping[str, Any], svc: Services) -> dict[str, Any]:
-    """One pass over the open QPU requests; what it did, counted."""
+    """One pass over the open QPU requests, then rounds over the in-flight ones while a
+    backlog waits (:data:`BACKLOG_S`); what it did, counted."""
+    ledger = ledger_of(svc)
+    counts = {"done": 0, "failed": 0, "waiting": 0, "submitted": 0, "errors": 0, "left": 0}
+    started = time.monotonic()
+    backends = _follow(svc, ledger, ledger.entries_in(OPEN_STATES), counts, started)
+    _drain(svc, backends, counts)
+    while time.monotonic() - started < min(BACKLOG_S, POLL_BUDGET_S):
+        waiting = {entry.backend for entry in ledger.entries_in(["WAITING"])}
+        if not waiting:
+            break
+        time.sleep(BACKLOG_PAUSE_S)
+        in_flight = ledger.entries_in(list(IN_FLIGHT_STATES))
+        _follow(svc, ledger, in_flight, counts, started, rounds=True)
+        _drain(svc, backends | waiting, counts)
+    return counts
+
+
+def _follow(
+    svc: Services,
+    ledger: Any,
+    entries: list[Any],
+    counts: dict[str, int],
+    started: float,
+    *,
+    rounds: bool = False,
+) -> set[str]:
+    """Follow ``entries``: deliver recorded outcomes and ended jobs, keep waiting ones
+    alive. Returns the backends with open requests.
+
+    Args:
+        rounds: A backlog round after the first pass (its still-open entries were
+            counted there already).
+    """
     from qlayer.providers.base import AsyncProvider, ProviderError
     from qlayer.providers.registry import provider
 
-    ledger = ledger_of(svc)
-    counts = {"done": 0, "failed": 0, "waiting": 0, "submitted": 0, "errors": 0, "left": 0}
     backends: set[str] = set()
-    started = time.monotonic()
-    entries = ledger.entries_in(OPEN_STATES)
     ids = sorted({entry.job_id for entry in entries})
     jobs = dict(zip(ids, svc.jobs.get_many(ids), strict=True))  # batched reads
     for entry in entries:
@@ -73,7 +111,7 @@ def poller(event: Mapping[str, Any], svc: Services) -> dict[str, Any]:
                     got = _cannot_follow(svc, entry, exc)
                 if got is None:
                     _heartbeat(svc, ledger, entry)
-                    counts["waiting"] += 1
+                    counts["waiting"] += 0 if rounds else 1
                     continue
                 decision = got
             if deliver(svc, entry.key, decision):
@@ -81,13 +119,16 @@ def poller(event: Mapping[str, Any], svc: Services) -> dict[str, Any]:
         except Exception:
             log.exception("polling %s failed; it is polled again next time", entry.key)
             counts["errors"] += 1
+    return backends
+
+
+def _drain(svc: Services, backends: set[str], counts: dict[str, int]) -> None:
     for backend in sorted(backends):
         try:
             counts["submitted"] += drain(svc, backend)
         except Exception:
             log.exception("draining %s failed; it is tried again next time", backend)
             counts["errors"] += 1
-    return counts
 
 
 def _heartbeat(svc: Services, ledger: Any, entry: Any) -> None:
