@@ -5,7 +5,7 @@ Run with ``make bench`` or ``.venv/bin/python bench/scale.py``; prints a markdow
 history, ``--repeat 3`` runs each fan-out that many times (the median is shown).
 
 Measures:
-1. a fan-out of N trivial children then one collect stage (``bench/programs/fanout.py``),
+1. a fan-out of N trivial children then one collect stage (``tests/e2e/programs/fanout.py``),
    each N on a fresh home with a warm daemon (2 workers), beside the floor: the same
    stage functions called in one process;
 2. the same 1,000-child job on a home that already holds ``--history`` finished jobs.
@@ -33,7 +33,7 @@ from pathlib import Path
 from qlayer.local.paths import Home
 
 HERE = Path(__file__).parent
-FANOUT = HERE / "programs" / "fanout.py"
+FANOUT = HERE.parent / "tests" / "e2e" / "programs" / "fanout.py"  # the tested one
 QISKIT_TOP = HERE / "programs" / "qiskit_top.py"
 
 

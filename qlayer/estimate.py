@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from qlayer import keys, pricing, usage
+from qlayer import pricing, usage
 from qlayer.job import BaseJob
 
 STAND_IN = "aer"
@@ -102,12 +102,9 @@ def assumptions(backend: str, price: pricing.Price) -> list[str]:
 def _requests(job: BaseJob) -> Sequence[tuple[str, Mapping[str, Any]]]:
     """(issuing stage, request) of every execute of the job and its children."""
     found: list[tuple[str, Mapping[str, Any]]] = []
-    prefix = keys.job_prefix(job.job_id) + "stages/"
     stages = {e["seq"]: e["stage"] for e in job.timeline() if e["event"] == "started"}
-    for key in sorted(job.store.list(prefix)):
-        if key.endswith("-execute/request.json"):
-            seq = int(key[len(prefix) :].split("-", 1)[0])
-            found.append((str(stages.get(seq - 1, "?")), job.store.get_json(key)))
+    for seq, request in sorted(usage.requests_of(job.store, job.job_id).items()):
+        found.append((str(stages.get(seq - 1, "?")), request))
     for child in job.children():
         found.extend(_requests(child))
     return found

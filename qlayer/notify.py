@@ -22,11 +22,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import shutil
-import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -123,6 +119,9 @@ def send(target: str, message: Mapping[str, Any], token: str) -> None:
         OSError: The webhook could not be reached or did not answer 2xx (the caller
             retries later); the message says which.
     """
+    import urllib.error
+    import urllib.request  # here, not at import: every Workflow imports this module
+
     if target == DESKTOP:
         _desktop(message)
         return
@@ -149,6 +148,9 @@ def send(target: str, message: Mapping[str, Any], token: str) -> None:
 
 
 def _desktop(message: Mapping[str, Any]) -> None:
+    import shutil
+    import subprocess
+
     title = f"qlayer: {message['workflow'] or 'job'} {message['status']}"
     text = f"{message['job_id']}" + (f": {message['message']}" if message.get("message") else "")
     if sys.platform == "darwin" and shutil.which("osascript"):

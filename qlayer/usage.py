@@ -153,6 +153,14 @@ def add(into: dict[str, Any], other: Mapping[str, Any]) -> dict[str, Any]:
 
 def of_job(jobs: JobStore, store: ArtifactStore, job_id: str) -> dict[str, Any]:
     """Usage of a job and its fan-out children (recursively), read through the ports."""
+    total = from_timeline(jobs.timeline(job_id), requests_of(store, job_id))
+    for child in jobs.children(job_id):
+        add(total, of_job(jobs, store, child.job_id))
+    return total
+
+
+def requests_of(store: ArtifactStore, job_id: str) -> dict[int, dict[str, Any]]:
+    """The job's execute requests (its own, not its children's), by step ``seq``."""
     from qlayer import keys
 
     prefix = keys.job_prefix(job_id) + "stages/"
@@ -160,7 +168,4 @@ def of_job(jobs: JobStore, store: ArtifactStore, job_id: str) -> dict[str, Any]:
     for key in store.list(prefix):
         if key.endswith("-execute/request.json"):
             requests[int(key[len(prefix) :].split("-", 1)[0])] = store.get_json(key)
-    total = from_timeline(jobs.timeline(job_id), requests)
-    for child in jobs.children(job_id):
-        add(total, of_job(jobs, store, child.job_id))
-    return total
+    return requests

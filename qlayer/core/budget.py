@@ -18,18 +18,29 @@ from qlayer.core.ports import JobRecord, Ports
 from qlayer.errors import ArtifactError
 from qlayer.interpreter import Decision
 
+#: job id -> (root id, budget): both are fixed when a job is created, so a warm process
+#: reads them once per job tree, not once per execute request.
+_KNOWN: dict[str, tuple[str, float | None]] = {}
+_KNOWN_MAX = 4096
+
 
 def budget_of(ports: Ports, job: JobRecord) -> tuple[str, float | None]:
     """The job tree's root and its budget in dollars (None: no budget)."""
+    known = _KNOWN.get(job.job_id) or (_KNOWN.get(job.parent_id) if job.parent_id else None)
+    if known is not None:
+        return known
     root = job
     while root.parent_id:
         root = ports.jobs.get(root.parent_id)
     try:
-        raw = ports.store.get_json(keys.job_input(root.job_id))
+        limit = ports.store.get_json(keys.job_input(root.job_id)).get("max_cost_usd")
     except ArtifactError:
-        return root.job_id, None
-    limit = raw.get("max_cost_usd")
-    return root.job_id, float(limit) if limit is not None else None
+        return root.job_id, None  # not remembered: the input may be written later
+    found = root.job_id, float(limit) if limit is not None else None
+    if len(_KNOWN) >= _KNOWN_MAX:
+        _KNOWN.clear()
+    _KNOWN[job.job_id] = _KNOWN[root.job_id] = found
+    return found
 
 
 def refusal(ports: Ports, job: JobRecord, decision: Decision) -> Decision | None:
