@@ -16,6 +16,7 @@ from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
 from qlayer_infra.naming import unique_suffix
+from qlayer_infra.patterns import execution_ended
 
 #: What the provider secret holds when the stack creates it: no provider settings yet.
 #: The user puts e.g. {"ibm_token": "...", "ibm_instance": "crn:..."} in it after deploy.
@@ -143,14 +144,10 @@ class Ops(Construct):
             self,
             "JobEnded",
             description="qlayer: tell the job-events topic that a top-level job ended",
-            event_pattern=events.EventPattern(
-                source=["aws.states"],
-                detail_type=["Step Functions Execution Status Change"],
-                detail={
-                    "status": ["SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"],
-                    "stateMachineArn": [state_machine.state_machine_arn],
-                    "name": events.Match.anything_but_wildcard("*_*"),
-                },
+            event_pattern=execution_ended(
+                state_machine,
+                ["SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"],
+                name=events.Match.anything_but_wildcard("*_*"),  # top-level jobs only
             ),
             targets=[targets.SnsTopic(self.job_events, message=message)],
         )

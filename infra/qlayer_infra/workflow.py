@@ -46,6 +46,7 @@ from constructs import Construct
 from qlayer_infra import retries
 from qlayer_infra.compute import Compute
 from qlayer_infra.naming import unique_suffix
+from qlayer_infra.patterns import execution_ended
 
 #: Step Functions Map runs inline up to this many items, Distributed Map past it
 #: (the same number as qlayer.interpreter.INLINE_MAP_LIMIT; a test holds them equal).
@@ -427,14 +428,7 @@ class JobWorkflow(Construct):
             self,
             "ExecutionEnded",
             description="qlayer: record jobs whose execution failed, timed out or was stopped",
-            event_pattern=events.EventPattern(
-                source=["aws.states"],
-                detail_type=["Step Functions Execution Status Change"],
-                detail={
-                    "status": ["FAILED", "TIMED_OUT", "ABORTED"],
-                    "stateMachineArn": [self.state_machine.state_machine_arn],
-                },
-            ),
+            event_pattern=execution_ended(self.state_machine, ["FAILED", "TIMED_OUT", "ABORTED"]),
             targets=[targets.LambdaFunction(fns["fail_job"], retry_attempts=4)],
         )
 
