@@ -145,9 +145,9 @@ class Daemon:
                 raise
         self.open_wake_socket()
         self.pool.start()
+        self.admission.start()  # forks: before any thread starts, so none holds a lock
         notifier = Notifier(self.home)
         notifier.start()
-        self.admission.start()
         retention = RetentionThread(self.home)
         retention.start()
         log.info("daemon %d ready with %d workers", os.getpid(), len(self.pool))
