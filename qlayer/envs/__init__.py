@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from qlayer import keys
 from qlayer.envs.base import Base, conflicts
 from qlayer.envs.lock import Lock, install_command, load_lock, lock_for, resolve, spec_hash
 from qlayer.envs.requirements import (
@@ -32,6 +33,7 @@ from qlayer.envs.requirements import (
 )
 
 if TYPE_CHECKING:
+    from qlayer.store.base import ArtifactStore
     from qlayer.workflow import Workflow
 
 __all__ = [
@@ -48,6 +50,7 @@ __all__ = [
     "program_requirements",
     "resolve",
     "spec_hash",
+    "stored_program_requirements",
 ]
 
 
@@ -60,3 +63,20 @@ def program_requirements(workflow: Workflow, files: Mapping[str, bytes]) -> tupl
         RequirementError: A file or a requirement is malformed.
     """
     return merge_requirements(workflow.requirements, folder_requirements(files))
+
+
+def stored_program_requirements(
+    store: ArtifactStore, program_id: str, workflow: Workflow
+) -> tuple[str, ...]:
+    """:func:`program_requirements` of a program bundle already uploaded to ``store``
+    (``programs/<id>/``): reads only its ``requirements.txt`` and ``pyproject.toml``."""
+    from qlayer.envs.requirements import PYPROJECT_TOML, REQUIREMENTS_TXT
+
+    prefix = keys.program_prefix(program_id)
+    manifest = store.get_json(prefix + "manifest.json")
+    files = {
+        name: store.get_bytes(prefix + "src/" + name)
+        for name in manifest.get("files") or ()
+        if name in (REQUIREMENTS_TXT, PYPROJECT_TOML)
+    }
+    return program_requirements(workflow, files)

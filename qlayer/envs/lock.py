@@ -35,7 +35,7 @@ from qlayer import keys
 from qlayer.envs.base import Base, conflicts
 from qlayer.envs.requirements import check_requirements
 from qlayer.envs.uv import index_options, run_uv, without_constraints
-from qlayer.errors import RequirementError
+from qlayer.errors import ArtifactError, RequirementError
 from qlayer.store.base import ArtifactStore
 
 __all__ = [
@@ -51,7 +51,7 @@ __all__ = [
 
 LOCK_FORMAT = 1
 #: How long resolving may take (``QLAYER_ENV_RESOLVE_TIMEOUT_S``), in seconds.
-RESOLVE_TIMEOUT_S = 180.0
+RESOLVE_TIMEOUT_S = 90.0  # within the local client's wait for admission (120 s)
 #: Characters of the sha-256 kept in an environment's id.
 HASH_CHARS = 32
 
@@ -242,8 +242,8 @@ def lock_for(
         known = store.get_json(resolution_key)
         try:
             return load_lock(store, str(known["env"]))
-        except (KeyError, TypeError, RequirementError):
-            pass  # torn or from an older format: resolve again
+        except (KeyError, TypeError, RequirementError, ArtifactError):
+            pass  # torn, pruned or from an older format: resolve again
     lock = resolve(checked, base)
     store.put_json(keys.env_lock(lock.hash), lock.to_json())
     store.put_json(resolution_key, {"env": lock.hash, "requirements": list(checked)})
