@@ -146,6 +146,9 @@ def test_the_lock_hash_covers_pins_and_base_only():
     tampered = {**one.to_json(), "install": ["pendulum==9"]}
     with pytest.raises(RequirementError, match="does not match"):
         Lock.from_json(tampered)
+    option = {**one.to_json(), "install": ["--index-url=https://evil.example"], "hash": None}
+    with pytest.raises(RequirementError, match="not a name==version pin"):
+        Lock.from_json(option)
     assert spec_hash(["a", "b"], BASE) == spec_hash(["b", "a"], BASE)
 
 
