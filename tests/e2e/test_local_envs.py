@@ -85,6 +85,19 @@ def collect(days):
     return Done(days)
 """
 
+TABULATE_PLAIN = """
+from qlayer import Done, Workflow
+
+wf = Workflow("tabulated")
+
+
+@wf.stage()
+def start(args):
+    import tabulate
+
+    return Done(tabulate.__version__)
+"""
+
 PLAIN = """
 from qlayer import Done, Workflow
 
@@ -165,6 +178,39 @@ def test_jobs_waiting_for_one_lock_share_one_build_and_children_share_the_env(tm
         assert [p.name for p in client.home.envs.iterdir()] == [env]
     finally:
         clients.close()
+
+
+def test_a_daemon_killed_mid_build_leaves_nothing_half_built_and_builds_again(
+    client, tmp_path, monkeypatch
+):
+    from qlayer.envs import lock_for
+    from qlayer.envs.uv import uv_bin
+
+    prog = program(tmp_path / "p", TABULATE_PLAIN, requirements_txt="tabulate==0.9.0\n")
+    lock = lock_for(client.store, ["tabulate==0.9.0"])  # resolved now: the daemon won't
+    assert lock is not None
+    # The installer, held up before it starts (the outer edge: uv is another program).
+    slow = tmp_path / "slow-uv"
+    slow.write_text(
+        f"#!/bin/sh\necho $$ > {tmp_path / 'uv.pid'}\n"
+        "i=0; while [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done\n"
+        f'exec {uv_bin()} "$@"\n'
+    )
+    slow.chmod(0o700)
+    monkeypatch.setenv("QLAYER_UV", str(slow))
+    job = client.run(prog)
+    helpers.wait_for(lambda: (tmp_path / "uv.pid").exists(), 60, "the build to start")
+    assert client.jobstore.get(job.job_id).status == JobStatus.BUILDING
+    installer = int((tmp_path / "uv.pid").read_text())
+    helpers.kill_daemon(client)  # and its children: the installer dies with it
+    assert not helpers.alive(installer)
+    assert not (client.home.envs / lock.hash).exists()  # nothing half-built in use
+    assert next(p.name for p in client.home.envs.iterdir()).startswith(".building-")
+    monkeypatch.delenv("QLAYER_UV")
+    client.up()
+    assert job.result(timeout=300) == "0.9.0"
+    assert [p.name for p in client.home.envs.iterdir()] == [lock.hash]
+    assert "recovered after restart" not in events(job)  # no stage had started
 
 
 def test_prune_reclaims_environments_no_live_job_uses(client, tmp_path):
