@@ -42,6 +42,7 @@ from qlayer.store.base import ArtifactStore
 __all__ = [
     "LOCK_FORMAT",
     "Lock",
+    "env_id",
     "install_command",
     "load_lock",
     "lock_for",
@@ -129,6 +130,13 @@ class Lock:
                 f"lock {data.get('hash')} does not match its pins (hash {lock.hash})"
             )
         return lock
+
+
+def env_id(lock: Lock | None) -> str | None:
+    """The environment a job with ``lock`` runs in: its hash, or None (the base) when
+    there is no lock or it installs nothing (every requirement is met by the base, or
+    none applies to its Python)."""
+    return lock.hash if lock is not None and lock.install else None
 
 
 def spec_hash(requirements: Iterable[str], base: Base) -> str:

@@ -197,6 +197,15 @@ def test_resolve_pins_only_what_the_base_lacks():
     assert lock.base == base.identity()
 
 
+def test_requirements_the_base_meets_need_no_environment():
+    from qlayer.envs import env_id
+
+    lock = resolve(["numpy>=1.20", "qiskit>=2", "tabulate; python_version < '3.0'"], Base.current())
+    assert lock.install == () and "numpy" in " ".join(lock.from_base)
+    assert env_id(lock) is None and env_id(None) is None
+    assert env_id(Lock(("t",), ("tabulate==0.9.0",))) is not None
+
+
 def test_resolve_names_a_missing_package_in_the_resolvers_words():
     with pytest.raises(RequirementError, match="not found in the package registry"):
         resolve(["qlayer-no-such-package-xyz"], Base.current())
