@@ -133,3 +133,23 @@ def test_real_client_runs_functions_unchanged_and_matches_in_process(served, tmp
     stages = [e["stage"] for e in mapped.timeline() if e["event"] == "sub-status"]
     assert stages == ["MAPPING", "OPTIMIZING_FOR_HARDWARE", "EXECUTING_QPU", "POST_PROCESSING"]
     assert mapped.info()["status"] == "DONE"
+
+
+@pytest.mark.slow
+def test_serve_binds_loopback_by_default_and_refuses_other_tokens(served):
+    import urllib.error
+    import urllib.request
+
+    assert served.url.startswith("http://127.0.0.1:")
+    for token in ("wrong", served.token + "x", ""):
+        request = urllib.request.Request(
+            served.url + "/api/v1/programs/", headers={"Authorization": f"Bearer {token}"}
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == 401
+    request = urllib.request.Request(
+        served.url + "/api/v1/programs/", headers={"Authorization": f"Bearer {served.token}"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        assert answer.status == 200
