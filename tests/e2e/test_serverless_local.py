@@ -202,3 +202,45 @@ def test_a_killed_and_resumed_function_submits_one_runtime_job_per_call(served, 
     events = [e["event"] for e in client.job(job_id).timeline()]
     assert "recovered after restart" in events
     assert client.jobstore.get(job_id).provider_job_ids == [held]
+
+
+@pytest.mark.slow
+def test_cancel_reaches_the_functions_runtime_jobs(served, tmp_path):
+    from tests.fakes.ibm_runtime import serve_in_process
+
+    client = Client.local(served.home, autostart=False)
+    with serve_in_process(tmp_path / "ibm") as fake:
+        account = fake.credentials()
+        env = {
+            **fake.client_env(),
+            "QISKIT_IBM_CHANNEL": account["channel"],
+            "QISKIT_IBM_INSTANCE": account["instance"],
+            "QISKIT_IBM_TOKEN": account["token"],
+            "QISKIT_IBM_URL": account["url"],
+        }
+        (tmp_path / "env.json").write_text(json.dumps(env))
+        fake.hold_next("Running")
+        started = notebook(
+            "--start-on-ibm",
+            served.url,
+            served.token,
+            str(FUNCTIONS),
+            str(tmp_path / "env.json"),
+            tmp_path=tmp_path,
+        )
+        job_id = started["job_id"]
+        helpers.wait_for(lambda: fake.job_creations() == 1, 180, "the function to submit")
+        held = fake.store.jobs()[0][0]["id"]
+        helpers.wait_for(
+            lambda: held in client.jobstore.get(job_id).provider_job_ids,
+            60,
+            "the runtime job to be registered",
+        )
+        assert client.job(job_id).cancel()  # what `qlayer cancel` does
+        helpers.wait_for(
+            lambda: fake.store.job(held)["status"] == "Cancelled",
+            60,
+            "the runtime job to be cancelled",
+        )
+    assert client.job(job_id).status().value == "CANCELLED"
+    assert fake.job_creations() == 1
