@@ -104,6 +104,8 @@ def test_real_client_runs_functions_unchanged_and_matches_in_process(served, tmp
         "produce": "DONE",
         "consume": "DONE",
         "fails": "ERROR",
+        "bad_argument": "ERROR",
+        "runner_raises": "ERROR",
     }
     for title in ("bell", "mapped", "totals"):
         assert seen["results"][title] == alone["results"][title], title
@@ -126,6 +128,9 @@ def test_real_client_runs_functions_unchanged_and_matches_in_process(served, tmp
     # a structured error: the event, and the client's exception names it
     assert seen["error_events"][0]["code"] == "E_LIMIT"
     assert "limit 2 is below the minimum of 5" in seen["error"]
+    assert seen["error"].startswith("QiskitServerlessException")
+    assert "'circuit' must be a QuantumCircuit" in seen["plain_error"]
+    assert [e["exception"] for e in seen["runner_events"]] == ["TypeError"]
 
     # the same jobs in qlayer's own terms: sub-statuses became stages in the timeline
     client = Client.local(served.home, autostart=False)
@@ -133,6 +138,10 @@ def test_real_client_runs_functions_unchanged_and_matches_in_process(served, tmp
     stages = [e["stage"] for e in mapped.timeline() if e["event"] == "sub-status"]
     assert stages == ["MAPPING", "OPTIMIZING_FOR_HARDWARE", "EXECUTING_QPU", "POST_PROCESSING"]
     assert mapped.info()["status"] == "DONE"
+    # error events became the job's structured error
+    failed = client.jobstore.get(seen["runner_job"])
+    assert failed.error_type == "TypeError"
+    assert "unsupported operand" in (failed.message or "")
 
 
 @pytest.mark.slow
