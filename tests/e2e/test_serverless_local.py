@@ -253,3 +253,23 @@ def test_cancel_reaches_the_functions_runtime_jobs(served, tmp_path):
         )
     assert client.job(job_id).status().value == "CANCELLED"
     assert fake.job_creations() == 1
+
+
+@pytest.mark.slow
+def test_a_function_with_ray_tasks_runs_on_a_local_ray(served, tmp_path):
+    from serverless_envs import ray_folder
+
+    (tmp_path / "ray.json").write_text(json.dumps({"PYTHONPATH": str(ray_folder())}))
+    seen = notebook(
+        "--ray",
+        served.url,
+        served.token,
+        str(FUNCTIONS),
+        str(tmp_path / "ray.json"),
+        tmp_path=tmp_path,
+    )
+    assert seen["status"] == "DONE", seen
+    assert seen["result"]["sizes"] == [2, 3]
+    two, three = seen["result"]["counts"]
+    assert set(two) <= {"00", "11"} and sum(two.values()) == 100
+    assert set(three) <= {"000", "111"} and sum(three.values()) == 100
