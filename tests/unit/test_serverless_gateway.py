@@ -13,6 +13,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from qlayer.core.ports import JobStatus
+from qlayer.errors import ArtifactError
 from qlayer.local.client import LocalClient
 from qlayer.serverless import app as app_module
 from qlayer.serverless.app import create_app
@@ -318,3 +319,14 @@ def test_fuzzed_requests_get_4xx_and_lose_nothing(http, local):
     got = http.get(f"{V1}/files/download/", params={"function": "hello", "file": "keep.txt"})
     assert got.content == b"kept"
     assert http.get(f"{V1}/jobs/{job_id}/").status_code == 200
+
+
+def test_the_folder_store_deletes_one_key_and_refuses_traversal(local):
+    store = local.store
+    store.put_bytes("serverless/files/_/f/a.txt", b"a")
+    store.put_bytes("serverless/files/_/f/b.txt", b"b")
+    store.delete("serverless/files/_/f/a.txt")
+    store.delete("serverless/files/_/f/a.txt")  # already gone: nothing happens
+    assert store.list("serverless/files/_/f/") == ["serverless/files/_/f/b.txt"]
+    with pytest.raises(ArtifactError):
+        store.delete("../token")
