@@ -34,15 +34,26 @@ PREFIX = "/api/v1"
 
 
 class BodyLimit:
-    """ASGI middleware: a request body past its route's limit gets 413 before any route
-    sees a byte (a declared ``Content-Length`` at once; a streamed one as it passes)."""
+    """ASGI middleware in front of every route: a request without a valid token gets 401
+    before a byte of its body is read; a body past its route's limit gets 413 before any
+    route sees it (a declared ``Content-Length`` at once; a streamed one as it passes)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
         self.app = app
+        self.gateway = gateway
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        authorization = None
+        for name, value in scope.get("headers", []):
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+        try:
+            self.gateway.authenticate(authorization)
+        except GatewayError as exc:
+            await _reply(scope, receive, send, exc.status, exc.message)
             return
         path = scope.get("path", "").rstrip("/")
         limit = MAX_UPLOAD_BODY if path.endswith(_UPLOADS) else MAX_BODY
@@ -258,7 +269,7 @@ def create_app(gateway: Gateway) -> ASGIApp:
     for private, base in ((False, "/files"), (True, "/files/provider")):
         _file_routes(route, call, user, gateway, private, base)
 
-    return BodyLimit(app)
+    return BodyLimit(app, gateway)
 
 
 def _file_routes(

@@ -226,6 +226,21 @@ def test_file_names_cannot_leave_the_function_folder(http, local):
     assert not (local.home.root / "evil.txt").exists()
 
 
+def test_an_anonymous_body_is_refused_unread(http, monkeypatch):
+    monkeypatch.setattr(app_module, "MAX_BODY", 4096)
+
+    def chunks():
+        for _ in range(10):
+            yield b"x" * 1000
+
+    answer = http.post(
+        f"{V1}/programs/run/",
+        content=chunks(),
+        headers={"Authorization": "Bearer nope", "Content-Type": "application/json"},
+    )
+    assert answer.status_code == 401  # not 413: the token is checked first
+
+
 def test_bodies_past_the_limit_get_413_before_a_route_reads_them(http, monkeypatch):
     monkeypatch.setattr(app_module, "MAX_BODY", 4096)
     answer = http.post(
