@@ -128,6 +128,8 @@ def function_env(
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
             "RAY_USAGE_STATS_ENABLED": "0",
             "RAY_TMPDIR": str(ray_tmp),
+            # removed by the process itself if it outlives its stage (runtime_once)
+            "QLAYER_FUNCTION_SCRATCH": os.pathsep.join([str(work), str(ray_tmp)]),
         }
     )
     return env
