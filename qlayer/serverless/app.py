@@ -211,6 +211,14 @@ def create_app(gateway: Gateway) -> ASGIApp:
         user(request)
         return await call(gateway.jobs_list, dict(request.query_params))
 
+    @route("/jobs/provider", "GET")
+    async def provider_jobs(request: Request) -> Any:
+        user(request)
+        params = dict(request.query_params)
+        if not params.get("provider") or not params.get("function"):
+            raise GatewayError(400, "`function` doesn't have a provider.")
+        return await call(gateway.jobs_list, params)
+
     @route("/jobs/{job_id}", "GET")
     async def job(request: Request, job_id: str) -> Any:
         who = caller(request)  # a job may read its own status (to wind down on cancel)

@@ -116,6 +116,12 @@ def test_upload_run_and_read_a_job(http, local):
     listed = http.get(f"{V1}/jobs/", params={"limit": 5}).json()
     assert [j["id"] for j in listed["results"]] == [job["id"]]
     assert http.get(f"{V1}/jobs/{job['id']}/result/").json() == {"result": None}
+    # a provider's function: its jobs are listed for the provider
+    assert upload(http, title="acme/tool").status_code == 200
+    tool_job = run(http, title="acme/tool").json()["id"]
+    listed = http.get(f"{V1}/jobs/provider/", params={"provider": "acme", "function": "tool"})
+    assert [j["id"] for j in listed.json()["results"]] == [tool_job]
+    assert http.get(f"{V1}/jobs/provider/", params={"function": "tool"}).status_code == 400
 
 
 def test_in_job_calls_move_the_stage_and_record_errors_and_runtime_jobs(http, local, gateway):
