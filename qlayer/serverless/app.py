@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -168,8 +169,16 @@ def create_app(gateway: Gateway) -> ASGIApp:
 
         return register
 
+    # The local client holds one SQLite connection and requests run on a thread pool:
+    # each call into the gateway has the client to itself (as the dashboard's reads do).
+    alone = threading.Lock()
+
+    def locked(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        with alone:
+            return fn(*args, **kwargs)
+
     def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Awaitable[Any]:
-        return run_in_threadpool(fn, *args, **kwargs)
+        return run_in_threadpool(locked, fn, *args, **kwargs)
 
     # -- programs --------------------------------------------------------------------
     @route("/programs", "GET")
