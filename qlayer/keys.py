@@ -12,6 +12,8 @@
     jobs/<job-id>/error.json                      why the job failed
     jobs/<job-id>/logs/<seq>-<stage>.log          what a stage logged
     jobs/<job-id>/files/<name>                    plots and files the stages saved
+    envs/<env-hash>/lock.json                     a program environment's lock
+    envs/resolved/<spec-hash>.json                which lock a set of requirements resolved to
 """
 
 from __future__ import annotations
@@ -137,3 +139,27 @@ def file_key(job_id: str, name: str) -> str:
 
 def files_prefix(job_id: str) -> str:
     return f"jobs/{job_id}/files/"
+
+
+_ENV_HASH = re.compile(r"^[0-9a-f]{16,64}$")
+
+
+def check_env_hash(env: str) -> str:
+    """Return ``env`` if it is an environment id (lowercase hex), else raise ValueError."""
+    if not isinstance(env, str) or not _ENV_HASH.match(env):
+        raise ValueError(f"invalid environment id {env!r}: 16 to 64 lowercase hex digits")
+    return env
+
+
+def env_prefix(env: str) -> str:
+    return f"envs/{check_env_hash(env)}/"
+
+
+def env_lock(env: str) -> str:
+    """Where environment ``env``'s lock is stored (:mod:`qlayer.envs.lock`)."""
+    return env_prefix(env) + "lock.json"
+
+
+def env_resolution(spec: str) -> str:
+    """Which lock the requirements with spec hash ``spec`` resolved to."""
+    return f"envs/resolved/{check_env_hash(spec)}.json"

@@ -194,7 +194,15 @@ def import_file(path: Path, module_name: str) -> ModuleType:
             raise
         except Exception as exc:
             sys.modules.pop(module_name, None)
-            raise ProgramError(f"importing {path.name} raised {type(exc).__name__}: {exc}") from exc
+            hint = (
+                "; a package the program requires is installed for its stages only: "
+                "import it inside the stage functions that use it"
+                if isinstance(exc, ModuleNotFoundError)
+                else ""
+            )
+            raise ProgramError(
+                f"importing {path.name} raised {type(exc).__name__}: {exc}{hint}"
+            ) from exc
         finally:
             try:
                 sys.path.remove(folder)

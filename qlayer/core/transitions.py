@@ -160,6 +160,7 @@ def start_children(
                         "prepared": True,
                         "parent_id": parent_id,
                         "item_index": index,
+                        **({"env": parent.env} if parent.env else {}),
                     },
                 )
             jobs.create(
@@ -172,6 +173,7 @@ def start_children(
                     first=first,
                     parent_id=parent_id,
                     item_index=index,
+                    env=parent.env,
                 )
             )
         if start == 0:

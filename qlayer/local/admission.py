@@ -53,6 +53,7 @@ REFUSALS: dict[str, type[errors.QlayerError]] = {
         errors.WorkflowError,
         errors.CodecError,
         errors.ConfigError,
+        errors.RequirementError,
     )
 }
 
@@ -124,6 +125,7 @@ def refusal(row: sqlite3.Row) -> errors.QlayerError:
 
 def check(message: dict[str, Any], store: ArtifactStore, programs: ProgramCache) -> dict[str, Any]:
     """The admission worker's half: load, parse, bind, write the inputs (never raises)."""
+    from qlayer.envs import lock_for, stored_program_requirements
     from qlayer.planner import check_local_stages
     from qlayer.submit import write_inputs
     from qlayer.workflow import parse_cli_argument
@@ -136,6 +138,8 @@ def check(message: dict[str, Any], store: ArtifactStore, programs: ProgramCache)
             key, value = parse_cli_argument(text, workflow)
             arguments[key] = value
         warnings = check_local_stages(workflow, _machine())  # before anything is written
+        requirements = stored_program_requirements(store, message["program_id"], workflow)
+        lock = lock_for(store, requirements)  # resolved once per requirements and base
         prepared = write_inputs(
             store,
             message["job_id"],
@@ -144,6 +148,7 @@ def check(message: dict[str, Any], store: ArtifactStore, programs: ProgramCache)
             arguments,
             backend=message.get("backend"),
             max_cost_usd=options.get("max_cost_usd"),
+            env=lock.hash if lock is not None else None,
         )
     except BaseException as exc:
         _forget_inputs(store, message["job_id"])  # a refused submission leaves nothing
@@ -164,6 +169,7 @@ def check(message: dict[str, Any], store: ArtifactStore, programs: ProgramCache)
         "first": prepared.first.to_json(),
         "notify": list(dict.fromkeys([*workflow.notify, *(options.get("notify") or [])])),
         "warnings": warnings,
+        "env": prepared.env,
     }
 
 
@@ -282,6 +288,7 @@ class Admission:
                         backend=reply["backend"],
                         first=Decision.from_json(reply["first"]),
                         notify=tuple(reply.get("notify") or ()),
+                        env=reply.get("env"),
                     )
                 )
                 for warning in reply.get("warnings") or []:

@@ -37,6 +37,7 @@ from qlayer.interpreter import Decision
 from qlayer.local import faults, procs, state
 from qlayer.local.admission import Admission
 from qlayer.local.devices import DeviceQueue
+from qlayer.local.envgate import EnvGate
 from qlayer.local.health import Health, StorageFault
 from qlayer.local.jobstore import SqliteJobStore
 from qlayer.local.notifier import Notifier
@@ -105,6 +106,7 @@ class Daemon:
             self.conn, self.jobs, home, self.resources.local_memory_mb, lock_fd
         )
         self.scheduler = Scheduler(self.conn)
+        self.envs = EnvGate(self.conn, self.ports, home.envs)  # program environments
         self.feeder = FanOutFeeder(self.conn, self.ports, self._guarded)
         self.stopping = False
         self.wake_socket: socket.socket | None = None
@@ -159,6 +161,7 @@ class Daemon:
             retention.stop()
             self.admission.shutdown()
             self.remote.shutdown()
+            self.envs.shutdown()
             self.pool.shutdown()
             if self.wake_socket is not None:
                 self.wake_socket.close()
@@ -187,6 +190,7 @@ class Daemon:
             self.remote.drain_wake()
         if not self.health.paused:  # provider outcomes wait in their queue meanwhile
             self.remote.collect()
+            self.envs.poll()
         self.admission.collect(ready)
         for worker in workers:
             if worker not in self.pool:
@@ -225,6 +229,8 @@ class Daemon:
             deadlines.append(remote)
         if self.feeder.pending():
             deadlines.append(0.0)
+        if self.envs.pending():
+            deadlines.append(0.05)  # a build's end is seen within 50 ms
         return max(0.0, min([IDLE_POLL_S, *deadlines]))
 
     def _drain_wake_socket(self) -> None:
@@ -249,6 +255,7 @@ class Daemon:
                     row["job_id"], Event(row["seq"], row["stage"], "recovered after restart")
                 )
         self.devices.recover()
+        self.envs.recover()
         self.feeder.recover()
         for row in self.conn.execute(
             "SELECT job_id FROM steps WHERE kind = 'fanin' AND state = 'waiting'"
@@ -275,9 +282,8 @@ class Daemon:
     def assign(self) -> None:
         """Hand pending work to its device or provider, and idle workers their next step."""
         self.submit_executes()
-        for worker in self.pool.idle():
-            if not self.assign_next(worker):
-                break
+        while (idle := list(self.pool.idle())) and self.assign_next(idle):
+            pass
 
     def submit_executes(self) -> None:
         """Hand pending execute steps to their device or provider: once per step, by key."""
@@ -299,20 +305,22 @@ class Daemon:
             else:
                 self.devices.submit(row["job_id"], row["seq"], decision)
 
-    def assign_next(self, worker: WorkerHandle) -> bool:
+    def assign_next(self, idle: list[WorkerHandle]) -> bool:
+        """Hand the next step to one of the ``idle`` workers (a stage whose environment
+        is not built waits for it instead); False when nothing is pending."""
         step = self.scheduler.next_stage()  # fair between trees
         device = self.devices.next_job()
         if step is None and device is None:
             return False
         if step is not None and (device is None or step["created_at"] <= device["submitted_at"]):
             self.scheduler.served(step)
-            self._guarded(step["job_id"], lambda: self.start_stage(worker, step))
+            self._guarded(step["job_id"], lambda: self.start_stage(idle, step))
         else:
             assert device is not None
-            self._guarded(device["job_id"], lambda: self.devices.start(worker, device))
+            self._guarded(device["job_id"], lambda: self.devices.start(idle[0], device))
         return True
 
-    def start_stage(self, worker: WorkerHandle, step: sqlite3.Row) -> None:
+    def start_stage(self, idle: list[WorkerHandle], step: sqlite3.Row) -> None:
         job = self.jobs.get(step["job_id"])
         detail = json.loads(step["detail"] or "{}")
         compute = detail.get("compute") or {}
@@ -332,6 +340,10 @@ class Daemon:
                     stage=step["stage"],
                 )
             return
+        site = self.envs.site(job, step) if job.env else None
+        if job.env and site is None:
+            return  # it waits for its environment's build (BUILDING)
+        worker = self.pool.pick(idle, job.env)
         with transaction(self.conn):
             self.conn.execute(
                 "UPDATE steps SET state = 'running', started_at = ?, attempts = attempts + 1 "
@@ -347,7 +359,11 @@ class Daemon:
                     step["seq"],
                     step["stage"],
                     "started",
-                    {"attempt": step["attempts"] + 1, "worker": worker.process.pid},
+                    {
+                        "attempt": step["attempts"] + 1,
+                        "worker": worker.process.pid,
+                        **({"env": job.env} if job.env else {}),
+                    },
                 ),
             )
         worker.send(
@@ -357,6 +373,8 @@ class Daemon:
                 "seq": step["seq"],
                 "stage": step["stage"],
                 "memory_mb": memory_mb,
+                "env": job.env,
+                "env_path": site,
                 "job": {
                     "job_id": job.job_id,
                     "arguments": job.arguments,
@@ -376,6 +394,7 @@ class Daemon:
                 memory_mb=memory_mb,
             ),
         )
+        worker.env = job.env or worker.env
 
     # -- replies ---------------------------------------------------------------------
     def _read_reply(self, worker: WorkerHandle) -> None:

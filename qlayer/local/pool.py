@@ -75,6 +75,9 @@ class WorkerHandle:
         child_conn.close()
         self.busy: Assignment | None = None
         self.message_id = 0
+        #: The program environment this worker runs (:mod:`qlayer.local.envs`) once a
+        #: stage of one ran here; None: the base only.
+        self.env: str | None = None
 
     def send(self, message: dict[str, Any], assignment: Assignment) -> None:
         self.message_id += 1
@@ -137,13 +140,35 @@ class WorkerPool:
             if worker.busy is None and worker.process.is_alive():
                 yield worker
 
-    def replace(self, worker: WorkerHandle) -> None:
-        """Kill ``worker`` and fork a fresh one in its place."""
+    def replace(self, worker: WorkerHandle) -> WorkerHandle | None:
+        """Kill ``worker`` and fork a fresh one in its place (returned; None if it had
+        been replaced already)."""
         worker.kill()
         if worker not in self.workers:
-            return  # already replaced
-        self.workers[self.workers.index(worker)] = self._spawn()
+            return None  # already replaced
+        fresh = self._spawn()
+        self.workers[self.workers.index(worker)] = fresh
         self._record()
+        return fresh
+
+    def pick(self, idle: list[WorkerHandle], env: str | None) -> WorkerHandle:
+        """The idle worker for a stage of a job with environment ``env`` (None: the base).
+
+        One that runs that environment already; else one that runs none yet (the stage
+        gives it ``env``); else an idle worker of another environment, replaced by a fresh
+        one: a worker never runs stages of two environments, nor of an environment and
+        the base, so one program's packages never reach another's.
+        """
+        if env is not None:
+            for worker in idle:
+                if worker.env == env:
+                    return worker
+        for worker in idle:
+            if worker.env is None:
+                return worker
+        fresh = self.replace(idle[0])
+        assert fresh is not None
+        return fresh
 
     def stop_job(self, job_id: str) -> list[Assignment]:
         """Kill the workers running anything of ``job_id``; what they were running."""

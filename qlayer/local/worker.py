@@ -20,7 +20,7 @@ from typing import Any
 
 from qlayer import keys
 from qlayer.errors import ArtifactError
-from qlayer.local import procs
+from qlayer.local import envs, procs
 from qlayer.local.health import storage_fault
 from qlayer.planner import Resources
 from qlayer.program import ProgramCache
@@ -132,6 +132,7 @@ def _handle(
 ) -> dict[str, Any]:
     if message["op"] == "stage":
         job = JobInfo(**message["job"])
+        envs.activate(message.get("env"), message.get("env_path"))
         try:
             workflow = programs.workflow(message["program_id"])
         except Exception as exc:
