@@ -233,13 +233,15 @@ class Namespaces:
 
     def activate(self, folder: Path | str, paths: Sequence[Path | str] = ()) -> None:
         """Make the modules and folder of the program in ``folder`` the importable ones,
-        with its environment's ``paths`` after the folder (before the base's packages)."""
+        and its environment's ``paths`` (after the base's packages: an environment adds
+        packages, it never shadows the base's)."""
         root = os.path.abspath(folder)
         roots = (root, *(os.path.abspath(p) for p in paths))
         if self._roots == roots:
             return
         self.deactivate()
-        sys.path[:0] = list(roots)
+        sys.path.insert(0, root)
+        sys.path.extend(roots[1:])
         kept: dict[str, ModuleType] = {}
         for each in roots:
             kept.update(self._kept.pop(each, {}))
@@ -254,7 +256,7 @@ class Namespaces:
         if not self._roots:
             return
         loaded = [
-            (name, module, str(getattr(module, "__file__", None) or ""))
+            (name, module, _origin(module))
             for name, module in list(sys.modules.items())
             if name not in self._baseline
         ]
@@ -264,9 +266,29 @@ class Namespaces:
             for name in own:
                 sys.modules.pop(name, None)
             self._kept[root] = {**self._kept.get(root, {}), **own}
-            if root in sys.path:
-                sys.path.remove(root)  # the first one: the one activate() put in front
+            _remove_path(root, last=root != self._roots[0])
         self.active, self._roots = None, ()
+
+
+def _origin(module: ModuleType) -> str:
+    """Where a module was loaded from: its file, or a namespace package's first folder."""
+    file = getattr(module, "__file__", None)
+    if file:
+        return str(file)
+    path = getattr(module, "__path__", None)
+    try:
+        return str(next(iter(path))) + os.sep if path is not None else ""
+    except (StopIteration, TypeError):
+        return ""
+
+
+def _remove_path(root: str, *, last: bool) -> None:
+    """Take ``root`` off ``sys.path``: the first occurrence (a program's folder, put in
+    front) or the last (an environment, put at the end)."""
+    if root not in sys.path:
+        return
+    index = len(sys.path) - 1 - sys.path[::-1].index(root) if last else sys.path.index(root)
+    del sys.path[index]
 
 
 _NAMESPACES = Namespaces()
