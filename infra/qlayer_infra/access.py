@@ -23,7 +23,7 @@ from aws_cdk import aws_sqs as sqs
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
-from qlayer_infra.storage import INBOX_PREFIX, JOBS_PREFIX, PROGRAMS_PREFIX
+from qlayer_infra.storage import ENVS_PREFIX, INBOX_PREFIX, JOBS_PREFIX, PROGRAMS_PREFIX
 
 #: Read an artifact; write one (log objects are written with a tag, which needs
 #: PutObjectTagging); tell a missing key from a forbidden one (HeadObject answers 403
@@ -60,27 +60,38 @@ class Access:
     reads: tuple[str, ...]
     writes: tuple[str, ...]
     creates_jobs: bool = False
+    job_rows: bool = True
 
 
 _STEP = Access(reads=(JOBS_PREFIX,), writes=(JOBS_PREFIX,))
-_WITH_PROGRAMS = Access(reads=(PROGRAMS_PREFIX, JOBS_PREFIX), writes=(JOBS_PREFIX,))
+#: Those that run user code also read environments (``envs/*``), never write them.
+_WITH_PROGRAMS = Access(reads=(PROGRAMS_PREFIX, JOBS_PREFIX, ENVS_PREFIX), writes=(JOBS_PREFIX,))
+#: The loader and "Check environment" (read_outcome) look for a job's built environment.
+_LOADS = Access(
+    reads=(PROGRAMS_PREFIX, JOBS_PREFIX, ENVS_PREFIX), writes=(JOBS_PREFIX,), creates_jobs=True
+)
 _REPORTS = Access(reads=(JOBS_PREFIX,), writes=(JOBS_PREFIX, INBOX_PREFIX))
 
-#: Handler (or ``"batch"``) -> its access. The trigger reads an inbox spec and the program
-#: it names, uploads the program bundle, writes the job's inputs and a report next to the
-#: spec; the finaliser and fail_job report the outcome next to the spec.
+#: Handler (or ``"batch"``, ``"env_build"``) -> its access. The trigger reads an inbox spec
+#: and the program it names, uploads the program bundle, writes the job's inputs and a
+#: report next to the spec; the finaliser and fail_job report the outcome next to the spec.
+#: The environment build runs a package installer: it reads a lock and writes the built
+#: environment, under ``envs/`` only, and has no job row, secret or job data.
 ACCESS: dict[str, Access] = {
     "trigger": Access(
         reads=(INBOX_PREFIX, PROGRAMS_PREFIX),
         writes=(INBOX_PREFIX, PROGRAMS_PREFIX, JOBS_PREFIX),
         creates_jobs=True,
     ),
-    "loader": Access(_WITH_PROGRAMS.reads, _WITH_PROGRAMS.writes, creates_jobs=True),
-    "start_children": Access(_WITH_PROGRAMS.reads, _WITH_PROGRAMS.writes, creates_jobs=True),
+    "loader": _LOADS,
+    "start_children": Access(
+        (PROGRAMS_PREFIX, JOBS_PREFIX), _WITH_PROGRAMS.writes, creates_jobs=True
+    ),
     "stage_runner": _WITH_PROGRAMS,
     "batch": _WITH_PROGRAMS,
+    "env_build": Access(reads=(ENVS_PREFIX,), writes=(ENVS_PREFIX,), job_rows=False),
     "simulator": _STEP,
-    "read_outcome": _STEP,
+    "read_outcome": Access(reads=(JOBS_PREFIX, ENVS_PREFIX), writes=(JOBS_PREFIX,)),
     "fan_in": _STEP,
     "finaliser": _REPORTS,
     "fail_job": _REPORTS,
@@ -110,11 +121,14 @@ def grant_artifacts(
             resources=[bucket.arn_for_objects(f"{p}*") for p in access.writes],
         ),
         iam.PolicyStatement(actions=list(S3_LIST), resources=[bucket.bucket_arn]),
-        iam.PolicyStatement(
-            actions=[*JOB_ROWS, *(JOB_ROWS_CREATE if access.creates_jobs else ())],
-            resources=[jobs.table_arn],
-        ),
     ]
+    if access.job_rows:
+        statements.append(
+            iam.PolicyStatement(
+                actions=[*JOB_ROWS, *(JOB_ROWS_CREATE if access.creates_jobs else ())],
+                resources=[jobs.table_arn],
+            )
+        )
     for statement in statements:
         policy.add_to_principal_policy(statement)
 

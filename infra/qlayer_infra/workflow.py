@@ -6,7 +6,8 @@ Only ``$.job_id``, ``$.decision`` and small pointers travel in the state.
 
 ::
 
-    Load job -> Route
+    Load job -> Environment ready? -> Route
+                                   -> Build environment -> Check environment -> Route
     Route -next->    Choose compute -lambda->    Run stage on Lambda -> Route
                                     -batch->     Run stage on Batch -> Read stage outcome -> Route
                                     -batch-gpu-> Run stage on Batch GPU -> Read stage outcome
@@ -62,11 +63,18 @@ DEFAULT_DISTRIBUTED_CONCURRENCY = 250
 #: Step Functions' ceiling for a Distributed Map's MaxConcurrency.
 MAX_DISTRIBUTED_CONCURRENCY = 10_000
 
+#: The field of a first decision's ``extra`` naming an environment to build first
+#: (qlayer.aws.steps.BUILD_ENV; a test holds them equal).
+ENV_BUILD_FIELD = "build_env"
+
 #: The payload every Lambda step after "Load job" receives.
 STEP_PAYLOAD = {"job_id.$": "$.job_id", "decision.$": "$.decision"}
 
 #: State names, as the console shows them. Tests and the moto harness use these.
 LOAD = "Load job"
+ENV_READY = "Environment ready?"
+BUILD_ENV = "Build environment"
+CHECK_ENV = "Check environment"
 ROUTE = "Route"
 CHOOSE_COMPUTE = "Choose compute"
 RUN_LAMBDA = "Run stage on Lambda"
@@ -238,7 +246,24 @@ class JobWorkflow(Construct):
             fns["loader"],
             payload={"job_id.$": "$.job_id", "execution.$": "$$.Execution.Id"},
         )
-        load.next(route)
+
+        # -- the job's environment, built once per lock ----------------------------------
+        # "Load job" marks a first decision whose environment is not built yet
+        # (qlayer.aws.steps.env_gate): it is built on Batch, then checked, before any stage.
+        build_env = self._env_build(compute)
+        check_env = self._lambda(CHECK_ENV, fns["read_outcome"])
+        build_env.next(check_env)
+        check_env.next(route)
+        load.next(
+            sfn.Choice(
+                self,
+                "EnvironmentReady",
+                state_name=ENV_READY,
+                comment="Build the job's environment first, the first time its lock is used",
+            )
+            .when(sfn.Condition.is_present(f"$.decision.extra.{ENV_BUILD_FIELD}"), build_env)
+            .otherwise(route)
+        )
 
         # -- run a stage ---------------------------------------------------------------
         read_outcome = self._lambda(READ_OUTCOME, fns["read_outcome"])
@@ -509,6 +534,30 @@ class JobWorkflow(Construct):
         self._catchables.append(state)
         return state
 
+    def _env_build(self, compute: Compute) -> sfn.CustomState:
+        """ "Build environment": a Batch submitJob.sync of the environment build on the CPU
+        queue; it records the outcome under envs/<hash>/ for "Check environment"."""
+        state = sfn.CustomState(
+            self,
+            BUILD_ENV,
+            state_json={
+                "Type": "Task",
+                "Comment": "qlayer.aws.env_build: install the job's lock with uv, store it",
+                "Resource": f"arn:{Aws.PARTITION}:states:::batch:submitJob.sync",
+                "Parameters": {
+                    "JobName.$": "States.Format('{}-env', $.job_id)",
+                    "JobQueue": compute.cpu_queue.job_queue_arn,
+                    "JobDefinition": compute.env_build_job.job_definition_arn,
+                    "Parameters": {"env.$": f"$.decision.extra.{ENV_BUILD_FIELD}"},
+                },
+                "ResultSelector": {"batch_job_id.$": "$.JobId"},
+                "ResultPath": "$.batch",
+            },
+        )
+        _retry(state, retries.BATCH)
+        self._catchables.append(state)
+        return state
+
     def _choice(
         self,
         name: str,
@@ -534,6 +583,7 @@ class JobWorkflow(Construct):
                     compute.gpu_queue.job_queue_arn,
                     compute.cpu_job.job_definition_arn,
                     compute.gpu_job.job_definition_arn,
+                    compute.env_build_job.job_definition_arn,
                 ],
             )
         )
