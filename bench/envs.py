@@ -28,7 +28,7 @@ from pathlib import Path
 
 SETS = {
     "small (tabulate)": ["tabulate==0.9.0"],
-    "medium (8 packages: pendulum, arrow, humanize...)": [
+    "medium (8 requirements: pendulum, arrow, humanize...)": [
         "pendulum>=3",
         "arrow>=1.3",
         "humanize>=4",
@@ -120,7 +120,7 @@ def measure(name: str, requirements: list[str]) -> dict[str, str]:
     floor = floor_build(pins)
     gap = (statistics.median(warm) - statistics.median(none)) * 1000
     return {
-        "set": f"{name}, {len(pins)} pins installed",
+        "set": f"{name}, {len(pins)} pin{'s' if len(pins) != 1 else ''} installed",
         "submit": f"{submit_s:.2f} s",
         "build": f"{build_s:.2f} s",
         "floor": f"{floor:.2f} s",

@@ -18,7 +18,7 @@ from typing import Any
 
 from qlayer import codec, keys
 from qlayer.core.ports import NewJob
-from qlayer.envs import Base, lock_for, program_requirements
+from qlayer.envs import Base, env_id, lock_for, program_requirements
 from qlayer.errors import ArgumentError, CodecError, ProgramError
 from qlayer.interpreter import Decision
 from qlayer.program import bundle, load_path, upload
@@ -118,7 +118,7 @@ def prepare_job(
         backend=backend,
         credentials_elsewhere=credentials_elsewhere,
         max_cost_usd=max_cost_usd,
-        env=lock.hash if lock is not None else None,
+        env=env_id(lock),
     )
     return dataclasses.replace(job, warnings=warnings)
 

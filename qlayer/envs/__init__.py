@@ -24,7 +24,15 @@ from typing import TYPE_CHECKING
 
 from qlayer import keys
 from qlayer.envs.base import Base, conflicts
-from qlayer.envs.lock import Lock, install_command, load_lock, lock_for, resolve, spec_hash
+from qlayer.envs.lock import (
+    Lock,
+    env_id,
+    install_command,
+    load_lock,
+    lock_for,
+    resolve,
+    spec_hash,
+)
 from qlayer.envs.requirements import (
     check_requirement,
     check_requirements,
@@ -42,6 +50,7 @@ __all__ = [
     "check_requirement",
     "check_requirements",
     "conflicts",
+    "env_id",
     "folder_requirements",
     "install_command",
     "load_lock",

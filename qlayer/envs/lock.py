@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from qlayer.store.base import ArtifactStore
 __all__ = [
     "LOCK_FORMAT",
     "Lock",
+    "env_id",
     "install_command",
     "load_lock",
     "lock_for",
@@ -54,6 +56,9 @@ LOCK_FORMAT = 1
 RESOLVE_TIMEOUT_S = 90.0  # within the local client's wait for admission (120 s)
 #: Characters of the sha-256 kept in an environment's id.
 HASH_CHARS = 32
+#: One pin of a lock: a canonical name and a version (nothing an installer could read as
+#: an option or a path).
+_PIN = re.compile(r"^[a-z0-9][a-z0-9._-]*==[A-Za-z0-9][A-Za-z0-9.+!_-]*$")
 
 
 @dataclass(frozen=True)
@@ -117,11 +122,21 @@ class Lock:
             from_base=tuple(str(p) for p in data.get("from_base") or ()),
             base=dict(data.get("base") or {}),
         )
+        for pin in (*lock.install, *lock.from_base):
+            if not _PIN.match(pin):
+                raise RequirementError(f"lock holds {pin!r}, which is not a name==version pin")
         if data.get("hash") not in (None, lock.hash):
             raise RequirementError(
                 f"lock {data.get('hash')} does not match its pins (hash {lock.hash})"
             )
         return lock
+
+
+def env_id(lock: Lock | None) -> str | None:
+    """The environment a job with ``lock`` runs in: its hash, or None (the base) when
+    there is no lock or it installs nothing (every requirement is met by the base, or
+    none applies to its Python)."""
+    return lock.hash if lock is not None and lock.install else None
 
 
 def spec_hash(requirements: Iterable[str], base: Base) -> str:
@@ -280,5 +295,8 @@ def _pins(text: str) -> list[str]:
         if "==" not in line:
             raise RequirementError(f"the resolver gave a pin qlayer cannot read: {line!r}")
         name, version = _split_pin(line)
-        pins.append(f"{name}=={version}")
+        pin = f"{name}=={version}"
+        if not _PIN.match(pin):
+            raise RequirementError(f"the resolver gave a pin qlayer cannot read: {line!r}")
+        pins.append(pin)
     return pins

@@ -125,7 +125,7 @@ def refusal(row: sqlite3.Row) -> errors.QlayerError:
 
 def check(message: dict[str, Any], store: ArtifactStore, programs: ProgramCache) -> dict[str, Any]:
     """The admission worker's half: load, parse, bind, write the inputs (never raises)."""
-    from qlayer.envs import lock_for, stored_program_requirements
+    from qlayer.envs import env_id, lock_for, stored_program_requirements
     from qlayer.planner import check_local_stages
     from qlayer.submit import write_inputs
     from qlayer.workflow import parse_cli_argument
@@ -148,7 +148,7 @@ def check(message: dict[str, Any], store: ArtifactStore, programs: ProgramCache)
             arguments,
             backend=message.get("backend"),
             max_cost_usd=options.get("max_cost_usd"),
-            env=lock.hash if lock is not None else None,
+            env=env_id(lock),
         )
     except BaseException as exc:
         _forget_inputs(store, message["job_id"])  # a refused submission leaves nothing

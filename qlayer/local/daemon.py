@@ -8,8 +8,9 @@ pending, a step whose outcome was already written is not run again, and a device
 job is never submitted twice (its ledger is keyed by ``job_id/seq``).
 
 The parts: the loop (here: wake-ups, recovery, cancels, deadlines, deaths), the workers
-(:mod:`qlayer.local.pool`), the simulated device queue (:mod:`qlayer.local.devices`) and
-the remote QPU pump (:mod:`qlayer.local.remote`).
+(:mod:`qlayer.local.pool`), the simulated device queue (:mod:`qlayer.local.devices`),
+the remote QPU pump (:mod:`qlayer.local.remote`) and the builds of programs'
+environments (:mod:`qlayer.local.envgate`).
 
 Run it with ``qlayer up`` (or ``python -m qlayer.local.daemon``).
 """
@@ -32,7 +33,7 @@ from multiprocessing.connection import wait
 from typing import Any
 
 from qlayer.core import transitions
-from qlayer.core.ports import Event, JobRecord, Orchestrator, Ports
+from qlayer.core.ports import Event, Ports
 from qlayer.interpreter import Decision
 from qlayer.local import faults, procs, state
 from qlayer.local.admission import Admission
@@ -41,6 +42,7 @@ from qlayer.local.envgate import EnvGate
 from qlayer.local.health import Health, StorageFault
 from qlayer.local.jobstore import SqliteJobStore
 from qlayer.local.notifier import Notifier
+from qlayer.local.orchestrator import LocalOrchestrator
 from qlayer.local.paths import Home
 from qlayer.local.pool import Assignment, WorkerHandle, WorkerPool
 from qlayer.local.remote import RemoteDispatcher
@@ -55,31 +57,6 @@ from qlayer.store.local import FolderStore
 log = logging.getLogger("qlayer.daemon")
 
 IDLE_POLL_S = 0.25
-
-
-class LocalOrchestrator(Orchestrator):
-    """How the engine stops a job's work here: its workers, device jobs and QPU jobs."""
-
-    loads_job_inputs = False  # the daemon starts a child from its row, not its input.json
-
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-
-    def stop(self, job: JobRecord) -> None:
-        daemon = self.daemon
-        for busy in daemon.pool.stop_job(job.job_id):
-            if busy.kind == "device":  # the others it was running wait for the device again
-                for member in busy.members():
-                    if member["job_id"] != job.job_id:
-                        daemon.devices.requeue(member["device_job_id"])
-        self.cancel_provider_jobs(job)
-        daemon.conn.execute(
-            "UPDATE steps SET state = 'done' WHERE job_id = ? AND state != 'done'", (job.job_id,)
-        )
-
-    def cancel_provider_jobs(self, job: JobRecord) -> None:
-        self.daemon.devices.cancel_job(job.job_id)
-        self.daemon.remote.cancel_job(job.job_id)
 
 
 class Daemon:
@@ -359,11 +336,8 @@ class Daemon:
                     step["seq"],
                     step["stage"],
                     "started",
-                    {
-                        "attempt": step["attempts"] + 1,
-                        "worker": worker.process.pid,
-                        **({"env": job.env} if job.env else {}),
-                    },
+                    {"attempt": step["attempts"] + 1, "worker": worker.process.pid}
+                    | ({"env": job.env} if job.env else {}),
                 ),
             )
         worker.send(

@@ -20,6 +20,8 @@ from pathlib import Path
 from qlayer import keys
 from qlayer.core import transitions
 from qlayer.core.ports import Event, JobRecord, Ports
+from qlayer.envs import load_lock
+from qlayer.errors import QlayerError
 from qlayer.local import envs
 from qlayer.local.state import transaction
 from qlayer.status import JobStatus
@@ -53,8 +55,7 @@ class EnvGate:
     def hold(self, job: JobRecord, step: sqlite3.Row) -> None:
         """Make ``step`` wait for the job's environment, and start building it."""
         assert job.env is not None
-        failed = self.builds.start(job.env)
-        with transaction(self.conn):
+        with transaction(self.conn):  # BUILDING first: starting a build takes a moment
             self.conn.execute(
                 "UPDATE steps SET state = 'waiting' WHERE step_id = ?", (step["step_id"],)
             )
@@ -64,6 +65,7 @@ class EnvGate:
                 status=JobStatus.BUILDING,
                 event=Event(step["seq"], step["stage"], "building environment", detail),
             )
+        failed = self.builds.start(job.env)
         if failed is not None:
             self.ended(failed)
 
@@ -129,5 +131,12 @@ class EnvGate:
         self.builds.shutdown()
 
     def _packages(self, env: str) -> list[str]:
+        """The pins the environment installs (for the timeline; [] if its lock is gone:
+        the build then fails saying so)."""
         build = self.builds.running.get(env)
-        return list(build.lock.install) if build is not None else []
+        if build is not None:
+            return list(build.lock.install)
+        try:
+            return list(load_lock(self.ports.store, env).install)
+        except QlayerError:
+            return []

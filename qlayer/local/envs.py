@@ -27,8 +27,10 @@ import json
 import logging
 import os
 import shutil
+import signal
 import site
 import subprocess
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -41,13 +43,43 @@ from qlayer.envs.uv import uv_bin
 from qlayer.errors import QlayerError
 from qlayer.store.base import ArtifactStore
 
+__all__ = [
+    "Builds",
+    "EnvPruneReport",
+    "Finished",
+    "activate",
+    "active",
+    "describe",
+    "env_dir",
+    "is_built",
+    "prune_envs",
+    "site_dir",
+    "stop_builder",
+    "touch",
+]
+
 log = logging.getLogger("qlayer.daemon")
 
 #: How long one build may take (``QLAYER_ENV_BUILD_TIMEOUT_S``), in seconds.
 BUILD_TIMEOUT_S = 900.0
 #: The file whose mtime says when an environment was last used by a job.
 USED_MARK = "used"
+#: The file of a build folder holding its uv process's pid.
+BUILDER_PID = "builder.pid"
 _SEQUENCE = itertools.count()
+#: Runs ``argv[2:]`` (uv) so that it is killed when the daemon dies (Linux's
+#: PR_SET_PDEATHSIG, kept across exec), like the workers: a killed daemon leaves no build
+#: running. A process of its own, as a pre-exec hook is unsafe in a daemon with threads.
+_DIES_WITH_DAEMON = [
+    sys.executable,
+    "-S",
+    "-c",
+    "import ctypes, os, sys\n"
+    "try:\n ctypes.CDLL('libc.so.6').prctl(1, 9, 0, 0, 0)\n"
+    "except OSError:\n pass\n"
+    "os.getppid() == int(sys.argv[1]) or os._exit(1)\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n",
+]
 
 
 def build_timeout_s() -> float:
@@ -146,6 +178,8 @@ class Builds:
             (folder / "requirements.txt").write_text(lock.install_text())
             log_file = open(folder / "build.log", "wb")  # noqa: SIM115 - closed in poll
             command = [
+                *_DIES_WITH_DAEMON,
+                str(os.getpid()),
                 uv_bin(),
                 *install_command(
                     lock, str(folder / "requirements.txt"), str(folder / "site"), self.base
@@ -156,8 +190,9 @@ class Builds:
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,  # not in the daemon's group: ended by us alone
+                start_new_session=True,  # not in the daemon's group: its signals are ours
             )
+            (folder / BUILDER_PID).write_text(str(process.pid))
         except (QlayerError, OSError) as exc:
             return Finished(env, False, time.time() - started, f"{type(exc).__name__}: {exc}")
         log.info("building environment %s: %s", env, ", ".join(lock.install))
@@ -224,10 +259,26 @@ class Builds:
         """``.building-<env>-*`` folders of builds that died with an earlier daemon."""
         for leftover in self.envs.glob(f".building-{env}-*"):
             if leftover not in {b.folder for b in self.running.values()}:
+                stop_builder(leftover)
                 shutil.rmtree(leftover, ignore_errors=True)
         broken = env_dir(self.envs, env)
         if broken.exists() and not is_built(self.envs, env):
             shutil.rmtree(broken, ignore_errors=True)
+
+
+def stop_builder(folder: Path) -> None:
+    """End the uv process still installing into ``folder``, if there is one (a daemon
+    killed mid-build leaves it running: it is in a session of its own)."""
+    try:
+        pid = int((folder / BUILDER_PID).read_text())
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return
+    if str(folder).encode() in command:  # that process, not another with its pid
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def _check_base(lock: Lock, base: Base) -> None:
@@ -312,6 +363,7 @@ def prune_envs(
         name = folder.name
         if name.startswith(".building-"):
             if not _builder_alive(name) and not dry_run:
+                stop_builder(folder)
                 shutil.rmtree(folder, ignore_errors=True)
             continue
         if name.startswith(".") or name in keep:
@@ -357,18 +409,3 @@ def describe(envs: Path, env: str) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data
-
-
-__all__ = [
-    "Builds",
-    "EnvPruneReport",
-    "Finished",
-    "activate",
-    "active",
-    "describe",
-    "env_dir",
-    "is_built",
-    "prune_envs",
-    "site_dir",
-    "touch",
-]

@@ -62,6 +62,42 @@ def start(args):
     return Done({{"version": tabulate.__version__, "file": tabulate.__file__}})
 """
 
+FANOUT = """
+from qlayer import Done, FanOut, Workflow
+
+wf = Workflow("days", requirements=["pendulum>=3"])
+
+
+@wf.stage()
+def spread(args):
+    return FanOut([1, 2, 3], stage="child", then="collect")
+
+
+@wf.stage()
+def child(months):
+    import pendulum
+
+    return Done(pendulum.datetime(2026, 1, 31).add(months=months).to_date_string())
+
+
+@wf.stage()
+def collect(days):
+    return Done(days)
+"""
+
+TABULATE_PLAIN = """
+from qlayer import Done, Workflow
+
+wf = Workflow("tabulated")
+
+
+@wf.stage()
+def start(args):
+    import tabulate
+
+    return Done(tabulate.__version__)
+"""
+
 PLAIN = """
 from qlayer import Done, Workflow
 
@@ -119,6 +155,77 @@ def test_a_program_needing_pendulum_runs_and_the_second_job_skips_the_build(clie
     assert started[0]["detail"]["env"] == env
     assert json.loads((client.home.envs / env / "env.json").read_text()) == built  # not rebuilt
     assert JobStatus.BUILDING.value in seen  # what `--wait` and `status` showed
+
+
+def test_jobs_waiting_for_one_lock_share_one_build_and_children_share_the_env(tmp_path):
+    # Submitted while no daemon runs, so that all of them wait for the same build.
+    clients = helpers.local_client(tmp_path / "home", workers=2, autostart=False)
+    client = next(clients)
+    try:
+        prog = program(tmp_path / "p", PENDULUM)
+        days = program(tmp_path / "days", FANOUT)
+        jobs = [client.run(prog), client.run(prog), client.run(days)]
+        assert len({client.jobstore.get(j.job_id).env for j in jobs}) == 1
+        client.up()
+        assert jobs[0].result(timeout=300)["day"] == jobs[1].result(timeout=120)["day"]
+        assert jobs[2].result(timeout=120) == ["2026-02-28", "2026-03-31", "2026-04-30"]
+        ready = [
+            e["detail"] for j in jobs for e in j.timeline() if e["event"] == "environment ready"
+        ]
+        assert len(ready) == 3 and len({d["build_s"] for d in ready}) == 1  # one build
+        env = ready[0]["env"]
+        assert [c.env for c in client.jobstore.children(jobs[2].job_id)] == [env] * 3
+        assert [p.name for p in client.home.envs.iterdir()] == [env]
+    finally:
+        clients.close()
+
+
+def test_a_daemon_killed_mid_build_leaves_nothing_half_built_and_builds_again(
+    client, tmp_path, monkeypatch
+):
+    from qlayer.envs import lock_for
+    from qlayer.envs.uv import uv_bin
+
+    prog = program(tmp_path / "p", TABULATE_PLAIN, requirements_txt="tabulate==0.9.0\n")
+    lock = lock_for(client.store, ["tabulate==0.9.0"])  # resolved now: the daemon won't
+    assert lock is not None
+    # The installer, held up before it starts (the outer edge: uv is another program).
+    slow = tmp_path / "slow-uv"
+    slow.write_text(
+        f"#!/bin/sh\necho $$ > {tmp_path / 'uv.pid'}\n"
+        "i=0; while [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done\n"
+        f'exec {uv_bin()} "$@"\n'
+    )
+    slow.chmod(0o700)
+    monkeypatch.setenv("QLAYER_UV", str(slow))
+    job = client.run(prog)
+    helpers.wait_for(lambda: (tmp_path / "uv.pid").exists(), 60, "the build to start")
+    assert client.jobstore.get(job.job_id).status == JobStatus.BUILDING
+    installer = int((tmp_path / "uv.pid").read_text())
+    helpers.kill_daemon(client)  # and its children: the installer dies with it
+    assert not helpers.alive(installer)
+    assert not (client.home.envs / lock.hash).exists()  # nothing half-built in use
+    assert next(p.name for p in client.home.envs.iterdir()).startswith(".building-")
+    monkeypatch.delenv("QLAYER_UV")
+    client.up()
+    assert job.result(timeout=300) == "0.9.0"
+    assert [p.name for p in client.home.envs.iterdir()] == [lock.hash]
+    assert "recovered after restart" not in events(job)  # no stage had started
+
+
+def test_prune_reclaims_environments_no_live_job_uses(client, tmp_path):
+    done = client.run(program(tmp_path / "p", PENDULUM))
+    done.result(timeout=300)
+    env = client.jobstore.get(done.job_id).env
+    assert env and (client.home.envs / env).is_dir()
+    report = client.prune(older_than_s=0, dry_run=True)
+    assert report.envs == [env] and (client.home.envs / env).is_dir()
+    report = client.prune(older_than_s=0)
+    assert report.envs == [env] and report.env_bytes > 0
+    assert not (client.home.envs / env).exists()
+    again = client.run(program(tmp_path / "p2", PENDULUM))  # the same lock: built again
+    assert again.result(timeout=300)["day"] == "2026-02-28"
+    assert "building environment" in events(again)
 
 
 def test_two_pins_of_one_package_side_by_side_and_a_plain_program_sees_neither(client, tmp_path):

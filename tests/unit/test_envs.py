@@ -146,6 +146,9 @@ def test_the_lock_hash_covers_pins_and_base_only():
     tampered = {**one.to_json(), "install": ["pendulum==9"]}
     with pytest.raises(RequirementError, match="does not match"):
         Lock.from_json(tampered)
+    option = {**one.to_json(), "install": ["--index-url=https://evil.example"], "hash": None}
+    with pytest.raises(RequirementError, match="not a name==version pin"):
+        Lock.from_json(option)
     assert spec_hash(["a", "b"], BASE) == spec_hash(["b", "a"], BASE)
 
 
@@ -192,6 +195,15 @@ def test_resolve_pins_only_what_the_base_lacks():
     assert all(base.version(pin.split("==")[0]) is None for pin in lock.install)
     assert all(base.version(pin.split("==")[0]) is not None for pin in lock.from_base)
     assert lock.base == base.identity()
+
+
+def test_requirements_the_base_meets_need_no_environment():
+    from qlayer.envs import env_id
+
+    lock = resolve(["numpy>=1.20", "qiskit>=2", "tabulate; python_version < '3.0'"], Base.current())
+    assert lock.install == () and "numpy" in " ".join(lock.from_base)
+    assert env_id(lock) is None and env_id(None) is None
+    assert env_id(Lock(("t",), ("tabulate==0.9.0",))) is not None
 
 
 def test_resolve_names_a_missing_package_in_the_resolvers_words():
