@@ -61,7 +61,8 @@ class S3Store(ArtifactStore):
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
         except ClientError as exc:
-            if str(exc.response.get("Error", {}).get("Code", "")) in {"404", "NoSuchKey", "NotFound"}:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in {"404", "NoSuchKey", "NotFound"}:
                 return None
             raise
         return int(head["ContentLength"])
