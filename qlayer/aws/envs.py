@@ -165,10 +165,11 @@ def env_state(store: S3Store, env_hash: str, *, now: float | None = None) -> Env
         return EnvState(env_hash, info=info)
     try:
         error = store.get_json(keys.env_error(env_hash))
-    except ArtifactError:
+    except (ArtifactError, ValueError):
         return EnvState(env_hash)
-    at = float(error.get("at") or 0) if isinstance(error, Mapping) else 0.0
-    if (time.time() if now is None else now) - at > FAILURE_TTL_S:
+    if not isinstance(error, Mapping) or not isinstance(error.get("at"), int | float):
+        return EnvState(env_hash)  # torn: build again
+    if (time.time() if now is None else now) - float(error["at"]) > FAILURE_TTL_S:
         return EnvState(env_hash)
     return EnvState(env_hash, failure=str(error.get("message") or "the build failed"))
 
