@@ -1,4 +1,5 @@
-"""Least privilege: what each function (and the Batch containers) may do, action by action.
+"""Least privilege: what each function (and the Batch containers, and the state machine's Batch
+states) may do, action by action.
 
 CDK's ``grant_read_write`` helpers give more than any step here uses (``s3:DeleteObject*``,
 ``s3:Abort*``, ``dynamodb:Scan``, ``dynamodb:DeleteItem``), so every grant below names its
@@ -287,3 +288,36 @@ def grant_all(
     dispatch_queue.grant_send_messages(principals["fail_job"])
     dispatch_queue.grant_send_messages(principals["finaliser"])  # close a job's QPU session
     grant_stop_executions(principals["fail_job"], stack, state_machine_name)
+
+
+def grant_batch_jobs(state_machine: sfn.StateMachine, resources: Sequence[str]) -> None:
+    """The job state machine's Batch states: SubmitJob to ``resources`` (its queues and job
+    definitions), and what ``submitJob.sync`` needs to follow and stop the jobs."""
+    stack = Stack.of(state_machine)
+    state_machine.add_to_role_policy(
+        iam.PolicyStatement(actions=["batch:SubmitJob"], resources=list(resources))
+    )
+    # submitJob.sync: Step Functions watches the job through a managed EventBridge rule
+    # (DescribeJobs has no resource-level permissions) and terminates it when the
+    # execution stops: only jobs of this account and region.
+    state_machine.add_to_role_policy(
+        iam.PolicyStatement(actions=["batch:DescribeJobs"], resources=["*"])
+    )
+    state_machine.add_to_role_policy(
+        iam.PolicyStatement(
+            actions=["batch:TerminateJob"],
+            resources=[stack.format_arn(service="batch", resource="job", resource_name="*")],
+        )
+    )
+    state_machine.add_to_role_policy(
+        iam.PolicyStatement(
+            actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"],
+            resources=[
+                stack.format_arn(
+                    service="events",
+                    resource="rule",
+                    resource_name="StepFunctionsGetEventsForBatchJobsRule",
+                )
+            ],
+        )
+    )

@@ -34,7 +34,6 @@ from typing import TypeVar
 from aws_cdk import Annotations, ArnFormat, Aws, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
-from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
@@ -44,7 +43,7 @@ from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
-from qlayer_infra import retries
+from qlayer_infra import access, retries
 from qlayer_infra.compute import Compute
 from qlayer_infra.naming import unique_suffix
 from qlayer_infra.patterns import execution_ended
@@ -448,7 +447,16 @@ class JobWorkflow(Construct):
                 destination=self.log_group, level=sfn.LogLevel.ALL, include_execution_data=True
             ),
         )
-        self._grant_batch(compute)
+        access.grant_batch_jobs(
+            self.state_machine,
+            [
+                compute.cpu_queue.job_queue_arn,
+                compute.gpu_queue.job_queue_arn,
+                compute.cpu_job.job_definition_arn,
+                compute.gpu_job.job_definition_arn,
+                compute.env_build_job.job_definition_arn,
+            ],
+        )
         self.status_rule = events.Rule(
             self,
             "ExecutionEnded",
@@ -572,45 +580,6 @@ class JobWorkflow(Construct):
         for value, target in branches.items():
             choice.when(sfn.Condition.string_equals(path, value), target)
         return choice.otherwise(unroutable)
-
-    def _grant_batch(self, compute: Compute) -> None:
-        stack = Stack.of(self)
-        self.state_machine.add_to_role_policy(
-            iam.PolicyStatement(
-                actions=["batch:SubmitJob"],
-                resources=[
-                    compute.cpu_queue.job_queue_arn,
-                    compute.gpu_queue.job_queue_arn,
-                    compute.cpu_job.job_definition_arn,
-                    compute.gpu_job.job_definition_arn,
-                    compute.env_build_job.job_definition_arn,
-                ],
-            )
-        )
-        # submitJob.sync: Step Functions watches the job through a managed EventBridge rule
-        # (DescribeJobs has no resource-level permissions) and terminates it when the
-        # execution stops: only jobs of this account and region.
-        self.state_machine.add_to_role_policy(
-            iam.PolicyStatement(actions=["batch:DescribeJobs"], resources=["*"])
-        )
-        self.state_machine.add_to_role_policy(
-            iam.PolicyStatement(
-                actions=["batch:TerminateJob"],
-                resources=[stack.format_arn(service="batch", resource="job", resource_name="*")],
-            )
-        )
-        self.state_machine.add_to_role_policy(
-            iam.PolicyStatement(
-                actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"],
-                resources=[
-                    stack.format_arn(
-                        service="events",
-                        resource="rule",
-                        resource_name="StepFunctionsGetEventsForBatchJobsRule",
-                    )
-                ],
-            )
-        )
 
 
 def _retry(state: _Retryable, policy: retries.RetryPolicy) -> _Retryable:
