@@ -143,6 +143,7 @@ def test_a_program_needing_pendulum_runs_and_the_second_job_skips_the_build(clie
     assert "building environment" in events(first) and "environment ready" in events(first)
     env = client.jobstore.get(first.job_id).env
     assert env and (client.home.envs / env / "site").is_dir()
+    assert first.info()["env"] == env  # `qlayer status --json`
     built = json.loads((client.home.envs / env / "env.json").read_text())
     assert any(pin.startswith("pendulum==") for pin in built["install"])
     assert not any(pin.startswith(("qiskit", "numpy")) for pin in built["install"])

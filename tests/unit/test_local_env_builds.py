@@ -58,8 +58,10 @@ def test_a_failed_build_leaves_nothing_and_says_why(tmp_path):
     assert builds.start(lock.hash) is None and builds.pending()
     assert builds.start(lock.hash) is None and len(builds.running) == 1  # once per hash
     finished: list[envs.Finished] = []
-    while not finished:
+    for _ in range(6000):  # at most 5 minutes
         finished = builds.poll()
+        if finished:
+            break
         time.sleep(0.05)
     assert not finished[0].ok and "tabulate==0.0.1" in finished[0].message
     assert list(root.iterdir()) == []
