@@ -14,6 +14,10 @@
     jobs/<job-id>/files/<name>                    plots and files the stages saved
     envs/<env-hash>/lock.json                     a program environment's lock
     envs/resolved/<spec-hash>.json                which lock a set of requirements resolved to
+    envs/<env-hash>/env.tar.gz                    AWS: the environment, built (its packages)
+    envs/<env-hash>/built.json                    AWS: its sizes, written once the archive is
+    envs/<env-hash>/error.json                    AWS: why its last build failed
+    envs/base.json                                AWS: the base the runner image holds
 """
 
 from __future__ import annotations
@@ -163,3 +167,23 @@ def env_lock(env: str) -> str:
 def env_resolution(spec: str) -> str:
     """Which lock the requirements with spec hash ``spec`` resolved to."""
     return f"envs/resolved/{check_env_hash(spec)}.json"
+
+
+def env_archive(env: str) -> str:
+    """AWS: the built environment ``env``, a gzipped tar of its packages' folder."""
+    return env_prefix(env) + "env.tar.gz"
+
+
+def env_built(env: str) -> str:
+    """AWS: what the build of ``env`` recorded (sizes), written after the archive."""
+    return env_prefix(env) + "built.json"
+
+
+def env_error(env: str) -> str:
+    """AWS: why the last build of ``env`` failed (the installer's message)."""
+    return env_prefix(env) + "error.json"
+
+
+#: AWS: the base the runner image holds (:meth:`qlayer.envs.Base.to_json`), written by
+#: the environment build; a client resolves requirements against it.
+ENV_BASE = "envs/base.json"

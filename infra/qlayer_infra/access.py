@@ -1,4 +1,5 @@
-"""Least privilege: what each function (and the Batch containers) may do, action by action.
+"""Least privilege: what each function (and the Batch containers, and the state machine's Batch
+states) may do, action by action.
 
 CDK's ``grant_read_write`` helpers give more than any step here uses (``s3:DeleteObject*``,
 ``s3:Abort*``, ``dynamodb:Scan``, ``dynamodb:DeleteItem``), so every grant below names its
@@ -23,7 +24,7 @@ from aws_cdk import aws_sqs as sqs
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
-from qlayer_infra.storage import INBOX_PREFIX, JOBS_PREFIX, PROGRAMS_PREFIX
+from qlayer_infra.storage import ENVS_PREFIX, INBOX_PREFIX, JOBS_PREFIX, PROGRAMS_PREFIX
 
 #: Read an artifact; write one (log objects are written with a tag, which needs
 #: PutObjectTagging); tell a missing key from a forbidden one (HeadObject answers 403
@@ -60,27 +61,38 @@ class Access:
     reads: tuple[str, ...]
     writes: tuple[str, ...]
     creates_jobs: bool = False
+    job_rows: bool = True
 
 
 _STEP = Access(reads=(JOBS_PREFIX,), writes=(JOBS_PREFIX,))
-_WITH_PROGRAMS = Access(reads=(PROGRAMS_PREFIX, JOBS_PREFIX), writes=(JOBS_PREFIX,))
+#: Those that run user code also read environments (``envs/*``), never write them.
+_WITH_PROGRAMS = Access(reads=(PROGRAMS_PREFIX, JOBS_PREFIX, ENVS_PREFIX), writes=(JOBS_PREFIX,))
+#: The loader and "Check environment" (read_outcome) look for a job's built environment.
+_LOADS = Access(
+    reads=(PROGRAMS_PREFIX, JOBS_PREFIX, ENVS_PREFIX), writes=(JOBS_PREFIX,), creates_jobs=True
+)
 _REPORTS = Access(reads=(JOBS_PREFIX,), writes=(JOBS_PREFIX, INBOX_PREFIX))
 
-#: Handler (or ``"batch"``) -> its access. The trigger reads an inbox spec and the program
-#: it names, uploads the program bundle, writes the job's inputs and a report next to the
-#: spec; the finaliser and fail_job report the outcome next to the spec.
+#: Handler (or ``"batch"``, ``"env_build"``) -> its access. The trigger reads an inbox spec
+#: and the program it names, uploads the program bundle, writes the job's inputs and a
+#: report next to the spec; the finaliser and fail_job report the outcome next to the spec.
+#: The environment build runs a package installer: it reads a lock and writes the built
+#: environment, under ``envs/`` only, and has no job row, secret or job data.
 ACCESS: dict[str, Access] = {
     "trigger": Access(
         reads=(INBOX_PREFIX, PROGRAMS_PREFIX),
         writes=(INBOX_PREFIX, PROGRAMS_PREFIX, JOBS_PREFIX),
         creates_jobs=True,
     ),
-    "loader": Access(_WITH_PROGRAMS.reads, _WITH_PROGRAMS.writes, creates_jobs=True),
-    "start_children": Access(_WITH_PROGRAMS.reads, _WITH_PROGRAMS.writes, creates_jobs=True),
+    "loader": _LOADS,
+    "start_children": Access(
+        (PROGRAMS_PREFIX, JOBS_PREFIX), _WITH_PROGRAMS.writes, creates_jobs=True
+    ),
     "stage_runner": _WITH_PROGRAMS,
     "batch": _WITH_PROGRAMS,
+    "env_build": Access(reads=(ENVS_PREFIX,), writes=(ENVS_PREFIX,), job_rows=False),
     "simulator": _STEP,
-    "read_outcome": _STEP,
+    "read_outcome": Access(reads=(JOBS_PREFIX, ENVS_PREFIX), writes=(JOBS_PREFIX,)),
     "fan_in": _STEP,
     "finaliser": _REPORTS,
     "fail_job": _REPORTS,
@@ -110,11 +122,14 @@ def grant_artifacts(
             resources=[bucket.arn_for_objects(f"{p}*") for p in access.writes],
         ),
         iam.PolicyStatement(actions=list(S3_LIST), resources=[bucket.bucket_arn]),
-        iam.PolicyStatement(
-            actions=[*JOB_ROWS, *(JOB_ROWS_CREATE if access.creates_jobs else ())],
-            resources=[jobs.table_arn],
-        ),
     ]
+    if access.job_rows:
+        statements.append(
+            iam.PolicyStatement(
+                actions=[*JOB_ROWS, *(JOB_ROWS_CREATE if access.creates_jobs else ())],
+                resources=[jobs.table_arn],
+            )
+        )
     for statement in statements:
         policy.add_to_principal_policy(statement)
 
@@ -273,3 +288,36 @@ def grant_all(
     dispatch_queue.grant_send_messages(principals["fail_job"])
     dispatch_queue.grant_send_messages(principals["finaliser"])  # close a job's QPU session
     grant_stop_executions(principals["fail_job"], stack, state_machine_name)
+
+
+def grant_batch_jobs(state_machine: sfn.StateMachine, resources: Sequence[str]) -> None:
+    """The job state machine's Batch states: SubmitJob to ``resources`` (its queues and job
+    definitions), and what ``submitJob.sync`` needs to follow and stop the jobs."""
+    stack = Stack.of(state_machine)
+    state_machine.add_to_role_policy(
+        iam.PolicyStatement(actions=["batch:SubmitJob"], resources=list(resources))
+    )
+    # submitJob.sync: Step Functions watches the job through a managed EventBridge rule
+    # (DescribeJobs has no resource-level permissions) and terminates it when the
+    # execution stops: only jobs of this account and region.
+    state_machine.add_to_role_policy(
+        iam.PolicyStatement(actions=["batch:DescribeJobs"], resources=["*"])
+    )
+    state_machine.add_to_role_policy(
+        iam.PolicyStatement(
+            actions=["batch:TerminateJob"],
+            resources=[stack.format_arn(service="batch", resource="job", resource_name="*")],
+        )
+    )
+    state_machine.add_to_role_policy(
+        iam.PolicyStatement(
+            actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"],
+            resources=[
+                stack.format_arn(
+                    service="events",
+                    resource="rule",
+                    resource_name="StepFunctionsGetEventsForBatchJobsRule",
+                )
+            ],
+        )
+    )

@@ -54,12 +54,14 @@ def acknowledge(
     # -- IAM wildcards on resources scoped to one bucket prefix, one account's devices/jobs ----
     ack(
         stack,
-        "Object ARNs under one key prefix of the artifacts bucket (jobs/*, programs/*, inbox/*) "
-        "or in the Braket results bucket: a step reads and writes objects whose keys hold job "
-        "ids known only at run time (qlayer_infra/access.py lists the actions, none deletes)",
+        "Object ARNs under one key prefix of the artifacts bucket (jobs/*, programs/*, inbox/*, "
+        "envs/*) or in the Braket results bucket: a step reads and writes objects whose keys "
+        "hold job ids or environment hashes known only at run time (qlayer_infra/access.py "
+        "lists the actions, none deletes)",
         f"AwsSolutions-IAM5[Resource::<{bucket}.Arn>/jobs/*]",
         f"AwsSolutions-IAM5[Resource::<{bucket}.Arn>/programs/*]",
         f"AwsSolutions-IAM5[Resource::<{bucket}.Arn>/inbox/*]",
+        f"AwsSolutions-IAM5[Resource::<{bucket}.Arn>/envs/*]",
         f"AwsSolutions-IAM5[Resource::<{logical_id(storage.braket_results)}.Arn>/*]",
     )
     ack(

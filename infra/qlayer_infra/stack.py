@@ -19,6 +19,7 @@ from qlayer_infra.compute import (
     BATCH,
     DEFAULT_CPU_INSTANCE_TYPES,
     DEFAULT_GPU_INSTANCE_TYPES,
+    ENV_BUILD,
     Compute,
     function_timeout_s,
 )
@@ -86,6 +87,9 @@ class QlayerStack(Stack):
         cpu_instance_types: EC2 instance types or families of the CPU compute environment.
         stage_memory_mb: Memory of the stage-runner Lambda (stages with compute="lambda").
         simulator_memory_mb: Memory of the simulator Lambda (planner tier "lambda").
+        stage_tmp_mb: The stage-runner Lambda's /tmp (512-10240 MiB), where it unpacks
+            jobs' environments; a job whose environment does not fit runs its Lambda
+            stages on Batch (``qlayer.planner.env_on_lambda``).
         max_cpu_vcpus, max_gpu_vcpus: Batch compute environment ceilings.
         providers_secret_name: Secrets Manager name of the provider settings; default
             ``qlayer/<env>/providers-<id>``, unique to the stack (the secret is retained).
@@ -122,6 +126,7 @@ class QlayerStack(Stack):
         cpu_instance_types: Sequence[str] = DEFAULT_CPU_INSTANCE_TYPES,
         stage_memory_mb: int = 4096,
         simulator_memory_mb: int = 10240,
+        stage_tmp_mb: int = 2048,
         max_cpu_vcpus: int = 256,
         max_gpu_vcpus: int = 96,
         providers_secret_name: str | None = None,
@@ -189,6 +194,7 @@ class QlayerStack(Stack):
             environment=environment,
             stage_memory_mb=stage_memory_mb,
             simulator_memory_mb=simulator_memory_mb,
+            stage_tmp_mb=stage_tmp_mb,
             cpu_instance_types=cpu_instance_types,
             gpu_instance_types=gpu_instance_types,
             max_cpu_vcpus=max_cpu_vcpus,
@@ -222,7 +228,11 @@ class QlayerStack(Stack):
             s3.NotificationKeyFilter(prefix=INBOX_PREFIX, suffix=".json"),
         )
         access.grant_all(
-            principals={**fns, BATCH: compute.batch_job_role},
+            principals={
+                **fns,
+                BATCH: compute.batch_job_role,
+                ENV_BUILD: compute.env_build_role,
+            },
             bucket=storage.bucket,
             jobs=storage.jobs,
             tasks=storage.tasks,

@@ -50,7 +50,8 @@ _TALKS_TO_PROVIDERS = (
 )
 
 #: Handler name -> the environment variables its code reads; ``"batch"`` is the Batch
-#: containers (``python -m qlayer.aws.batch_entry``, stages and simulations).
+#: containers (``python -m qlayer.aws.batch_entry``, stages and simulations),
+#: ``"env_build"`` the environment builds (``python -m qlayer.aws.env_build``).
 FUNCTION_ENV: dict[str, frozenset[str]] = {
     "trigger": _EVERY | {STATE_MACHINE_ARN_ENV},
     "loader": _EVERY,
@@ -66,6 +67,8 @@ FUNCTION_ENV: dict[str, frozenset[str]] = {
     "dispatcher": _EVERY | _TALKS_TO_PROVIDERS,
     "poller": _EVERY | _TALKS_TO_PROVIDERS,
     "batch": _EVERY | _RUNS_STAGES,
+    # the environment build (qlayer.aws.env_build) touches envs/* of the bucket only
+    "env_build": frozenset({BUCKET_ENV, FUNCTION_NAME_ENV, LOG_SERVICE_ENV, LOG_LEVEL_ENV}),
 }
 
 ENV_VARS = {

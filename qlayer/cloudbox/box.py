@@ -49,6 +49,17 @@ from qlayer.cloudbox.synth import Synthesis
 #: moto's backends are global to a process: one box at a time per process.
 _ACTIVE = threading.Lock()
 
+#: The host's TLS trust settings, copied into the box's images when set: a real image has
+#: its own system certificates, the box's processes have the host's (a machine behind a
+#: TLS-inspecting proxy trusts its CA through these). An environment build reaches the
+#: package index with them.
+HOST_TRUST_VARIABLES: tuple[str, ...] = ("SSL_CERT_FILE", "SSL_CERT_DIR")
+
+
+def host_trust() -> dict[str, str]:
+    """The host's :data:`HOST_TRUST_VARIABLES` that are set."""
+    return {name: os.environ[name] for name in HOST_TRUST_VARIABLES if os.environ.get(name)}
+
 
 @dataclass(frozen=True)
 class BoxOptions:
@@ -60,7 +71,8 @@ class BoxOptions:
             ``provider_plugins``.
         image_env: Variables baked into the runner image (under each function's own),
             e.g. where a provider's fake service keeps its state; passed as given (only
-            the Dockerfile's own ``/tmp`` values become each environment's /tmp).
+            the Dockerfile's own ``/tmp`` values become each environment's /tmp). The
+            host's TLS trust settings (:data:`HOST_TRUST_VARIABLES`) are baked in too.
         max_processes: Runtimes per function at most (more invocations wait their turn).
         batch_slots: Batch jobs running at once (the others stay RUNNABLE).
         sqs_pollers: Concurrent batches per SQS event source mapping.
@@ -139,7 +151,7 @@ class CloudBox:
             self.synthesis.assembly,
             self.synthesis.assets().get("dockerImages", {}),
             plugins=[str(p) for p in self.options.plugins],
-            extra_env=self.options.image_env,
+            extra_env={**host_trust(), **self.options.image_env},
         )
         self.batch = BatchRunner(
             images=self.images,

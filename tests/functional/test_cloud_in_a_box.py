@@ -591,3 +591,116 @@ def test_a_circuit_and_an_array_as_arguments(box: CloudBox, cloud: Any) -> None:
         "file": f"jobs/{job.job_id}/input-0.npy",
     }
     assert cloud.services.store.exists(keys.job_prefix(job.job_id) + "input-0.npy")
+
+
+# -- program environments (issue 10) ----------------------------------------------------------
+PENDULUM = PROGRAMS / "aws_pendulum.py"
+GONE = PROGRAMS / "aws_gone_package.py"
+
+
+def _env_builds(box: CloudBox) -> list[Any]:
+    assert box.batch is not None
+    return [r for r in box.batch.runs if r.command[:3] == ["python", "-m", "qlayer.aws.env_build"]]
+
+
+def _events(job: Any) -> list[str]:
+    return [e["event"] for e in job.timeline()]
+
+
+def test_a_program_needing_pendulum_runs_to_done_and_its_lock_builds_once(
+    box: CloudBox, cloud: Any
+) -> None:
+    """pendulum is in neither the base nor the runner image: the first job builds its
+    environment on Batch (BUILDING), every stage runner (Lambda, a fan-out's children, Batch)
+    imports it from there; a second job of the same lock starts with no build."""
+    from qlayer import keys
+
+    before = len(_env_builds(box))
+    job = cloud.run(PENDULUM, {})
+    env = cloud.services.jobs.get(job.job_id).env
+    assert env and cloud.services.store.exists(keys.env_lock(env))
+    row = finish(box, job, timeout=400)
+    assert row["status"] == "DONE", row["message"]
+    result = job.result(wait=False)
+    assert result["offsets"] == {"Europe/Paris": 2, "Asia/Tokyo": 9}
+    assert "/qlayer-envs/" in result["file"]  # unpacked by the Batch stage runner
+    states = box.entered_states(job.job_id)
+    assert states[:4] == [
+        "Load job",
+        "Environment ready?",
+        "Build environment",
+        "Check environment",
+    ]
+    assert "Run stage on Batch" in states
+    events = _events(job)
+    assert events.index("building environment") < events.index("environment ready")
+    assert events.index("environment ready") < events.index("started")
+    (build,) = _env_builds(box)[before:]
+    assert build.name == f"{job.job_id}-env" and build.exit_code == 0
+    built = cloud.services.store.get_json(keys.env_built(env))
+    assert [p.split("==")[0] for p in built["packages"]].count("pendulum") == 1
+    assert cloud.services.store.get_json(keys.ENV_BASE)["python"] == "3.11"
+    for child in job.children():
+        assert cloud.services.jobs.get(child.job_id).env == env
+        assert "Build environment" not in box.entered_states(child.job_id)
+
+    again = cloud.run(PENDULUM, {"zones": ["America/New_York"]})
+    assert cloud.services.jobs.get(again.job_id).env == env
+    row = finish(box, again, timeout=300)
+    assert row["status"] == "DONE", row["message"]
+    assert again.result(wait=False)["offsets"] == {"America/New_York": -4}
+    assert "Build environment" not in box.entered_states(again.job_id)
+    assert len(_env_builds(box)) == before + 1  # no second build of the same lock
+    ready = [e for e in again.timeline() if e["event"] == "environment ready"]
+    assert ready[0]["detail"]["build"] == "skipped"
+    assert "building environment" not in _events(again)
+
+
+def test_a_job_without_requirements_sees_no_environment(box: CloudBox, cloud: Any) -> None:
+    job = cloud.run(PROGRAMS / "aws_no_requirements.py", {})
+    assert job.result(timeout=240) == {"pendulum": None}
+    assert cloud.services.jobs.get(job.job_id).env is None
+    assert "Build environment" not in box.entered_states(job.job_id)
+
+
+def test_a_bad_requirement_fails_at_submit_or_in_the_build_with_the_installers_reason(
+    box: CloudBox, cloud: Any
+) -> None:
+    """No such package: refused at submit (the resolver's reason). A lock whose pin no
+    longer installs (resolved before, gone from the index since): the build fails, the job
+    ends in ERROR with uv's message before any stage runs, and a second job of that lock
+    fails the same way without building again (for FAILURE_TTL_S)."""
+    from qlayer import keys
+    from qlayer.aws.envs import stack_base
+    from qlayer.envs import Lock, check_requirements, spec_hash
+    from qlayer.errors import RequirementError
+
+    with pytest.raises(RequirementError, match="qlayer-test-gone-package") as refused:
+        cloud.run(GONE, {})
+    assert "not found" in str(refused.value) or "No solution" in str(refused.value)
+
+    store = cloud.services.store
+    wanted = check_requirements(["qlayer-test-gone-package==1.0"])
+    base = stack_base(store)
+    lock = Lock(wanted, install=wanted, base=base.identity())
+    store.put_json(keys.env_lock(lock.hash), lock.to_json())
+    store.put_json(
+        keys.env_resolution(spec_hash(wanted, base)),
+        {"env": lock.hash, "requirements": list(wanted)},
+    )
+    before = len(_env_builds(box))
+    job = cloud.run(GONE, {})
+    row = finish(box, job, timeout=300)
+    assert row["status"] == "ERROR" and row["error_type"] == "EnvBuildError"
+    assert "qlayer-test-gone-package" in row["message"], row["message"]
+    assert "building the program's environment failed" in row["message"]
+    states = box.entered_states(job.job_id)
+    assert "Build environment" in states and not [s for s in states if "stage" in s]
+    assert "started" not in _events(job)
+    assert len(_env_builds(box)) == before + 1
+
+    again = cloud.run(GONE, {})
+    row = finish(box, again, timeout=120)
+    assert row["status"] == "ERROR" and row["error_type"] == "EnvBuildError"
+    assert "Build environment" not in box.entered_states(again.job_id)
+    assert len(_env_builds(box)) == before + 1

@@ -19,6 +19,8 @@ from .conftest import resources_of
 
 ALL = [*access.ACCESS]
 USER_CODE = ["stage_runner", "batch"]
+#: Who may see a built environment (envs/*): what runs stages, and what checks for one.
+ENV_READERS = {"stage_runner", "batch", "loader", "read_outcome", "env_build"}
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -33,6 +35,7 @@ def statements(template_json: dict[str, Any], stack) -> dict[str, list[dict[str,
         for name, lid in functions_by_name(template_json).items()
     }
     roles["batch"] = stack.resolve(stack.compute.batch_job_role.node.default_child.logical_id)
+    roles["env_build"] = stack.resolve(stack.compute.env_build_role.node.default_child.logical_id)
     found: dict[str, list[dict[str, Any]]] = {name: [] for name in roles}
     for policy in resources_of(template_json, "AWS::IAM::Policy").values():
         attached = {r["Ref"] for r in policy["Properties"]["Roles"]}
@@ -75,6 +78,7 @@ def test_user_code_reads_programs_and_jobs_and_writes_only_jobs(statements, stac
     assert s3 == {
         ("s3:GetObject", _ref(stack, bucket.arn_for_objects("programs/*"))),
         ("s3:GetObject", _ref(stack, bucket.arn_for_objects("jobs/*"))),
+        ("s3:GetObject", _ref(stack, bucket.arn_for_objects("envs/*"))),
         ("s3:PutObject", _ref(stack, bucket.arn_for_objects("jobs/*"))),
         ("s3:PutObjectTagging", _ref(stack, bucket.arn_for_objects("jobs/*"))),
         ("s3:ListBucket", _ref(stack, bucket.bucket_arn)),
@@ -117,10 +121,33 @@ def test_bucket_prefixes_follow_the_access_table(statements, stack, name: str) -
     bucket = stack.storage.bucket
     declared = access.ACCESS[name]
     grants = set(_grants(statements[name], "s3:"))
-    for prefix in ("inbox/", "programs/", "jobs/"):
+    for prefix in ("inbox/", "programs/", "jobs/", "envs/"):
         objects = _ref(stack, bucket.arn_for_objects(f"{prefix}*"))
         assert (("s3:GetObject", objects) in grants) == (prefix in declared.reads), (name, prefix)
         assert (("s3:PutObject", objects) in grants) == (prefix in declared.writes), (name, prefix)
+
+
+def test_the_environment_build_touches_envs_only(statements, stack) -> None:
+    """It runs a package installer (code from the index): it reads locks and writes built
+    environments under envs/, and may not read or write any job's data, row or secret."""
+    bucket = stack.storage.bucket
+    envs = _ref(stack, bucket.arn_for_objects("envs/*"))
+    assert set(_grants(statements["env_build"], "")) == {
+        ("s3:GetObject", envs),
+        ("s3:PutObject", envs),
+        ("s3:PutObjectTagging", envs),
+        ("s3:ListBucket", _ref(stack, bucket.bucket_arn)),
+    }
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_only_what_runs_or_checks_stages_reads_environments_and_only_the_build_writes_them(
+    statements, stack, name: str
+) -> None:
+    envs = _ref(stack, stack.storage.bucket.arn_for_objects("envs/*"))
+    grants = set(_grants(statements[name], "s3:"))
+    assert (("s3:GetObject", envs) in grants) == (name in ENV_READERS), name
+    assert (("s3:PutObject", envs) in grants) == (name == "env_build"), name
 
 
 @pytest.mark.parametrize("name", ALL)
