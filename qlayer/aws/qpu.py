@@ -40,7 +40,7 @@ from qlayer.dispatch.ledger import LedgerEntry
 from qlayer.interpreter import Decision
 from qlayer.providers.base import AsyncProvider, ProviderError
 from qlayer.status import JobStatus
-from qlayer.steps import note
+from qlayer.steps import held_group, note
 
 if TYPE_CHECKING:
     from qlayer.aws.ledger import DynamoLedger
@@ -130,6 +130,7 @@ def _submit(svc: Services, provider: AsyncProvider, entry: LedgerEntry) -> bool:
             owner=uuid.uuid4().hex,
             retry=svc.retry,
         )
+        notes = provider.take_notes(key)
     except (SubmissionEnded, SubmissionInProgress):
         return False  # cancelled meanwhile, or another dispatcher is on it
     except ProviderError as exc:
@@ -151,6 +152,8 @@ def _submit(svc: Services, provider: AsyncProvider, entry: LedgerEntry) -> bool:
         ledger.give_back_slot(key)
         log.exception("submitting %s failed; it is tried again later", key)
         return False
+    held = held_group(raw, entry.job_id)
+    own = held is not None and held[1] == entry.job_id
     svc.jobs.update(
         entry.job_id,
         status=JobStatus.WAITING_FOR_QPU,
@@ -166,10 +169,15 @@ def _submit(svc: Services, provider: AsyncProvider, entry: LedgerEntry) -> bool:
                 "provider_job_id": provider_job_id,
                 "idempotency_key": key,
                 # Finalise asks the dispatcher to close the job's session (close_sessions).
-                **({SESSION_HELD: True} if holds_session(raw, entry.job_id) else {}),
+                **({SESSION_HELD: True} if own else {}),
             },
         ),
     )
+    if held is not None and not own:
+        _hold_for(svc, held[1], held[0], backend)
+    for text in notes:  # what the provider ran instead of what was asked, said once
+        note(svc.store, entry.job_id, seq, "execute", text)
+        svc.jobs.add_event(entry.job_id, Event(seq, "execute", "execution mode", {"message": text}))
     note(
         svc.store,
         entry.job_id,
@@ -180,21 +188,28 @@ def _submit(svc: Services, provider: AsyncProvider, entry: LedgerEntry) -> bool:
     return True
 
 
-def holds_session(request_raw: dict[str, Any], job_id: str) -> bool:
-    """Whether a request artifact runs in a session/batch of ``job_id``'s own."""
-    options = dict(request_raw.get("options") or {})
-    return options.get("mode") in ("session", "batch") and options.get("session_group") == job_id
+def _hold_for(svc: Services, owner: str, group: str, backend: str) -> None:
+    """Record on ``owner``'s timeline (once) that its fan-out's items hold the batch
+    ``group``: when ``owner`` ends, Finalise (or the cancel) has the dispatcher close it."""
+    held = any(
+        event.get("event") == "batch held" and (event.get("detail") or {}).get("group") == group
+        for event in svc.jobs.timeline(owner)
+    )
+    if not held:
+        detail = {SESSION_HELD: True, "backend": backend, "group": group}
+        svc.jobs.add_event(owner, Event(None, "execute", "batch held", detail))
 
 
-def close_sessions(svc: Services, job_id: str, backend: str) -> None:
-    """Close the sessions/batches ``job_id`` held on ``backend``'s service; their billed
-    seconds go to the job's timeline (``sessions closed``: its usage)."""
+def close_sessions(svc: Services, job_id: str, backend: str, group: str | None = None) -> None:
+    """Close the sessions/batches ``job_id`` held on ``backend``'s service (its own, or
+    ``group``: its fan-out's batch); their billed seconds go to the job's timeline
+    (``sessions closed``: its usage)."""
     from qlayer.providers.registry import provider
 
     found = provider(backend)
     if not isinstance(found, AsyncProvider):
         return
-    closed = svc.retry(lambda: found.close_group(job_id))
+    closed = svc.retry(lambda: found.close_group(group or job_id))
     seconds = [v for v in closed.values() if v is not None]
     detail: dict[str, Any] = {"sessions": sorted(closed)}
     if seconds:
@@ -221,7 +236,8 @@ def cancel_task(svc: Services, job_id: str, seq: int | None) -> None:
         ledger.finish(key, "CANCELLED", message="cancelled with the job")
         return
     provider_job_id = cancel_once(ledger, found, key, retry=svc.retry)
-    if holds_session(svc.store.get_json(entry.request_key), job_id):
+    held = held_group(svc.store.get_json(entry.request_key), job_id)
+    if held is not None and held[1] == job_id:
         close_sessions(svc, job_id, entry.backend)  # its session ends with it
     if provider_job_id is not None:
         note(

@@ -48,7 +48,7 @@ from qlayer.local.ledger import SqliteLedger
 from qlayer.providers.base import ProviderError
 from qlayer.request import decode_request
 from qlayer.status import JobStatus
-from qlayer.steps import note
+from qlayer.steps import held_group, note
 from qlayer.store.base import ArtifactStore
 
 log = logging.getLogger("qlayer.daemon")
@@ -169,9 +169,10 @@ class RemoteDispatcher:
             max_workers=max(1, self.config.threads), thread_name_prefix="provider"
         )
         self._remote: dict[str, bool] = {}
-        #: Jobs whose requests hold a session/batch of their own -> the backend: closed by
-        #: the pump once the job has ended (done, failed or cancelled).
-        self.held: dict[str, str] = {}
+        #: Sessions/batches qlayer opened -> (backend, the job whose end closes it): a
+        #: job's own session, or a fan-out's batch (closed when the job that fanned out
+        #: ends; :func:`qlayer.steps.held_group`), closed by the pump once that job ended.
+        self.held: dict[str, tuple[str, str]] = {}
 
     # -- which backends -------------------------------------------------------------------
     def is_remote(self, backend: str | None) -> bool:
@@ -190,9 +191,9 @@ class RemoteDispatcher:
         assert decision.backend is not None and decision.request_key is not None
         key = f"{job_id}/{seq}"
         entry = self.ledger.hold(key, decision.backend, decision.request_key)
-        options = dict(self.store.get_json(decision.request_key).get("options") or {})
-        if options.get("mode") in ("session", "batch") and options.get("session_group") == job_id:
-            self.held[job_id] = decision.backend
+        held = held_group(self.store.get_json(decision.request_key), job_id)
+        if held is not None:
+            self.held[held[0]] = (decision.backend, held[1])
         work = self.works.get(key)
         if work is None:
             work = RemoteWork(
@@ -291,18 +292,21 @@ class RemoteDispatcher:
         """Close the sessions/batches of jobs that have ended (on a provider thread)."""
         from qlayer.providers.registry import async_provider
 
-        for job_id, backend in list(self.held.items()):
-            record = self.jobs.find(job_id)
+        for group, (backend, owner) in list(self.held.items()):
+            record = self.jobs.find(owner)
             if record is not None and not record.status.is_final:
                 continue
-            if any(w.job_id == job_id and w.busy for w in self.works.values()):
+            if any(
+                w.busy and (w.job_id == owner or w.job_id.startswith(owner + "_"))
+                for w in self.works.values()
+            ):
                 continue  # a call in flight may still open one: close after it
-            del self.held[job_id]
+            del self.held[group]
 
-            def close(job_id: str = job_id, backend: str = backend) -> dict[str, float | None]:
-                return self._retry(lambda: async_provider(backend).close_group(job_id))
+            def close(group: str = group, backend: str = backend) -> dict[str, float | None]:
+                return self._retry(lambda: async_provider(backend).close_group(group))
 
-            self._call(f"{job_id}/close", "close", close)
+            self._call(f"{owner}/close", "close", close)
 
     def _forget(self, work: RemoteWork) -> None:
         self.works.pop(work.key, None)
@@ -329,16 +333,16 @@ class RemoteDispatcher:
     def _retry(self, fn: Callable[[], Any]) -> Any:
         return with_retries(fn, self.config.retries, self.config.retry_base_s, max_delay=60.0)
 
-    def _submit_call(self, work: RemoteWork) -> Callable[[], str]:
+    def _submit_call(self, work: RemoteWork) -> Callable[[], tuple[str, list[str]]]:
         from qlayer.providers.registry import async_provider
 
         key, backend, request_key = work.key, work.backend, work.request_key
         store, ledger, owner = self.store, self._threads_ledger, self.owner
 
-        def submit() -> str:
+        def submit() -> tuple[str, list[str]]:
             provider = async_provider(backend)
             request = decode_request(store.get_json(request_key))
-            return submit_once(
+            provider_job_id = submit_once(
                 ledger,
                 provider,
                 key,
@@ -348,6 +352,7 @@ class RemoteDispatcher:
                 owner=owner,
                 retry=self._retry,
             )
+            return provider_job_id, provider.take_notes(key)
 
         return submit
 
@@ -418,15 +423,23 @@ class RemoteDispatcher:
         if error is not None:
             self._call_failed(work, kind, error, now)
         elif kind == "submit":
-            self._submitted(work, str(outcome), now)
+            provider_job_id, notes = outcome
+            self._submitted(work, str(provider_job_id), now, notes)
         else:
             status, decision = outcome
             self._polled(work, status, decision, now)
 
-    def _submitted(self, work: RemoteWork, provider_job_id: str, now: float) -> None:
+    def _submitted(
+        self, work: RemoteWork, provider_job_id: str, now: float, notes: list[str]
+    ) -> None:
         first = work.provider_job_id != provider_job_id
         work.provider_job_id, work.phase = provider_job_id, "poll"
         work.next_at = now + self.config.poll_s
+        for text in notes:  # what the provider ran instead of what was asked, said once
+            note(self.store, work.job_id, work.seq, "execute", text)
+            self.jobs.add_event(
+                work.job_id, Event(work.seq, "execute", "execution mode", {"message": text})
+            )
         if not first:
             return
         self.jobs.update(

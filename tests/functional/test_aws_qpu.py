@@ -31,6 +31,7 @@ from qlayer.cloudbox.server import REGION
 STACK = "Qlayer"
 TINY = PROGRAMS / "aws_tiny.py"
 ISA = PROGRAMS / "aws_isa.py"
+ISA_FAN = PROGRAMS / "aws_isa_fan.py"
 LIMIT = 8
 RATE_LIMITS = {"fakeqpu": {"max_in_flight": LIMIT, "submits_per_s": 1000, "burst": 1000}}
 #: The poller's rate(1 minute) fires every second here (the box's only time compression).
@@ -346,6 +347,31 @@ def test_a_finished_ibm_session_job_closes_its_session(box: CloudBox, cloud: Any
         timeout=180,
     )
     until("its usage", lambda: job.usage()["session_seconds"] == 2.0, timeout=60)
+
+
+def test_a_fan_outs_ibm_batch_is_closed_when_the_job_ends(
+    box: CloudBox, cloud: Any, ibm: Any
+) -> None:
+    """The items of a fan-out share one runtime batch (group ``<job>_<seq>``); the
+    dispatcher notes it on the parent, and the parent's Finalise has the batch closed."""
+    job = cloud.run(ISA_FAN, {"shots": 50, "items": 2})
+    row = finish(box, job, timeout=600)
+    assert row["status"] == "DONE", (row["message"], box.function_log("dispatcher")[-2000:])
+    assert [sum(c.values()) for c in job.result(wait=False)["counts"]] == [50, 50]
+    runtime_jobs = ibm.store.jobs(tags=[f"qlayer-session:{job.job_id}_1"])[0]
+    assert len(runtime_jobs) == 2
+    [batch_id] = {runtime_job["session_id"] for runtime_job in runtime_jobs}
+    assert ibm.store.session(batch_id)["mode"] == "batch"
+    until(
+        "the batch to close",
+        lambda: not ibm.store.session(batch_id)["accepting_jobs"],
+        timeout=180,
+    )
+    until(
+        "the job's note of it",
+        lambda: any(e["event"] == "sessions closed" for e in job.timeline()),
+        timeout=60,
+    )
 
 
 def test_braket_local_runs_as_a_simulator(box: CloudBox, cloud: Any) -> None:
