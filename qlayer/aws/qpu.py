@@ -32,6 +32,7 @@ from qlayer.dispatch import (
     SubmissionEnded,
     SubmissionInProgress,
     admit,
+    batches,
     cancel_once,
     end,
     submit_once,
@@ -89,7 +90,11 @@ def drain(svc: Services, backend: str, *, budget_s: float = DRAIN_BUDGET_S) -> i
 
     ledger = ledger_of(svc)
     limiter = svc.rate_limiter()
-    provider = async_provider(backend)
+    provider = shares_of(svc, async_provider(backend))
+    # Compatible waiting requests become batches: one provider job each (batches.form).
+    if batches.ready(ledger, limiter, backend):
+        waiting = ledger.entries_in(["WAITING"], backend=backend)
+        batches.form(ledger, svc.store, waiting, max_pubs=limiter.limits_for(backend).max_pubs)
     now = ledger.clock()
     candidates = ledger.entries_in(["WAITING"], backend=backend) + [
         entry
@@ -98,9 +103,19 @@ def drain(svc: Services, backend: str, *, budget_s: float = DRAIN_BUDGET_S) -> i
     ]
     candidates.sort(key=lambda e: (e.created_at, e.key))
     started, submitted = time.monotonic(), 0
+    unshared: set[str] = set()  # batches submitted before their members got their shares
     for entry in candidates:
         if time.monotonic() - started > budget_s:
             break
+        if batches.is_batch(entry.key):
+            if admit(ledger, limiter, entry.key, backend) > 0:
+                break
+            submitted += _submit_batch(svc, provider, entry)
+            continue
+        batch = batches.batch_of(entry)
+        if batch is not None:  # its batch submits it
+            unshared.add(batch)
+            continue
         job = svc.jobs.find(entry.job_id)
         if job is None or job.status.is_final:
             ledger.finish(entry.key, "CANCELLED", message="the job ended before its turn")
@@ -109,7 +124,84 @@ def drain(svc: Services, backend: str, *, budget_s: float = DRAIN_BUDGET_S) -> i
             break  # every slot taken, or the rate says wait: the next poll comes back
         if _submit(svc, provider, entry):
             submitted += 1
+    for batch in sorted(unshared):
+        found = ledger.get(batch)
+        if found is not None and found.provider_job_id is not None:
+            _submit_batch(svc, provider, found)  # the job exists: only the shares are given
     return submitted
+
+
+def shares_of(svc: Services, provider: AsyncProvider) -> batches.Shares:
+    """The provider, with coalesced requests' shares of one provider job understood."""
+    return batches.Shares(provider, ledger_of(svc), svc.store, retry=svc.retry)
+
+
+def _submit_batch(svc: Services, provider: batches.Shares, entry: LedgerEntry) -> int:
+    """Submit a batch's one provider job (exactly once) and tell its members' jobs."""
+    ledger = ledger_of(svc)
+    try:
+        got = batches.submit_batch(
+            ledger, provider, svc.store, entry.key, owner=uuid.uuid4().hex, retry=svc.retry
+        )
+    except (SubmissionEnded, SubmissionInProgress):
+        return 0
+    except ProviderError as exc:
+        if exc.retryable:
+            ledger.give_back_slot(entry.key)
+            return 0
+        ledger.finish(entry.key, "ERROR", message=str(exc))
+        for key in batches.member_keys(svc.store, entry.key):
+            job_id, _, seq_text = key.rpartition("/")
+            seq = int(seq_text)
+            text = f"submit to {entry.backend} failed: {exc}"
+            note(svc.store, job_id, seq, "execute", f"{text} (key {key}, coalesced)")
+            decision = Decision.failed(seq, "execute", "ProviderError", text)
+            svc.store.put_json(
+                keys.step_dir(job_id, seq, "execute") + "output.json", decision.to_json()
+            )
+            deliver(svc, key, decision)
+        return 0
+    except Exception:
+        ledger.give_back_slot(entry.key)
+        log.exception("submitting batch %s failed; it is tried again later", entry.key)
+        return 0
+    if got is None:
+        return 0
+    provider_job_id, given = got
+    notes = provider.take_notes(entry.key)
+    shared = {"batch": entry.key, "requests": len(batches.member_keys(svc.store, entry.key))}
+    for key in given:
+        job_id, _, seq_text = key.rpartition("/")
+        seq = int(seq_text)
+        svc.jobs.update(
+            job_id,
+            status=JobStatus.WAITING_FOR_QPU,
+            stage="execute",
+            seq=seq,
+            provider_job_id=provider_job_id,
+            event=Event(
+                seq,
+                "execute",
+                "submitted",
+                {
+                    "backend": entry.backend,
+                    "provider_job_id": provider_job_id,
+                    "idempotency_key": key,
+                    "coalesced": shared,
+                },
+            ),
+        )
+        note(
+            svc.store,
+            job_id,
+            seq,
+            "execute",
+            f"submitted to {entry.backend}: provider job {provider_job_id} (key {key}), "
+            f"shared by {shared['requests']} requests ({entry.key})",
+        )
+        for text in notes:
+            note(svc.store, job_id, seq, "execute", text)
+    return len(given)
 
 
 def _submit(svc: Services, provider: AsyncProvider, entry: LedgerEntry) -> bool:
@@ -235,15 +327,15 @@ def cancel_task(svc: Services, job_id: str, seq: int | None) -> None:
     if not isinstance(found, AsyncProvider):
         ledger.finish(key, "CANCELLED", message="cancelled with the job")
         return
-    provider_job_id = cancel_once(ledger, found, key, retry=svc.retry)
+    provider_job_id = cancel_once(ledger, shares_of(svc, found), key, retry=svc.retry)
     held = held_group(svc.store.get_json(entry.request_key), job_id)
     if held is not None and held[1] == job_id:
         close_sessions(svc, job_id, entry.backend)  # its session ends with it
     if provider_job_id is not None:
-        note(
-            svc.store,
-            job_id,
-            seq,
-            "execute",
-            f"cancelled provider job {provider_job_id} on {entry.backend} (key {key})",
-        )
+        text = f"cancelled provider job {provider_job_id} on {entry.backend} (key {key})"
+        if batches.is_batch(provider_job_id):
+            text = (
+                f"cancelled its share of a coalesced provider job on {entry.backend} (key {key});"
+                " the provider job itself is cancelled once no other request needs it"
+            )
+        note(svc.store, job_id, seq, "execute", text)

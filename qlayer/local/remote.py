@@ -25,7 +25,6 @@ import socket
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +35,19 @@ from qlayer.dispatch import (
     RateLimiter,
     RateLimits,
     SubmissionEnded,
+    SubmissionInProgress,
     admit,
+    batches,
     cancel_once,
     end,
     follow,
     submit_once,
     with_retries,
 )
+from qlayer.dispatch.batches import Shares
 from qlayer.interpreter import Decision
 from qlayer.local.ledger import SqliteLedger
+from qlayer.local.remote_work import BatchWork, RemoteConfig, RemoteWork
 from qlayer.providers.base import ProviderError
 from qlayer.request import decode_request
 from qlayer.status import JobStatus
@@ -54,67 +57,6 @@ from qlayer.store.base import ArtifactStore
 log = logging.getLogger("qlayer.daemon")
 
 OnDecision = Callable[[str, int, Decision], None]
-
-
-def _env_float(name: str, default: float) -> float:
-    value = os.environ.get(name)
-    return float(value) if value else default
-
-
-@dataclass
-class RemoteConfig:
-    """How the daemon drives QPU services. From the environment:
-
-    * ``QLAYER_QPU_TIMEOUT_S`` (7 days): an execute step whose provider job has not
-      completed this long after the step was queued ends the job in ERROR (and the
-      provider job is cancelled): a completion that never arrives is never a hang;
-    * ``QLAYER_QPU_POLL_S`` (5 s): time between two polls of one provider job;
-    * ``QLAYER_QPU_POLLS_PER_S`` (10): polls per second per provider (token bucket);
-    * ``QLAYER_QPU_RETRIES`` (5) and ``QLAYER_QPU_RETRY_BASE_S`` (1 s): backoff of a
-      retryable provider error (throttling, transient network) within one call;
-    * ``QLAYER_QPU_RETRY_LATER_S`` (30 s): when a call still fails after its retries,
-      try again this much later (the timeout above bounds it all);
-    * ``QLAYER_PROVIDER_THREADS`` (8): threads making provider calls.
-    """
-
-    timeout_s: float = 7 * 24 * 3600.0
-    poll_s: float = 5.0
-    polls_per_s: float = 10.0
-    retries: int = 5
-    retry_base_s: float = 1.0
-    retry_later_s: float = 30.0
-    threads: int = 8
-
-    @classmethod
-    def from_env(cls) -> RemoteConfig:
-        return cls(
-            timeout_s=_env_float("QLAYER_QPU_TIMEOUT_S", cls.timeout_s),
-            poll_s=_env_float("QLAYER_QPU_POLL_S", cls.poll_s),
-            polls_per_s=_env_float("QLAYER_QPU_POLLS_PER_S", cls.polls_per_s),
-            retries=int(_env_float("QLAYER_QPU_RETRIES", cls.retries)),
-            retry_base_s=_env_float("QLAYER_QPU_RETRY_BASE_S", cls.retry_base_s),
-            retry_later_s=_env_float("QLAYER_QPU_RETRY_LATER_S", cls.retry_later_s),
-            threads=int(_env_float("QLAYER_PROVIDER_THREADS", cls.threads)),
-        )
-
-
-@dataclass
-class RemoteWork:
-    """One execute request waiting on a remote provider: the pump's memory of it (the
-    durable truth is the ledger entry)."""
-
-    key: str
-    job_id: str
-    seq: int
-    backend: str
-    request_key: str
-    queued_at: float  # the request's arrival: the timeout counts from here
-    phase: str = "submit"  # submit | poll
-    provider_job_id: str | None = None
-    next_at: float = 0.0
-    busy: bool = False  # a provider call for it is in flight on a thread
-    last_state: str | None = None
-    cancelled: bool = False
 
 
 class RemoteDispatcher:
@@ -151,6 +93,9 @@ class RemoteDispatcher:
         self._threads_ledger = SqliteLedger(db)
         self.owner = f"daemon-{os.getpid()}-{secrets.token_hex(4)}"
         self.works: dict[str, RemoteWork] = {}
+        self.batches: dict[str, BatchWork] = {}
+        self._shares: dict[str, Shares] = {}
+        self._formed: dict[str, frozenset[str]] = {}  # backend -> the keys last grouped
         self.submits = RateLimiter(configured_limits())
         poll_limits = RateLimits(
             max_in_flight=10**9,
@@ -202,6 +147,9 @@ class RemoteDispatcher:
             if entry.provider_job_id is not None:
                 work.phase, work.provider_job_id = "poll", entry.provider_job_id
                 work.last_state = entry.state
+            work.batch = batches.batch_of(entry)
+            if work.batch is not None and entry.provider_job_id is None:
+                self.batches.setdefault(work.batch, BatchWork(work.batch, decision.backend))
             self.works[key] = work
         elif not work.busy:  # queued again: through submit_once again (it finds the id)
             work.phase, work.next_at = "submit", 0.0
@@ -223,7 +171,7 @@ class RemoteDispatcher:
         self._threads_ledger.close()
 
     def next_timeout(self, now: float) -> float | None:
-        times = []
+        times = [batch.next_at for batch in self.batches.values() if not batch.busy]
         for work in self.works.values():
             times.append(work.queued_at + self.config.timeout_s)
             if not work.busy:
@@ -249,6 +197,10 @@ class RemoteDispatcher:
         """
         self.ledger.expire_claims()
         for entry in self.ledger.entries_in(OPEN_STATES):
+            if batches.is_batch(entry.key):
+                # Not submitted yet, or submitted before its members got their shares.
+                self.batches.setdefault(entry.key, BatchWork(entry.key, entry.backend))
+                continue
             if entry.key in self.works:
                 continue
             if entry.outcome is not None:  # applied before the crash, or not: apply, end
@@ -263,6 +215,10 @@ class RemoteDispatcher:
         """Start the provider calls that are due, within each backend's limits."""
         now = self.clock()
         self._close_ended()
+        self._form_batches()
+        for batch in list(self.batches.values()):
+            if not batch.busy and batch.next_at <= now:
+                self._pump_batch(batch, now)
         for work in list(self.works.values()):
             if work.busy or work.cancelled:
                 continue
@@ -271,6 +227,8 @@ class RemoteDispatcher:
                 continue
             if work.next_at > now:
                 continue
+            if work.phase == "submit" and work.batch is not None:
+                continue  # its batch submits it
             if work.phase == "submit":
                 wait_s = admit(self.ledger, self.submits, work.key, work.backend)
                 if wait_s > 0:
@@ -287,6 +245,62 @@ class RemoteDispatcher:
                 self.polls.release(work.backend)
                 work.busy = True
                 self._call(work.key, "poll", self._poll_call(work))
+
+    def _form_batches(self) -> None:
+        """Merge compatible waiting requests of a backend (:mod:`qlayer.dispatch.batches`):
+        each batch becomes one provider job, submitted when its backend admits it."""
+        waiting: dict[str, set[str]] = {}
+        for work in self.works.values():
+            if work.phase == "submit" and work.batch is None and not (work.busy or work.cancelled):
+                waiting.setdefault(work.backend, set()).add(work.key)
+        for backend, keys in waiting.items():
+            if len(keys) < 2 or self._formed.get(backend) == keys:
+                continue  # nothing to merge, or the same requests as last time
+            if not batches.ready(self.ledger, self.submits, backend):
+                continue  # merged when the backend can take the next job
+            self._formed[backend] = frozenset(keys)
+            entries = [
+                e for e in self.ledger.entries_in(["WAITING"], backend=backend) if e.key in keys
+            ]
+            max_pubs = self.submits.limits_for(backend).max_pubs
+            formed = batches.form(
+                self.ledger, self.store, entries, owner=self.owner, max_pubs=max_pubs
+            )
+            for batch in formed:
+                self.batches[batch] = BatchWork(batch, backend)
+                for key in batches.member_keys(self.store, batch):
+                    if key in self.works:
+                        self.works[key].batch = batch
+
+    def _pump_batch(self, batch: BatchWork, now: float) -> None:
+        wait_s = admit(self.ledger, self.submits, batch.key, batch.backend)
+        if wait_s > 0:
+            batch.next_at = float("inf") if wait_s == float("inf") else now + wait_s
+            return
+        batch.busy = True
+        shares, store, owner = self._shares_for(batch.backend), self.store, self.owner
+        ledger, key = self._threads_ledger, batch.key
+
+        def submit() -> tuple[tuple[str, list[str]] | None, list[str]]:
+            got = batches.submit_batch(ledger, shares, store, key, owner=owner, retry=self._retry)
+            return got, shares.take_notes(key)
+
+        self._call(key, "batch", submit)
+
+    def _shares_for(self, backend: str) -> Shares:
+        """The backend's provider, with batches' shares understood (one per backend: it
+        keeps a batch's status and result for all its members)."""
+        from qlayer.providers.registry import async_provider
+
+        if backend not in self._shares:
+            self._shares[backend] = Shares(
+                async_provider(backend),
+                self._threads_ledger,
+                self.store,
+                status_ttl_s=self.config.poll_s / 2,
+                retry=self._retry,
+            )
+        return self._shares[backend]
 
     def _close_ended(self) -> None:
         """Close the sessions/batches of jobs that have ended (on a provider thread)."""
@@ -310,7 +324,8 @@ class RemoteDispatcher:
 
     def _forget(self, work: RemoteWork) -> None:
         self.works.pop(work.key, None)
-        for other in self.works.values():  # a slot may have come back: wake who waits for one
+        waiting: list[RemoteWork | BatchWork] = [*self.works.values(), *self.batches.values()]
+        for other in waiting:  # a slot may have come back: wake who waits for one
             if other.backend == work.backend and other.next_at == float("inf"):
                 other.next_at = 0.0
 
@@ -357,22 +372,20 @@ class RemoteDispatcher:
         return submit
 
     def _poll_call(self, work: RemoteWork) -> Callable[[], Any]:
-        from qlayer.providers.registry import async_provider
-
         key, backend, store, ledger = work.key, work.backend, self.store, self._threads_ledger
 
+        shares = self._shares_for(backend)
+
         def poll() -> tuple[Any, Decision | None]:
-            return follow(ledger, async_provider(backend), store, key, retry=self._retry)
+            return follow(ledger, shares, store, key, retry=self._retry)
 
         return poll
 
     def _cancel_call(self, key: str, backend: str) -> Callable[[], str | None]:
-        from qlayer.providers.registry import async_provider
-
-        ledger = self._threads_ledger
+        ledger, shares = self._threads_ledger, self._shares_for(backend)
 
         def cancel() -> str | None:
-            return cancel_once(ledger, async_provider(backend), key, retry=self._retry)
+            return cancel_once(ledger, shares, key, retry=self._retry)
 
         return cancel
 
@@ -402,6 +415,9 @@ class RemoteDispatcher:
                 event = Event(None, None, "sessions closed", detail)
             self.jobs.add_event(job_id, event)
             return
+        if kind == "batch":
+            self._batch_replied(key, outcome, error)
+            return
         if kind == "cancel":
             if error is not None:
                 event = Event(None, "execute", "provider cancel failed", {"message": str(error)})
@@ -429,8 +445,48 @@ class RemoteDispatcher:
             status, decision = outcome
             self._polled(work, status, decision, now)
 
+    def _batch_replied(self, key: str, outcome: Any, error: BaseException | None) -> None:
+        """A batch's submission returned: its members poll their shares of the one job."""
+        batch = self.batches.get(key)
+        if batch is None:
+            return
+        batch.busy = False
+        now = self.clock()
+        members = [self.works[k] for k in batches.member_keys(self.store, key) if k in self.works]
+        if error is None:
+            del self.batches[key]
+            got, notes = outcome
+            if got is None:  # every member had ended: nothing was sent
+                return
+            provider_job_id, given = got
+            for work in members:
+                if work.key in given and not work.cancelled:
+                    self._submitted(work, provider_job_id, now, notes, batch=(key, len(members)))
+            return
+        if isinstance(error, SubmissionEnded):
+            del self.batches[key]
+            return
+        if isinstance(error, SubmissionInProgress) or (
+            isinstance(error, ProviderError) and error.retryable
+        ):
+            batch.next_at = now + self.config.retry_later_s
+            self.ledger.give_back_slot(key)
+            return
+        # Refused: every member fails with the provider's words, as a request alone would.
+        del self.batches[key]
+        self.ledger.finish(key, "ERROR", message=str(error))
+        for work in members:
+            work.batch = None
+            self._call_failed(work, "submit", error, now)
+
     def _submitted(
-        self, work: RemoteWork, provider_job_id: str, now: float, notes: list[str]
+        self,
+        work: RemoteWork,
+        provider_job_id: str,
+        now: float,
+        notes: list[str],
+        *,
+        batch: tuple[str, int] | None = None,
     ) -> None:
         first = work.provider_job_id != provider_job_id
         work.provider_job_id, work.phase = provider_job_id, "poll"
@@ -456,15 +512,17 @@ class RemoteDispatcher:
                     "backend": work.backend,
                     "provider_job_id": provider_job_id,
                     "idempotency_key": work.key,
+                    **({"coalesced": {"batch": batch[0], "requests": batch[1]}} if batch else {}),
                 },
             ),
         )
+        shared = f", shared by {batch[1]} requests ({batch[0]})" if batch else ""
         note(
             self.store,
             work.job_id,
             work.seq,
             "execute",
-            f"submitted to {work.backend}: provider job {provider_job_id} (key {work.key})",
+            f"submitted to {work.backend}: provider job {provider_job_id} (key {work.key}){shared}",
         )
 
     def _polled(self, work: RemoteWork, status: Any, decision: Decision | None, now: float) -> None:

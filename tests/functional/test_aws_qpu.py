@@ -32,6 +32,7 @@ STACK = "Qlayer"
 TINY = PROGRAMS / "aws_tiny.py"
 ISA = PROGRAMS / "aws_isa.py"
 ISA_FAN = PROGRAMS / "aws_isa_fan.py"
+BASIS = PROGRAMS / "aws_basis.py"
 LIMIT = 8
 RATE_LIMITS = {"fakeqpu": {"max_in_flight": LIMIT, "submits_per_s": 1000, "burst": 1000}}
 #: The poller's rate(1 minute) fires every second here (the box's only time compression).
@@ -372,6 +373,46 @@ def test_a_fan_outs_ibm_batch_is_closed_when_the_job_ends(
         lambda: any(e["event"] == "sessions closed" for e in job.timeline()),
         timeout=60,
     )
+
+
+def test_requests_queued_for_ibm_share_one_runtime_job(box: CloudBox, cloud: Any, ibm: Any) -> None:
+    """Coalescing on the AWS path: while IBM's three slots are taken (held runtime jobs of
+    seeded requests, which never merge), small unseeded requests wait in the tasks table;
+    when a slot comes back the poller's drain merges them into one runtime job, and each
+    job gets its own PUB's counts."""
+    creations = ibm.job_creations()
+    ibm.hold_next(count=3)
+    blockers = [cloud.run(BASIS, {"k": 7, "shots": 20, "seed": i}) for i in range(3)]
+    until(
+        "the three held runtime jobs",
+        lambda: ibm.job_creations() == creations + 3,
+        timeout=600,
+    )
+    jobs = [cloud.run(BASIS, {"k": k, "shots": 50}) for k in range(4)]
+    until(
+        "the four requests held back",
+        lambda: all(
+            (entry := cloud.services.ledger.get(f"{job.job_id}/1")) is not None
+            and entry.state == "WAITING"
+            for job in jobs
+        ),
+        timeout=600,
+    )
+    for held in ibm.store.jobs(pending=True)[0]:
+        ibm.release(held["id"])
+    for k, job in enumerate(jobs):
+        row = finish(box, job, timeout=600)
+        assert row["status"] == "DONE", (row["message"], box.function_log("poller")[-2000:])
+        result = job.result(wait=False)
+        assert result["counts"] == {format(k, "03b"): 50}, (k, result)
+        assert result["coalesced"] == 4
+    assert ibm.job_creations() == creations + 4  # three blockers, one for the four
+    for blocker in blockers:
+        assert finish(box, blocker, timeout=300)["status"] == "DONE"
+    [submitted] = [
+        e for e in jobs[0].timeline() if e["event"] == "submitted" and e["stage"] == "execute"
+    ]
+    assert submitted["detail"]["coalesced"]["requests"] == 4
 
 
 def test_braket_local_runs_as_a_simulator(box: CloudBox, cloud: Any) -> None:
