@@ -196,9 +196,12 @@ def _form_one(
         manifest_key(batch),
         {"members": [[key, a, b] for key, (a, b) in zip(keys, ranges, strict=True)]},
     )
+    # The batch's entry first, then the marks: a marked member always finds its batch. A
+    # member the process died before marking goes alone once its lease has passed, and
+    # is no member (submit_batch gives shares to marked members only).
+    ledger.hold(batch, mine[0][0].backend, request_key)
     for key in keys:  # the mark survives a crash: a takeover finds its batch
         ledger.set_state(key, "CLAIMED", MARK + batch)
-    ledger.hold(batch, mine[0][0].backend, request_key)
     return batch
 
 
@@ -241,9 +244,13 @@ def submit_batch(
         return None
     keys = member_keys(store, batch)
     if entry.provider_job_id is None:
-        live = [e for e in map(ledger.get, keys) if e is not None and e.state not in FINAL_STATES]
+        live = [
+            e
+            for e in map(ledger.get, keys)
+            if e is not None and e.state not in FINAL_STATES and batch_of(e) == batch
+        ]
         if not live:
-            ledger.finish(batch, "CANCELLED", message="every member ended before its turn")
+            ledger.finish(batch, "CANCELLED", message="no member waits for it any more")
             return None
     request = decode_request(store.get_json(entry.request_key))
     provider_job_id = submit_once(
@@ -259,8 +266,8 @@ def submit_batch(
     given = []
     for key, share in zip(keys, members(store, batch), strict=True):
         before = ledger.get(key)
-        if before is None or before.provider_job_id is not None:
-            continue  # given before (a repeat), or somehow not a member any more
+        if before is None or before.provider_job_id is not None or batch_of(before) != batch:
+            continue  # given before (a repeat), or never marked (it went alone)
         recorded = ledger.record_submission(key, share.ref)
         if recorded.provider_job_id == share.ref and recorded.state not in FINAL_STATES:
             given.append(key)

@@ -375,22 +375,20 @@ def test_a_fan_outs_ibm_batch_is_closed_when_the_job_ends(
     )
 
 
-def test_requests_queued_for_ibm_share_one_runtime_job(box: CloudBox, cloud: Any, ibm: Any) -> None:
-    """Coalescing on the AWS path: while IBM's three slots are taken (held runtime jobs of
-    seeded requests, which never merge), small unseeded requests wait in the tasks table;
-    when a slot comes back the poller's drain merges them into one runtime job, and each
-    job gets its own PUB's counts."""
+def _behind_held_blockers(cloud: Any, ibm: Any, n: int, *, hold: int = 3) -> tuple[list, list]:
+    """IBM's three slots taken by held runtime jobs of seeded requests (which never merge);
+    ``n`` small unseeded requests wait in the tasks table behind them."""
     creations = ibm.job_creations()
-    ibm.hold_next(count=3)
+    ibm.hold_next(count=hold)
     blockers = [cloud.run(BASIS, {"k": 7, "shots": 20, "seed": i}) for i in range(3)]
     until(
         "the three held runtime jobs",
         lambda: ibm.job_creations() == creations + 3,
         timeout=600,
     )
-    jobs = [cloud.run(BASIS, {"k": k, "shots": 50}) for k in range(4)]
+    jobs = [cloud.run(BASIS, {"k": k, "shots": 50}) for k in range(n)]
     until(
-        "the four requests held back",
+        f"the {n} requests held back",
         lambda: all(
             (entry := cloud.services.ledger.get(f"{job.job_id}/1")) is not None
             and entry.state == "WAITING"
@@ -398,6 +396,19 @@ def test_requests_queued_for_ibm_share_one_runtime_job(box: CloudBox, cloud: Any
         ),
         timeout=600,
     )
+    return blockers, jobs
+
+
+def _shared_jobs(ibm: Any) -> list[dict[str, Any]]:
+    runtime_jobs = ibm.store.jobs()[0]
+    return [j for j in runtime_jobs if any(t.startswith("coalesced/") for t in j["tags"])]
+
+
+def test_requests_queued_for_ibm_share_one_runtime_job(box: CloudBox, cloud: Any, ibm: Any) -> None:
+    """Coalescing on the AWS path: when a slot comes back the poller's drain merges the
+    waiting requests into one runtime job, and each job gets its own PUB's counts."""
+    creations = ibm.job_creations()
+    blockers, jobs = _behind_held_blockers(cloud, ibm, 4)
     for held in ibm.store.jobs(pending=True)[0]:
         ibm.release(held["id"])
     for k, job in enumerate(jobs):
@@ -407,12 +418,50 @@ def test_requests_queued_for_ibm_share_one_runtime_job(box: CloudBox, cloud: Any
         assert result["counts"] == {format(k, "03b"): 50}, (k, result)
         assert result["coalesced"] == 4
     assert ibm.job_creations() == creations + 4  # three blockers, one for the four
+    assert len(_shared_jobs(ibm)) >= 1
     for blocker in blockers:
         assert finish(box, blocker, timeout=300)["status"] == "DONE"
     [submitted] = [
         e for e in jobs[0].timeline() if e["event"] == "submitted" and e["stage"] == "execute"
     ]
     assert submitted["detail"]["coalesced"]["requests"] == 4
+
+
+def test_cancelling_one_coalesced_request_leaves_the_runtime_job_to_the_others(
+    box: CloudBox, cloud: Any, ibm: Any
+) -> None:
+    before = {j["id"] for j in _shared_jobs(ibm)}
+    blockers, jobs = _behind_held_blockers(cloud, ibm, 3, hold=4)  # the shared job held too
+    for held in ibm.store.jobs(pending=True)[0]:
+        ibm.release(held["id"])
+    until("the shared runtime job", lambda: [j for j in _shared_jobs(ibm) if j["id"] not in before])
+    [shared] = [j for j in _shared_jobs(ibm) if j["id"] not in before]
+    until(
+        "every request's share",
+        lambda: all(
+            (cloud.services.ledger.get(f"{job.job_id}/1").provider_job_id or "").startswith(
+                "coalesced/"
+            )
+            for job in jobs
+        ),
+        timeout=300,
+    )
+    assert jobs[1].cancel() is True
+    until(
+        "the cancelled request's entry to end",
+        lambda: cloud.services.ledger.get(f"{jobs[1].job_id}/1").state == "CANCELLED",
+        timeout=180,
+    )
+    assert ibm.store.job(shared["id"])["status"] in ("Queued", "Running")
+    ibm.release(shared["id"])
+    for k in (0, 2):
+        row = finish(box, jobs[k], timeout=600)
+        assert row["status"] == "DONE", row["message"]
+        assert jobs[k].result(wait=False)["counts"] == {format(k, "03b"): 50}
+    assert ibm.store.job(shared["id"])["status"] == "Completed"
+    assert jobs[1].status().value == "CANCELLED"
+    for blocker in blockers:
+        finish(box, blocker, timeout=300)
 
 
 def test_braket_local_runs_as_a_simulator(box: CloudBox, cloud: Any) -> None:

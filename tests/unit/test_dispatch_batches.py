@@ -214,3 +214,30 @@ def decode(store, batch):
 
 def ledger_request_key(batch: str) -> str:
     return batches.manifest_key(batch).replace("manifest.json", "request.json")
+
+
+class DiesBeforeMarking(MemoryLedger):
+    """The forming process dies after the batch's entry, before it marks its members."""
+
+    def set_state(self, key, state, message=None):
+        if message and message.startswith(batches.MARK):
+            raise SystemExit("dispatcher killed while forming a batch")
+        return super().set_state(key, state, message)
+
+
+def test_members_never_marked_go_alone_and_their_batch_is_never_sent(tmp_path):
+    now = [1000.0]
+    ledger = DiesBeforeMarking(clock=lambda: now[0])
+    store, service = FolderStore(tmp_path / "a"), FakeService()
+    keys = hold(ledger, store, 2)
+    with pytest.raises(SystemExit):
+        batches.form(ledger, store, ledger.entries_in(["WAITING"]), owner="dead")
+    [batch] = [e.key for e in ledger.entries_in(["WAITING"]) if batches.is_batch(e.key)]
+    shares = batches.Shares(service, ledger, store)
+    now[0] += 301  # the dead claims' leases pass: each goes alone, its own provider job
+    for key in keys:
+        request = ExecuteRequest("sampler", [basis(0)], BACKEND, "count", shots=10)
+        submit_once(ledger, shares, key, BACKEND, request)
+    assert batches.submit_batch(ledger, shares, store, batch) is None
+    assert [k for _, k in service.calls if _ == "submit"] == keys
+    assert ledger.get(batch).state == "CANCELLED"
