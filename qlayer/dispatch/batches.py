@@ -33,6 +33,7 @@ import hashlib
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -306,8 +307,10 @@ class Shares(AsyncProvider):
         self.retry = retry
         self._clock = clock
         self._lock = threading.Lock()
-        self._statuses: dict[str, tuple[float, ProviderJobStatus]] = {}
-        self._results: dict[str, PrimitiveResult] = {}
+        # The latest batches' status and result, for their members (bounded: a long-running
+        # daemon keeps one of these per backend).
+        self._statuses: OrderedDict[str, tuple[float, ProviderJobStatus]] = OrderedDict()
+        self._results: OrderedDict[str, PrimitiveResult] = OrderedDict()
 
     # -- delegated ----------------------------------------------------------------------
     def backends(self) -> list[BackendInfo]:
@@ -354,7 +357,7 @@ class Shares(AsyncProvider):
             fresh = cached is None or now - cached[0] > self.status_ttl_s
             if fresh:
                 status = self.inner.status(real)
-                self._statuses[real] = (now, status)
+                _keep(self._statuses, real, (now, status))
             else:
                 assert cached is not None
                 status = cached[1]
@@ -379,7 +382,7 @@ class Shares(AsyncProvider):
             merged = self._results.get(real)
             if merged is None:
                 merged = self.inner.result(real)
-                self._results[real] = merged
+                _keep(self._results, real, merged)
         shares = members(self.store, share.batch)
         parts = coalesce.split(merged, [s.stop - s.start for s in shares])
         return parts[[s.start for s in shares].index(share.start)]
@@ -393,3 +396,14 @@ class Shares(AsyncProvider):
         others = [self.ledger.get(key) for key in member_keys(self.store, batch)]
         if all(e is None or e.state in FINAL_STATES for e in others):
             cancel_once(self.ledger, self.inner, batch, retry=self.retry)
+
+
+#: How many batches' statuses and results a :class:`Shares` keeps.
+KEPT = 64
+
+
+def _keep(cache: OrderedDict[str, Any], key: str, value: Any) -> None:
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > KEPT:
+        cache.popitem(last=False)

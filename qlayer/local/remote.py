@@ -35,7 +35,6 @@ from qlayer.dispatch import (
     RateLimiter,
     RateLimits,
     SubmissionEnded,
-    SubmissionInProgress,
     admit,
     batches,
     cancel_once,
@@ -47,6 +46,7 @@ from qlayer.dispatch import (
 from qlayer.dispatch.batches import Shares
 from qlayer.interpreter import Decision
 from qlayer.local.ledger import SqliteLedger
+from qlayer.local.remote_batches import BatchPump
 from qlayer.local.remote_work import BatchWork, RemoteConfig, RemoteWork
 from qlayer.providers.base import ProviderError
 from qlayer.request import decode_request
@@ -59,7 +59,7 @@ log = logging.getLogger("qlayer.daemon")
 OnDecision = Callable[[str, int, Decision], None]
 
 
-class RemoteDispatcher:
+class RemoteDispatcher(BatchPump):
     """Submits remote execute requests exactly once, polls them, hands their results on.
 
     Args:
@@ -246,62 +246,6 @@ class RemoteDispatcher:
                 work.busy = True
                 self._call(work.key, "poll", self._poll_call(work))
 
-    def _form_batches(self) -> None:
-        """Merge compatible waiting requests of a backend (:mod:`qlayer.dispatch.batches`):
-        each batch becomes one provider job, submitted when its backend admits it."""
-        waiting: dict[str, set[str]] = {}
-        for work in self.works.values():
-            if work.phase == "submit" and work.batch is None and not (work.busy or work.cancelled):
-                waiting.setdefault(work.backend, set()).add(work.key)
-        for backend, keys in waiting.items():
-            if len(keys) < 2 or self._formed.get(backend) == keys:
-                continue  # nothing to merge, or the same requests as last time
-            if not batches.ready(self.ledger, self.submits, backend):
-                continue  # merged when the backend can take the next job
-            self._formed[backend] = frozenset(keys)
-            entries = [
-                e for e in self.ledger.entries_in(["WAITING"], backend=backend) if e.key in keys
-            ]
-            max_pubs = self.submits.limits_for(backend).max_pubs
-            formed = batches.form(
-                self.ledger, self.store, entries, owner=self.owner, max_pubs=max_pubs
-            )
-            for batch in formed:
-                self.batches[batch] = BatchWork(batch, backend)
-                for key in batches.member_keys(self.store, batch):
-                    if key in self.works:
-                        self.works[key].batch = batch
-
-    def _pump_batch(self, batch: BatchWork, now: float) -> None:
-        wait_s = admit(self.ledger, self.submits, batch.key, batch.backend)
-        if wait_s > 0:
-            batch.next_at = float("inf") if wait_s == float("inf") else now + wait_s
-            return
-        batch.busy = True
-        shares, store, owner = self._shares_for(batch.backend), self.store, self.owner
-        ledger, key = self._threads_ledger, batch.key
-
-        def submit() -> tuple[tuple[str, list[str]] | None, list[str]]:
-            got = batches.submit_batch(ledger, shares, store, key, owner=owner, retry=self._retry)
-            return got, shares.take_notes(key)
-
-        self._call(key, "batch", submit)
-
-    def _shares_for(self, backend: str) -> Shares:
-        """The backend's provider, with batches' shares understood (one per backend: it
-        keeps a batch's status and result for all its members)."""
-        from qlayer.providers.registry import async_provider
-
-        if backend not in self._shares:
-            self._shares[backend] = Shares(
-                async_provider(backend),
-                self._threads_ledger,
-                self.store,
-                status_ttl_s=self.config.poll_s / 2,
-                retry=self._retry,
-            )
-        return self._shares[backend]
-
     def _close_ended(self) -> None:
         """Close the sessions/batches of jobs that have ended (on a provider thread)."""
         from qlayer.providers.registry import async_provider
@@ -444,40 +388,6 @@ class RemoteDispatcher:
         else:
             status, decision = outcome
             self._polled(work, status, decision, now)
-
-    def _batch_replied(self, key: str, outcome: Any, error: BaseException | None) -> None:
-        """A batch's submission returned: its members poll their shares of the one job."""
-        batch = self.batches.get(key)
-        if batch is None:
-            return
-        batch.busy = False
-        now = self.clock()
-        members = [self.works[k] for k in batches.member_keys(self.store, key) if k in self.works]
-        if error is None:
-            del self.batches[key]
-            got, notes = outcome
-            if got is None:  # every member had ended: nothing was sent
-                return
-            provider_job_id, given = got
-            for work in members:
-                if work.key in given and not work.cancelled:
-                    self._submitted(work, provider_job_id, now, notes, batch=(key, len(members)))
-            return
-        if isinstance(error, SubmissionEnded):
-            del self.batches[key]
-            return
-        if isinstance(error, SubmissionInProgress) or (
-            isinstance(error, ProviderError) and error.retryable
-        ):
-            batch.next_at = now + self.config.retry_later_s
-            self.ledger.give_back_slot(key)
-            return
-        # Refused: every member fails with the provider's words, as a request alone would.
-        del self.batches[key]
-        self.ledger.finish(key, "ERROR", message=str(error))
-        for work in members:
-            work.batch = None
-            self._call_failed(work, "submit", error, now)
 
     def _submitted(
         self,

@@ -360,7 +360,7 @@ def test_a_fan_outs_ibm_batch_is_closed_when_the_job_ends(
     assert row["status"] == "DONE", (row["message"], box.function_log("dispatcher")[-2000:])
     assert [sum(c.values()) for c in job.result(wait=False)["counts"]] == [50, 50]
     runtime_jobs = ibm.store.jobs(tags=[f"qlayer-session:{job.job_id}_1"])[0]
-    assert len(runtime_jobs) == 2
+    assert 1 <= len(runtime_jobs) <= 2  # the two items' requests may share one (coalescing)
     [batch_id] = {runtime_job["session_id"] for runtime_job in runtime_jobs}
     assert ibm.store.session(batch_id)["mode"] == "batch"
     until(
