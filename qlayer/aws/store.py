@@ -73,6 +73,9 @@ class S3Store(ArtifactStore):
                 found.append(item["Key"][len(self.prefix) :])
         return sorted(found)
 
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
     def append_text(self, key: str, text: str) -> None:
         try:
             old = self.get_bytes(key)
