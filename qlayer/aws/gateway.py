@@ -22,6 +22,7 @@ import email.parser
 import email.policy
 import json
 import logging
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +35,7 @@ log = logging.getLogger("qlayer.aws.gateway")
 
 #: The largest request body decoded (Lambda takes at most 6 MB per synchronous event,
 #: base64 included: an upload's tar is smaller still).
-MAX_BODY_BYTES = 6 * 1024 * 1024
+MAX_BODY_BYTES = 4 * 1024 * 1024
 #: The most parts a multipart/form-data body may have (an upload has about a dozen).
 MAX_FORM_PARTS = 64
 #: The most characters a form field (not a file) may hold.
@@ -75,8 +76,20 @@ def body_bytes(event: Mapping[str, Any]) -> bytes:
         raise GatewayError(400, "the request body is not valid base64") from None
 
 
-def json_body(data: bytes) -> dict[str, Any]:
-    """A JSON object body (400 for anything else)."""
+def json_body(data: bytes, content_type: str | None = None) -> dict[str, Any]:
+    """A JSON object body, or a form's text fields (the library sends ``sub_status`` as
+    ``application/x-www-form-urlencoded``); 400 for anything else."""
+    media = (content_type or "").split(";")[0].strip().lower()
+    if media == "multipart/form-data":
+        return dict(form_body(content_type, data).fields)
+    if media == "application/x-www-form-urlencoded":
+        try:
+            pairs = urllib.parse.parse_qsl(
+                data.decode("utf-8"), keep_blank_values=True, max_num_fields=MAX_FORM_PARTS
+            )
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise GatewayError(400, f"the form body is malformed: {exc}") from None
+        return dict(pairs)
     try:
         value = json.loads(data or b"{}")
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
@@ -109,6 +122,8 @@ def form_body(content_type: str | None, data: bytes) -> Form:
         if not isinstance(name, str) or not name:
             raise GatewayError(400, "every form part needs a name")
         payload = part.get_payload(decode=True) or b""
+        if not isinstance(payload, bytes):  # a nested multipart: no form sends one
+            raise GatewayError(400, f"form part {name[:40]!r} is not a plain value or file")
         filename = part.get_filename()
         if filename is not None:
             form.files[name] = (str(filename), payload)
@@ -171,6 +186,10 @@ def _body() -> bytes:
     return body_bytes(app.current_event.raw_event)
 
 
+def _fields(data: bytes) -> dict[str, Any]:
+    return json_body(data, app.current_event.headers.get("content-type"))
+
+
 def _query() -> dict[str, str]:
     return query(app.current_event.raw_event)
 
@@ -226,13 +245,13 @@ def program_by_title(title: str) -> Any:
 @app.post("/api/v1/programs/validate_arguments")
 def validate_arguments() -> Any:
     data = _body()
-    return _user().validate_arguments(json_body(data))
+    return _user().validate_arguments(_fields(data))
 
 
 @app.post("/api/v1/programs/run")
 def run_program() -> Any:
     data = _body()
-    return _user().run(json_body(data))
+    return _user().run(_fields(data))
 
 
 # -- jobs -----------------------------------------------------------------------------------
@@ -277,7 +296,7 @@ def set_sub_status(job_id: str) -> Any:
     data = _body()
     gateway = _gateway()
     caller = _caller(gateway, user=False)
-    return gateway.set_sub_status(caller, job_id, json_body(data).get("sub_status"))
+    return gateway.set_sub_status(caller, job_id, _fields(data).get("sub_status"))
 
 
 @app.post("/api/v1/jobs/<job_id>/event")
@@ -285,7 +304,7 @@ def add_event(job_id: str) -> Any:
     data = _body()
     gateway = _gateway()
     caller = _caller(gateway, user=False)
-    gateway.add_event(caller, job_id, json_body(data))
+    gateway.add_event(caller, job_id, _fields(data))
     return {"message": "Event registered."}
 
 
@@ -301,7 +320,7 @@ def add_runtime_job(job_id: str) -> Any:
     data = _body()
     gateway = _gateway()
     caller = _caller(gateway, user=False)
-    return gateway.add_runtime_job(caller, job_id, json_body(data))
+    return gateway.add_runtime_job(caller, job_id, _fields(data))
 
 
 @app.get("/api/v1/jobs/<job_id>/runtime_jobs")

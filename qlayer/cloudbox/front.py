@@ -8,6 +8,8 @@ integration:
 * the path is ``/<stage>/<resource path>``; another stage is 403 ``Missing
   Authentication Token``, as API Gateway answers;
 * a body over API Gateway's 10 MB payload limit is 413 before it is read;
+* ``X-Forwarded-For``, ``-Port`` and ``-Proto`` are set, as API Gateway sets them (the
+  box's edge speaks plain HTTP, so ``http``);
 * the request becomes the REST API's proxy event (version 1.0: ``resource``, ``path``,
   ``httpMethod``, ``headers`` and ``multiValueHeaders``, the query strings,
   ``pathParameters.proxy``, ``requestContext`` with the stage, the request id and the
@@ -193,7 +195,7 @@ class ApiFront:
     def origin(self) -> str:
         """``http://127.0.0.1:<port>``: what the API's execute-api origin is in the box."""
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     @property
     def url(self) -> str:
@@ -228,11 +230,19 @@ class ApiFront:
             request.close_connection = True
             return self._reply(request, 413, [], b'{"message":"Request Entity Too Large"}')
         body = request.rfile.read(length) if length_header is not None else None
+        # API Gateway sets these on every request (here the edge speaks plain HTTP).
+        forwarded = {
+            "X-Forwarded-For": request.client_address[0],
+            "X-Forwarded-Port": str(self._server.server_address[1]),
+            "X-Forwarded-Proto": "http",
+        }
+        lowered = {k.lower() for k in forwarded}
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in lowered]
         event = proxy_event(
             self.api,
             request.command,
             request.path,
-            list(request.headers.items()),
+            [*headers, *forwarded.items()],
             body,
             request.client_address[0],
         )

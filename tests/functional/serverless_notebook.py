@@ -1,0 +1,86 @@
+"""A notebook's calls against a deployed stack's gateway, with the real qiskit-serverless client.
+
+Run with the client's own Python (qiskit-serverless 0.37 and its pins):
+``python serverless_notebook.py HOST TOKEN FUNCTIONS_DIR OUT.json`` (or ``--in-process
+FUNCTIONS_DIR OUT.json``: the function by the library alone). The same calls a user
+makes against any Qiskit Serverless gateway; only ``host`` (the stack's ``GatewayUrl``)
+and ``token`` (its secret) say it is qlayer on AWS. Writes what it saw as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from qiskit import QuantumCircuit
+from qiskit_serverless import QiskitFunction, ServerlessClient
+from qiskit_serverless.serializers.program_serializers import QiskitObjectsEncoder
+
+
+def ghz(n: int) -> QuantumCircuit:
+    circuit = QuantumCircuit(n)
+    circuit.h(0)
+    for q in range(n - 1):
+        circuit.cx(q, q + 1)
+    circuit.measure_all()
+    return circuit
+
+
+#: The arguments of the "mapped" function (tests/e2e/serverless_functions/arguments).
+MAPPED_ARGUMENTS = {"circuit": ghz(3), "backend_name": "fake_manila", "shots": 300, "label": "ghz3"}
+
+
+def wait(job, limit_s: float = 300.0) -> str:
+    started = time.monotonic()
+    while not job.in_terminal_state():
+        if time.monotonic() - started > limit_s:
+            raise TimeoutError(f"{job} still {job.status()}")
+        time.sleep(0.5)
+    return str(job.status())
+
+
+def main(host: str, token: str, functions: Path, out: Path) -> None:
+    seen: dict = {}
+    client = ServerlessClient(host=host, token=token, channel="local")
+    client.upload(
+        QiskitFunction(
+            title="mapped",
+            entrypoint="transpile_and_sample.py",
+            working_dir=str(functions / "arguments"),
+        )
+    )
+    seen["functions"] = sorted(f.title for f in client.functions())
+    job = client.function("mapped").run(**MAPPED_ARGUMENTS)
+    seen["status"] = wait(job)
+    seen["result"] = job.result()
+    seen["logs"] = job.logs()
+    seen["provider_logs"] = job.provider_logs()
+    seen["again"] = client.job(job.job_id).result()  # a past job, from its id alone
+    seen["listed"] = [j.job_id for j in client.jobs(limit=20)]
+    seen["job_id"] = job.job_id
+    out.write_text(json.dumps(seen, cls=QiskitObjectsEncoder))
+
+
+def in_process(functions: Path, out: Path) -> None:
+    """The same function run by the library alone (no gateway): its saved result."""
+    import os
+    import runpy
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        arguments, results = Path(scratch) / "arguments.json", Path(scratch) / "results.json"
+        arguments.write_text(json.dumps(MAPPED_ARGUMENTS, cls=QiskitObjectsEncoder))
+        os.environ.update(ARGUMENTS_PATH=str(arguments), RESULTS_PATH=str(results))
+        os.chdir(functions / "arguments")
+        sys.path.insert(0, str(functions / "arguments"))
+        runpy.run_path("transpile_and_sample.py", run_name="__main__")
+        out.write_text(json.dumps({"result": json.loads(results.read_text())}))
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "--in-process":
+        in_process(Path(sys.argv[2]), Path(sys.argv[3]))
+    else:
+        main(sys.argv[1], sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]))
