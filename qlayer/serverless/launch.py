@@ -6,16 +6,21 @@ folder, as ``python ENTRYPOINT`` would. If the entrypoint only defines a ``Runne
 gateway's template calls it: ``Runner().run(get_arguments())``, the return value saved,
 an exception sent as an error event and raised again.
 
+Before the entrypoint runs, :mod:`qlayer.serverless.runtime_once` makes its IBM Runtime
+submissions exactly-once across reruns (when the job's id is in the environment).
+
 This file imports nothing of qlayer: the function's process holds only its own modules,
 ``qiskit_serverless`` and what the environment provides.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import runpy
 import sys
 import traceback
+from typing import Any
 
 
 def main() -> int:
@@ -25,6 +30,7 @@ def main() -> int:
     entry = os.path.abspath(sys.argv[1])
     sys.argv = [entry]
     sys.path[0] = os.path.dirname(entry)  # as `python ENTRYPOINT` sets it, not this folder
+    _load_sibling("runtime_once").install_from_environment()
     namespace = runpy.run_path(entry, run_name="__main__")
     runner = namespace.get("Runner")
     results = os.environ.get("RESULTS_PATH", "")
@@ -33,6 +39,16 @@ def main() -> int:
     if not (results and os.path.exists(results)):
         return _run_runner(runner)
     return 0
+
+
+def _load_sibling(name: str) -> Any:
+    """A module of this folder, loaded by path (the folder itself stays off sys.path)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"_qlayer_serverless_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _run_runner(runner: type) -> int:

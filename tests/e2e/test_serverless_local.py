@@ -133,3 +133,72 @@ def test_real_client_runs_functions_unchanged_and_matches_in_process(served, tmp
     stages = [e["stage"] for e in mapped.timeline() if e["event"] == "sub-status"]
     assert stages == ["MAPPING", "OPTIMIZING_FOR_HARDWARE", "EXECUTING_QPU", "POST_PROCESSING"]
     assert mapped.info()["status"] == "DONE"
+
+
+@pytest.mark.slow
+def test_serve_binds_loopback_by_default_and_refuses_other_tokens(served):
+    import urllib.error
+    import urllib.request
+
+    assert served.url.startswith("http://127.0.0.1:")
+    for token in ("wrong", served.token + "x", ""):
+        request = urllib.request.Request(
+            served.url + "/api/v1/programs/", headers={"Authorization": f"Bearer {token}"}
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == 401
+    request = urllib.request.Request(
+        served.url + "/api/v1/programs/", headers={"Authorization": f"Bearer {served.token}"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        assert answer.status == 200
+
+
+@pytest.mark.slow
+def test_a_killed_and_resumed_function_submits_one_runtime_job_per_call(served, tmp_path):
+    from tests.fakes.ibm_runtime import serve_in_process
+
+    client = Client.local(served.home, autostart=False)
+    with serve_in_process(tmp_path / "ibm") as fake:
+        account = fake.credentials()
+        env = {
+            **fake.client_env(),
+            "QISKIT_IBM_CHANNEL": account["channel"],
+            "QISKIT_IBM_INSTANCE": account["instance"],
+            "QISKIT_IBM_TOKEN": account["token"],
+            "QISKIT_IBM_URL": account["url"],
+        }
+        (tmp_path / "env.json").write_text(json.dumps(env))
+        fake.hold_next("Queued")  # the first run waits on its job; it is killed meanwhile
+        started = notebook(
+            "--start-on-ibm",
+            served.url,
+            served.token,
+            str(FUNCTIONS),
+            str(tmp_path / "env.json"),
+            tmp_path=tmp_path,
+        )
+        job_id = started["job_id"]
+        helpers.wait_for(lambda: fake.job_creations() == 1, 180, "the function to submit")
+        held = fake.store.jobs()[0][0]["id"]
+        helpers.wait_for(
+            lambda: held in client.jobstore.get(job_id).provider_job_ids,
+            60,
+            "the runtime job to be registered",
+        )
+        daemon = client.daemon_pid()
+        assert daemon is not None
+        helpers.kill_hard(daemon)  # the worker and the function's process die with it
+        helpers.wait_for(lambda: not helpers.alive(daemon), 30, "the daemon to die")
+        client.up()
+        fake.release(held)
+        seen = notebook("--finish-on-ibm", served.url, served.token, job_id, tmp_path=tmp_path)
+
+    assert seen["status"] == "DONE", seen
+    assert seen["result"] == {"runtime_job": held, "shots": 100}
+    assert fake.job_creations() == 1
+    assert seen["runtime_jobs"] == [held]
+    events = [e["event"] for e in client.job(job_id).timeline()]
+    assert "recovered after restart" in events
+    assert client.jobstore.get(job_id).provider_job_ids == [held]

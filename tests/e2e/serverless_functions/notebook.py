@@ -157,8 +157,44 @@ def against_gateway(host: str, token: str, functions: Path, out: Path) -> None:
     out.write_text(json.dumps(seen, cls=QiskitObjectsEncoder))
 
 
+def start_on_ibm(host: str, token: str, functions: Path, env_file: Path, out: Path) -> None:
+    """Upload the runtime function with the IBM account in its env_vars; start one job."""
+    from qiskit_serverless import QiskitFunction, ServerlessClient
+
+    client = ServerlessClient(host=host, token=token, channel="local")
+    env = json.loads(env_file.read_text())
+    client.upload(
+        QiskitFunction(
+            title="on-ibm",
+            entrypoint="sample_on_ibm.py",
+            working_dir=str(functions / "runtime"),
+            env_vars=env,
+        )
+    )
+    job = client.function("on-ibm").run(backend_name="ibm_brisbane", shots=100)
+    out.write_text(json.dumps({"job_id": job.job_id}))
+
+
+def finish_on_ibm(host: str, token: str, job_id: str, out: Path) -> None:
+    """Wait for the job from its id alone; what the client sees of it."""
+    from qiskit_serverless import ServerlessClient
+
+    client = ServerlessClient(host=host, token=token, channel="local")
+    job = client.job(job_id)
+    status = wait(job)
+    out.write_text(
+        json.dumps({"status": status, "result": job.result(), "runtime_jobs": job.runtime_jobs()})
+    )
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "--in-process":
+    if sys.argv[1] == "--start-on-ibm":
+        start_on_ibm(
+            sys.argv[2], sys.argv[3], Path(sys.argv[4]), Path(sys.argv[5]), Path(sys.argv[6])
+        )
+    elif sys.argv[1] == "--finish-on-ibm":
+        finish_on_ibm(sys.argv[2], sys.argv[3], sys.argv[4], Path(sys.argv[5]))
+    elif sys.argv[1] == "--in-process":
         in_process(Path(sys.argv[2]), Path(sys.argv[3]))
     else:
         against_gateway(sys.argv[1], sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]))
