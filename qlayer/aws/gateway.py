@@ -228,6 +228,12 @@ def list_programs() -> Any:
     return _user().functions(_query().get("provider") or None)
 
 
+@app.get("/api/v1/dependencies-versions")
+def dependencies_versions() -> Any:
+    _user()
+    return []
+
+
 @app.post("/api/v1/programs/upload")
 def upload_program() -> Any:
     data = _body()
@@ -267,7 +273,7 @@ def list_provider_jobs() -> Any:
 
 @app.get("/api/v1/jobs/<job_id>")
 def get_job(job_id: str) -> Any:
-    with_result = _query().get("with_result", "true").lower() != "false"
+    with_result = _query().get("with_result", "false").lower() == "true"
     return _user().job(job_id, with_result=with_result)
 
 
@@ -305,7 +311,7 @@ def add_event(job_id: str) -> Any:
     gateway = _gateway()
     caller = _caller(gateway, user=False)
     gateway.add_event(caller, job_id, _fields(data))
-    return {"message": "Event registered."}
+    return _text_json("null")
 
 
 @app.get("/api/v1/jobs/<job_id>/events")
@@ -342,7 +348,8 @@ def _files_routes(base: str, private: bool) -> None:
         if "file" not in form.files:
             raise GatewayError(400, "send the file as the form's 'file' part")
         name, content = form.files["file"]
-        return _text_json(gateway.file_upload(_query(), name, content, private=private))
+        text = gateway.file_upload(_query(), name, content, private=private)
+        return Response(200, content_types.TEXT_PLAIN, text)
 
     def download() -> Any:
         name, content = _user().file_download(_query(), private=private)

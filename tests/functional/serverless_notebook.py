@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -60,6 +61,33 @@ def main(host: str, token: str, functions: Path, out: Path) -> None:
     seen["again"] = client.job(job.job_id).result()  # a past job, from its id alone
     seen["listed"] = [j.job_id for j in client.jobs(limit=20)]
     seen["job_id"] = job.job_id
+
+    # files: a user's upload, listed, downloaded byte for byte, deleted
+    mapped = client.function("mapped")
+    with tempfile.TemporaryDirectory() as scratch:
+        data = Path(scratch) / "weights.bin"
+        data.write_bytes(bytes(range(256)) * 64)
+        client.file_upload(str(data), mapped)
+        seen["files"] = client.files(mapped)
+        back = Path(scratch) / "back"
+        back.mkdir()
+        name = client.file_download("weights.bin", mapped, download_location=str(back))
+        seen["same_bytes"] = (back / name).read_bytes() == data.read_bytes()
+    seen["deleted"] = client.file_delete("weights.bin", mapped)
+    seen["files_after"] = client.files(mapped)
+
+    # a structured error, sent from inside the job through the API
+    client.upload(
+        QiskitFunction(title="fails", entrypoint="fails.py", working_dir=str(functions / "failing"))
+    )
+    failing = client.function("fails").run(limit=2)
+    seen["fails_status"] = wait(failing)
+    seen["error_events"] = [e.data for e in failing.events()]
+    try:
+        failing.result()
+        seen["error"] = None
+    except Exception as exc:  # the client raises QiskitServerlessException
+        seen["error"] = f"{type(exc).__name__}: {exc}"
     out.write_text(json.dumps(seen, cls=QiskitObjectsEncoder))
 
 
@@ -67,7 +95,6 @@ def in_process(functions: Path, out: Path) -> None:
     """The same function run by the library alone (no gateway): its saved result."""
     import os
     import runpy
-    import tempfile
 
     with tempfile.TemporaryDirectory() as scratch:
         arguments, results = Path(scratch) / "arguments.json", Path(scratch) / "results.json"

@@ -682,8 +682,8 @@ def test_the_serverless_client_runs_a_function_through_api_gateway_and_the_state
     box: CloudBox, tmp_path: Any
 ) -> None:
     """The real qiskit-serverless 0.37 client, host = the stack's GatewayUrl: upload, run
-    with a circuit argument, in-job sub-status calls back through the API, result and logs,
-    as the library alone computes them."""
+    with a circuit argument, in-job sub-status calls back through the API, result and logs
+    as the library alone computes them; files; an error event sent from inside a job."""
     from qlayer import Client
 
     seen = client_notebook(
@@ -703,3 +703,10 @@ def test_the_serverless_client_runs_a_function_through_api_gateway_and_the_state
     job = Client.aws(stack=STACK, region=REGION).job(job_id)
     stages = [e["stage"] for e in job.timeline() if e["event"] == "sub-status"]
     assert stages == ["MAPPING", "OPTIMIZING_FOR_HARDWARE", "EXECUTING_QPU", "POST_PROCESSING"]
+    # files through the API: a multipart upload, a binary download (base64 both ways)
+    assert seen["files"] == ["weights.bin"] and seen["same_bytes"] is True
+    assert seen["files_after"] == []
+    # an error event sent from inside the job, and the client's exception naming it
+    assert seen["fails_status"] == "ERROR"
+    assert seen["error_events"][0]["code"] == "E_LIMIT"
+    assert "limit 2 is below the minimum of 5" in seen["error"]
