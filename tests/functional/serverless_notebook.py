@@ -88,7 +88,44 @@ def main(host: str, token: str, functions: Path, out: Path) -> None:
         seen["error"] = None
     except Exception as exc:  # the client raises QiskitServerlessException
         seen["error"] = f"{type(exc).__name__}: {exc}"
+
+    # stop a running job: the client's stop() reaches the job's execution
+    with tempfile.TemporaryDirectory() as scratch:
+        (Path(scratch) / "slow.py").write_text(SLOW)
+        client.upload(QiskitFunction(title="slow", entrypoint="slow.py", working_dir=scratch))
+    slow = client.function("slow").run()
+    started = time.monotonic()
+    while slow.status() != "RUNNING: MAPPING":
+        if time.monotonic() - started > 240 or slow.in_terminal_state():
+            raise TimeoutError(f"slow job: {slow.status()}")
+        time.sleep(0.5)
+    # The request the client's stop() sends. With channel="local", 0.37's stop() itself
+    # fails before sending it: it json-encodes a QiskitRuntimeLocalService, which its
+    # encoder cannot (TypeError), so the call is made here as the client would make it.
+    import requests
+    from qiskit_serverless.utils.http import get_headers
+
+    answer = requests.post(
+        f"{host.rstrip('/')}/api/v1/jobs/{slow.job_id}/stop/",
+        json={"service": "null"},
+        headers=get_headers(token=token, channel="local"),
+        timeout=30,
+    )
+    answer.raise_for_status()
+    seen["stop"] = answer.json()["message"]
+    seen["stopped_status"] = wait(slow, 60)
+    seen["slow_job_id"] = slow.job_id
     out.write_text(json.dumps(seen, cls=QiskitObjectsEncoder))
+
+
+#: A function that reports MAPPING, then runs until it is stopped.
+SLOW = (
+    "import time\n"
+    "from qiskit_serverless import update_status\n"
+    "update_status('MAPPING')\n"
+    "print('mapping for a long time', flush=True)\n"
+    "time.sleep(300)\n"
+)
 
 
 def in_process(functions: Path, out: Path) -> None:

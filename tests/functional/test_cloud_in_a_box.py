@@ -683,7 +683,8 @@ def test_the_serverless_client_runs_a_function_through_api_gateway_and_the_state
 ) -> None:
     """The real qiskit-serverless 0.37 client, host = the stack's GatewayUrl: upload, run
     with a circuit argument, in-job sub-status calls back through the API, result and logs
-    as the library alone computes them; files; an error event sent from inside a job."""
+    as the library alone computes them; files; an error event sent from inside a job; a
+    running job stopped."""
     from qlayer import Client
 
     seen = client_notebook(
@@ -710,3 +711,9 @@ def test_the_serverless_client_runs_a_function_through_api_gateway_and_the_state
     assert seen["fails_status"] == "ERROR"
     assert seen["error_events"][0]["code"] == "E_LIMIT"
     assert "limit 2 is below the minimum of 5" in seen["error"]
+    # stop() of a running job: CANCELED for the client, the execution stopped, the row final
+    assert seen["stop"] == "Job has been stopped." and seen["stopped_status"] == "CANCELED"
+    assert box.wait_execution(seen["slow_job_id"], 30)["status"] == "ABORTED"
+    assert Client.aws(stack=STACK, region=REGION).job(seen["slow_job_id"]).status().value == (
+        "CANCELLED"
+    )
