@@ -1,8 +1,8 @@
 """The Qiskit Serverless gateway behind API Gateway: a Powertools resolver over the routes.
 
 ``functions/gateway/app.py`` resolves each API Gateway (REST, Lambda proxy) event with
-:data:`app`. Every route does the same three things: bound and parse the request (JSON,
-``multipart/form-data``, query strings), check the bearer token, and call one method of
+:data:`app`. Every route does the same three things: check the bearer token, bound and
+parse the request (JSON, forms, ``multipart/form-data``, query strings), and call one method of
 the shared routes (:class:`qlayer.serverless.gateway.Gateway`) over the stack's stores,
 the AWS client and the token from Secrets Manager (:func:`qlayer.aws.secrets.gateway_token`).
 A :class:`~qlayer.serverless.errors.GatewayError` becomes its 4xx with
@@ -236,9 +236,8 @@ def dependencies_versions() -> Any:
 
 @app.post("/api/v1/programs/upload")
 def upload_program() -> Any:
-    data = _body()
     gateway = _user()
-    form = form_body(app.current_event.headers.get("content-type"), data)
+    form = form_body(app.current_event.headers.get("content-type"), _body())
     artifact = form.files.get("artifact")
     return gateway.upload(form.fields, artifact[1] if artifact else None)
 
@@ -250,14 +249,14 @@ def program_by_title(title: str) -> Any:
 
 @app.post("/api/v1/programs/validate_arguments")
 def validate_arguments() -> Any:
-    data = _body()
-    return _user().validate_arguments(_fields(data))
+    gateway = _user()
+    return gateway.validate_arguments(_fields(_body()))
 
 
 @app.post("/api/v1/programs/run")
 def run_program() -> Any:
-    data = _body()
-    return _user().run(_fields(data))
+    gateway = _user()
+    return gateway.run(_fields(_body()))
 
 
 # -- jobs -----------------------------------------------------------------------------------
@@ -299,18 +298,16 @@ def stop_job(job_id: str) -> Any:
 
 @app.patch("/api/v1/jobs/<job_id>/sub_status")
 def set_sub_status(job_id: str) -> Any:
-    data = _body()
     gateway = _gateway()
     caller = _caller(gateway, user=False)
-    return gateway.set_sub_status(caller, job_id, _fields(data).get("sub_status"))
+    return gateway.set_sub_status(caller, job_id, _fields(_body()).get("sub_status"))
 
 
 @app.post("/api/v1/jobs/<job_id>/event")
 def add_event(job_id: str) -> Any:
-    data = _body()
     gateway = _gateway()
     caller = _caller(gateway, user=False)
-    gateway.add_event(caller, job_id, _fields(data))
+    gateway.add_event(caller, job_id, _fields(_body()))
     return _text_json("null")
 
 
@@ -323,10 +320,9 @@ def job_events(job_id: str) -> Any:
 
 @app.post("/api/v1/jobs/<job_id>/runtime_jobs")
 def add_runtime_job(job_id: str) -> Any:
-    data = _body()
     gateway = _gateway()
     caller = _caller(gateway, user=False)
-    return gateway.add_runtime_job(caller, job_id, _fields(data))
+    return gateway.add_runtime_job(caller, job_id, _fields(_body()))
 
 
 @app.get("/api/v1/jobs/<job_id>/runtime_jobs")
@@ -342,9 +338,8 @@ def _files_routes(base: str, private: bool) -> None:
         return _user().files(_query(), private=private)
 
     def upload() -> Any:
-        data = _body()
         gateway = _user()
-        form = form_body(app.current_event.headers.get("content-type"), data)
+        form = form_body(app.current_event.headers.get("content-type"), _body())
         if "file" not in form.files:
             raise GatewayError(400, "send the file as the form's 'file' part")
         name, content = form.files["file"]

@@ -670,6 +670,8 @@ def test_the_gateway_answers_its_token_only_and_refuses_malformed_requests(
         assert http.get("api/v1/nothing-here/", headers=auth).status_code == 404
         big = http.post("api/v1/programs/run/", content=b"x" * (4 * 2**20 + 2**18), headers=auth)
         assert big.status_code == 413, big.text  # the function's bound, before decoding
+        anonymous = http.post("api/v1/programs/run/", content=b"x" * (4 * 2**20 + 2**18))
+        assert anonymous.status_code == 401  # the token first: nothing of the body is read
         huge = http.post("api/v1/programs/run/", content=b"x" * (10 * 2**20 + 1), headers=auth)
         assert huge.status_code == 413  # API Gateway's payload limit
     other_stage = httpx.get(f"{box.fronts[0].origin}/prod/api/v1/programs/", headers=auth)
