@@ -40,6 +40,7 @@ from qlayer.store.base import ArtifactStore
 
 if TYPE_CHECKING:  # the daemon's half only: clients do not import the worker machinery
     from qlayer.local.pool import WorkerHandle
+    from qlayer.local.zygote import Zygote
 
 log = logging.getLogger("qlayer.daemon")
 
@@ -192,6 +193,7 @@ class Admission:
         home: The home (the admission worker's folders).
         local_memory_mb: As for every worker.
         lock_fd: The daemon's lock (the worker drops it).
+        zygote: Where the worker is forked (as for every worker).
     """
 
     def __init__(
@@ -201,12 +203,13 @@ class Admission:
         home: Home,
         local_memory_mb: int,
         lock_fd: int | None,
+        zygote: Zygote | None = None,
     ) -> None:
         from qlayer.local.pool import WorkerPool
 
         self.conn = conn
         self.jobs = jobs
-        self.pool = WorkerPool(home, 1, local_memory_mb, lock_fd)
+        self.pool = WorkerPool(home, 1, local_memory_mb, lock_fd, zygote)
 
     def start(self) -> None:
         self.pool.start()

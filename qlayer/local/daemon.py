@@ -46,6 +46,7 @@ from qlayer.local.remote import RemoteDispatcher
 from qlayer.local.retention import RetentionThread
 from qlayer.local.scheduler import FanOutFeeder, Scheduler
 from qlayer.local.state import insert_step, transaction
+from qlayer.local.zygote import Zygote
 from qlayer.planner import Resources
 from qlayer.status import JobStatus
 from qlayer.steps import note
@@ -85,9 +86,15 @@ class Daemon:
     """The engine of the local substrate."""
 
     def __init__(
-        self, home: Home, *, workers: int | None = None, lock_fd: int | None = None
+        self,
+        home: Home,
+        *,
+        workers: int | None = None,
+        lock_fd: int | None = None,
+        zygote: Zygote | None = None,
     ) -> None:
         self.home = home
+        self.zygote = zygote
         self.store = FolderStore(home.artifacts)
         self.conn = state.connect(home.db)
         self.jobs = SqliteJobStore(self.conn)
@@ -95,14 +102,14 @@ class Daemon:
         self.resources = Resources.for_this_machine()
         assert self.resources.local_memory_mb is not None
         size = workers or max(2, os.cpu_count() or 2)
-        self.pool = WorkerPool(home, size, self.resources.local_memory_mb, lock_fd)
+        self.pool = WorkerPool(home, size, self.resources.local_memory_mb, lock_fd, zygote)
         self.devices = DeviceQueue(self.conn, self.jobs, self.store, self.on_decision, workers=size)
         self.remote = RemoteDispatcher(
             self.conn, home.db, self.jobs, self.store, self.on_decision, clock=time.time
         )
         self.health = Health(home, self.store, self.conn)
         self.admission = Admission(
-            self.conn, self.jobs, home, self.resources.local_memory_mb, lock_fd
+            self.conn, self.jobs, home, self.resources.local_memory_mb, lock_fd, zygote
         )
         self.scheduler = Scheduler(self.conn)
         self.feeder = FanOutFeeder(self.conn, self.ports, self._guarded)
@@ -145,7 +152,7 @@ class Daemon:
                 raise
         self.open_wake_socket()
         self.pool.start()
-        self.admission.start()  # forks: before any thread starts, so none holds a lock
+        self.admission.start()
         notifier = Notifier(self.home)
         notifier.start()
         retention = RetentionThread(self.home)
@@ -160,6 +167,8 @@ class Daemon:
             self.admission.shutdown()
             self.remote.shutdown()
             self.pool.shutdown()
+            if self.zygote is not None:
+                self.zygote.close()
             if self.wake_socket is not None:
                 self.wake_socket.close()
                 try:
@@ -554,7 +563,15 @@ def main(argv: list[str] | None = None) -> int:
         log.info("another daemon holds %s; exiting", home.lock_file)
         return 0
     _preload()
-    daemon = Daemon(home, workers=args.workers or _env_int("QLAYER_WORKERS"), lock_fd=lock.fileno())
+    # Before anything starts a thread: every worker is forked from this one process, so
+    # none inherits a lock some thread of the daemon held (qlayer.local.zygote).
+    zygote = Zygote.fork(lock_fd=lock.fileno())
+    daemon = Daemon(
+        home,
+        workers=args.workers or _env_int("QLAYER_WORKERS"),
+        lock_fd=lock.fileno(),
+        zygote=zygote,
+    )
 
     def stop(signum: int, frame: Any) -> None:
         daemon.stopping = True

@@ -93,10 +93,21 @@ def release_daemon_lock(lock_fd: int | None) -> None:
 
 
 def worker_main(
-    conn: Connection, artifacts: str, scratch: str, local_memory_mb: int, lock_fd: int | None = None
+    conn: Connection,
+    artifacts: str,
+    scratch: str,
+    local_memory_mb: int,
+    lock_fd: int | None = None,
+    *,
+    watch_parent: bool = True,
 ) -> None:
-    """Serve requests from the daemon until the pipe closes."""
-    die_with_parent()
+    """Serve requests from the daemon until the pipe closes.
+
+    Args:
+        watch_parent: Ask to die with the parent (False when the zygote did it).
+    """
+    if watch_parent:
+        die_with_parent()
     release_daemon_lock(lock_fd)
     procs.lead_group()  # what a stage forks is in this group; the daemon kills it whole
     procs.become_subreaper()  # and what it orphans is re-parented here, to be reaped

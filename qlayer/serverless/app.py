@@ -202,9 +202,9 @@ def create_app(gateway: Gateway) -> ASGIApp:
 
     @route("/jobs/{job_id}", "GET")
     async def job(request: Request, job_id: str) -> Any:
-        user(request)
+        who = caller(request)  # a job may read its own status (to wind down on cancel)
         with_result = request.query_params.get("with_result", "false").lower() == "true"
-        return await call(gateway.job, job_id, with_result=with_result)
+        return await call(gateway.job, job_id, with_result=with_result, caller=who)
 
     @route("/jobs/{job_id}/result", "GET")
     async def result(request: Request, job_id: str) -> Any:

@@ -316,8 +316,17 @@ class Gateway:
             "results": [self._job_json(r, with_result=False) for r in page],
         }
 
-    def job(self, job_id: str, *, with_result: bool = False) -> dict[str, Any]:
-        """``GET jobs/<id>/``."""
+    def job(
+        self, job_id: str, *, with_result: bool = False, caller: Caller | None = None
+    ) -> dict[str, Any]:
+        """``GET jobs/<id>/`` (the user, or the job itself without its result)."""
+        if caller is not None and caller.kind == "job":
+            record = self._job_for(caller, job_id)
+            # the job winds down on this: was it cancelled (or is it being cancelled)?
+            return {
+                **self._job_json(record, with_result=False),
+                "cancel_requested": record.cancel_requested,
+            }
         return self._job_json(self._function_job(job_id), with_result=with_result)
 
     def _result_text(self, record: JobRecord) -> str | None:

@@ -17,12 +17,16 @@ environment the ``qiskit_serverless`` library reads inside a job:
 plus the function's own ``env_vars``. Everything the process prints reaches ``qlayer
 logs`` as it is printed. A process that exits non-zero fails the job with a structured
 error: the error events it sent (code, message, exception type) or else the last line of
-its traceback. The process dies with the stage (cancel, timeout, a killed worker).
+its traceback. The process ends with the stage: a timeout kills it; when the stage's
+worker dies (a cancel, a crash) it is told and winds down
+(:mod:`qlayer.serverless.runtime_once`: the runtime jobs of a cancelled job are
+cancelled, those of a crashed one left for the rerun).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -74,9 +78,9 @@ def function_workflow(main_file: str) -> Workflow:
     return wf
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+def _told_when_parent_dies() -> None:  # pragma: no cover - runs in the child
     if _LIBC is not None:
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def _digest(path: Path) -> str:
@@ -149,7 +153,8 @@ def run_function(
             stderr=subprocess.STDOUT,
             text=True,
             errors="replace",
-            preexec_fn=_die_with_parent,
+            start_new_session=True,  # a killed worker's group is SIGKILLed; this winds down
+            preexec_fn=_told_when_parent_dies,  # prctl only: no lock is taken in the child
         )
         try:
             assert process.stdout is not None
@@ -158,9 +163,9 @@ def run_function(
                 tail.append(line.rstrip("\n"))
             code = process.wait()
         finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)  # it, and whatever it left running
+            process.wait()
         _keep_data_files(ctx, work / "data", prefix, before, check_file_name)
         if code != 0:
             raise _failure(ctx, events_key(ctx.job_id), code, list(tail))

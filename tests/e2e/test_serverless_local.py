@@ -104,6 +104,8 @@ def test_real_client_runs_functions_unchanged_and_matches_in_process(served, tmp
         "produce": "DONE",
         "consume": "DONE",
         "fails": "ERROR",
+        "bad_argument": "ERROR",
+        "runner_raises": "ERROR",
     }
     for title in ("bell", "mapped", "totals"):
         assert seen["results"][title] == alone["results"][title], title
@@ -126,6 +128,9 @@ def test_real_client_runs_functions_unchanged_and_matches_in_process(served, tmp
     # a structured error: the event, and the client's exception names it
     assert seen["error_events"][0]["code"] == "E_LIMIT"
     assert "limit 2 is below the minimum of 5" in seen["error"]
+    assert seen["error"].startswith("QiskitServerlessException")
+    assert "'circuit' must be a QuantumCircuit" in seen["plain_error"]
+    assert [e["exception"] for e in seen["runner_events"]] == ["TypeError"]
 
     # the same jobs in qlayer's own terms: sub-statuses became stages in the timeline
     client = Client.local(served.home, autostart=False)
@@ -133,6 +138,10 @@ def test_real_client_runs_functions_unchanged_and_matches_in_process(served, tmp
     stages = [e["stage"] for e in mapped.timeline() if e["event"] == "sub-status"]
     assert stages == ["MAPPING", "OPTIMIZING_FOR_HARDWARE", "EXECUTING_QPU", "POST_PROCESSING"]
     assert mapped.info()["status"] == "DONE"
+    # error events became the job's structured error
+    failed = client.jobstore.get(seen["runner_job"])
+    assert failed.error_type == "TypeError"
+    assert "unsupported operand" in (failed.message or "")
 
 
 @pytest.mark.slow
@@ -202,3 +211,45 @@ def test_a_killed_and_resumed_function_submits_one_runtime_job_per_call(served, 
     events = [e["event"] for e in client.job(job_id).timeline()]
     assert "recovered after restart" in events
     assert client.jobstore.get(job_id).provider_job_ids == [held]
+
+
+@pytest.mark.slow
+def test_cancel_reaches_the_functions_runtime_jobs(served, tmp_path):
+    from tests.fakes.ibm_runtime import serve_in_process
+
+    client = Client.local(served.home, autostart=False)
+    with serve_in_process(tmp_path / "ibm") as fake:
+        account = fake.credentials()
+        env = {
+            **fake.client_env(),
+            "QISKIT_IBM_CHANNEL": account["channel"],
+            "QISKIT_IBM_INSTANCE": account["instance"],
+            "QISKIT_IBM_TOKEN": account["token"],
+            "QISKIT_IBM_URL": account["url"],
+        }
+        (tmp_path / "env.json").write_text(json.dumps(env))
+        fake.hold_next("Running")
+        started = notebook(
+            "--start-on-ibm",
+            served.url,
+            served.token,
+            str(FUNCTIONS),
+            str(tmp_path / "env.json"),
+            tmp_path=tmp_path,
+        )
+        job_id = started["job_id"]
+        helpers.wait_for(lambda: fake.job_creations() == 1, 180, "the function to submit")
+        held = fake.store.jobs()[0][0]["id"]
+        helpers.wait_for(
+            lambda: held in client.jobstore.get(job_id).provider_job_ids,
+            60,
+            "the runtime job to be registered",
+        )
+        assert client.job(job_id).cancel()  # what `qlayer cancel` does
+        helpers.wait_for(
+            lambda: fake.store.job(held)["status"] == "Cancelled",
+            60,
+            "the runtime job to be cancelled",
+        )
+    assert client.job(job_id).status().value == "CANCELLED"
+    assert fake.job_creations() == 1

@@ -155,7 +155,12 @@ def test_in_job_calls_move_the_stage_and_record_errors_and_runtime_jobs(http, lo
     ]
     # the job's token reaches nothing else: not user routes, not another job
     assert http.get(f"{V1}/jobs/", headers=inside).status_code == 403
+    own = http.get(f"{V1}/jobs/{job_id}/", headers=inside).json()
+    assert (own["status"], own["cancel_requested"]) == ("RUNNING", False)
+    local.jobstore.request_cancel(job_id)
+    assert http.get(f"{V1}/jobs/{job_id}/", headers=inside).json()["cancel_requested"] is True
     other = run(http).json()["id"]
+    assert http.get(f"{V1}/jobs/{other}/", headers=inside).status_code == 403
     answer = http.post(f"{V1}/jobs/{other}/event/", json=event, headers=inside)
     assert answer.status_code == 403
     forged = job_token[:-4] + "abcd"

@@ -154,6 +154,20 @@ def against_gateway(host: str, token: str, functions: Path, out: Path) -> None:
         seen["error"] = None
     except Exception as exc:  # the client raises QiskitServerlessException
         seen["error"] = f"{type(exc).__name__}: {exc}"
+    # a Runner that raises: the gateway's template sends the error event for it
+    job = client.function("totals").run(values=[1, "two"])
+    seen["statuses"]["runner_raises"] = wait(job)
+    seen["runner_events"] = [e.data for e in job.events()]
+    seen["runner_job"] = job.job_id
+
+    # an error without an event: the traceback's last line is the message
+    job = client.function("mapped").run(circuit="not a circuit", backend_name="fake_manila")
+    seen["statuses"]["bad_argument"] = wait(job)
+    try:
+        job.result()
+        seen["plain_error"] = None
+    except Exception as exc:
+        seen["plain_error"] = f"{type(exc).__name__}: {exc}"
     out.write_text(json.dumps(seen, cls=QiskitObjectsEncoder))
 
 
