@@ -272,8 +272,10 @@ def list_provider_jobs() -> Any:
 
 @app.get("/api/v1/jobs/<job_id>")
 def get_job(job_id: str) -> Any:
+    gateway = _gateway()
+    caller = _caller(gateway, user=False)  # a job may read its own status (cancel wind-down)
     with_result = _query().get("with_result", "false").lower() == "true"
-    return _user().job(job_id, with_result=with_result)
+    return gateway.job(job_id, with_result=with_result, caller=caller)
 
 
 @app.get("/api/v1/jobs/<job_id>/result")

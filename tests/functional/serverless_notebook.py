@@ -99,6 +99,10 @@ def main(host: str, token: str, functions: Path, out: Path) -> None:
         if time.monotonic() - started > 240 or slow.in_terminal_state():
             raise TimeoutError(f"slow job: {slow.status()}")
         time.sleep(0.5)
+    while "programs with a job token" not in slow.logs():  # the job's lines reach its logs
+        if time.monotonic() - started > 240:
+            raise TimeoutError(f"slow job logs: {slow.logs()}")
+        time.sleep(0.5)
     # The request the client's stop() sends. With channel="local", 0.37's stop() itself
     # fails before sending it: it json-encodes a QiskitRuntimeLocalService, which its
     # encoder cannot (TypeError), so the call is made here as the client would make it.
@@ -114,18 +118,27 @@ def main(host: str, token: str, functions: Path, out: Path) -> None:
     answer.raise_for_status()
     seen["stop"] = answer.json()["message"]
     seen["stopped_status"] = wait(slow, 60)
+    seen["slow_logs"] = slow.logs()
     seen["slow_job_id"] = slow.job_id
     out.write_text(json.dumps(seen, cls=QiskitObjectsEncoder))
 
 
-#: A function that reports MAPPING, then runs until it is stopped.
-SLOW = (
-    "import time\n"
-    "from qiskit_serverless import update_status\n"
-    "update_status('MAPPING')\n"
-    "print('mapping for a long time', flush=True)\n"
-    "time.sleep(300)\n"
-)
+#: A function that reads its own job with its job token (what the cancel wind-down asks),
+#: tries a user route with it, reports MAPPING, then runs until it is stopped.
+SLOW = """
+import os, time, requests
+from qiskit_serverless import update_status
+host, job = os.environ["ENV_JOB_GATEWAY_HOST"], os.environ["ENV_JOB_ID_GATEWAY"]
+auth = {"Authorization": "Bearer " + os.environ["ENV_JOB_GATEWAY_TOKEN"]}
+me = requests.get(f"{host}/api/v1/jobs/{job}/", headers=auth, timeout=30)
+print("own status", me.status_code, me.json().get("status"), me.json().get("cancel_requested"))
+user = requests.get(f"{host}/api/v1/programs/", headers=auth, timeout=30)
+print("programs with a job token", user.status_code, flush=True)
+update_status("MAPPING")
+for second in range(300):  # on S3, printed lines reach the logs when the next one comes
+    print("still mapping", second, flush=True)
+    time.sleep(1)
+"""
 
 
 def in_process(functions: Path, out: Path) -> None:

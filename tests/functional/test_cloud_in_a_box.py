@@ -716,6 +716,9 @@ def test_the_serverless_client_runs_a_function_through_api_gateway_and_the_state
     # stop() of a running job: CANCELED for the client, the execution stopped, the row final
     assert seen["stop"] == "Job has been stopped." and seen["stopped_status"] == "CANCELED"
     assert box.wait_execution(seen["slow_job_id"], 30)["status"] == "ABORTED"
+    # inside the job, its token reads its own job (the cancel wind-down's question) only
+    assert "own status 200 RUNNING False" in seen["slow_logs"]
+    assert "programs with a job token 403" in seen["slow_logs"]
     assert Client.aws(stack=STACK, region=REGION).job(seen["slow_job_id"]).status().value == (
         "CANCELLED"
     )
