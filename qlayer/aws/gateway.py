@@ -267,7 +267,11 @@ def list_jobs() -> Any:
 
 @app.get("/api/v1/jobs/provider")
 def list_provider_jobs() -> Any:
-    return _user().jobs_list(_query())
+    gateway = _user()
+    params = _query()
+    if not params.get("provider") or not params.get("function"):
+        raise GatewayError(400, "`function` doesn't have a provider.")
+    return gateway.jobs_list(params)
 
 
 @app.get("/api/v1/jobs/<job_id>")

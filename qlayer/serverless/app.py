@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -34,15 +35,26 @@ PREFIX = "/api/v1"
 
 
 class BodyLimit:
-    """ASGI middleware: a request body past its route's limit gets 413 before any route
-    sees a byte (a declared ``Content-Length`` at once; a streamed one as it passes)."""
+    """ASGI middleware in front of every route: a request without a valid token gets 401
+    before a byte of its body is read; a body past its route's limit gets 413 before any
+    route sees it (a declared ``Content-Length`` at once; a streamed one as it passes)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
         self.app = app
+        self.gateway = gateway
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        authorization = None
+        for name, value in scope.get("headers", []):
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+        try:
+            self.gateway.authenticate(authorization)
+        except GatewayError as exc:
+            await _reply(scope, receive, send, exc.status, exc.message)
             return
         path = scope.get("path", "").rstrip("/")
         limit = MAX_UPLOAD_BODY if path.endswith(_UPLOADS) else MAX_BODY
@@ -157,8 +169,16 @@ def create_app(gateway: Gateway) -> ASGIApp:
 
         return register
 
+    # The local client holds one SQLite connection and requests run on a thread pool:
+    # each call into the gateway has the client to itself (as the dashboard's reads do).
+    alone = threading.Lock()
+
+    def locked(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        with alone:
+            return fn(*args, **kwargs)
+
     def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Awaitable[Any]:
-        return run_in_threadpool(fn, *args, **kwargs)
+        return run_in_threadpool(locked, fn, *args, **kwargs)
 
     # -- programs --------------------------------------------------------------------
     @route("/programs", "GET")
@@ -199,6 +219,14 @@ def create_app(gateway: Gateway) -> ASGIApp:
     async def jobs(request: Request) -> Any:
         user(request)
         return await call(gateway.jobs_list, dict(request.query_params))
+
+    @route("/jobs/provider", "GET")
+    async def provider_jobs(request: Request) -> Any:
+        user(request)
+        params = dict(request.query_params)
+        if not params.get("provider") or not params.get("function"):
+            raise GatewayError(400, "`function` doesn't have a provider.")
+        return await call(gateway.jobs_list, params)
 
     @route("/jobs/{job_id}", "GET")
     async def job(request: Request, job_id: str) -> Any:
@@ -258,7 +286,7 @@ def create_app(gateway: Gateway) -> ASGIApp:
     for private, base in ((False, "/files"), (True, "/files/provider")):
         _file_routes(route, call, user, gateway, private, base)
 
-    return BodyLimit(app)
+    return BodyLimit(app, gateway)
 
 
 def _file_routes(

@@ -14,13 +14,19 @@ environment the ``qiskit_serverless`` library reads inside a job:
 ``ENV_JOB_ID_GATEWAY``          token reaches only this job's in-job routes
 ==============================  ===========================================================
 
-plus the function's own ``env_vars``. Everything the process prints reaches ``qlayer
-logs`` as it is printed. A process that exits non-zero fails the job with a structured
-error: the error events it sent (code, message, exception type) or else the last line of
-its traceback. The process ends with the stage: a timeout kills it; when the stage's
-worker dies (a cancel, a crash) it is told and winds down
-(:mod:`qlayer.serverless.runtime_once`: the runtime jobs of a cancelled job are
-cancelled, those of a crashed one left for the rerun).
+plus the function's own ``env_vars``. A Ray the function starts (``@ray.remote``, with
+Ray installed: the ``ray`` extra) is a local one inside the job's process tree, bound to
+127.0.0.1, its files in the job's scratch, with usage reporting off.
+
+Everything the process prints reaches ``qlayer logs`` as it is printed. A process that
+exits non-zero fails the job with a structured error: the error events it sent (code,
+message, exception type) or else the last line of its traceback.
+
+The process ends with the stage: a timeout kills it; when the stage's worker dies (a
+cancel, a crash) it is told and winds down (:mod:`qlayer.serverless.runtime_once`: the
+runtime jobs of a cancelled job are cancelled, those of a crashed one are left for the
+rerun). It runs without the stage's address-space cap (``memory_mb``), which a function's
+own processes, a local Ray above all, cannot live under.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import ctypes
 import hashlib
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -78,9 +85,15 @@ def function_workflow(main_file: str) -> Workflow:
     return wf
 
 
-def _told_when_parent_dies() -> None:  # pragma: no cover - runs in the child
+def _prepare_child() -> None:  # pragma: no cover - runs in the child
+    """Be told when the stage's process dies; and no address-space cap (see below)."""
     if _LIBC is not None:
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    # A stage's memory_mb is enforced as an address-space limit, which a function's own
+    # processes cannot live under (a local Ray reserves far more than it uses, and fails
+    # to start): a function is a program of its own, and runs without it.
+    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
 
 
 def _digest(path: Path) -> str:
@@ -88,7 +101,7 @@ def _digest(path: Path) -> str:
 
 
 def function_env(
-    meta: dict[str, Any], arguments: dict[str, Any], job_id: str, work: Path
+    meta: dict[str, Any], arguments: dict[str, Any], job_id: str, work: Path, ray_tmp: Path
 ) -> dict[str, str]:
     """The environment of the function's process."""
     env = dict(os.environ)
@@ -113,6 +126,13 @@ def function_env(
             "ENV_JOB_ID_GATEWAY": job_id,
             "ENV_GATEWAY_PROVIDER_VERSION": "v1",
             "OTEL_ENABLED": "false",
+            # A Ray the function starts (ray.init(), or its first @ray.remote call) is a
+            # local one: bound to 127.0.0.1, its files in the job's scratch, no usage report.
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_TMPDIR": str(ray_tmp),
+            # removed by the process itself if it outlives its stage (runtime_once)
+            "QLAYER_FUNCTION_SCRATCH": os.pathsep.join([str(work), str(ray_tmp)]),
         }
     )
     return env
@@ -130,6 +150,7 @@ def run_function(
     from qlayer.serverless.gateway import events_key
 
     work = Path(tempfile.mkdtemp(prefix=f"qlayer-qs-{ctx.job_id}-"))
+    ray_tmp = Path(tempfile.mkdtemp(prefix="qsray-", dir="/tmp"))  # short: Ray's socket paths
     try:
         shutil.copytree(folder / "function", work / "function")
         (work / "io").mkdir()
@@ -142,7 +163,7 @@ def run_function(
             target = work / "data" / name
             target.write_bytes(ctx.store.get_bytes(key))
             before[name] = _digest(target)
-        env = function_env(meta, arguments, ctx.job_id, work)
+        env = function_env(meta, arguments, ctx.job_id, work, ray_tmp)
         tail: collections.deque[str] = collections.deque(maxlen=40)
         process = subprocess.Popen(
             [sys.executable, "-u", str(LAUNCHER), meta["entrypoint"]],
@@ -154,7 +175,7 @@ def run_function(
             text=True,
             errors="replace",
             start_new_session=True,  # a killed worker's group is SIGKILLed; this winds down
-            preexec_fn=_told_when_parent_dies,  # prctl only: no lock is taken in the child
+            preexec_fn=_prepare_child,  # two system calls: no lock is taken in the child
         )
         try:
             assert process.stdout is not None
@@ -180,6 +201,7 @@ def run_function(
         return results.read_text()
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def _keep_data_files(

@@ -30,6 +30,7 @@ import dataclasses
 import itertools
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -111,7 +112,8 @@ def _job_cancelled() -> bool:
 
 
 def wind_down() -> None:
-    """The stage is gone: cancel the runtime jobs if the job was cancelled; exit."""
+    """The stage is gone: cancel the runtime jobs if the job was cancelled, remove the
+    job's scratch folders (the stage could not), exit."""
     if not _ENDING.acquire(blocking=False):
         return
     try:
@@ -129,6 +131,9 @@ def wind_down() -> None:
                         flush=True,
                     )
     finally:
+        for folder in os.environ.get("QLAYER_FUNCTION_SCRATCH", "").split(os.pathsep):
+            if folder:
+                shutil.rmtree(folder, ignore_errors=True)
         os._exit(143)
 
 

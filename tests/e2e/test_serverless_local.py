@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,6 +78,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         except subprocess.TimeoutExpired:
             gateway.process.kill()
         next(clients, None)
+
+
+def scratch_of(job_id: str) -> list[Path]:
+    """The scratch folders a job's function attempts left behind."""
+    return list(Path(tempfile.gettempdir()).glob(f"qlayer-qs-{job_id}-*"))
 
 
 def notebook(*args: str, tmp_path: Path) -> dict:
@@ -211,6 +217,7 @@ def test_a_killed_and_resumed_function_submits_one_runtime_job_per_call(served, 
     events = [e["event"] for e in client.job(job_id).timeline()]
     assert "recovered after restart" in events
     assert client.jobstore.get(job_id).provider_job_ids == [held]
+    assert not scratch_of(job_id), "an attempt left its scratch folder"
 
 
 @pytest.mark.slow
@@ -253,3 +260,24 @@ def test_cancel_reaches_the_functions_runtime_jobs(served, tmp_path):
         )
     assert client.job(job_id).status().value == "CANCELLED"
     assert fake.job_creations() == 1
+    helpers.wait_for(lambda: not scratch_of(job_id), 30, "the function's scratch to go")
+
+
+@pytest.mark.slow
+def test_a_function_with_ray_tasks_runs_on_a_local_ray(served, tmp_path):
+    from serverless_envs import ray_folder
+
+    (tmp_path / "ray.json").write_text(json.dumps({"PYTHONPATH": str(ray_folder())}))
+    seen = notebook(
+        "--ray",
+        served.url,
+        served.token,
+        str(FUNCTIONS),
+        str(tmp_path / "ray.json"),
+        tmp_path=tmp_path,
+    )
+    assert seen["status"] == "DONE", seen
+    assert seen["result"]["sizes"] == [2, 3]
+    two, three = seen["result"]["counts"]
+    assert set(two) <= {"00", "11"} and sum(two.values()) == 100
+    assert set(three) <= {"000", "111"} and sum(three.values()) == 100

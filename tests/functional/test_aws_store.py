@@ -48,3 +48,13 @@ def test_values_and_prefix(aws):
     assert store.list("jobs/") == ["jobs/a/result.json"]
     with pytest.raises(ArtifactError):
         store.put_bytes("../escape", b"")
+
+
+def test_delete_removes_one_key(aws):
+    """moto: delete removes the key (the Serverless gateway's file delete), others stay."""
+    store = aws.store
+    store.put_bytes("serverless/files/_/f/a.txt", b"a")
+    store.put_bytes("serverless/files/_/f/b.txt", b"b")
+    store.delete("serverless/files/_/f/a.txt")
+    store.delete("serverless/files/_/f/missing.txt")  # nothing to delete: no error
+    assert store.list("serverless/files/_/f/") == ["serverless/files/_/f/b.txt"]

@@ -4,6 +4,7 @@
   client (0.37 pins qiskit-ibm-runtime <0.51, so it cannot share qlayer's environment).
 * :func:`overlay_folder` — the library for a function's process
   (:mod:`qlayer.serverless.overlay`).
+* :func:`ray_folder` — Ray, for functions that start Ray tasks (the ``ray`` extra).
 
 Both live under ``$QLAYER_TEST_CACHE`` (default ``~/.cache/qlayer-tests``) and are built
 from the package registry by the first test that asks (a minute or two for the client,
@@ -23,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 CLIENT_REQUIREMENT = "qiskit-serverless==0.37.0"
+RAY_REQUIREMENT = "ray==2.60.0"
 
 
 def cache_root() -> Path:
@@ -72,3 +74,29 @@ def overlay_folder() -> Path:
 
     with _locked("overlay"):
         return overlay.ensure(cache_root() / f"overlay-{overlay.VERSION}")
+
+
+def ray_folder() -> Path:
+    """A folder holding Ray (``pip install --target``), for functions that start Ray tasks:
+    what the ``ray`` extra installs into qlayer's own environment."""
+    folder = cache_root() / "ray-2.60.0"
+    done = folder / ".complete"
+    with _locked("ray"):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "--target",
+                    str(folder),
+                    RAY_REQUIREMENT,
+                ],
+                check=True,
+            )
+            done.write_text(RAY_REQUIREMENT + "\n")
+    return folder

@@ -13,6 +13,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from qlayer.core.ports import JobStatus
+from qlayer.errors import ArtifactError
 from qlayer.local.client import LocalClient
 from qlayer.serverless import app as app_module
 from qlayer.serverless.app import create_app
@@ -115,6 +116,12 @@ def test_upload_run_and_read_a_job(http, local):
     listed = http.get(f"{V1}/jobs/", params={"limit": 5}).json()
     assert [j["id"] for j in listed["results"]] == [job["id"]]
     assert http.get(f"{V1}/jobs/{job['id']}/result/").json() == {"result": None}
+    # a provider's function: its jobs are listed for the provider
+    assert upload(http, title="acme/tool").status_code == 200
+    tool_job = run(http, title="acme/tool").json()["id"]
+    listed = http.get(f"{V1}/jobs/provider/", params={"provider": "acme", "function": "tool"})
+    assert [j["id"] for j in listed.json()["results"]] == [tool_job]
+    assert http.get(f"{V1}/jobs/provider/", params={"function": "tool"}).status_code == 400
 
 
 def test_in_job_calls_move_the_stage_and_record_errors_and_runtime_jobs(http, local, gateway):
@@ -225,6 +232,21 @@ def test_file_names_cannot_leave_the_function_folder(http, local):
     assert not (local.home.root / "evil.txt").exists()
 
 
+def test_an_anonymous_body_is_refused_unread(http, monkeypatch):
+    monkeypatch.setattr(app_module, "MAX_BODY", 4096)
+
+    def chunks():
+        for _ in range(10):
+            yield b"x" * 1000
+
+    answer = http.post(
+        f"{V1}/programs/run/",
+        content=chunks(),
+        headers={"Authorization": "Bearer nope", "Content-Type": "application/json"},
+    )
+    assert answer.status_code == 401  # not 413: the token is checked first
+
+
 def test_bodies_past_the_limit_get_413_before_a_route_reads_them(http, monkeypatch):
     monkeypatch.setattr(app_module, "MAX_BODY", 4096)
     answer = http.post(
@@ -318,3 +340,14 @@ def test_fuzzed_requests_get_4xx_and_lose_nothing(http, local):
     got = http.get(f"{V1}/files/download/", params={"function": "hello", "file": "keep.txt"})
     assert got.content == b"kept"
     assert http.get(f"{V1}/jobs/{job_id}/").status_code == 200
+
+
+def test_the_folder_store_deletes_one_key_and_refuses_traversal(local):
+    store = local.store
+    store.put_bytes("serverless/files/_/f/a.txt", b"a")
+    store.put_bytes("serverless/files/_/f/b.txt", b"b")
+    store.delete("serverless/files/_/f/a.txt")
+    store.delete("serverless/files/_/f/a.txt")  # already gone: nothing happens
+    assert store.list("serverless/files/_/f/") == ["serverless/files/_/f/b.txt"]
+    with pytest.raises(ArtifactError):
+        store.delete("../token")

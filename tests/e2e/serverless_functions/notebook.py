@@ -201,8 +201,29 @@ def finish_on_ibm(host: str, token: str, job_id: str, out: Path) -> None:
     )
 
 
+def with_ray(host: str, token: str, functions: Path, env_file: Path, out: Path) -> None:
+    """Upload and run the function that fans out over Ray tasks."""
+    from qiskit_serverless import QiskitFunction, ServerlessClient
+
+    client = ServerlessClient(host=host, token=token, channel="local")
+    client.upload(
+        QiskitFunction(
+            title="fan-out",
+            entrypoint="fan_out.py",
+            working_dir=str(functions / "parallel"),
+            env_vars=json.loads(env_file.read_text()),
+        )
+    )
+    job = client.function("fan-out").run(sizes=[2, 3], shots=100)
+    status = wait(job, limit_s=400)
+    result = job.result() if status == "DONE" else job.logs()[-3000:]
+    out.write_text(json.dumps({"status": status, "result": result}))
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "--start-on-ibm":
+    if sys.argv[1] == "--ray":
+        with_ray(sys.argv[2], sys.argv[3], Path(sys.argv[4]), Path(sys.argv[5]), Path(sys.argv[6]))
+    elif sys.argv[1] == "--start-on-ibm":
         start_on_ibm(
             sys.argv[2], sys.argv[3], Path(sys.argv[4]), Path(sys.argv[5]), Path(sys.argv[6])
         )
