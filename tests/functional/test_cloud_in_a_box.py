@@ -663,6 +663,7 @@ def test_the_gateway_answers_its_token_only_and_refuses_malformed_requests(
             ),
             http.get("api/v1/files/download/", params={"file": "../../jobs/x"}, headers=auth),
             http.get("api/v1/jobs/..%2F..%2Fprograms/", headers=auth),
+            http.get("api/v1/jobs/provider/", params={"function": "mapped"}, headers=auth),
         ]
         for answer in refused:
             assert 400 <= answer.status_code < 500, (answer.request.url, answer.text)
