@@ -24,7 +24,14 @@ from aws_cdk import aws_sqs as sqs
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
-from qlayer_infra.storage import ENVS_PREFIX, INBOX_PREFIX, JOBS_PREFIX, PROGRAMS_PREFIX
+from qlayer_infra.storage import (
+    ENVS_PREFIX,
+    INBOX_PREFIX,
+    JOBS_PREFIX,
+    PROGRAMS_PREFIX,
+    SERVERLESS_FILES_PREFIX,
+    SERVERLESS_PREFIX,
+)
 
 #: Read an artifact; write one (log objects are written with a tag, which needs
 #: PutObjectTagging); tell a missing key from a forbidden one (HeadObject answers 403
@@ -32,6 +39,9 @@ from qlayer_infra.storage import ENVS_PREFIX, INBOX_PREFIX, JOBS_PREFIX, PROGRAM
 S3_READ = ("s3:GetObject",)
 S3_WRITE = ("s3:PutObject", "s3:PutObjectTagging")
 S3_LIST = ("s3:ListBucket",)
+#: The one delete in the stack: a Qiskit Serverless user removing one of their own files
+#: (``DELETE files/delete/``), under ``serverless/files/`` only.
+S3_DELETE_USER_FILE = ("s3:DeleteObject",)
 
 #: Job rows: read one or many, update (conditionally), check a condition in a transaction;
 #: the steps that start a job or its children also create rows.
@@ -52,6 +62,9 @@ TASK_ROWS = (
     "dynamodb:Query",
 )
 TASKS_INDEX = "by_status"
+#: The gateway lists jobs newest first on the jobs table's ``by_created`` index.
+JOB_LIST = ("dynamodb:Query",)
+JOBS_INDEX = "by_created"
 
 
 @dataclass(frozen=True)
@@ -98,6 +111,13 @@ ACCESS: dict[str, Access] = {
     "fail_job": _REPORTS,
     "dispatcher": _STEP,
     "poller": _STEP,
+    # The Qiskit Serverless gateway keeps functions and users' files (serverless/), makes
+    # a program of each function, starts jobs and reads their results, logs and events.
+    "gateway": Access(
+        reads=(PROGRAMS_PREFIX, JOBS_PREFIX, SERVERLESS_PREFIX),
+        writes=(PROGRAMS_PREFIX, JOBS_PREFIX, SERVERLESS_PREFIX),
+        creates_jobs=True,
+    ),
 }
 
 #: Who reads the provider secret: the dispatcher and poller (submit, poll, cancel), and the
@@ -249,6 +269,37 @@ def grant_stop_executions(principal: iam.IGrantable, stack: Stack, state_machine
     )
 
 
+def grant_gateway(
+    principal: iam.IGrantable,
+    *,
+    bucket: s3.IBucket,
+    jobs: dynamodb.ITable,
+    token: secretsmanager.ISecret,
+    dispatch_queue: sqs.IQueue,
+    state_machine: sfn.IStateMachine,
+    state_machine_name: str,
+) -> None:
+    """What the gateway needs beyond its :data:`ACCESS` row: list jobs (``by_created``),
+    delete a user's file, read its own token, start a job's execution, stop it and ask the
+    dispatcher to cancel its provider job (a client's cancel)."""
+    stack = Stack.of(jobs)
+    principal.grant_principal.add_to_principal_policy(
+        iam.PolicyStatement(
+            actions=list(S3_DELETE_USER_FILE),
+            resources=[bucket.arn_for_objects(f"{SERVERLESS_FILES_PREFIX}*")],
+        )
+    )
+    principal.grant_principal.add_to_principal_policy(
+        iam.PolicyStatement(
+            actions=list(JOB_LIST), resources=[f"{jobs.table_arn}/index/{JOBS_INDEX}"]
+        )
+    )
+    token.grant_read(principal)
+    state_machine.grant_start_execution(principal)
+    grant_stop_executions(principal, stack, state_machine_name)
+    dispatch_queue.grant_send_messages(principal)
+
+
 def grant_all(
     *,
     principals: Mapping[str, iam.IGrantable],
@@ -260,13 +311,15 @@ def grant_all(
     dispatch_queue: sqs.IQueue,
     state_machine: sfn.IStateMachine,
     state_machine_name: str,
+    gateway_token: secretsmanager.ISecret,
     braket_regions: Sequence[str] = (),
     qpu_functions: Sequence[str] = ("dispatcher", "poller"),
 ) -> None:
     """Every grant of the stack's functions and the Batch job role (``principals`` by name).
 
     The trigger starts executions; the dispatcher and poller finish task tokens; fail_job
-    sends cancel messages to the dispatcher and stops sibling executions.
+    sends cancel messages to the dispatcher and stops sibling executions; the gateway
+    (:func:`grant_gateway`) starts, lists and cancels jobs and reads its token.
     """
     stack = Stack.of(bucket)
     for name, access in ACCESS.items():
@@ -288,6 +341,15 @@ def grant_all(
     dispatch_queue.grant_send_messages(principals["fail_job"])
     dispatch_queue.grant_send_messages(principals["finaliser"])  # close a job's QPU session
     grant_stop_executions(principals["fail_job"], stack, state_machine_name)
+    grant_gateway(
+        principals["gateway"],
+        bucket=bucket,
+        jobs=jobs,
+        token=gateway_token,
+        dispatch_queue=dispatch_queue,
+        state_machine=state_machine,
+        state_machine_name=state_machine_name,
+    )
 
 
 def grant_batch_jobs(state_machine: sfn.StateMachine, resources: Sequence[str]) -> None:

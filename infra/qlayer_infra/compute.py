@@ -50,6 +50,7 @@ LIGHT_FUNCTIONS: tuple[str, ...] = (
     "fan_in",
     "finaliser",
     "fail_job",
+    "gateway",
 )
 #: Handlers that import qiskit / Aer / provider SDKs, run from the runner image.
 IMAGE_FUNCTIONS: tuple[str, ...] = ("stage_runner", "simulator", "dispatcher", "poller")
@@ -100,6 +101,8 @@ _TIMEOUTS_S = {
     "dispatcher": 120,
     "poller": 300,
     "trigger": 60,
+    # API Gateway ends a REST integration after 29 s: the gateway must answer within it.
+    "gateway": 29,
 }
 _DEFAULT_TIMEOUT_S = 60
 #: Lambda's memory limits (MiB).

@@ -15,6 +15,9 @@ JOBS_PREFIX = "jobs/"
 PROGRAMS_PREFIX = "programs/"
 #: Program environments: locks, built archives (qlayer.aws.envs).
 ENVS_PREFIX = "envs/"
+#: The Qiskit Serverless gateway's records (uploaded functions) and the users' files.
+SERVERLESS_PREFIX = "serverless/"
+SERVERLESS_FILES_PREFIX = "serverless/files/"
 #: The S3 object tag (key, value) that log objects under jobs/<id>/logs/ carry.
 LOG_TAG = ("qlayer-artifact", "log")
 #: Amazon Braket writes results only to buckets whose name starts with this.

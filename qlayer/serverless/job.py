@@ -107,8 +107,11 @@ def function_env(
     env = dict(os.environ)
     env.update(meta.get("env_vars") or {})
     paths = [str(work / "function")]
-    if arguments.get("overlay"):
-        paths.insert(0, str(arguments["overlay"]))
+    # The gateway names the overlay it built (qlayer serve); where it names none, the
+    # compute holds one (the AWS runner image sets QLAYER_SERVERLESS_OVERLAY).
+    overlay = arguments.get("overlay") or os.environ.get("QLAYER_SERVERLESS_OVERLAY")
+    if overlay:
+        paths.insert(0, str(overlay))
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
     env.update(
