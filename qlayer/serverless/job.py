@@ -11,7 +11,9 @@ environment the ``qiskit_serverless`` library reads inside a job:
                                 function leaves there are kept (``client.files``)
 ``ENV_JOB_GATEWAY_HOST``        the gateway, for ``update_status``, ``send_error`` and the
 ``ENV_JOB_GATEWAY_TOKEN``       runtime-job registration of ``get_runtime_service``; the
-``ENV_JOB_ID_GATEWAY``          token reaches only this job's in-job routes
+``ENV_JOB_ID_GATEWAY``          token (derived here from the gateway's secret and the job
+                                id, :mod:`qlayer.serverless.tokens`; stored nowhere)
+                                reaches only this job's in-job routes
 ==============================  ===========================================================
 
 plus the function's own ``env_vars``. A Ray the function starts (``@ray.remote``, with
@@ -119,7 +121,7 @@ def function_env(
             "RESULTS_PATH": str(work / "io" / "results.json"),
             "DATA_PATH": str(work / "data"),
             "ENV_JOB_GATEWAY_HOST": str(arguments.get("gateway") or ""),
-            "ENV_JOB_GATEWAY_TOKEN": str(arguments.get("job_token") or ""),
+            "ENV_JOB_GATEWAY_TOKEN": gateway_token(arguments, job_id),
             "ENV_JOB_ID_GATEWAY": job_id,
             "ENV_GATEWAY_PROVIDER_VERSION": "v1",
             "OTEL_ENABLED": "false",
@@ -133,6 +135,24 @@ def function_env(
         }
     )
     return env
+
+
+def gateway_token(arguments: dict[str, Any], job_id: str) -> str:
+    """The job's gateway token, derived from the secret its ``token_source`` names ("" when
+    the gateway gave none: the function's in-job calls are then refused).
+
+    Raises:
+        FunctionError: The secret cannot be read.
+    """
+    from qlayer.serverless import tokens
+
+    source = arguments.get("token_source")
+    if not source:
+        return ""
+    try:
+        return tokens.job_token(tokens.read_secret(source), job_id)
+    except QlayerError as exc:
+        raise FunctionError(f"the function cannot be given its gateway token: {exc}") from exc
 
 
 def run_function(
