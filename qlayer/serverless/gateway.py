@@ -35,7 +35,8 @@ from typing import Any
 from qlayer import keys
 from qlayer.client import QlayerClient
 from qlayer.core.ports import Event, JobRecord, JobStore
-from qlayer.errors import ArtifactError, JobNotFound, QlayerError
+from qlayer.envs.base import Base
+from qlayer.errors import ArtifactError, JobNotFound, QlayerError, RequirementError
 from qlayer.serverless import functions as fn
 from qlayer.serverless import tokens
 from qlayer.serverless.errors import GatewayError
@@ -107,6 +108,8 @@ class Gateway:
         token_source: Where a job's stage reads ``secret`` to derive the job's token
             (:func:`qlayer.serverless.tokens.read_secret`; ``{"file": PATH}`` locally), or
             None: functions get no token and their in-job calls are refused.
+        base: What the substrate's stages run on, to resolve functions' dependencies
+            against (default: this interpreter, :meth:`qlayer.envs.Base.current`).
     """
 
     def __init__(
@@ -119,6 +122,7 @@ class Gateway:
         public_url: str,
         overlay: str | None = None,
         token_source: Mapping[str, str] | None = None,
+        base: Base | None = None,
     ) -> None:
         if len(secret) < 16:
             raise QlayerError("the gateway's token must have at least 16 characters")
@@ -129,6 +133,7 @@ class Gateway:
         self.public_url = public_url.rstrip("/")
         self.overlay = overlay
         self.token_source = dict(token_source) if token_source else None
+        self.base = base
 
     # -- tokens ------------------------------------------------------------------------
     def job_token(self, job_id: str) -> str:
@@ -206,17 +211,24 @@ class Gateway:
             else None,
             created=fn.now(),
         )
-        if record.dependencies:
-            raise GatewayError(
-                400,
-                "dependencies are not installed by this qlayer yet: install them into "
-                "qlayer's environment, then upload without 'dependencies' "
-                f"(asked for: {', '.join(record.dependencies)[:200]})",
-            )
         files = fn.read_artifact(artifact)
+        self._resolve(record.dependencies)
         record.program_id = fn.make_program(self.store, record, files)
         fn.save(self.store, record)
         return record.public()
+
+    def _resolve(self, dependencies: list[str]) -> None:
+        """Resolve a function's dependencies now (once per set: the lock is kept, and its
+        jobs read it), so that one the index lacks or that clashes with the base (another
+        qiskit) is refused at upload, with the reason."""
+        if not dependencies:
+            return
+        from qlayer.envs import lock_for
+
+        try:
+            lock_for(self.store, dependencies, self.base)
+        except RequirementError as exc:
+            raise GatewayError(400, f"dependencies refused: {exc}") from exc
 
     def functions(self, provider: str | None = None) -> list[dict[str, Any]]:
         """``GET programs``: every function (of one provider if named)."""

@@ -103,9 +103,20 @@ def _digest(path: Path) -> str:
 
 
 def function_env(
-    meta: dict[str, Any], arguments: dict[str, Any], job_id: str, work: Path, ray_tmp: Path
+    meta: dict[str, Any],
+    arguments: dict[str, Any],
+    job_id: str,
+    work: Path,
+    ray_tmp: Path,
+    env_paths: tuple[str, ...] = (),
 ) -> dict[str, str]:
-    """The environment of the function's process."""
+    """The environment of the function's process.
+
+    Its ``PYTHONPATH``: the overlay (``qiskit_serverless``), the function's folder, what
+    was there already, then the job's environment (``env_paths``: the packages of the
+    function's ``dependencies``, last, as in the stage's own process; processes the
+    function starts, a Ray's workers, inherit them).
+    """
     env = dict(os.environ)
     env.update(meta.get("env_vars") or {})
     paths = [str(work / "function")]
@@ -113,9 +124,12 @@ def function_env(
         paths.insert(0, str(arguments["overlay"]))
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
+    paths.extend(env_paths)
     env.update(
         {
             "PYTHONPATH": os.pathsep.join(paths),
+            # launch.py processes their .pth files, as the worker's site.addsitedir does
+            "QLAYER_ENV_PATHS": os.pathsep.join(env_paths),
             "PYTHONUNBUFFERED": "1",
             "ARGUMENTS_PATH": str(work / "io" / "arguments.json"),
             "RESULTS_PATH": str(work / "io" / "results.json"),
@@ -180,7 +194,7 @@ def run_function(
             target = work / "data" / name
             target.write_bytes(ctx.store.get_bytes(key))
             before[name] = _digest(target)
-        env = function_env(meta, arguments, ctx.job_id, work, ray_tmp)
+        env = function_env(meta, arguments, ctx.job_id, work, ray_tmp, ctx.env_paths)
         tail: collections.deque[str] = collections.deque(maxlen=40)
         process = subprocess.Popen(
             [sys.executable, "-u", str(LAUNCHER), meta["entrypoint"]],

@@ -396,3 +396,40 @@ def test_the_folder_store_deletes_one_key_and_refuses_traversal(local):
     assert store.list("serverless/files/_/f/") == ["serverless/files/_/f/b.txt"]
     with pytest.raises(ArtifactError):
         store.delete("../token")
+
+
+@pytest.mark.parametrize(
+    "dependency, reason",
+    [
+        ("pendulum @ https://example.com/pendulum-3.0.0.whl", "direct reference"),
+        ("https://example.com/pendulum-3.0.0.tar.gz", "path or URL"),
+        ("./vendored/pendulum", "path or URL"),
+        ("-e .", "installer option"),
+        ("--index-url=https://example.com/simple", "installer option"),
+        ("pendulum===", "not a valid requirement"),
+        ("qiskit<1", "cannot coexist with the base"),
+    ],
+)
+def test_dependencies_the_environments_refuse_are_a_400_with_the_reason(http, dependency, reason):
+    answer = upload(http, dependencies=json.dumps(["tabulate", dependency]))
+    assert answer.status_code == 400, answer.text
+    assert reason in answer.json()["message"]
+    assert http.get(f"{V1}/programs").json() == []  # nothing stored
+
+
+def test_a_job_building_its_environment_is_pending_for_the_client():
+    from qlayer.serverless.vocabulary import GATEWAY_TO_QLAYER, gateway_status
+
+    assert gateway_status(JobStatus.BUILDING, None) == ("PENDING", None)
+    assert GATEWAY_TO_QLAYER["PENDING"] == {JobStatus.BUILDING}
+
+
+def test_the_functions_process_imports_from_the_jobs_environment(tmp_path):
+    from qlayer.serverless.job import function_env
+
+    site = str(tmp_path / "envs" / "abc" / "site")
+    env = function_env({}, {"overlay": "/overlay"}, "job-1", tmp_path / "w", tmp_path, (site,))
+    paths = env["PYTHONPATH"].split(":")
+    assert paths[0] == "/overlay" and paths[1] == str(tmp_path / "w" / "function")
+    assert paths[-1] == site and env["QLAYER_ENV_PATHS"] == site
+    assert function_env({}, {}, "job-1", tmp_path / "w", tmp_path)["QLAYER_ENV_PATHS"] == ""
