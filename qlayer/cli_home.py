@@ -97,7 +97,11 @@ def serve(
     home: str | None = HomeOption,
 ) -> None:
     """Serve the Qiskit Serverless gateway: its client and functions run on this home."""
-    _local_only("serve")
+    _local_only(
+        "serve",
+        "'qlayer serve' runs the Qiskit Serverless gateway on this machine only, over the "
+        "local home; it does not serve an AWS stack. Run it without --target aws.",
+    )
     try:
         from qlayer.serverless.serve import serve as run_gateway
     except ImportError as exc:

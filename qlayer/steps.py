@@ -42,6 +42,9 @@ class JobInfo:
     backend: str
     index: int | None = None
     runs: dict[str, int] = field(default_factory=dict)  # stage -> completed runs so far
+    #: The folders of the job's environment, on this process's import path already
+    #: (:mod:`qlayer.envs`): for the processes a stage starts itself.
+    env_paths: tuple[str, ...] = ()
 
 
 def first_input(store: ArtifactStore, job_id: str, stage: str, encoded: Any) -> str:
@@ -128,6 +131,7 @@ def _run_stage(
             state=state,
             run=runs_before + 1,
             index=job.index,
+            env_paths=job.env_paths,
         )
         attempt = _attempt_of(store, log_key, stage_name)
         if attempt > 1:

@@ -328,6 +328,7 @@ def run_stage_for(svc: Services, job_id: str, seq: int, stage: str) -> Decision:
         backend=record.backend,
         index=record.item_index,
         runs=svc.jobs.runs_before(job_id, seq),
+        env_paths=tuple(str(path) for path in paths),
     )
     declared = workflow.stages[stage].compute.timeout_s if stage in workflow.stages else None
     decision = run_stage(

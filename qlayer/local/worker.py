@@ -142,8 +142,9 @@ def _handle(
     message: dict[str, Any], store: FolderStore, programs: ProgramCache, limits: Resources
 ) -> dict[str, Any]:
     if message["op"] == "stage":
-        job = JobInfo(**message["job"])
-        envs.activate(message.get("env"), message.get("env_path"))
+        site = message.get("env_path")
+        job = JobInfo(**message["job"], env_paths=(site,) if site else ())
+        envs.activate(message.get("env"), site)
         try:
             workflow = programs.workflow(message["program_id"])
         except Exception as exc:

@@ -7,6 +7,8 @@ written, and every ``.py`` file must parse. It becomes a qlayer program folder::
 
     main.py             the one-stage workflow (qlayer.serverless.job) that runs it
     serverless.json     the function's record (entrypoint, env vars, dependencies...)
+    requirements.txt    the function's ``dependencies``, one a line (only if it has any):
+                        the program's environment (:mod:`qlayer.envs`), built once
     function/...        the uploaded files, as they were
 
 Records live in the artifact store under ``serverless/functions/<provider>/<title>.json``
@@ -27,7 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qlayer.errors import ProgramError
+from qlayer.envs.requirements import REQUIREMENTS_TXT
+from qlayer.errors import ProgramError, RequirementError
 from qlayer.program import bundle, upload
 from qlayer.serverless.errors import GatewayError
 from qlayer.store.base import ArtifactStore
@@ -197,17 +200,21 @@ def check_env_vars(env: dict[str, Any]) -> dict[str, str]:
 
 
 def check_dependencies(deps: list[Any]) -> list[str]:
-    out = []
+    """A function's ``dependencies`` (``["pendulum==3.0.0", ...]``; an older client's
+    ``{"name": "==version"}`` entries too) as checked requirements, or a 400 saying which
+    one is refused and why (a URL, a path, an installer option, not PEP 508...)."""
+    from qlayer.envs import check_requirements
+
+    texts = []
     for dep in deps:
         if isinstance(dep, dict) and len(dep) == 1:
             name, spec = next(iter(dep.items()))
             dep = f"{name}{spec}"
-        if not isinstance(dep, str) or not re.match(
-            r"^[A-Za-z0-9][A-Za-z0-9_.\-\[\],<>=!~ ]*$", dep
-        ):
-            raise GatewayError(400, f"dependencies: {str(dep)[:80]!r} is not a requirement")
-        out.append(dep)
-    return out
+        texts.append(dep)
+    try:
+        return list(check_requirements(texts, "dependencies"))
+    except RequirementError as exc:
+        raise GatewayError(400, str(exc)) from exc
 
 
 def read_artifact(data: bytes) -> dict[str, bytes]:
@@ -275,6 +282,8 @@ def make_program(store: ArtifactStore, record: FunctionRecord, files: dict[str, 
         root = Path(scratch)
         (root / "main.py").write_text(MAIN)
         (root / "serverless.json").write_text(json.dumps(meta, sort_keys=True))
+        if record.dependencies:
+            (root / REQUIREMENTS_TXT).write_text("".join(d + "\n" for d in record.dependencies))
         for name, data in files.items():
             target = root / "function" / name
             target.parent.mkdir(parents=True, exist_ok=True)

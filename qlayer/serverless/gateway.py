@@ -8,24 +8,24 @@ fields and returns the JSON body the client 0.37 expects, or raises
 Two kinds of caller hold tokens:
 
 * **the user**: the server's token (``$QLAYER_HOME/token`` locally); every route.
-* **a running function**: a token minted for one job (``ENV_JOB_GATEWAY_TOKEN`` in its
-  process), which only reaches that job's in-job routes: sub-status, error events and
-  runtime-job registration (and reading them back).
+* **a running function**: its job's token (``ENV_JOB_GATEWAY_TOKEN`` in its process),
+  derived from the user's token and the job id where the function starts
+  (:mod:`qlayer.serverless.tokens`), never stored; it only reaches that job's in-job
+  routes: sub-status, error events and runtime-job registration (and reading them back).
 
 A function's job is an ordinary qlayer job of the program its upload became
 (:mod:`qlayer.serverless.functions`); its arguments hold the client's arguments as the
 library encoded them (opaque JSON text, decoded only inside the job by the library), the
-function's name, the job token and where the gateway is.
+function's name, where the gateway is and where the job's stage reads the secret its
+token is derived from (``token_source``: a path, not the secret).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import hmac
 import json
 import os
-import secrets
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,8 +35,10 @@ from typing import Any
 from qlayer import keys
 from qlayer.client import QlayerClient
 from qlayer.core.ports import Event, JobRecord, JobStore
-from qlayer.errors import ArtifactError, JobNotFound, QlayerError
+from qlayer.envs.base import Base
+from qlayer.errors import ArtifactError, JobNotFound, QlayerError, RequirementError
 from qlayer.serverless import functions as fn
+from qlayer.serverless import tokens
 from qlayer.serverless.errors import GatewayError
 from qlayer.serverless.vocabulary import (
     GATEWAY_TO_QLAYER,
@@ -52,7 +54,6 @@ MAX_ARGUMENTS_BYTES = 16 * 1024 * 1024
 MAX_FILE_BYTES = 64 * 1024 * 1024
 #: The most error events or runtime jobs one job may record.
 MAX_RECORDS_PER_JOB = 10000
-_JOB_TOKEN_PREFIX = "qsj1."
 
 
 def events_key(job_id: str) -> str:
@@ -65,10 +66,10 @@ def runtime_jobs_key(job_id: str) -> str:
 
 @dataclass(frozen=True)
 class Caller:
-    """Who sent a request: the user, or the function running as job ``job_token``'s job."""
+    """Who sent a request: the user, or the function running as job ``job_id``."""
 
     kind: str  # "user" | "job"
-    token: str
+    job_id: str | None = None
 
 
 def _iso(stamp: float | None) -> str | None:
@@ -104,6 +105,11 @@ class Gateway:
             (``ENV_JOB_GATEWAY_HOST``), e.g. ``http://127.0.0.1:8000``.
         overlay: A folder holding the ``qiskit_serverless`` library for the job's process
             (:mod:`qlayer.serverless.overlay`), or None if the job's Python has it.
+        token_source: Where a job's stage reads ``secret`` to derive the job's token
+            (:func:`qlayer.serverless.tokens.read_secret`; ``{"file": PATH}`` locally), or
+            None: functions get no token and their in-job calls are refused.
+        base: What the substrate's stages run on, to resolve functions' dependencies
+            against (default: this interpreter, :meth:`qlayer.envs.Base.current`).
     """
 
     def __init__(
@@ -115,6 +121,8 @@ class Gateway:
         secret: str,
         public_url: str,
         overlay: str | None = None,
+        token_source: Mapping[str, str] | None = None,
+        base: Base | None = None,
     ) -> None:
         if len(secret) < 16:
             raise QlayerError("the gateway's token must have at least 16 characters")
@@ -124,15 +132,13 @@ class Gateway:
         self.secret = secret
         self.public_url = public_url.rstrip("/")
         self.overlay = overlay
+        self.token_source = dict(token_source) if token_source else None
+        self.base = base
 
     # -- tokens ------------------------------------------------------------------------
-    def _mac(self, nonce: str) -> str:
-        message = b"qlayer-serverless-job:" + nonce.encode()
-        return hmac.new(self.secret.encode(), message, hashlib.sha256).hexdigest()[:40]
-
-    def mint_job_token(self) -> str:
-        nonce = secrets.token_urlsafe(18)
-        return f"{_JOB_TOKEN_PREFIX}{nonce}.{self._mac(nonce)}"
+    def job_token(self, job_id: str) -> str:
+        """The token of job ``job_id`` (what its stage derives; for tests and tools)."""
+        return tokens.job_token(self.secret, job_id)
 
     def authenticate(self, authorization: str | None) -> Caller:
         """The caller an ``Authorization: Bearer ...`` header names (401 otherwise)."""
@@ -141,11 +147,10 @@ class Gateway:
         if scheme.lower() != "bearer" or not token or len(token) > 512:
             raise GatewayError(401, "send 'Authorization: Bearer <token>' (qlayer serve prints it)")
         if hmac.compare_digest(token.encode(), self.secret.encode()):
-            return Caller("user", token)
-        if token.startswith(_JOB_TOKEN_PREFIX):
-            nonce, _, mac = token[len(_JOB_TOKEN_PREFIX) :].partition(".")
-            if nonce and hmac.compare_digest(mac.encode(), self._mac(nonce).encode()):
-                return Caller("job", token)
+            return Caller("user")
+        job_id = tokens.job_of(self.secret, token)
+        if job_id is not None:
+            return Caller("job", job_id)
         raise GatewayError(401, "invalid token")
 
     @staticmethod
@@ -155,10 +160,10 @@ class Gateway:
 
     def _job_for(self, caller: Caller, job_id: str) -> JobRecord:
         record = self._function_job(job_id)
-        if caller.kind == "job":
-            expected = str(record.arguments.get("job_token", ""))
-            if not hmac.compare_digest(expected.encode(), caller.token.encode()):
-                raise GatewayError(403, "this token belongs to another job")
+        if caller.kind == "job" and not hmac.compare_digest(
+            str(caller.job_id).encode(), record.job_id.encode()
+        ):
+            raise GatewayError(403, "this token belongs to another job")
         return record
 
     def _function_job(self, job_id: str) -> JobRecord:
@@ -206,17 +211,24 @@ class Gateway:
             else None,
             created=fn.now(),
         )
-        if record.dependencies:
-            raise GatewayError(
-                400,
-                "dependencies are not installed by this qlayer yet: install them into "
-                "qlayer's environment, then upload without 'dependencies' "
-                f"(asked for: {', '.join(record.dependencies)[:200]})",
-            )
         files = fn.read_artifact(artifact)
+        self._resolve(record.dependencies)
         record.program_id = fn.make_program(self.store, record, files)
         fn.save(self.store, record)
         return record.public()
+
+    def _resolve(self, dependencies: list[str]) -> None:
+        """Resolve a function's dependencies now (once per set: the lock is kept, and its
+        jobs read it), so that one the index lacks or that clashes with the base (another
+        qiskit) is refused at upload, with the reason."""
+        if not dependencies:
+            return
+        from qlayer.envs import lock_for
+
+        try:
+            lock_for(self.store, dependencies, self.base)
+        except RequirementError as exc:
+            raise GatewayError(400, f"dependencies refused: {exc}") from exc
 
     def functions(self, provider: str | None = None) -> list[dict[str, Any]]:
         """``GET programs``: every function (of one provider if named)."""
@@ -245,9 +257,9 @@ class Gateway:
         arguments = {
             "serverless": {"title": title, "provider": provider},
             "arguments": text,
-            "job_token": self.mint_job_token(),
             "gateway": self.public_url,
             "overlay": self.overlay,
+            "token_source": self.token_source,
         }
         with tempfile.TemporaryDirectory(prefix="qlayer-run-") as scratch:
             folder = self._program_folder(record.program_id, Path(scratch))

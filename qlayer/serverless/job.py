@@ -11,7 +11,9 @@ environment the ``qiskit_serverless`` library reads inside a job:
                                 function leaves there are kept (``client.files``)
 ``ENV_JOB_GATEWAY_HOST``        the gateway, for ``update_status``, ``send_error`` and the
 ``ENV_JOB_GATEWAY_TOKEN``       runtime-job registration of ``get_runtime_service``; the
-``ENV_JOB_ID_GATEWAY``          token reaches only this job's in-job routes
+``ENV_JOB_ID_GATEWAY``          token (derived here from the gateway's secret and the job
+                                id, :mod:`qlayer.serverless.tokens`; stored nowhere)
+                                reaches only this job's in-job routes
 ==============================  ===========================================================
 
 plus the function's own ``env_vars``. A Ray the function starts (``@ray.remote``, with
@@ -101,9 +103,20 @@ def _digest(path: Path) -> str:
 
 
 def function_env(
-    meta: dict[str, Any], arguments: dict[str, Any], job_id: str, work: Path, ray_tmp: Path
+    meta: dict[str, Any],
+    arguments: dict[str, Any],
+    job_id: str,
+    work: Path,
+    ray_tmp: Path,
+    env_paths: tuple[str, ...] = (),
 ) -> dict[str, str]:
-    """The environment of the function's process."""
+    """The environment of the function's process.
+
+    Its ``PYTHONPATH``: the overlay (``qiskit_serverless``), the function's folder, what
+    was there already, then the job's environment (``env_paths``: the packages of the
+    function's ``dependencies``, last, as in the stage's own process; processes the
+    function starts, a Ray's workers, inherit them).
+    """
     env = dict(os.environ)
     env.update(meta.get("env_vars") or {})
     paths = [str(work / "function")]
@@ -114,15 +127,18 @@ def function_env(
         paths.insert(0, str(overlay))
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
+    paths.extend(env_paths)
     env.update(
         {
             "PYTHONPATH": os.pathsep.join(paths),
+            # launch.py processes their .pth files, as the worker's site.addsitedir does
+            "QLAYER_ENV_PATHS": os.pathsep.join(env_paths),
             "PYTHONUNBUFFERED": "1",
             "ARGUMENTS_PATH": str(work / "io" / "arguments.json"),
             "RESULTS_PATH": str(work / "io" / "results.json"),
             "DATA_PATH": str(work / "data"),
             "ENV_JOB_GATEWAY_HOST": str(arguments.get("gateway") or ""),
-            "ENV_JOB_GATEWAY_TOKEN": str(arguments.get("job_token") or ""),
+            "ENV_JOB_GATEWAY_TOKEN": gateway_token(arguments, job_id),
             "ENV_JOB_ID_GATEWAY": job_id,
             "ENV_GATEWAY_PROVIDER_VERSION": "v1",
             "OTEL_ENABLED": "false",
@@ -136,6 +152,24 @@ def function_env(
         }
     )
     return env
+
+
+def gateway_token(arguments: dict[str, Any], job_id: str) -> str:
+    """The job's gateway token, derived from the secret its ``token_source`` names ("" when
+    the gateway gave none: the function's in-job calls are then refused).
+
+    Raises:
+        FunctionError: The secret cannot be read.
+    """
+    from qlayer.serverless import tokens
+
+    source = arguments.get("token_source")
+    if not source:
+        return ""
+    try:
+        return tokens.job_token(tokens.read_secret(source), job_id)
+    except QlayerError as exc:
+        raise FunctionError(f"the function cannot be given its gateway token: {exc}") from exc
 
 
 def run_function(
@@ -163,7 +197,7 @@ def run_function(
             target = work / "data" / name
             target.write_bytes(ctx.store.get_bytes(key))
             before[name] = _digest(target)
-        env = function_env(meta, arguments, ctx.job_id, work, ray_tmp)
+        env = function_env(meta, arguments, ctx.job_id, work, ray_tmp, ctx.env_paths)
         tail: collections.deque[str] = collections.deque(maxlen=40)
         process = subprocess.Popen(
             [sys.executable, "-u", str(LAUNCHER), meta["entrypoint"]],

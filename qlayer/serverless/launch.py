@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import runpy
+import site
 import sys
 import traceback
 from typing import Any
@@ -30,6 +31,8 @@ def main() -> int:
     entry = os.path.abspath(sys.argv[1])
     sys.argv = [entry]
     sys.path[0] = os.path.dirname(entry)  # as `python ENTRYPOINT` sets it, not this folder
+    for folder in filter(None, os.environ.get("QLAYER_ENV_PATHS", "").split(os.pathsep)):
+        site.addsitedir(folder)  # the job's environment: on PYTHONPATH, and its .pth files
     _load_sibling("runtime_once").install_from_environment()
     namespace = runpy.run_path(entry, run_name="__main__")
     runner = namespace.get("Runner")

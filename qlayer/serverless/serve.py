@@ -31,6 +31,7 @@ def local_gateway(home: str | None, public_url: str) -> Gateway:
         secret=client.home.token(),
         public_url=public_url,
         overlay=str(folder),
+        token_source={"file": str(client.home.token_file)},
     )
 
 

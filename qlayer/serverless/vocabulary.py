@@ -4,7 +4,8 @@ The gateway speaks Ray's words (``QUEUED``, ``PENDING``, ``RUNNING``, ``SUCCEEDE
 ``FAILED``, ``STOPPED``) and a RUNNING job may carry a sub-status (``MAPPING``,
 ``OPTIMIZING_HARDWARE``, ``WAITING_QPU``, ``EXECUTING_QPU``, ``POST_PROCESSING``); the
 client turns them into ``QUEUED``, ``INITIALIZING``, ``RUNNING: MAPPING``..., ``DONE``,
-``ERROR``, ``CANCELED``. A qlayer job keeps a sub-status as its stage, in the client's
+``ERROR``, ``CANCELED``. A job whose environment is being built (``BUILDING``) is
+``PENDING`` (``INITIALIZING``). A qlayer job keeps a sub-status as its stage, in the client's
 spelling (``MAPPING``, ``OPTIMIZING_FOR_HARDWARE``, ``WAITING_FOR_QPU``,
 ``EXECUTING_QPU``, ``POST_PROCESSING``), so ``qlayer status`` and the timeline show it.
 """
@@ -25,6 +26,7 @@ STAGE_SUB_STATUS = {stage: sub for sub, stage in SUB_STATUS_STAGE.items()}
 
 _GATEWAY_STATUS = {
     JobStatus.QUEUED: "QUEUED",
+    JobStatus.BUILDING: "PENDING",  # its environment is being built: INITIALIZING
     JobStatus.RUNNING: "RUNNING",
     JobStatus.WAITING_FOR_QPU: "RUNNING",
     JobStatus.DONE: "SUCCEEDED",
@@ -35,7 +37,7 @@ _GATEWAY_STATUS = {
 #: What a client's ``jobs(status=...)`` filter (in gateway words) means in qlayer's.
 GATEWAY_TO_QLAYER = {
     "QUEUED": {JobStatus.QUEUED},
-    "PENDING": set(),
+    "PENDING": {JobStatus.BUILDING},
     "RUNNING": {JobStatus.RUNNING, JobStatus.WAITING_FOR_QPU},
     "SUCCEEDED": {JobStatus.DONE},
     "FAILED": {JobStatus.ERROR},

@@ -281,3 +281,27 @@ def test_a_function_with_ray_tasks_runs_on_a_local_ray(served, tmp_path):
     two, three = seen["result"]["counts"]
     assert set(two) <= {"00", "11"} and sum(two.values()) == 100
     assert set(three) <= {"000", "111"} and sum(three.values()) == 100
+
+
+@pytest.mark.slow
+def test_a_function_with_dependencies_gets_its_environment_built_once(served, tmp_path):
+    seen = notebook("--dependencies", served.url, served.token, str(FUNCTIONS), tmp_path=tmp_path)
+    assert seen["functions"]["next-month"] == ["pendulum==3.0.0"]
+    first, second = seen["first"], seen["second"]
+    assert first["status"] == "DONE", first
+    assert first["result"]["day"] == "2026-02-28" and first["result"]["version"] == "3.0.0"
+    assert second["status"] == "DONE" and second["result"]["day"] == "2026-04-30"
+    # imported from the function's environment, under the home, not qlayer's own
+    client = Client.local(served.home, autostart=False)
+    env = client.jobstore.get(first["id"]).env
+    assert env and first["result"]["file"].startswith(str(served.home / "envs" / env / "site"))
+    assert client.jobstore.get(second["id"]).env == env
+    timeline = lambda job_id: [e["event"] for e in client.job(job_id).timeline()]  # noqa: E731
+    assert "building environment" in timeline(first["id"])
+    assert "building environment" not in timeline(second["id"])  # built once
+    # while it builds the client sees INITIALIZING (PENDING), never a failed request
+    assert set(seen["statuses"]) <= {"QUEUED", "INITIALIZING", "RUNNING", "DONE"}
+    # a dependency the environments refuse: the upload fails with the reason
+    assert seen["refused"].startswith("QiskitServerlessException")
+    assert "direct reference" in seen["refused"]
+    assert "from-url" not in seen["after"]

@@ -12,12 +12,15 @@ import tarfile
 import pytest
 from starlette.testclient import TestClient
 
+from qlayer import keys
 from qlayer.core.ports import JobStatus
 from qlayer.errors import ArtifactError
 from qlayer.local.client import LocalClient
 from qlayer.serverless import app as app_module
+from qlayer.serverless import tokens
 from qlayer.serverless.app import create_app
-from qlayer.serverless.gateway import Gateway
+from qlayer.serverless.gateway import Caller, Gateway
+from qlayer.serverless.job import gateway_token
 
 TOKEN = "user-token-0123456789abcdef"
 V1 = "/api/v1"
@@ -127,7 +130,7 @@ def test_upload_run_and_read_a_job(http, local):
 def test_in_job_calls_move_the_stage_and_record_errors_and_runtime_jobs(http, local, gateway):
     upload(http)
     job_id = run(http).json()["id"]
-    job_token = local.jobstore.get(job_id).arguments["job_token"]
+    job_token = gateway.job_token(job_id)  # what the job's stage derives
     inside = {"Authorization": f"Bearer {job_token}"}
     # only RUNNING jobs take a sub-status
     answer = http.patch(
@@ -175,6 +178,48 @@ def test_in_job_calls_move_the_stage_and_record_errors_and_runtime_jobs(http, lo
         f"{V1}/jobs/{job_id}/event/", json=event, headers={"Authorization": f"Bearer {forged}"}
     )
     assert answer.status_code == 401
+    # a token derived for another job id (or under another secret) names no job of ours
+    for token in (tokens.job_token(TOKEN, other), tokens.job_token("another-secret-0123", job_id)):
+        answer = http.post(
+            f"{V1}/jobs/{job_id}/event/", json=event, headers={"Authorization": f"Bearer {token}"}
+        )
+        assert answer.status_code == (403 if token.startswith(f"{tokens.PREFIX}{other}") else 401)
+
+
+def test_a_function_jobs_records_hold_no_token(tmp_path):
+    client = LocalClient(tmp_path / "home", autostart=False)
+    try:
+        secret = client.home.token()
+        gateway = Gateway(
+            client,
+            client.jobstore,
+            client.store,
+            secret=secret,
+            public_url="http://127.0.0.1:8000",
+            token_source={"file": str(client.home.token_file)},
+        )
+        with TestClient(create_app(gateway), raise_server_exceptions=False) as http:
+            http.headers["Authorization"] = f"Bearer {secret}"
+            assert upload(http).status_code == 200
+            job_id = run(http).json()["id"]
+        job_token = gateway.job_token(job_id)
+        seen = [
+            json.dumps(client.job(job_id).info()),  # `qlayer status --json`
+            json.dumps(client.jobstore.get(job_id).arguments),
+            client.store.get_text(keys.job_input(job_id)),
+            client.home.db.read_bytes().decode("latin-1"),
+        ]
+        for text in seen:
+            assert job_token not in text and secret not in text
+            assert tokens.PREFIX not in text
+        # what the job's stage derives is the token the gateway accepts
+        arguments = client.jobstore.get(job_id).arguments
+        assert "job_token" not in arguments and arguments["token_source"]
+        assert gateway_token(arguments, job_id) == job_token
+        assert gateway.authenticate(f"Bearer {job_token}") == Caller("job", job_id)
+        assert gateway_token({**arguments, "token_source": None}, job_id) == ""
+    finally:
+        client._conn.close()
 
 
 @pytest.mark.parametrize(
@@ -351,3 +396,40 @@ def test_the_folder_store_deletes_one_key_and_refuses_traversal(local):
     assert store.list("serverless/files/_/f/") == ["serverless/files/_/f/b.txt"]
     with pytest.raises(ArtifactError):
         store.delete("../token")
+
+
+@pytest.mark.parametrize(
+    "dependency, reason",
+    [
+        ("pendulum @ https://example.com/pendulum-3.0.0.whl", "direct reference"),
+        ("https://example.com/pendulum-3.0.0.tar.gz", "path or URL"),
+        ("./vendored/pendulum", "path or URL"),
+        ("-e .", "installer option"),
+        ("--index-url=https://example.com/simple", "installer option"),
+        ("pendulum===", "not a valid requirement"),
+        ("qiskit<1", "cannot coexist with the base"),
+    ],
+)
+def test_dependencies_the_environments_refuse_are_a_400_with_the_reason(http, dependency, reason):
+    answer = upload(http, dependencies=json.dumps(["tabulate", dependency]))
+    assert answer.status_code == 400, answer.text
+    assert reason in answer.json()["message"]
+    assert http.get(f"{V1}/programs").json() == []  # nothing stored
+
+
+def test_a_job_building_its_environment_is_pending_for_the_client():
+    from qlayer.serverless.vocabulary import GATEWAY_TO_QLAYER, gateway_status
+
+    assert gateway_status(JobStatus.BUILDING, None) == ("PENDING", None)
+    assert GATEWAY_TO_QLAYER["PENDING"] == {JobStatus.BUILDING}
+
+
+def test_the_functions_process_imports_from_the_jobs_environment(tmp_path):
+    from qlayer.serverless.job import function_env
+
+    site = str(tmp_path / "envs" / "abc" / "site")
+    env = function_env({}, {"overlay": "/overlay"}, "job-1", tmp_path / "w", tmp_path, (site,))
+    paths = env["PYTHONPATH"].split(":")
+    assert paths[0] == "/overlay" and paths[1] == str(tmp_path / "w" / "function")
+    assert paths[-1] == site and env["QLAYER_ENV_PATHS"] == site
+    assert function_env({}, {}, "job-1", tmp_path / "w", tmp_path)["QLAYER_ENV_PATHS"] == ""

@@ -32,4 +32,6 @@ def test_a_port_in_use_is_a_clear_error(tmp_path):
 def test_serve_is_local_only(tmp_path):
     done = serve("--target", "aws", "serve", home=str(tmp_path))
     assert done.returncode == 2
-    assert "serve" in done.stdout + done.stderr
+    said = " ".join((done.stdout + done.stderr).split())
+    assert "runs the Qiskit Serverless gateway on this machine only" in said
+    assert "daemon" not in said

@@ -220,8 +220,50 @@ def with_ray(host: str, token: str, functions: Path, env_file: Path, out: Path) 
     out.write_text(json.dumps({"status": status, "result": result}))
 
 
+def with_dependencies(host: str, token: str, functions: Path, out: Path) -> None:
+    """A function with dependencies, run twice; then one whose dependency is refused."""
+    from qiskit_serverless import QiskitFunction, ServerlessClient
+
+    client = ServerlessClient(host=host, token=token, channel="local")
+    client.upload(
+        QiskitFunction(
+            title="next-month",
+            entrypoint="next_month.py",
+            working_dir=str(functions / "dependencies"),
+            dependencies=["pendulum==3.0.0"],
+        )
+    )
+    seen: dict = {"functions": {f.title: f.dependencies for f in client.functions()}}
+    function = client.function("next-month")
+    first = function.run(day="2026-01-31")
+    statuses = []
+    while not first.in_terminal_state():
+        statuses.append(first.status())
+        time.sleep(0.3)
+    seen["statuses"] = statuses
+    seen["first"] = {"status": first.status(), "result": first.result(), "id": first.job_id}
+    second = function.run(day="2026-03-31")
+    seen["second"] = {"status": wait(second), "result": second.result(), "id": second.job_id}
+    try:
+        client.upload(
+            QiskitFunction(
+                title="from-url",
+                entrypoint="next_month.py",
+                working_dir=str(functions / "dependencies"),
+                dependencies=["pendulum @ https://example.com/pendulum-3.0.0.whl"],
+            )
+        )
+        seen["refused"] = None
+    except Exception as exc:  # the client raises QiskitServerlessException
+        seen["refused"] = f"{type(exc).__name__}: {exc}"
+    seen["after"] = sorted(f.title for f in client.functions())
+    out.write_text(json.dumps(seen))
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "--ray":
+    if sys.argv[1] == "--dependencies":
+        with_dependencies(sys.argv[2], sys.argv[3], Path(sys.argv[4]), Path(sys.argv[5]))
+    elif sys.argv[1] == "--ray":
         with_ray(sys.argv[2], sys.argv[3], Path(sys.argv[4]), Path(sys.argv[5]), Path(sys.argv[6]))
     elif sys.argv[1] == "--start-on-ibm":
         start_on_ibm(
