@@ -116,9 +116,11 @@ class QlayerClient(Protocol):
         backend: str | None = None,
         notify: Sequence[str] | str | None = None,
         max_cost_usd: float | None = None,
+        job_id: str | None = None,
     ) -> Job:
         """Submit a program and return at once (``notify``: :mod:`qlayer.notify`;
-        ``max_cost_usd``: a budget, see :class:`~qlayer.workflow.Workflow`)."""
+        ``max_cost_usd``: a budget, see :class:`~qlayer.workflow.Workflow`; ``job_id``:
+        one made in advance by :func:`qlayer.submit.new_job_id`)."""
         ...
 
     def job(self, job_id: str) -> Job:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -30,6 +31,20 @@ from qlayer.workflow import Workflow, check_budget
 def new_job_id() -> str:
     """A sortable, readable job id: ``20261123-203112-7f3a9c``."""
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+_JOB_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")
+
+
+def check_new_job_id(job_id: str) -> str:
+    """``job_id`` if it has the shape :func:`new_job_id` gives.
+
+    Raises:
+        ArgumentError: It has another shape.
+    """
+    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
+        raise ArgumentError(f"not a job id made by new_job_id(): {job_id!r}")
+    return job_id
 
 
 @dataclass(frozen=True)
@@ -77,11 +92,14 @@ def prepare_job(
     credentials_elsewhere: bool = False,
     check: Callable[[Workflow], Sequence[str]] | None = None,
     max_cost_usd: float | None = None,
-    base: Base | None = None,
+    base: Base | Callable[[], Base] | None = None,
+    job_id: str | None = None,
 ) -> PreparedJob:
     """Check and upload a program and write a new job's inputs.
 
     Args:
+        job_id: The new job's id, made in advance by :func:`new_job_id` (default: a new
+            one); checked by :func:`check_new_job_id`.
         base: What the substrate's stages run on, for resolving the program's
             requirements (default: this interpreter, :meth:`qlayer.envs.Base.current`).
         credentials_elsewhere: The substrate holds the providers' credentials (an AWS
@@ -111,7 +129,7 @@ def prepare_job(
     program_id = upload(store, program_bundle)
     job = write_inputs(
         store,
-        new_job_id(),
+        check_new_job_id(job_id) if job_id is not None else new_job_id(),
         program_id,
         workflow,
         bound,

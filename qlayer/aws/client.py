@@ -42,6 +42,7 @@ def prepare_job(
     *,
     backend: str | None = None,
     max_cost_usd: float | None = None,
+    job_id: str | None = None,
 ) -> str:
     """Upload the program, write the job's inputs (:func:`qlayer.submit.prepare_job`) and
     record the job. Returns the new job id; nothing is started (see :meth:`AwsClient.run`).
@@ -71,7 +72,10 @@ def prepare_job(
         credentials_elsewhere=svc.config.providers_secret_arn is not None,
         check=check,
         max_cost_usd=max_cost_usd,
-        base=stack_base(svc.store),  # requirements resolve for the runner image
+        # requirements resolve for the runner image (read only if the program has some:
+        # the Serverless gateway's light function submits jobs and has no qiskit)
+        base=lambda: stack_base(svc.store),
+        job_id=job_id,
     )
     svc.jobs.create(job.record())
     return job.job_id
@@ -125,10 +129,13 @@ class AwsClient:
         backend: str | None = None,
         notify: Sequence[str] | str | None = None,
         max_cost_usd: float | None = None,
+        job_id: str | None = None,
     ) -> AwsJob:
         """Submit a program and return at once (the execution is named by the job id).
 
         Args:
+            job_id: The job's id, made in advance by :func:`qlayer.submit.new_job_id`
+                (default: a new one).
             notify: Not delivered on AWS yet: giving targets here is refused rather
                 than dropped (a workflow's own ``notify`` is only honoured locally).
 
@@ -148,7 +155,9 @@ class AwsClient:
                 "docs/deploy.md)"
             )
         svc = self.services
-        job_id = prepare_job(svc, program, arguments, backend=backend, max_cost_usd=max_cost_usd)
+        job_id = prepare_job(
+            svc, program, arguments, backend=backend, max_cost_usd=max_cost_usd, job_id=job_id
+        )
         start_execution(svc, job_id)
         return AwsJob(self, job_id)
 

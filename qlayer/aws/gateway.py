@@ -172,6 +172,7 @@ def _gateway() -> Any:
         svc.store,
         secret=token,
         public_url=public_url(app.current_event.raw_event),
+        dependencies=False,  # no resolver (uv) in the light function yet
     )
 
 

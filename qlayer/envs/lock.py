@@ -27,7 +27,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -236,9 +236,12 @@ def install_command(lock: Lock, requirements_file: str, target: str, base: Base)
 
 
 def lock_for(
-    store: ArtifactStore, requirements: Sequence[str], base: Base | None = None
+    store: ArtifactStore,
+    requirements: Sequence[str],
+    base: Base | Callable[[], Base] | None = None,
 ) -> Lock | None:
-    """The lock of ``requirements`` on ``base`` (default: this interpreter's), resolved
+    """The lock of ``requirements`` on ``base`` (default: this interpreter's; a callable is
+    called only when there are requirements: reading a stack's base costs a read), resolved
     once: the first call resolves and writes the lock (``envs/<hash>/lock.json``) and the
     resolution (``envs/resolved/<spec-hash>.json``) to ``store``; later calls read them.
 
@@ -251,7 +254,7 @@ def lock_for(
     checked = check_requirements(requirements)
     if not checked:
         return None
-    base = base or Base.current()
+    base = (base() if callable(base) else base) or Base.current()
     resolution_key = keys.env_resolution(spec_hash(checked, base))
     if store.exists(resolution_key):
         known = store.get_json(resolution_key)

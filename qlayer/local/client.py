@@ -19,7 +19,7 @@ from qlayer.notify import check_targets
 from qlayer.planner import Resources, check_local_stages
 from qlayer.program import bundle, upload
 from qlayer.store.local import FolderStore
-from qlayer.submit import new_job_id, prepare_job
+from qlayer.submit import check_new_job_id, new_job_id, prepare_job
 from qlayer.workflow import Workflow
 
 DAEMON_DOWN = (
@@ -94,6 +94,7 @@ class LocalClient:
         notify: Sequence[str] | str | None = None,
         max_cost_usd: float | None = None,
         cli_arguments: Sequence[str] | None = None,
+        job_id: str | None = None,
     ) -> LocalJob:
         """Submit a program and return once it is accepted.
 
@@ -112,6 +113,8 @@ class LocalClient:
             max_cost_usd: A budget for the job (the smaller of it and the workflow's
                 applies): an execute that would pass it ends the job in ERROR.
             cli_arguments: ``key=value`` texts typed by the declared params (``--arg``).
+            job_id: The job's id, made in advance by :func:`qlayer.submit.new_job_id`
+                (default: a new one).
 
         Raises:
             ProgramError: The program is missing, does not parse, or defines no Workflow.
@@ -126,9 +129,9 @@ class LocalClient:
         if isinstance(program, Workflow) or (
             not self.autostart and control.daemon_pid(self.home) is None
         ):
-            return self._run_here(program, arguments, backend, cli_arguments, options)
+            return self._run_here(program, arguments, backend, cli_arguments, options, job_id)
+        job_id = check_new_job_id(job_id) if job_id is not None else new_job_id()
         program_id = upload(self.store, bundle(Path(program)))  # parses; imports nothing
-        job_id = new_job_id()
         self.ensure_daemon()
         admission.submit(
             self._conn,
@@ -171,6 +174,7 @@ class LocalClient:
         backend: str | None,
         cli_arguments: Sequence[str] | None,
         options: Mapping[str, Any],
+        job_id: str | None = None,
     ) -> LocalJob:
         if cli_arguments:
             from qlayer.program import load_path
@@ -186,6 +190,7 @@ class LocalClient:
             backend=backend,
             check=lambda workflow: check_local_stages(workflow, self.machine()),
             max_cost_usd=options.get("max_cost_usd"),
+            job_id=job_id,
         )
         try:
             self.jobstore.create(job.record(options.get("notify") or ()))

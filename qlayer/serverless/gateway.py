@@ -107,9 +107,14 @@ class Gateway:
             (:mod:`qlayer.serverless.overlay`), or None if the job's Python has it.
         token_source: Where a job's stage reads ``secret`` to derive the job's token
             (:func:`qlayer.serverless.tokens.read_secret`; ``{"file": PATH}`` locally), or
-            None: functions get no token and their in-job calls are refused.
+            None where stages may not read the secret (AWS: the role that runs user code
+            has no access to it): then the job's id is made here, its token derived
+            from it and handed to the job as ``{"token": ...}`` — a token that reaches
+            that job's in-job routes only, never the secret.
         base: What the substrate's stages run on, to resolve functions' dependencies
             against (default: this interpreter, :meth:`qlayer.envs.Base.current`).
+        dependencies: Whether functions may declare dependencies here (False on AWS for
+            now: its gateway function has no resolver; uploads with some get a 400).
     """
 
     def __init__(
@@ -123,6 +128,7 @@ class Gateway:
         overlay: str | None = None,
         token_source: Mapping[str, str] | None = None,
         base: Base | None = None,
+        dependencies: bool = True,
     ) -> None:
         if len(secret) < 16:
             raise QlayerError("the gateway's token must have at least 16 characters")
@@ -134,6 +140,7 @@ class Gateway:
         self.overlay = overlay
         self.token_source = dict(token_source) if token_source else None
         self.base = base
+        self.dependencies = dependencies
 
     # -- tokens ------------------------------------------------------------------------
     def job_token(self, job_id: str) -> str:
@@ -223,6 +230,13 @@ class Gateway:
         qiskit) is refused at upload, with the reason."""
         if not dependencies:
             return
+        if not self.dependencies:
+            raise GatewayError(
+                400,
+                "functions with dependencies run on qlayer serve only for now; on the AWS "
+                "stack, give a qlayer program its requirements instead (docs/deploy.md, "
+                "section 5)",
+            )
         from qlayer.envs import lock_for
 
         try:
@@ -254,17 +268,21 @@ class Gateway:
         title, provider = fn.split_title(body.get("title"), body.get("provider"))
         record = fn.load(self.store, title, provider)
         text = _arguments_object(body.get("arguments"))
+        from qlayer.submit import new_job_id  # (the client imports it to run the job anyway)
+
+        job_id = new_job_id()
+        source = self.token_source or {"token": self.job_token(job_id)}
         arguments = {
             "serverless": {"title": title, "provider": provider},
             "arguments": text,
             "gateway": self.public_url,
             "overlay": self.overlay,
-            "token_source": self.token_source,
+            "token_source": source,
         }
         with tempfile.TemporaryDirectory(prefix="qlayer-run-") as scratch:
             folder = self._program_folder(record.program_id, Path(scratch))
             try:
-                job = self.client.run(folder, arguments)
+                job = self.client.run(folder, arguments, job_id=job_id)
             except QlayerError as exc:
                 raise GatewayError(400, f"the function could not start: {exc}") from exc
         return self._job_json(self.jobs.get(job.job_id), with_result=False)

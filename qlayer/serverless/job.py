@@ -166,6 +166,8 @@ def gateway_token(arguments: dict[str, Any], job_id: str) -> str:
     source = arguments.get("token_source")
     if not source:
         return ""
+    if isinstance(source, dict) and isinstance(source.get("token"), str):
+        return source["token"]  # derived by the gateway (on AWS: stages cannot read the secret)
     try:
         return tokens.job_token(tokens.read_secret(source), job_id)
     except QlayerError as exc:

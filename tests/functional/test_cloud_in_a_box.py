@@ -717,7 +717,7 @@ def gateway_token(box: CloudBox) -> str:
     return str(box.client("secretsmanager").get_secret_value(SecretId=arn)["SecretString"])
 
 
-def client_notebook(*args: str, tmp_path: Any) -> dict[str, Any]:
+def client_notebook(*args: str, tmp_path: Any, box: CloudBox | None = None) -> dict[str, Any]:
     """Run tests/functional/serverless_notebook.py with the real client, in its own venv."""
     import os
     import subprocess
@@ -733,7 +733,9 @@ def client_notebook(*args: str, tmp_path: Any) -> dict[str, Any]:
         timeout=540,
         env=env,
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    if done.returncode != 0:  # the gateway function's own log says why it answered 500
+        seen = box.function_log("gateway")[-4000:] if box is not None else ""
+        raise AssertionError(done.stdout[-3000:] + done.stderr[-3000:] + seen)
     return json.loads(out.read_text())  # type: ignore[no-any-return]
 
 
@@ -804,7 +806,11 @@ def test_the_serverless_client_runs_a_function_through_api_gateway_and_the_state
     from qlayer import Client
 
     seen = client_notebook(
-        box.outputs["GatewayUrl"], gateway_token(box), str(SERVERLESS_FUNCTIONS), tmp_path=tmp_path
+        box.outputs["GatewayUrl"],
+        gateway_token(box),
+        str(SERVERLESS_FUNCTIONS),
+        tmp_path=tmp_path,
+        box=box,
     )
     alone = client_notebook("--in-process", str(SERVERLESS_FUNCTIONS), tmp_path=tmp_path)
     assert seen["status"] == "DONE", seen

@@ -8,6 +8,7 @@ import io
 import json
 import random
 import tarfile
+from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
@@ -24,6 +25,7 @@ from qlayer.serverless.job import gateway_token
 
 TOKEN = "user-token-0123456789abcdef"
 V1 = "/api/v1"
+PROGRAM_FOR_IDS = Path(__file__).parents[1] / "e2e" / "programs" / "trivial.py"
 ENTRY = b"from qiskit_serverless import save_result\nsave_result({'ok': 1})\n"
 
 
@@ -220,6 +222,47 @@ def test_a_function_jobs_records_hold_no_token(tmp_path):
         assert gateway_token({**arguments, "token_source": None}, job_id) == ""
     finally:
         client._conn.close()
+
+
+def test_without_a_token_source_each_job_is_handed_a_token_for_it_alone(http, local, gateway):
+    """AWS: the role that runs a function may not read the gateway's secret, so the
+    gateway makes the job's id first and hands the job its derived token; the job's
+    record holds that token (it reaches the job's in-job routes only), never the secret."""
+    assert upload(http).status_code == 200
+    job_id = run(http).json()["id"]
+    arguments = local.jobstore.get(job_id).arguments
+    assert arguments["token_source"] == {"token": gateway.job_token(job_id)}
+    assert TOKEN not in json.dumps(arguments)
+    assert gateway_token(arguments, job_id) == gateway.job_token(job_id)
+    assert gateway.authenticate(f"Bearer {gateway.job_token(job_id)}") == Caller("job", job_id)
+
+
+def test_a_gateway_without_a_resolver_refuses_dependencies_with_a_400(local):
+    """The AWS gateway function has no resolver: an upload with dependencies is told so."""
+    gateway = Gateway(
+        local,
+        local.jobstore,
+        local.store,
+        secret=TOKEN,
+        public_url="http://127.0.0.1:8000",
+        dependencies=False,
+    )
+    with TestClient(create_app(gateway), raise_server_exceptions=False) as http:
+        http.headers["Authorization"] = f"Bearer {TOKEN}"
+        answer = upload(http, dependencies='["pendulum==3.0.0"]')
+        assert answer.status_code == 400, answer.text
+        assert "qlayer serve only" in answer.text
+        assert upload(http).status_code == 200  # without dependencies: stored
+
+
+@pytest.mark.parametrize("job_id", ["", "x", "20261201-000000-ABCDEF", "../20261201-000000-abcdef"])
+def test_a_job_id_made_in_advance_must_have_the_shape_new_job_id_gives(local, job_id):
+    from qlayer.errors import ArgumentError
+    from qlayer.submit import check_new_job_id, new_job_id
+
+    assert check_new_job_id(new_job_id())
+    with pytest.raises(ArgumentError, match="not a job id"):
+        local.run(PROGRAM_FOR_IDS, {}, job_id=job_id)
 
 
 @pytest.mark.parametrize(
