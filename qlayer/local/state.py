@@ -46,7 +46,6 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
 CREATE INDEX IF NOT EXISTS jobs_parent ON jobs (parent_id);
-CREATE INDEX IF NOT EXISTS jobs_cancel ON jobs (cancel_requested, status);
 
 -- One row per step of a job: the durable queue. (job_id, seq) is unique, so a
 -- step can never be queued twice.
@@ -66,7 +65,6 @@ CREATE TABLE IF NOT EXISTS steps (
     root_id TEXT,                -- jobs.root_id of its job: the scheduler's fairness unit
     UNIQUE (job_id, seq)
 );
-CREATE INDEX IF NOT EXISTS steps_state ON steps (state, step_id);
 
 CREATE TABLE IF NOT EXISTS events (
     event_id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -225,16 +223,40 @@ def _connect(path: Path) -> sqlite3.Connection:
         _migrate(conn, backfill_runs=not had_runs)
     # Indexes on columns a migration may have just added.
     conn.executescript(_LATE_INDEXES)
+    _drop_replaced_indexes(conn)
     return conn
+
+
+#: Indexes of older qlayer versions that the live-only ones above replace.
+_REPLACED_INDEXES = ("steps_state", "steps_fair", "steps_kind", "jobs_cancel")
+
+
+def _drop_replaced_indexes(conn: sqlite3.Connection) -> None:
+    """Drop :data:`_REPLACED_INDEXES` from a database an older qlayer wrote (once; a
+    database without them is not locked)."""
+    marks = ",".join("?" * len(_REPLACED_INDEXES))
+    query = f"SELECT name FROM sqlite_master WHERE type = 'index' AND name IN ({marks})"
+    if conn.execute(query, _REPLACED_INDEXES).fetchone() is None:
+        return
+    with transaction(conn):
+        for (name,) in conn.execute(query, _REPLACED_INDEXES).fetchall():
+            conn.execute(f"DROP INDEX IF EXISTS {name}")
 
 
 #: Indexes on columns a migration may have just added.
 _LATE_INDEXES = """
 CREATE INDEX IF NOT EXISTS provider_ledger_slot ON provider_ledger (backend, slot);
--- the fair scheduler: the next root with pending work, then that root's oldest step
-CREATE INDEX IF NOT EXISTS steps_fair ON steps (state, kind, root_id, step_id);
--- pending executes, oldest first, without scanning the pending stage steps
-CREATE INDEX IF NOT EXISTS steps_kind ON steps (state, kind, step_id);
+-- The steps indexes hold live steps only (a done step leaves them), so their size and
+-- the pages each step's moves touch do not grow with the home's history. SQLite uses a
+-- partial index for a query naming one of the OR-ed states literally.
+-- The fair scheduler: the next root with pending work, then that root's oldest step.
+CREATE INDEX IF NOT EXISTS steps_live ON steps (state, kind, root_id, step_id)
+    WHERE state = 'pending' OR state = 'running' OR state = 'waiting';
+-- Pending executes, oldest first, without scanning the pending stage steps.
+CREATE INDEX IF NOT EXISTS steps_live_kind ON steps (state, kind, step_id)
+    WHERE state = 'pending' OR state = 'running' OR state = 'waiting';
+-- Jobs with a cancel to carry out (a handful at any time, whatever the history).
+CREATE INDEX IF NOT EXISTS jobs_cancelling ON jobs (status) WHERE cancel_requested = 1;
 -- a tree at once (prune, retention); top-level jobs newest first (qlayer jobs)
 CREATE INDEX IF NOT EXISTS jobs_root ON jobs (root_id);
 CREATE INDEX IF NOT EXISTS jobs_top ON jobs (created_at) WHERE parent_id IS NULL;
