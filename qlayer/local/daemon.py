@@ -60,6 +60,7 @@ class LocalOrchestrator(Orchestrator):
     """How the engine stops a job's work here: its workers, device jobs and QPU jobs."""
 
     loads_job_inputs = False  # the daemon starts a child from its row, not its input.json
+    keeps_first_inputs = True  # and a child's small item stays in its step's row
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
@@ -357,6 +358,7 @@ class Daemon:
                 "seq": step["seq"],
                 "stage": step["stage"],
                 "memory_mb": memory_mb,
+                "input": detail.get("input"),  # kept in the step (a fan-out's small item)
                 "job": {
                     "job_id": job.job_id,
                     "arguments": job.arguments,
