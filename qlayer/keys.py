@@ -17,7 +17,15 @@
 from __future__ import annotations
 
 import re
+import secrets
+import time
 import unicodedata
+
+
+def new_job_id() -> str:
+    """A sortable, readable job id: ``20261123-203112-7f3a9c``."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 

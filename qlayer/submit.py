@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import secrets
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,15 +18,11 @@ from qlayer import codec, keys
 from qlayer.core.ports import NewJob
 from qlayer.errors import ArgumentError, CodecError, ProgramError
 from qlayer.interpreter import Decision
+from qlayer.keys import new_job_id
 from qlayer.program import bundle, load_path, upload
 from qlayer.steps import first_input
 from qlayer.store.base import ArtifactStore
 from qlayer.workflow import Workflow, check_budget
-
-
-def new_job_id() -> str:
-    """A sortable, readable job id: ``20261123-203112-7f3a9c``."""
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
 
 
 @dataclass(frozen=True)
