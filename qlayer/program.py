@@ -12,7 +12,6 @@ import sys
 import threading
 import traceback
 from dataclasses import dataclass
-from importlib.abc import Loader
 from pathlib import Path
 from types import FrameType, ModuleType, TracebackType
 from typing import TYPE_CHECKING
@@ -22,6 +21,8 @@ from qlayer.errors import ProgramError
 from qlayer.store.base import ArtifactStore
 
 if TYPE_CHECKING:  # loaded with the first program: a client that only bundles needs none
+    from importlib.abc import Loader
+
     from qlayer.workflow import Workflow
 
 MAX_PROGRAM_BYTES = 20 * 1024 * 1024

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -216,6 +217,15 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     # The indexes of a home with a long history do not fit SQLite's default 2 MiB cache.
     conn.execute("PRAGMA cache_size=-65536")
+    ensure_schema(conn)
+    return conn
+
+
+def ensure_schema(conn: sqlite3.Connection) -> bool:
+    """Create the tables and indexes, or bring an older database up to them; False (and
+    nothing run) when the database is marked with this :data:`SCHEMA_VERSION` already."""
+    if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+        return False  # every open after the first: no script to run
     had_runs = _has_table(conn, "runs")
     had_jobs = _has_table(conn, "jobs")
     conn.executescript(SCHEMA)
@@ -224,7 +234,8 @@ def _connect(path: Path) -> sqlite3.Connection:
     # Indexes on columns a migration may have just added.
     conn.executescript(_LATE_INDEXES)
     _drop_replaced_indexes(conn)
-    return conn
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    return True
 
 
 #: Indexes of older qlayer versions that the live-only ones above replace.
@@ -286,6 +297,14 @@ _ADDED_COLUMNS = (
     ("provider_ledger", "slot", "INTEGER NOT NULL DEFAULT 0"),
     ("provider_ledger", "heartbeat_s", "REAL"),
     ("provider_ledger", "heartbeat_at", "REAL NOT NULL DEFAULT 0"),
+)
+
+#: The schema this code writes, as a number (``PRAGMA user_version``) derived from its text:
+#: a database marked with it needs no schema script or migration when it is opened, and
+#: any change to the schema, its migrations or its indexes changes the number.
+SCHEMA_VERSION = (
+    zlib.crc32((SCHEMA + _LATE_INDEXES + repr(_ADDED_COLUMNS) + repr(_REPLACED_INDEXES)).encode())
+    & 0x7FFFFFFF
 )
 
 

@@ -175,6 +175,7 @@ def test_an_old_homes_full_indexes_are_replaced(tmp_path):
     state.connect(db).close()
     old = sqlite3.connect(db)
     old.executescript(
+        "PRAGMA user_version = 0;"  # an older qlayer never marked its schema
         "CREATE INDEX steps_state ON steps (state, step_id);"
         "CREATE INDEX steps_fair ON steps (state, kind, root_id, step_id);"
         "CREATE INDEX steps_kind ON steps (state, kind, step_id);"
@@ -185,3 +186,14 @@ def test_an_old_homes_full_indexes_are_replaced(tmp_path):
     names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     assert not names & {"steps_state", "steps_fair", "steps_kind", "jobs_cancel"}
     assert {"steps_live", "steps_live_kind", "jobs_cancelling"} <= names
+
+
+def test_opening_a_current_database_runs_no_schema_script(tmp_path):
+    db = tmp_path / "qlayer.db"
+    first = state.connect(db)
+    assert first.execute("PRAGMA user_version").fetchone()[0] == state.SCHEMA_VERSION
+    again = state.connect(db)
+    assert state.ensure_schema(again) is False  # marked: nothing to create or migrate
+    again.execute("PRAGMA user_version = 0")  # as a database an older qlayer wrote
+    assert state.ensure_schema(again) is True
+    assert again.execute("PRAGMA user_version").fetchone()[0] == state.SCHEMA_VERSION
