@@ -78,9 +78,14 @@ def _client(home: str | None) -> Any:
     return Client.local(home)
 
 
-def _local_only(command: str) -> None:
+def _local_only(command: str, why: str | None = None) -> None:
+    """Refuse ``command`` under ``--target aws`` (exit 2), saying ``why`` (default: it
+    manages the local daemon)."""
     if _TARGET["target"] != "local":
-        err.print(f"'qlayer {command}' manages the local daemon; with --target aws there is none")
+        said = (
+            why or f"'qlayer {command}' manages the local daemon; with --target aws there is none"
+        )
+        err.print(said, highlight=False)
         raise typer.Exit(2)
 
 

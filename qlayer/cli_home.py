@@ -1,5 +1,5 @@
 """The ``qlayer`` commands about the local home and its daemon: ``up``, ``down``,
-``ui``, ``doctor`` and ``prune`` (registered on :data:`qlayer.cli.app`)."""
+``ui``, ``serve``, ``doctor`` and ``prune`` (registered on :data:`qlayer.cli.app`)."""
 
 from __future__ import annotations
 
@@ -88,6 +88,27 @@ def ui(
     token = Home.resolve(home).token()
     refresh = 0.5 if target == "local" else 2.0
     serve(_client(home), token=token, host=host, port=port, target=target, refresh_s=refresh)
+
+
+@app.command()
+def serve(
+    port: int = typer.Option(8000, "--port", "-p", help="Port (0: any free one)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback default)."),
+    home: str | None = HomeOption,
+) -> None:
+    """Serve the Qiskit Serverless gateway: its client and functions run on this home."""
+    _local_only(
+        "serve",
+        "'qlayer serve' runs the Qiskit Serverless gateway on this machine only, over the "
+        "local home; it does not serve an AWS stack. Run it without --target aws.",
+    )
+    try:
+        from qlayer.serverless.serve import serve as run_gateway
+    except ImportError as exc:
+        raise QlayerError(
+            f"the gateway needs the ui extra: pip install 'qlayer[ui]' ({exc})"
+        ) from exc
+    run_gateway(home, host=host, port=port)
 
 
 @app.command()

@@ -99,13 +99,15 @@ _SHORT_METHODS = {"matrix_product_state": "mps", "density_matrix": "density"}
 @app.command()
 def describe(program: Path, as_json: bool = JsonOption) -> None:
     """Show a program's stages and parameters without running it."""
+    from qlayer.envs import program_requirements
     from qlayer.errors import WorkflowError
     from qlayer.planner import Resources, check_local_stages
     from qlayer.program import bundle, load_path
 
-    bundle(program)
+    files = bundle(program).files
     workflow = load_path(program)
     info = workflow.describe()
+    info["requirements"] = list(program_requirements(workflow, files))  # with the folder's
     try:
         info["local"] = {
             "refused": None,
@@ -120,6 +122,8 @@ def describe(program: Path, as_json: bool = JsonOption) -> None:
     for name, param in info["params"].items():
         default = "required" if param["required"] else f"default {param['default']!r}"
         out.print(f"  --arg {name}=<{param['type']}>  {default}  {param['help']}", markup=False)
+    if info["requirements"]:
+        out.print(f"  requirements: {', '.join(info['requirements'])}", markup=False)
     for stage in info["stages"]:
         gpus = f", {stage['gpus']} GPU{'s' if stage['gpus'] != 1 else ''}" if stage["gpus"] else ""
         out.print(

@@ -29,6 +29,9 @@ class StageContext:
         run: How many times this stage has run in this job, this run included.
         index: For a fan-out child, its item index; else None.
         log: A logger whose lines reach ``qlayer logs``.
+        env_paths: The folders of the job's environment (:mod:`qlayer.envs`), on this
+            process's import path already; a process the stage starts needs them on its
+            own (``PYTHONPATH``) to import the environment's packages. () without one.
     """
 
     job_id: str
@@ -41,6 +44,7 @@ class StageContext:
     state: Any = None
     run: int = 1
     index: int | None = None
+    env_paths: tuple[str, ...] = ()
     saved_files: list[str] = field(default_factory=list)
 
     @property

@@ -86,3 +86,15 @@ class StateError(QlayerError):
 
 class StateBusy(QlayerError):
     """The local state database stayed locked by another process past its busy timeout."""
+
+
+class RequirementError(WorkflowError):
+    """A program's requirements are malformed, cannot be resolved, or cannot coexist
+    with the base qlayer runs on (a different qiskit major); the message says which.
+
+    A ``WorkflowError`` too: requirements are part of what a program declares.
+    """
+
+
+class EnvBuildError(QlayerError):
+    """Building a program's environment failed; the message is the installer's."""

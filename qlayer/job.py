@@ -88,6 +88,8 @@ class BaseJob(ABC):
         if row.parent_id:
             info["parent_id"] = row.parent_id
             info["item_index"] = row.item_index
+        if row.env:
+            info["env"] = row.env  # its program environment (qlayer.envs)
         return info
 
     def status(self) -> JobStatus:

@@ -12,6 +12,12 @@
     jobs/<job-id>/error.json                      why the job failed
     jobs/<job-id>/logs/<seq>-<stage>.log          what a stage logged
     jobs/<job-id>/files/<name>                    plots and files the stages saved
+    envs/<env-hash>/lock.json                     a program environment's lock
+    envs/resolved/<spec-hash>.json                which lock a set of requirements resolved to
+    envs/<env-hash>/env.tar.gz                    AWS: the environment, built (its packages)
+    envs/<env-hash>/built.json                    AWS: its sizes, written once the archive is
+    envs/<env-hash>/error.json                    AWS: why its last build failed
+    envs/base.json                                AWS: the base the runner image holds
 """
 
 from __future__ import annotations
@@ -145,3 +151,47 @@ def file_key(job_id: str, name: str) -> str:
 
 def files_prefix(job_id: str) -> str:
     return f"jobs/{job_id}/files/"
+
+
+_ENV_HASH = re.compile(r"^[0-9a-f]{16,64}$")
+
+
+def check_env_hash(env: str) -> str:
+    """Return ``env`` if it is an environment id (lowercase hex), else raise ValueError."""
+    if not isinstance(env, str) or not _ENV_HASH.match(env):
+        raise ValueError(f"invalid environment id {env!r}: 16 to 64 lowercase hex digits")
+    return env
+
+
+def env_prefix(env: str) -> str:
+    return f"envs/{check_env_hash(env)}/"
+
+
+def env_lock(env: str) -> str:
+    """Where environment ``env``'s lock is stored (:mod:`qlayer.envs.lock`)."""
+    return env_prefix(env) + "lock.json"
+
+
+def env_resolution(spec: str) -> str:
+    """Which lock the requirements with spec hash ``spec`` resolved to."""
+    return f"envs/resolved/{check_env_hash(spec)}.json"
+
+
+def env_archive(env: str) -> str:
+    """AWS: the built environment ``env``, a gzipped tar of its packages' folder."""
+    return env_prefix(env) + "env.tar.gz"
+
+
+def env_built(env: str) -> str:
+    """AWS: what the build of ``env`` recorded (sizes), written after the archive."""
+    return env_prefix(env) + "built.json"
+
+
+def env_error(env: str) -> str:
+    """AWS: why the last build of ``env`` failed (the installer's message)."""
+    return env_prefix(env) + "error.json"
+
+
+#: AWS: the base the runner image holds (:meth:`qlayer.envs.Base.to_json`), written by
+#: the environment build; a client resolves requirements against it.
+ENV_BASE = "envs/base.json"

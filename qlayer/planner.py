@@ -79,6 +79,8 @@ class Resources:
             has (its smallest GPU's: Batch may place a job on any of them).
         gpu_vcpus: vCPUs a GPU job asks for (it must fit the smallest GPU instance).
         gpu_job_memory_mb: Host memory a GPU job asks for (likewise).
+        stage_tmp_mb: The stage-runner Lambda's /tmp (its ephemeral storage), where a
+            job's environment is unpacked (see :func:`env_on_lambda`).
         local_memory_mb: Set on the local substrate: the machine's memory for a job.
         local_cpus: Set on the local substrate: the machine's CPU cores.
         local_gpus: Set on the local substrate: the machine's visible NVIDIA GPUs.
@@ -92,6 +94,7 @@ class Resources:
     gpu_memory_mb: int = 24576  # the default GPU queue's smallest: A10G 24 GiB (g5)
     gpu_vcpus: int = 4  # g5.xlarge, the smallest default GPU instance, has 4
     gpu_job_memory_mb: int = 15360  # and 16 GiB
+    stage_tmp_mb: int = 2048  # the stage runner's ephemeral storage (/tmp)
     local_memory_mb: int | None = None
     local_cpus: int | None = None
     local_gpus: int | None = None
@@ -331,6 +334,32 @@ def plan(backend: BackendInfo, load: Workload, limits: Resources) -> Plan:
         f"no tier can serve it (Lambda {_human(limits.lambda_memory_mb)}, Batch "
         f"{_human(limits.batch_memory_mb)}, GPU {_human(limits.gpu_memory_mb)}). "
         + _advice(backend, method)
+    )
+
+
+#: What a stage runner's /tmp keeps for itself: program bundles, caches, a stage's scratch.
+LAMBDA_TMP_RESERVE_MB = 512
+
+
+def env_on_lambda(unpacked_mb: int, archive_mb: int, resources: Resources) -> str | None:
+    """Whether a program's environment can run on the stage-runner Lambda: None if it can,
+    else why not (its ``compute="lambda"`` stages then run on Batch CPU).
+
+    A Lambda stage unpacks the environment into /tmp (the function's ephemeral storage,
+    ``stage_tmp_mb``): its archive and its files must fit there at once, beside
+    :data:`LAMBDA_TMP_RESERVE_MB` for everything else the runner keeps in /tmp. (The
+    runner is a container image, so Lambda's 250 MB limit on unzipped packages does not
+    apply; /tmp is the bound.)
+    """
+    room = resources.stage_tmp_mb - LAMBDA_TMP_RESERVE_MB
+    need = unpacked_mb + archive_mb
+    if need <= room:
+        return None
+    return (
+        f"its environment needs {need} MB of /tmp to unpack ({unpacked_mb} MB of files, "
+        f"{archive_mb} MB archive); the stage runner has {room} MB for it "
+        f"(stage_tmp_mb={resources.stage_tmp_mb} less {LAMBDA_TMP_RESERVE_MB}): "
+        "its Lambda stages run on Batch CPU"
     )
 
 

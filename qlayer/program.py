@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, ModuleType, TracebackType
@@ -199,7 +200,15 @@ def import_file(path: Path, module_name: str) -> ModuleType:
             raise
         except Exception as exc:
             sys.modules.pop(module_name, None)
-            raise ProgramError(f"importing {path.name} raised {type(exc).__name__}: {exc}") from exc
+            hint = (
+                "; a package the program requires is installed for its stages only: "
+                "import it inside the stage functions that use it"
+                if isinstance(exc, ModuleNotFoundError)
+                else ""
+            )
+            raise ProgramError(
+                f"importing {path.name} raised {type(exc).__name__}: {exc}{hint}"
+            ) from exc
         finally:
             try:
                 sys.path.remove(folder)
@@ -211,52 +220,81 @@ def import_file(path: Path, module_name: str) -> ModuleType:
 class Namespaces:
     """Keeps each program's own modules apart inside one long-lived process.
 
-    A program's folder holds modules of its own (``helper.py``, a package). Python
-    caches imports by name in ``sys.modules``, so in a warm worker or a warm Lambda
-    the second program to ``import helper`` would get the first one's. Here each
-    program's modules (those whose file lies in its folder) are kept aside while
-    another program is active, and its folder is on ``sys.path`` only while it is
-    active, so imports made inside a stage function find the program's own modules
-    and never another program's. Programs are told apart by their folder.
+    A program's folder holds modules of its own (``helper.py``, a package), and its
+    environment (the packages its requirements installed, AWS: unpacked under /tmp) holds
+    more. Python caches imports by name in ``sys.modules``, so in a warm worker or a warm
+    Lambda the second program to ``import helper`` (or ``pendulum``) would get the first
+    one's. Here the modules loaded from each root (a program's folder, an environment)
+    are kept aside while no active program uses that root, and the roots are on
+    ``sys.path`` only while active, so imports made inside a stage function find the
+    program's own modules and packages and never another program's. Two programs of one
+    environment share its root, and so its modules.
     """
 
     def __init__(self) -> None:
         self.active: str | None = None
+        self._roots: tuple[str, ...] = ()
         self._kept: dict[str, dict[str, ModuleType]] = {}
         self._baseline: set[str] = set()
 
-    def activate(self, folder: Path | str) -> None:
-        """Make the modules and folder of the program in ``folder`` the importable ones."""
+    def activate(self, folder: Path | str, paths: Sequence[Path | str] = ()) -> None:
+        """Make the modules and folder of the program in ``folder`` the importable ones,
+        and its environment's ``paths`` (after the base's packages: an environment adds
+        packages, it never shadows the base's)."""
         root = os.path.abspath(folder)
-        if self.active == root:
+        roots = (root, *(os.path.abspath(p) for p in paths))
+        if self._roots == roots:
             return
         self.deactivate()
         sys.path.insert(0, root)
-        kept = self._kept.pop(root, {})
+        sys.path.extend(roots[1:])
+        kept: dict[str, ModuleType] = {}
+        for each in roots:
+            kept.update(self._kept.pop(each, {}))
         # Modules already loaded (the caller's own, even from the same folder) are not
         # the program's: only those it imports from now on, or had imported, are.
         self._baseline = set(sys.modules) - set(kept)
         sys.modules.update(kept)
-        self.active = root
+        self.active, self._roots = root, roots
 
     def deactivate(self) -> None:
-        """Put the active program's modules aside and take its folder off ``sys.path``."""
-        root = self.active
-        if root is None:
+        """Put the active program's modules aside and take its roots off ``sys.path``."""
+        if not self._roots:
             return
-        prefix = root + os.sep
-        own = {
-            name: module
+        loaded = [
+            (name, module, _origin(module))
             for name, module in list(sys.modules.items())
             if name not in self._baseline
-            and str(getattr(module, "__file__", None) or "").startswith(prefix)
-        }
-        for name in own:
-            del sys.modules[name]
-        self._kept[root] = own
-        if root in sys.path:
-            sys.path.remove(root)  # the first one: the one activate() put in front
-        self.active = None
+        ]
+        for root in self._roots:
+            prefix = root + os.sep
+            own = {name: module for name, module, file in loaded if file.startswith(prefix)}
+            for name in own:
+                sys.modules.pop(name, None)
+            self._kept[root] = {**self._kept.get(root, {}), **own}
+            _remove_path(root, last=root != self._roots[0])
+        self.active, self._roots = None, ()
+
+
+def _origin(module: ModuleType) -> str:
+    """Where a module was loaded from: its file, or a namespace package's first folder."""
+    file = getattr(module, "__file__", None)
+    if file:
+        return str(file)
+    path = getattr(module, "__path__", None)
+    try:
+        return str(next(iter(path))) + os.sep if path is not None else ""
+    except (StopIteration, TypeError):
+        return ""
+
+
+def _remove_path(root: str, *, last: bool) -> None:
+    """Take ``root`` off ``sys.path``: the first occurrence (a program's folder, put in
+    front) or the last (an environment, put at the end)."""
+    if root not in sys.path:
+        return
+    index = len(sys.path) - 1 - sys.path[::-1].index(root) if last else sys.path.index(root)
+    del sys.path[index]
 
 
 _NAMESPACES = Namespaces()
@@ -371,20 +409,24 @@ class ProgramCache:
     """Loads programs from a store once per process and keeps them (warm workers).
 
     :meth:`workflow` also makes the program the active one in this process (see
-    :class:`Namespaces`): the stage that runs next imports that program's own modules.
+    :class:`Namespaces`): the stage that runs next imports that program's own modules,
+    and the packages of its environment when it has one.
     """
 
     def __init__(self, store: ArtifactStore, scratch: Path) -> None:
         self.store = store
         self.scratch = scratch
-        self._loaded: dict[str, Workflow] = {}
+        self._loaded: dict[tuple[str, tuple[str, ...]], Workflow] = {}
         self._folders: dict[str, Path] = {}
 
-    def workflow(self, program_id: str) -> Workflow:
-        cached = self._loaded.get(program_id)
+    def workflow(self, program_id: str, env_paths: Sequence[Path] = ()) -> Workflow:
+        """The program's Workflow, imported with ``env_paths`` (its environment's package
+        folders) importable; the program stays the active one (see :class:`Namespaces`)."""
+        paths = tuple(os.path.abspath(p) for p in env_paths)
+        cached = self._loaded.get((program_id, paths))
         if cached is not None:
             with _LOCK:
-                _NAMESPACES.activate(self._folders[program_id])
+                _NAMESPACES.activate(self._folders[program_id], paths)
             return cached
         prefix = keys.program_prefix(program_id)
         manifest = self.store.get_json(prefix + "manifest.json")
@@ -399,10 +441,13 @@ class ProgramCache:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(self.store.get_bytes(prefix + "src/" + name))
         with _LOCK:
-            _NAMESPACES.activate(folder)
-        module = import_file(folder / manifest["entry"], f"qlayer_program_{program_id}")
+            _NAMESPACES.activate(folder, paths)
+        tag = hashlib.sha256("\0".join(paths).encode()).hexdigest()[:8] if paths else ""
+        module = import_file(
+            folder / manifest["entry"], f"qlayer_program_{program_id}{'_' + tag if tag else ''}"
+        )
         workflow = find_workflow(module, manifest["entry"])
-        self._loaded[program_id] = workflow
+        self._loaded[(program_id, paths)] = workflow
         self._folders[program_id] = folder
         return workflow
 

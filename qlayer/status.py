@@ -6,9 +6,14 @@ from enum import Enum
 
 
 class JobStatus(str, Enum):
-    """Status of a job. The same strings appear in JSON output, SQLite and DynamoDB."""
+    """Status of a job. The same strings appear in JSON output, SQLite and DynamoDB.
+
+    ``BUILDING``: the job's environment (:mod:`qlayer.envs`) is being built, the first
+    time its lock is used; no stage has run yet. It then goes on as any job does.
+    """
 
     QUEUED = "QUEUED"
+    BUILDING = "BUILDING"
     RUNNING = "RUNNING"
     WAITING_FOR_QPU = "WAITING_FOR_QPU"
     DONE = "DONE"

@@ -42,6 +42,9 @@ class JobInfo:
     backend: str
     index: int | None = None
     runs: dict[str, int] = field(default_factory=dict)  # stage -> completed runs so far
+    #: The folders of the job's environment, on this process's import path already
+    #: (:mod:`qlayer.envs`): for the processes a stage starts itself.
+    env_paths: tuple[str, ...] = ()
 
 
 def first_input(store: ArtifactStore, job_id: str, stage: str, encoded: Any) -> str:
@@ -134,6 +137,7 @@ def _run_stage(
             state=state,
             run=runs_before + 1,
             index=job.index,
+            env_paths=job.env_paths,
         )
         attempt = _attempt_of(store, log_key, stage_name)
         if attempt > 1:
@@ -352,6 +356,27 @@ def qpu_mode(workflow: Workflow, job: JobInfo, stage: str, execute: Execute) -> 
         # One batch for the items of a fan-out: child ids are <parent>_<seq>_<index>.
         group = job.job_id.rsplit("_", 1)[0] if fan_out_item and mode == "batch" else job.job_id
     return {"mode": str(mode), "session_group": str(group)}
+
+
+def held_group(request_raw: Mapping[str, Any], job_id: str) -> tuple[str, str] | None:
+    """The session/batch a QPU request of ``job_id`` holds that qlayer closes, and the job
+    whose end closes it; None for a plain job or a group the program named itself.
+
+    A loop's session (or a job's own batch) is the job's and closes when the job ends; a
+    fan-out item's batch (group ``<parent>_<seq>``) is shared by the siblings and closes
+    when the job that fanned out ends — done, failed or cancelled — on both substrates.
+    """
+    options = request_raw.get("options") or {}
+    group = options.get("session_group")
+    if options.get("mode") not in ("session", "batch") or not isinstance(group, str):
+        return None
+    if group == job_id:
+        return group, job_id
+    index = job_id[len(group) + 1 :] if job_id.startswith(group + "_") else ""
+    parent, _, seq = group.rpartition("_")
+    if index.isdigit() and parent and seq.isdigit():
+        return group, parent
+    return None
 
 
 def _check_pubs(execute: Execute) -> None:

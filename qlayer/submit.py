@@ -16,6 +16,7 @@ from typing import Any
 
 from qlayer import codec, keys
 from qlayer.core.ports import NewJob
+from qlayer.envs import Base, env_id, lock_for, program_requirements
 from qlayer.errors import ArgumentError, CodecError, ProgramError
 from qlayer.interpreter import Decision
 from qlayer.keys import new_job_id
@@ -36,6 +37,7 @@ class PreparedJob:
     backend: str
     first: Decision  # the decision that runs the first stage
     warnings: tuple[str, ...] = ()  # the substrate's, for the job's timeline
+    env: str | None = None  # the job's environment (qlayer.envs), None: the base
 
     @property
     def first_stage(self) -> str:
@@ -56,6 +58,7 @@ class PreparedJob:
             backend=self.backend,
             first=self.first,
             notify=tuple(dict.fromkeys([*self.workflow.notify, *notify])),
+            env=self.env,
         )
 
 
@@ -68,10 +71,13 @@ def prepare_job(
     credentials_elsewhere: bool = False,
     check: Callable[[Workflow], Sequence[str]] | None = None,
     max_cost_usd: float | None = None,
+    base: Base | None = None,
 ) -> PreparedJob:
     """Check and upload a program and write a new job's inputs.
 
     Args:
+        base: What the substrate's stages run on, for resolving the program's
+            requirements (default: this interpreter, :meth:`qlayer.envs.Base.current`).
         credentials_elsewhere: The substrate holds the providers' credentials (an AWS
             stack's secret), not this machine (see :func:`qlayer.providers.registry.resolve`).
         check: The substrate's own check of the workflow, run before anything is
@@ -82,6 +88,8 @@ def prepare_job(
         ProgramError: The program is missing, does not parse, or defines no Workflow.
         ArgumentError: The arguments do not match the declared parameters.
         BackendError: The backend name is unknown.
+        RequirementError: The program's requirements are malformed, cannot be resolved,
+            or cannot coexist with the base.
     """
     if isinstance(program, Workflow):
         if not program.source_path:
@@ -93,6 +101,7 @@ def prepare_job(
     workflow = program if isinstance(program, Workflow) else load_path(path)
     bound = workflow.bind_arguments(dict(arguments or {}))  # before anything is written
     warnings = tuple(check(workflow)) if check is not None else ()
+    lock = lock_for(store, program_requirements(workflow, program_bundle.files), base)
     program_id = upload(store, program_bundle)
     job = write_inputs(
         store,
@@ -103,6 +112,7 @@ def prepare_job(
         backend=backend,
         credentials_elsewhere=credentials_elsewhere,
         max_cost_usd=max_cost_usd,
+        env=env_id(lock),
     )
     return dataclasses.replace(job, warnings=warnings)
 
@@ -118,6 +128,7 @@ def write_inputs(
     extra: Mapping[str, Any] | None = None,
     credentials_elsewhere: bool = False,
     max_cost_usd: float | None = None,
+    env: str | None = None,
 ) -> PreparedJob:
     """Bind the arguments, check the backend, and write ``input.json`` and the first input.
 
@@ -125,6 +136,8 @@ def write_inputs(
         arguments: The job's arguments as Python values (decoded).
         extra: More fields for ``input.json`` (a substrate's own bookkeeping).
         max_cost_usd: The run's budget; the job's is the smaller of it and the workflow's.
+        env: The job's environment id (its lock stored already, see
+            :func:`qlayer.envs.lock_for`); recorded as ``input.json``'s ``env``.
 
     Raises:
         ArgumentError: The arguments do not match the declared parameters.
@@ -156,9 +169,10 @@ def write_inputs(
             "first": first.to_json(),
             "prepared": True,
             **({"max_cost_usd": min(budgets)} if budgets else {}),
+            **({"env": env} if env else {}),
         },
     )
-    return PreparedJob(job_id, program_id, workflow, encoded, chosen, first)
+    return PreparedJob(job_id, program_id, workflow, encoded, chosen, first, env=env)
 
 
 def encode_arguments(

@@ -76,6 +76,17 @@ def from_timeline(
                 provider_job = (event.get("detail") or {}).get("provider_job_id")
                 if provider_job and provider_job not in total["provider_jobs"]:
                     total["provider_jobs"].append(provider_job)
+        elif (
+            name in END_EVENTS
+            and key not in open_steps
+            and key[1] == "execute"
+            and key[0] in reported
+            and (requests.get(key[0] or 0, {}).get("plan") or {}).get("tier") == "qpu"
+        ):
+            # No poll saw the job running (queued, then done by the next poll): the
+            # provider's own figure still counts.
+            total["qpu_seconds"] += reported[key[0]]
+            qpu_by_seq[int(key[0] or 0)] = reported[key[0]]
         elif name in END_EVENTS and key in open_steps:
             seconds = event["at"] - open_steps.pop(key)
             if key[1] == "stage":

@@ -139,6 +139,14 @@ class Workflow:
         qpu_mode: How the job's requests reach a QPU service: ``"job"``, ``"batch"`` or
             ``"session"`` (an ``Execute``'s own ``mode`` wins). None: decided per request
             (a loop holds a session; a fan-out's items share a batch; else a job).
+        requirements: Packages the stages need beyond qiskit and qlayer, as PEP 508
+            requirements on the package index (``["pendulum>=3", "tabulate==0.9.0"]``);
+            a program folder's ``requirements.txt`` and ``pyproject.toml`` add theirs.
+            They are resolved once into a lock and installed, once, into an environment
+            of the program's own (see :mod:`qlayer.envs`); import them inside the stage
+            functions (the submitting process does not have them). A requirement that
+            cannot coexist with qlayer's own packages (another qiskit major) is refused
+            at submit.
 
     Example:
         >>> wf = Workflow("demo", params={"n": 3})
@@ -153,6 +161,7 @@ class Workflow:
     notify: Sequence[str] = ()
     max_cost_usd: float | None = None
     qpu_mode: str | None = None
+    requirements: Sequence[str] = ()
     stages: dict[str, Stage] = field(default_factory=dict, init=False)
     source_path: str | None = field(default=None, init=False)
 
@@ -172,6 +181,12 @@ class Workflow:
             self.notify = tuple(check_targets(self.notify))
         except ArgumentError as exc:
             raise WorkflowError(str(exc)) from None
+        from qlayer.envs.requirements import check_requirements
+
+        # RequirementError (a WorkflowError) naming the bad one
+        self.requirements = check_requirements(
+            self.requirements, f"workflow {self.name!r}: requirements"
+        )
         self._params: dict[str, Param] = {}
         for key, spec in dict(self.params).items():
             param = spec if isinstance(spec, Param) else Param(type(spec), spec)
@@ -290,6 +305,7 @@ class Workflow:
         return {
             "name": self.name,
             "backend": self.backend,
+            "requirements": list(self.requirements),
             "params": {
                 k: {
                     "type": p.type.__name__,

@@ -1,4 +1,5 @@
-"""Least privilege: what each function (and the Batch containers) may do, action by action.
+"""Least privilege: what each function (and the Batch containers, and the state machine's Batch
+states) may do, action by action.
 
 CDK's ``grant_read_write`` helpers give more than any step here uses (``s3:DeleteObject*``,
 ``s3:Abort*``, ``dynamodb:Scan``, ``dynamodb:DeleteItem``), so every grant below names its
@@ -23,7 +24,14 @@ from aws_cdk import aws_sqs as sqs
 from aws_cdk import aws_stepfunctions as sfn
 from constructs import Construct
 
-from qlayer_infra.storage import INBOX_PREFIX, JOBS_PREFIX, PROGRAMS_PREFIX
+from qlayer_infra.storage import (
+    ENVS_PREFIX,
+    INBOX_PREFIX,
+    JOBS_PREFIX,
+    PROGRAMS_PREFIX,
+    SERVERLESS_FILES_PREFIX,
+    SERVERLESS_PREFIX,
+)
 
 #: Read an artifact; write one (log objects are written with a tag, which needs
 #: PutObjectTagging); tell a missing key from a forbidden one (HeadObject answers 403
@@ -31,6 +39,9 @@ from qlayer_infra.storage import INBOX_PREFIX, JOBS_PREFIX, PROGRAMS_PREFIX
 S3_READ = ("s3:GetObject",)
 S3_WRITE = ("s3:PutObject", "s3:PutObjectTagging")
 S3_LIST = ("s3:ListBucket",)
+#: The one delete in the stack: a Qiskit Serverless user removing one of their own files
+#: (``DELETE files/delete/``), under ``serverless/files/`` only.
+S3_DELETE_USER_FILE = ("s3:DeleteObject",)
 
 #: Job rows: read one or many, update (conditionally), check a condition in a transaction;
 #: the steps that start a job or its children also create rows.
@@ -51,6 +62,9 @@ TASK_ROWS = (
     "dynamodb:Query",
 )
 TASKS_INDEX = "by_status"
+#: The gateway lists jobs newest first on the jobs table's ``by_created`` index.
+JOB_LIST = ("dynamodb:Query",)
+JOBS_INDEX = "by_created"
 
 
 @dataclass(frozen=True)
@@ -60,32 +74,50 @@ class Access:
     reads: tuple[str, ...]
     writes: tuple[str, ...]
     creates_jobs: bool = False
+    job_rows: bool = True
 
 
 _STEP = Access(reads=(JOBS_PREFIX,), writes=(JOBS_PREFIX,))
-_WITH_PROGRAMS = Access(reads=(PROGRAMS_PREFIX, JOBS_PREFIX), writes=(JOBS_PREFIX,))
+#: Those that run user code also read environments (``envs/*``), never write them.
+_WITH_PROGRAMS = Access(reads=(PROGRAMS_PREFIX, JOBS_PREFIX, ENVS_PREFIX), writes=(JOBS_PREFIX,))
+#: The loader and "Check environment" (read_outcome) look for a job's built environment.
+_LOADS = Access(
+    reads=(PROGRAMS_PREFIX, JOBS_PREFIX, ENVS_PREFIX), writes=(JOBS_PREFIX,), creates_jobs=True
+)
 _REPORTS = Access(reads=(JOBS_PREFIX,), writes=(JOBS_PREFIX, INBOX_PREFIX))
 
-#: Handler (or ``"batch"``) -> its access. The trigger reads an inbox spec and the program
-#: it names, uploads the program bundle, writes the job's inputs and a report next to the
-#: spec; the finaliser and fail_job report the outcome next to the spec.
+#: Handler (or ``"batch"``, ``"env_build"``) -> its access. The trigger reads an inbox spec
+#: and the program it names, uploads the program bundle, writes the job's inputs and a
+#: report next to the spec; the finaliser and fail_job report the outcome next to the spec.
+#: The environment build runs a package installer: it reads a lock and writes the built
+#: environment, under ``envs/`` only, and has no job row, secret or job data.
 ACCESS: dict[str, Access] = {
     "trigger": Access(
         reads=(INBOX_PREFIX, PROGRAMS_PREFIX),
         writes=(INBOX_PREFIX, PROGRAMS_PREFIX, JOBS_PREFIX),
         creates_jobs=True,
     ),
-    "loader": Access(_WITH_PROGRAMS.reads, _WITH_PROGRAMS.writes, creates_jobs=True),
-    "start_children": Access(_WITH_PROGRAMS.reads, _WITH_PROGRAMS.writes, creates_jobs=True),
+    "loader": _LOADS,
+    "start_children": Access(
+        (PROGRAMS_PREFIX, JOBS_PREFIX), _WITH_PROGRAMS.writes, creates_jobs=True
+    ),
     "stage_runner": _WITH_PROGRAMS,
     "batch": _WITH_PROGRAMS,
+    "env_build": Access(reads=(ENVS_PREFIX,), writes=(ENVS_PREFIX,), job_rows=False),
     "simulator": _STEP,
-    "read_outcome": _STEP,
+    "read_outcome": Access(reads=(JOBS_PREFIX, ENVS_PREFIX), writes=(JOBS_PREFIX,)),
     "fan_in": _STEP,
     "finaliser": _REPORTS,
     "fail_job": _REPORTS,
     "dispatcher": _STEP,
     "poller": _STEP,
+    # The Qiskit Serverless gateway keeps functions and users' files (serverless/), makes
+    # a program of each function, starts jobs and reads their results, logs and events.
+    "gateway": Access(
+        reads=(PROGRAMS_PREFIX, JOBS_PREFIX, SERVERLESS_PREFIX),
+        writes=(PROGRAMS_PREFIX, JOBS_PREFIX, SERVERLESS_PREFIX),
+        creates_jobs=True,
+    ),
 }
 
 #: Who reads the provider secret: the dispatcher and poller (submit, poll, cancel), and the
@@ -110,11 +142,14 @@ def grant_artifacts(
             resources=[bucket.arn_for_objects(f"{p}*") for p in access.writes],
         ),
         iam.PolicyStatement(actions=list(S3_LIST), resources=[bucket.bucket_arn]),
-        iam.PolicyStatement(
-            actions=[*JOB_ROWS, *(JOB_ROWS_CREATE if access.creates_jobs else ())],
-            resources=[jobs.table_arn],
-        ),
     ]
+    if access.job_rows:
+        statements.append(
+            iam.PolicyStatement(
+                actions=[*JOB_ROWS, *(JOB_ROWS_CREATE if access.creates_jobs else ())],
+                resources=[jobs.table_arn],
+            )
+        )
     for statement in statements:
         policy.add_to_principal_policy(statement)
 
@@ -234,6 +269,37 @@ def grant_stop_executions(principal: iam.IGrantable, stack: Stack, state_machine
     )
 
 
+def grant_gateway(
+    principal: iam.IGrantable,
+    *,
+    bucket: s3.IBucket,
+    jobs: dynamodb.ITable,
+    token: secretsmanager.ISecret,
+    dispatch_queue: sqs.IQueue,
+    state_machine: sfn.IStateMachine,
+    state_machine_name: str,
+) -> None:
+    """What the gateway needs beyond its :data:`ACCESS` row: list jobs (``by_created``),
+    delete a user's file, read its own token, start a job's execution, stop it and ask the
+    dispatcher to cancel its provider job (a client's cancel)."""
+    stack = Stack.of(jobs)
+    principal.grant_principal.add_to_principal_policy(
+        iam.PolicyStatement(
+            actions=list(S3_DELETE_USER_FILE),
+            resources=[bucket.arn_for_objects(f"{SERVERLESS_FILES_PREFIX}*")],
+        )
+    )
+    principal.grant_principal.add_to_principal_policy(
+        iam.PolicyStatement(
+            actions=list(JOB_LIST), resources=[f"{jobs.table_arn}/index/{JOBS_INDEX}"]
+        )
+    )
+    token.grant_read(principal)
+    state_machine.grant_start_execution(principal)
+    grant_stop_executions(principal, stack, state_machine_name)
+    dispatch_queue.grant_send_messages(principal)
+
+
 def grant_all(
     *,
     principals: Mapping[str, iam.IGrantable],
@@ -245,13 +311,15 @@ def grant_all(
     dispatch_queue: sqs.IQueue,
     state_machine: sfn.IStateMachine,
     state_machine_name: str,
+    gateway_token: secretsmanager.ISecret,
     braket_regions: Sequence[str] = (),
     qpu_functions: Sequence[str] = ("dispatcher", "poller"),
 ) -> None:
     """Every grant of the stack's functions and the Batch job role (``principals`` by name).
 
     The trigger starts executions; the dispatcher and poller finish task tokens; fail_job
-    sends cancel messages to the dispatcher and stops sibling executions.
+    sends cancel messages to the dispatcher and stops sibling executions; the gateway
+    (:func:`grant_gateway`) starts, lists and cancels jobs and reads its token.
     """
     stack = Stack.of(bucket)
     for name, access in ACCESS.items():
@@ -273,3 +341,45 @@ def grant_all(
     dispatch_queue.grant_send_messages(principals["fail_job"])
     dispatch_queue.grant_send_messages(principals["finaliser"])  # close a job's QPU session
     grant_stop_executions(principals["fail_job"], stack, state_machine_name)
+    grant_gateway(
+        principals["gateway"],
+        bucket=bucket,
+        jobs=jobs,
+        token=gateway_token,
+        dispatch_queue=dispatch_queue,
+        state_machine=state_machine,
+        state_machine_name=state_machine_name,
+    )
+
+
+def grant_batch_jobs(state_machine: sfn.StateMachine, resources: Sequence[str]) -> None:
+    """The job state machine's Batch states: SubmitJob to ``resources`` (its queues and job
+    definitions), and what ``submitJob.sync`` needs to follow and stop the jobs."""
+    stack = Stack.of(state_machine)
+    state_machine.add_to_role_policy(
+        iam.PolicyStatement(actions=["batch:SubmitJob"], resources=list(resources))
+    )
+    # submitJob.sync: Step Functions watches the job through a managed EventBridge rule
+    # (DescribeJobs has no resource-level permissions) and terminates it when the
+    # execution stops: only jobs of this account and region.
+    state_machine.add_to_role_policy(
+        iam.PolicyStatement(actions=["batch:DescribeJobs"], resources=["*"])
+    )
+    state_machine.add_to_role_policy(
+        iam.PolicyStatement(
+            actions=["batch:TerminateJob"],
+            resources=[stack.format_arn(service="batch", resource="job", resource_name="*")],
+        )
+    )
+    state_machine.add_to_role_policy(
+        iam.PolicyStatement(
+            actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"],
+            resources=[
+                stack.format_arn(
+                    service="events",
+                    resource="rule",
+                    resource_name="StepFunctionsGetEventsForBatchJobsRule",
+                )
+            ],
+        )
+    )

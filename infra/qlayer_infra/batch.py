@@ -32,6 +32,13 @@ BATCH_COMMAND: tuple[str, ...] = (
     "Ref::stage",
 )
 
+#: The environment build's command (qlayer.aws.env_build): install one lock, store it.
+ENV_BUILD_COMMAND: tuple[str, ...] = ("python", "-m", "qlayer.aws.env_build", "--env", "Ref::env")
+#: What one environment build gets: uv is quick, but a source distribution may compile.
+ENV_BUILD_SIZE_VCPUS, ENV_BUILD_SIZE_MIB = 2, 4096
+#: The build job's timeout (the installer's own is 25 minutes: qlayer.aws.env_build).
+ENV_BUILD_TIMEOUT = Duration.minutes(30)
+
 #: Batch accepts JobStateTimeLimitActions.MaxTimeSeconds in this range.
 TIME_LIMIT_RANGE_S = (600, 86400)
 
@@ -100,6 +107,8 @@ class BatchParts:
     gpu_queue: batch.JobQueue
     cpu_job: batch.EcsJobDefinition
     gpu_job: batch.EcsJobDefinition
+    env_role: iam.Role
+    env_job: batch.EcsJobDefinition
 
 
 def build_batch(
@@ -107,6 +116,7 @@ def build_batch(
     *,
     env_name: str,
     environment: Mapping[str, str],
+    env_build_environment: Mapping[str, str],
     cpu_image: ecr_assets.DockerImageAsset,
     gpu_image: ecr_assets.DockerImageAsset,
     cpu_instance_types: Sequence[str],
@@ -121,7 +131,8 @@ def build_batch(
 ) -> BatchParts:
     """The VPC, the CPU and GPU compute environments and queues, and their job definitions.
 
-    ``environment`` is the containers' environment (the ``"batch"`` row of FUNCTION_ENV).
+    ``environment`` is the containers' environment (the ``"batch"`` row of FUNCTION_ENV),
+    ``env_build_environment`` the environment build's (its ``"env_build"`` row).
     """
     vpc = ec2.Vpc(
         scope,
@@ -224,6 +235,35 @@ def build_batch(
             ),
         )
 
+    # The environment build runs a package installer (code from the index): a role of
+    # its own, which may touch envs/* only (qlayer_infra.access.ACCESS["env_build"]).
+    env_role = iam.Role(
+        scope,
+        "EnvBuildRole",
+        assumed_by=iam.ServicePrincipal("ecs-tasks.amazonaws.com"),
+        description="qlayer environment builds: install one lock, store it under envs/",
+    )
+    env_job = batch.EcsJobDefinition(
+        scope,
+        "EnvBuildJob",
+        job_definition_name=f"qlayer-{env_name}-env-build",
+        parameters={"env": "unset"},
+        timeout=ENV_BUILD_TIMEOUT,
+        retry_attempts=1,
+        propagate_tags=True,
+        container=batch.EcsEc2ContainerDefinition(
+            scope,
+            "EnvBuildContainer",
+            image=ecs.ContainerImage.from_docker_image_asset(cpu_image),
+            cpu=ENV_BUILD_SIZE_VCPUS,
+            memory=Size.mebibytes(ENV_BUILD_SIZE_MIB),
+            command=list(ENV_BUILD_COMMAND),
+            environment=dict(env_build_environment),
+            job_role=env_role,
+            logging=logging,
+        ),
+    )
+
     return BatchParts(
         vpc=vpc,
         job_role=job_role,
@@ -231,6 +271,8 @@ def build_batch(
         gpu_queue=queues["Gpu"],
         cpu_job=job_definition("Cpu", cpu_image, JobSize(1, 2048)),
         gpu_job=job_definition("Gpu", gpu_image, gpu_job),
+        env_role=env_role,
+        env_job=env_job,
     )
 
 

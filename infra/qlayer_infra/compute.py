@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import Duration, RemovalPolicy, Size
 from aws_cdk import aws_ecr_assets as ecr_assets
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
@@ -50,11 +50,14 @@ LIGHT_FUNCTIONS: tuple[str, ...] = (
     "fan_in",
     "finaliser",
     "fail_job",
+    "gateway",
 )
 #: Handlers that import qiskit / Aer / provider SDKs, run from the runner image.
 IMAGE_FUNCTIONS: tuple[str, ...] = ("stage_runner", "simulator", "dispatcher", "poller")
 #: The Batch containers' row of qlayer.aws.config.FUNCTION_ENV.
 BATCH = "batch"
+#: The environment build's row (a Batch job with a role of its own).
+ENV_BUILD = "env_build"
 
 LIGHT_LAYER_DIR = REPO_ROOT / "layers" / "light"
 LAYER_STAMP = ".sources.json"
@@ -98,10 +101,14 @@ _TIMEOUTS_S = {
     "dispatcher": 120,
     "poller": 300,
     "trigger": 60,
+    # API Gateway ends a REST integration after 29 s: the gateway must answer within it.
+    "gateway": 29,
 }
 _DEFAULT_TIMEOUT_S = 60
 #: Lambda's memory limits (MiB).
 LAMBDA_MEMORY_RANGE_MB = (128, 10240)
+#: Lambda's ephemeral storage (/tmp) limits (MiB).
+LAMBDA_TMP_RANGE_MB = (512, 10240)
 LOG_LEVEL = "INFO"
 
 __all__ = [
@@ -109,6 +116,7 @@ __all__ = [
     "BATCH_COMMAND",  # re-exported: the Batch module builds the job definitions
     "DEFAULT_CPU_INSTANCE_TYPES",
     "DEFAULT_GPU_INSTANCE_TYPES",
+    "ENV_BUILD",
     "IMAGE_CONTEXT_EXCLUDE",
     "IMAGE_FUNCTIONS",
     "LIGHT_FUNCTIONS",
@@ -227,6 +235,9 @@ class Compute(Construct):
             a job that sits RUNNABLE past ``batch_limits`` is cancelled.
         cpu_job, gpu_job: Batch job definitions running ``qlayer.aws.batch_entry``.
         batch_job_role: The role Batch containers run as.
+        env_build_job: The job definition of environment builds (``qlayer.aws.env_build``,
+            CPU queue, runner image).
+        env_build_role: The role environment builds run as (``envs/*`` only).
     """
 
     def __init__(
@@ -239,6 +250,7 @@ class Compute(Construct):
         environment: Mapping[str, str],
         stage_memory_mb: int = 4096,
         simulator_memory_mb: int = 10240,
+        stage_tmp_mb: int = 2048,
         cpu_instance_types: Sequence[str] = DEFAULT_CPU_INSTANCE_TYPES,
         gpu_instance_types: Sequence[str] = DEFAULT_GPU_INSTANCE_TYPES,
         max_cpu_vcpus: int = 256,
@@ -252,6 +264,8 @@ class Compute(Construct):
 
         ``environment`` holds the stack-wide values (bucket and table names, ARNs, the
         queue URL, and QLAYER_PROVIDERS / QLAYER_RATE_LIMITS when configured).
+        ``stage_tmp_mb`` is the stage runner's /tmp (ephemeral storage), where jobs'
+        environments are unpacked.
 
         Raises:
             ValueError: A Lambda memory outside 128-10240 MiB, an instance type (or
@@ -265,6 +279,12 @@ class Compute(Construct):
         ):
             if not low <= mb <= high:
                 raise ValueError(f"{what}={mb}: Lambda functions have {low}-{high} MiB")
+        tmp_low, tmp_high = LAMBDA_TMP_RANGE_MB
+        if not tmp_low <= stage_tmp_mb <= tmp_high:
+            raise ValueError(
+                f"stage_tmp_mb={stage_tmp_mb}: Lambda's /tmp (ephemeral storage) is "
+                f"{tmp_low}-{tmp_high} MiB"
+            )
         self._key = key
         self._log_retention = log_retention
         self._removal_policy = removal_policy
@@ -287,6 +307,7 @@ class Compute(Construct):
             gpu_memory_mb=instances.gpu_memory_mib(gpu_types),
             gpu_vcpus=gpu_vcpus,
             gpu_job_memory_mb=gpu_memory,
+            stage_tmp_mb=stage_tmp_mb,
         )
         values = {**environment, RESOURCES_ENV: self.resources.to_json()}
 
@@ -349,6 +370,10 @@ class Compute(Construct):
                 ),
                 architecture=lambda_.Architecture.X86_64,
                 memory_size=memory.get(name, 1024),
+                # the stage runner unpacks jobs' environments into /tmp
+                ephemeral_storage_size=Size.mebibytes(stage_tmp_mb)
+                if name == "stage_runner"
+                else None,
                 timeout=Duration.seconds(function_timeout_s(name)),
                 tracing=lambda_.Tracing.ACTIVE,
                 environment=environment_for(name, values),
@@ -360,6 +385,7 @@ class Compute(Construct):
             self,
             env_name=env_name,
             environment=environment_for(BATCH, values),
+            env_build_environment=environment_for(ENV_BUILD, values),
             cpu_image=self.runner_image,
             gpu_image=self.runner_gpu_image,
             cpu_instance_types=cpu_instance_types,
@@ -375,6 +401,7 @@ class Compute(Construct):
         self.vpc, self.batch_job_role = parts.vpc, parts.job_role
         self.cpu_queue, self.gpu_queue = parts.cpu_queue, parts.gpu_queue
         self.cpu_job, self.gpu_job = parts.cpu_job, parts.gpu_job
+        self.env_build_role, self.env_build_job = parts.env_role, parts.env_job
 
     def _log_group(self, name: str) -> logs.LogGroup:
         return self._log_group_named(f"{_camel(name)}Logs")

@@ -19,10 +19,12 @@ from qlayer_infra.compute import (
     BATCH,
     DEFAULT_CPU_INSTANCE_TYPES,
     DEFAULT_GPU_INSTANCE_TYPES,
+    ENV_BUILD,
     Compute,
     function_timeout_s,
 )
 from qlayer_infra.dispatch import Dispatch
+from qlayer_infra.gateway import DEFAULT_BURST_LIMIT, DEFAULT_RATE_LIMIT, Gateway
 from qlayer_infra.ops import Ops
 from qlayer_infra.storage import INBOX_PREFIX, Storage
 from qlayer_infra.workflow import DEFAULT_DISTRIBUTED_CONCURRENCY, JobWorkflow, state_machine_arn
@@ -86,6 +88,9 @@ class QlayerStack(Stack):
         cpu_instance_types: EC2 instance types or families of the CPU compute environment.
         stage_memory_mb: Memory of the stage-runner Lambda (stages with compute="lambda").
         simulator_memory_mb: Memory of the simulator Lambda (planner tier "lambda").
+        stage_tmp_mb: The stage-runner Lambda's /tmp (512-10240 MiB), where it unpacks
+            jobs' environments; a job whose environment does not fit runs its Lambda
+            stages on Batch (``qlayer.planner.env_on_lambda``).
         max_cpu_vcpus, max_gpu_vcpus: Batch compute environment ceilings.
         providers_secret_name: Secrets Manager name of the provider settings; default
             ``qlayer/<env>/providers-<id>``, unique to the stack (the secret is retained).
@@ -104,6 +109,8 @@ class QlayerStack(Stack):
             this long RUNNABLE (600-86400; default 7200).
         braket_regions: Regions besides the stack's whose Amazon Braket devices jobs may use
             (each QPU lives in one region, e.g. ``["us-west-1", "eu-north-1"]``).
+        gateway_rate_limit, gateway_burst_limit: Requests per second and burst the Qiskit
+            Serverless gateway's API stage accepts (then 429 Too Many Requests).
 
     Raises:
         ValueError: A property out of range, a malformed plugin list or limit, or an
@@ -122,6 +129,7 @@ class QlayerStack(Stack):
         cpu_instance_types: Sequence[str] = DEFAULT_CPU_INSTANCE_TYPES,
         stage_memory_mb: int = 4096,
         simulator_memory_mb: int = 10240,
+        stage_tmp_mb: int = 2048,
         max_cpu_vcpus: int = 256,
         max_gpu_vcpus: int = 96,
         providers_secret_name: str | None = None,
@@ -132,6 +140,8 @@ class QlayerStack(Stack):
         batch_unplaceable_timeout_s: int = 600,
         batch_no_capacity_timeout_s: int = 7200,
         braket_regions: Sequence[str] = (),
+        gateway_rate_limit: float = DEFAULT_RATE_LIMIT,
+        gateway_burst_limit: int = DEFAULT_BURST_LIMIT,
         **kwargs,
     ) -> None:
         if not _ENV_NAME.match(env_name):
@@ -169,6 +179,15 @@ class QlayerStack(Stack):
             dispatcher_timeout=Duration.seconds(function_timeout_s("dispatcher")),
             key=ops.key,
         )
+        gateway = Gateway(
+            self,
+            "Gateway",
+            env_name=env_name,
+            key=ops.key,
+            rate_limit=gateway_rate_limit,
+            burst_limit=gateway_burst_limit,
+            removal_policy=removal_policy,
+        )
         # Every value a function's environment may hold; each function takes its row of
         # qlayer.aws.config.FUNCTION_ENV (Compute adds QLAYER_RESOURCES and the names).
         environment = {
@@ -179,6 +198,7 @@ class QlayerStack(Stack):
             config.DISPATCH_QUEUE_URL_ENV: dispatch.queue.queue_url,
             config.PROVIDERS_SECRET_ARN_ENV: ops.providers_secret.secret_arn,
             config.BRAKET_BUCKET_ENV: storage.braket_results.bucket_name,
+            config.GATEWAY_TOKEN_SECRET_ARN_ENV: gateway.token.secret_arn,
             **provider_env,
         }
         compute = Compute(
@@ -189,6 +209,7 @@ class QlayerStack(Stack):
             environment=environment,
             stage_memory_mb=stage_memory_mb,
             simulator_memory_mb=simulator_memory_mb,
+            stage_tmp_mb=stage_tmp_mb,
             cpu_instance_types=cpu_instance_types,
             gpu_instance_types=gpu_instance_types,
             max_cpu_vcpus=max_cpu_vcpus,
@@ -198,6 +219,7 @@ class QlayerStack(Stack):
         )
         fns = compute.functions
         dispatch.connect(dispatcher=fns["dispatcher"], poller=fns["poller"])
+        gateway.connect(function=fns["gateway"])
         workflow = JobWorkflow(
             self,
             "Workflow",
@@ -222,7 +244,11 @@ class QlayerStack(Stack):
             s3.NotificationKeyFilter(prefix=INBOX_PREFIX, suffix=".json"),
         )
         access.grant_all(
-            principals={**fns, BATCH: compute.batch_job_role},
+            principals={
+                **fns,
+                BATCH: compute.batch_job_role,
+                ENV_BUILD: compute.env_build_role,
+            },
             bucket=storage.bucket,
             jobs=storage.jobs,
             tasks=storage.tasks,
@@ -231,6 +257,7 @@ class QlayerStack(Stack):
             dispatch_queue=dispatch.queue,
             state_machine=machine,
             state_machine_name=workflow.name,
+            gateway_token=gateway.token,
             braket_regions=braket_regions,
         )
         nag.acknowledge(
@@ -239,9 +266,11 @@ class QlayerStack(Stack):
             compute=compute,
             workflow=workflow,
             dispatch=dispatch,
+            gateway=gateway,
             braket_regions=braket_regions,
         )
 
+        self.gateway = gateway
         self.storage, self.ops, self.compute, self.dispatch, self.workflow = (
             storage,
             ops,
@@ -250,7 +279,12 @@ class QlayerStack(Stack):
             workflow,
         )
         self._outputs(
-            storage=storage, ops=ops, compute=compute, dispatch=dispatch, workflow=workflow
+            storage=storage,
+            ops=ops,
+            compute=compute,
+            dispatch=dispatch,
+            workflow=workflow,
+            gateway=gateway,
         )
 
     def _outputs(
@@ -261,6 +295,7 @@ class QlayerStack(Stack):
         compute: Compute,
         dispatch: Dispatch,
         workflow: JobWorkflow,
+        gateway: Gateway,
     ) -> None:
         """The names a client (qlayer.aws.config.STACK_OUTPUTS) and an operator need."""
         machine = workflow.state_machine
@@ -291,6 +326,14 @@ class QlayerStack(Stack):
             "Resources": (
                 compute.resources.to_json(),
                 "What one stage or simulation can get here (QLAYER_RESOURCES)",
+            ),
+            "GatewayUrl": (
+                gateway.api.url if gateway.api else "",
+                "Qiskit Serverless gateway: ServerlessClient(host=<this>, token=...)",
+            ),
+            "GatewayTokenSecretArn": (
+                gateway.token.secret_arn,
+                "The gateway's bearer token (Secrets Manager): ServerlessClient(token=...)",
             ),
             "StateMachineConsoleUrl": (
                 f"https://{region}.console.aws.amazon.com/states/home?region={region}"

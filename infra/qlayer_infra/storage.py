@@ -13,6 +13,11 @@ from qlayer_infra.naming import SUFFIX_LENGTH, unique_suffix
 INBOX_PREFIX = "inbox/"
 JOBS_PREFIX = "jobs/"
 PROGRAMS_PREFIX = "programs/"
+#: Program environments: locks, built archives (qlayer.aws.envs).
+ENVS_PREFIX = "envs/"
+#: The Qiskit Serverless gateway's records (uploaded functions) and the users' files.
+SERVERLESS_PREFIX = "serverless/"
+SERVERLESS_FILES_PREFIX = "serverless/files/"
 #: The S3 object tag (key, value) that log objects under jobs/<id>/logs/ carry.
 LOG_TAG = ("qlayer-artifact", "log")
 #: Amazon Braket writes results only to buckets whose name starts with this.
@@ -36,7 +41,8 @@ class Storage(Construct):
     """The artifacts bucket (S3) and the ``jobs`` and ``qpu_tasks`` tables (DynamoDB).
 
     Attributes:
-        bucket: Artifacts: ``programs/``, ``jobs/<id>/...``, and ``inbox/*.json`` uploads.
+        bucket: Artifacts: ``programs/``, ``jobs/<id>/...``, ``envs/<hash>/...`` (program
+            environments), and ``inbox/*.json`` uploads.
         access_logs: Server access logs of the buckets here.
         braket_results: Where Amazon Braket writes task results; Braket only writes to
             buckets named ``amazon-braket-*``. Retained, so its name is unique per stack.
@@ -93,6 +99,13 @@ class Storage(Construct):
                     id="expire-old-artifact-versions",
                     prefix=JOBS_PREFIX,
                     noncurrent_version_expiration=Duration.days(noncurrent_days),
+                ),
+                # A rebuilt environment (after a failed or torn build) leaves the old
+                # archive as a noncurrent version.
+                s3.LifecycleRule(
+                    id="expire-old-environment-versions",
+                    prefix=ENVS_PREFIX,
+                    noncurrent_version_expiration=Duration.days(1),
                 ),
                 s3.LifecycleRule(
                     id="expire-processed-inbox",

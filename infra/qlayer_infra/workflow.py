@@ -6,7 +6,8 @@ Only ``$.job_id``, ``$.decision`` and small pointers travel in the state.
 
 ::
 
-    Load job -> Route
+    Load job -> Environment ready? -> Route
+                                   -> Build environment -> Check environment -> Route
     Route -next->    Choose compute -lambda->    Run stage on Lambda -> Route
                                     -batch->     Run stage on Batch -> Read stage outcome -> Route
                                     -batch-gpu-> Run stage on Batch GPU -> Read stage outcome
@@ -33,7 +34,6 @@ from typing import TypeVar
 from aws_cdk import Annotations, ArnFormat, Aws, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
-from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
@@ -43,7 +43,7 @@ from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
-from qlayer_infra import retries
+from qlayer_infra import access, retries
 from qlayer_infra.compute import Compute
 from qlayer_infra.naming import unique_suffix
 from qlayer_infra.patterns import execution_ended
@@ -62,11 +62,18 @@ DEFAULT_DISTRIBUTED_CONCURRENCY = 250
 #: Step Functions' ceiling for a Distributed Map's MaxConcurrency.
 MAX_DISTRIBUTED_CONCURRENCY = 10_000
 
+#: The field of a first decision's ``extra`` naming an environment to build first
+#: (qlayer.aws.steps.BUILD_ENV; a test holds them equal).
+ENV_BUILD_FIELD = "build_env"
+
 #: The payload every Lambda step after "Load job" receives.
 STEP_PAYLOAD = {"job_id.$": "$.job_id", "decision.$": "$.decision"}
 
 #: State names, as the console shows them. Tests and the moto harness use these.
 LOAD = "Load job"
+ENV_READY = "Environment ready?"
+BUILD_ENV = "Build environment"
+CHECK_ENV = "Check environment"
 ROUTE = "Route"
 CHOOSE_COMPUTE = "Choose compute"
 RUN_LAMBDA = "Run stage on Lambda"
@@ -238,7 +245,24 @@ class JobWorkflow(Construct):
             fns["loader"],
             payload={"job_id.$": "$.job_id", "execution.$": "$$.Execution.Id"},
         )
-        load.next(route)
+
+        # -- the job's environment, built once per lock ----------------------------------
+        # "Load job" marks a first decision whose environment is not built yet
+        # (qlayer.aws.steps.env_gate): it is built on Batch, then checked, before any stage.
+        build_env = self._env_build(compute)
+        check_env = self._lambda(CHECK_ENV, fns["read_outcome"])
+        build_env.next(check_env)
+        check_env.next(route)
+        load.next(
+            sfn.Choice(
+                self,
+                "EnvironmentReady",
+                state_name=ENV_READY,
+                comment="Build the job's environment first, the first time its lock is used",
+            )
+            .when(sfn.Condition.is_present(f"$.decision.extra.{ENV_BUILD_FIELD}"), build_env)
+            .otherwise(route)
+        )
 
         # -- run a stage ---------------------------------------------------------------
         read_outcome = self._lambda(READ_OUTCOME, fns["read_outcome"])
@@ -423,7 +447,16 @@ class JobWorkflow(Construct):
                 destination=self.log_group, level=sfn.LogLevel.ALL, include_execution_data=True
             ),
         )
-        self._grant_batch(compute)
+        access.grant_batch_jobs(
+            self.state_machine,
+            [
+                compute.cpu_queue.job_queue_arn,
+                compute.gpu_queue.job_queue_arn,
+                compute.cpu_job.job_definition_arn,
+                compute.gpu_job.job_definition_arn,
+                compute.env_build_job.job_definition_arn,
+            ],
+        )
         self.status_rule = events.Rule(
             self,
             "ExecutionEnded",
@@ -509,6 +542,30 @@ class JobWorkflow(Construct):
         self._catchables.append(state)
         return state
 
+    def _env_build(self, compute: Compute) -> sfn.CustomState:
+        """ "Build environment": a Batch submitJob.sync of the environment build on the CPU
+        queue; it records the outcome under envs/<hash>/ for "Check environment"."""
+        state = sfn.CustomState(
+            self,
+            BUILD_ENV,
+            state_json={
+                "Type": "Task",
+                "Comment": "qlayer.aws.env_build: install the job's lock with uv, store it",
+                "Resource": f"arn:{Aws.PARTITION}:states:::batch:submitJob.sync",
+                "Parameters": {
+                    "JobName.$": "States.Format('{}-env', $.job_id)",
+                    "JobQueue": compute.cpu_queue.job_queue_arn,
+                    "JobDefinition": compute.env_build_job.job_definition_arn,
+                    "Parameters": {"env.$": f"$.decision.extra.{ENV_BUILD_FIELD}"},
+                },
+                "ResultSelector": {"batch_job_id.$": "$.JobId"},
+                "ResultPath": "$.batch",
+            },
+        )
+        _retry(state, retries.BATCH)
+        self._catchables.append(state)
+        return state
+
     def _choice(
         self,
         name: str,
@@ -523,44 +580,6 @@ class JobWorkflow(Construct):
         for value, target in branches.items():
             choice.when(sfn.Condition.string_equals(path, value), target)
         return choice.otherwise(unroutable)
-
-    def _grant_batch(self, compute: Compute) -> None:
-        stack = Stack.of(self)
-        self.state_machine.add_to_role_policy(
-            iam.PolicyStatement(
-                actions=["batch:SubmitJob"],
-                resources=[
-                    compute.cpu_queue.job_queue_arn,
-                    compute.gpu_queue.job_queue_arn,
-                    compute.cpu_job.job_definition_arn,
-                    compute.gpu_job.job_definition_arn,
-                ],
-            )
-        )
-        # submitJob.sync: Step Functions watches the job through a managed EventBridge rule
-        # (DescribeJobs has no resource-level permissions) and terminates it when the
-        # execution stops: only jobs of this account and region.
-        self.state_machine.add_to_role_policy(
-            iam.PolicyStatement(actions=["batch:DescribeJobs"], resources=["*"])
-        )
-        self.state_machine.add_to_role_policy(
-            iam.PolicyStatement(
-                actions=["batch:TerminateJob"],
-                resources=[stack.format_arn(service="batch", resource="job", resource_name="*")],
-            )
-        )
-        self.state_machine.add_to_role_policy(
-            iam.PolicyStatement(
-                actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"],
-                resources=[
-                    stack.format_arn(
-                        service="events",
-                        resource="rule",
-                        resource_name="StepFunctionsGetEventsForBatchJobsRule",
-                    )
-                ],
-            )
-        )
 
 
 def _retry(state: _Retryable, policy: retries.RetryPolicy) -> _Retryable:

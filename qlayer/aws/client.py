@@ -46,10 +46,16 @@ def prepare_job(
     """Upload the program, write the job's inputs (:func:`qlayer.submit.prepare_job`) and
     record the job. Returns the new job id; nothing is started (see :meth:`AwsClient.run`).
 
+    The program's requirements, if any, are resolved against the stack's runner image
+    (:func:`qlayer.aws.envs.stack_base`) and their lock stored under ``envs/``; the job's
+    first step builds the environment if no job built it before.
+
     Raises:
         WorkflowError: A stage declares more than the deployment offers (checked before
             anything is written).
+        RequirementError: The requirements cannot be resolved or clash with the base.
     """
+    from qlayer.aws.envs import stack_base
     from qlayer.planner import check_stages
     from qlayer.submit import prepare_job as prepare
 
@@ -65,6 +71,7 @@ def prepare_job(
         credentials_elsewhere=svc.config.providers_secret_arn is not None,
         check=check,
         max_cost_usd=max_cost_usd,
+        base=stack_base(svc.store),  # requirements resolve for the runner image
     )
     svc.jobs.create(job.record())
     return job.job_id

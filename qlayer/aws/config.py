@@ -27,6 +27,9 @@ STATE_MACHINE_ARN_ENV = "QLAYER_STATE_MACHINE_ARN"
 DISPATCH_QUEUE_URL_ENV = "QLAYER_DISPATCH_QUEUE_URL"
 PROVIDERS_SECRET_ARN_ENV = "QLAYER_PROVIDERS_SECRET_ARN"
 BRAKET_BUCKET_ENV = "QLAYER_BRAKET_BUCKET"
+#: The Secrets Manager secret holding the Qiskit Serverless gateway's bearer token (the
+#: gateway function reads it; the token itself is never in an environment).
+GATEWAY_TOKEN_SECRET_ARN_ENV = "QLAYER_GATEWAY_TOKEN_SECRET_ARN"
 #: JSON of :class:`qlayer.planner.Resources`: what one stage or simulation can get here.
 RESOURCES_ENV = "QLAYER_RESOURCES"
 #: Provider plugins, ``prefix=module:factory[,...]`` (see qlayer.providers.registry).
@@ -50,7 +53,8 @@ _TALKS_TO_PROVIDERS = (
 )
 
 #: Handler name -> the environment variables its code reads; ``"batch"`` is the Batch
-#: containers (``python -m qlayer.aws.batch_entry``, stages and simulations).
+#: containers (``python -m qlayer.aws.batch_entry``, stages and simulations),
+#: ``"env_build"`` the environment builds (``python -m qlayer.aws.env_build``).
 FUNCTION_ENV: dict[str, frozenset[str]] = {
     "trigger": _EVERY | {STATE_MACHINE_ARN_ENV},
     "loader": _EVERY,
@@ -66,6 +70,13 @@ FUNCTION_ENV: dict[str, frozenset[str]] = {
     "dispatcher": _EVERY | _TALKS_TO_PROVIDERS,
     "poller": _EVERY | _TALKS_TO_PROVIDERS,
     "batch": _EVERY | _RUNS_STAGES,
+    # the environment build (qlayer.aws.env_build) touches envs/* of the bucket only
+    "env_build": frozenset({BUCKET_ENV, FUNCTION_NAME_ENV, LOG_SERVICE_ENV, LOG_LEVEL_ENV}),
+    # The Qiskit Serverless gateway behind API Gateway: starts jobs (and checks what a
+    # stage may declare), cancels them (provider cancels go to the dispatcher), and
+    # checks the bearer token against its secret.
+    "gateway": _EVERY
+    | {STATE_MACHINE_ARN_ENV, DISPATCH_QUEUE_URL_ENV, RESOURCES_ENV, GATEWAY_TOKEN_SECRET_ARN_ENV},
 }
 
 ENV_VARS = {
@@ -77,6 +88,7 @@ ENV_VARS = {
     "providers_secret_arn": PROVIDERS_SECRET_ARN_ENV,
     "braket_bucket": BRAKET_BUCKET_ENV,
     "resources_json": RESOURCES_ENV,
+    "gateway_token_secret_arn": GATEWAY_TOKEN_SECRET_ARN_ENV,
 }
 STACK_OUTPUTS = {
     "bucket": "BucketName",
@@ -87,6 +99,7 @@ STACK_OUTPUTS = {
     "providers_secret_arn": "ProvidersSecretArn",
     "braket_bucket": "BraketResultsBucketName",
     "resources_json": "Resources",
+    "gateway_token_secret_arn": "GatewayTokenSecretArn",
 }
 
 
@@ -102,6 +115,7 @@ class AwsConfig:
     providers_secret_arn: str | None = None
     braket_bucket: str | None = None
     resources_json: str | None = None
+    gateway_token_secret_arn: str | None = None
     region: str | None = None
 
     @classmethod

@@ -84,7 +84,7 @@ def dispatch_message(message: DispatchMessage, svc: Services) -> str | None:
         return None
     if message.action == "close":
         if message.backend:
-            close_sessions(svc, message.job_id, message.backend)
+            close_sessions(svc, message.job_id, message.backend, message.group)
         return None
     assert message.seq is not None and message.backend and message.request_key
     key = task_key(message.job_id, message.seq)

@@ -173,6 +173,9 @@ class DispatchMessage(_Model):
     backend: str | None = None
     execution: str | None = None
     heartbeat_s: int | None = Field(default=None, gt=0)
+    #: ``close``: the session group to close when it is not the job's own (a fan-out's
+    #: batch, ``<job-id>_<seq>``).
+    group: str | None = Field(default=None, pattern=JOB_ID_PATTERN)
 
     def check(self) -> DispatchMessage:
         if self.action == "execute":

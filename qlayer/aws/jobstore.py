@@ -58,6 +58,7 @@ _RECORD_ATTRIBUTES = (
     "cancel_requested",
     "execution_arn",
     "provider_job_ids",
+    "env",
 )
 _RECORD_NAMES = {f"#a{i}": name for i, name in enumerate(_RECORD_ATTRIBUTES)}
 _RECORD_PROJECTION = ", ".join(_RECORD_NAMES)
@@ -106,6 +107,7 @@ class DynamoJobStore(Table, JobStore):
             fanout_seq=int(data.get("fanout_seq") or 0),
             provider_job_ids=list(data.get("provider_job_ids") or []),
             execution_arn=data.get("execution_arn"),
+            env=data.get("env"),
         )
         return record, data
 
@@ -147,6 +149,7 @@ class DynamoJobStore(Table, JobStore):
             ("item_index", job.item_index),
             ("message", job.message),
             ("error_type", job.error_type),
+            ("env", job.env),
         ):
             if value is not None:
                 item[name] = value

@@ -54,7 +54,8 @@ class AwsOrchestrator(Orchestrator):
 
     def ended(self, job: JobRecord) -> None:
         """A job from an inbox spec gets its outcome written next to the spec; a job that
-        held a QPU session (a ``submitted`` event says so) has the dispatcher close it."""
+        held a QPU session (a ``submitted`` event says so), or whose fan-out's items held a
+        batch (a ``batch held`` event), has the dispatcher close it."""
         from qlayer.aws.events import SESSION_HELD
         from qlayer.aws.inbox import report_to_spec
 
@@ -63,19 +64,17 @@ class AwsOrchestrator(Orchestrator):
         url = self.svc.config.dispatch_queue_url
         if self.svc.sqs is None or not url:
             return
-        backends = {
-            str(detail["backend"])
+        held = {
+            (str(detail["backend"]), detail.get("group"))
             for event in self.svc.jobs.timeline(job.job_id)
-            if event.get("event") == "submitted"
+            if event.get("event") in ("submitted", "batch held")
             and (detail := event.get("detail") or {}).get(SESSION_HELD)
         }
-        for backend in sorted(backends):
-            self.svc.sqs.send_message(
-                QueueUrl=url,
-                MessageBody=json.dumps(
-                    {"action": "close", "job_id": job.job_id, "backend": backend}
-                ),
-            )
+        for backend, group in sorted(held, key=lambda pair: (pair[0], pair[1] or "")):
+            message = {"action": "close", "job_id": job.job_id, "backend": backend}
+            if group:  # its fan-out's batch (a "batch held" event)
+                message["group"] = str(group)
+            self.svc.sqs.send_message(QueueUrl=url, MessageBody=json.dumps(message))
 
 
 def start_execution(svc: Services, job_id: str) -> str:

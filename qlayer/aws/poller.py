@@ -21,9 +21,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from qlayer import keys
-from qlayer.aws.qpu import cancel_task, deliver, drain, ledger_of
+from qlayer.aws.qpu import cancel_task, deliver, drain, ledger_of, shares_of
 from qlayer.aws.services import Services
-from qlayer.dispatch import OPEN_STATES, follow
+from qlayer.dispatch import OPEN_STATES, batches, follow
 from qlayer.interpreter import Decision
 from qlayer.steps import note
 
@@ -48,7 +48,8 @@ def poller(event: Mapping[str, Any], svc: Services) -> dict[str, Any]:
     ledger = ledger_of(svc)
     counts = {"done": 0, "failed": 0, "waiting": 0, "submitted": 0, "errors": 0, "left": 0}
     started = time.monotonic()
-    backends = _follow(svc, ledger, ledger.entries_in(OPEN_STATES), counts, started)
+    shares: dict[str, Any] = {}  # backend -> its provider with shares (one per run: caches)
+    backends = _follow(svc, ledger, ledger.entries_in(OPEN_STATES), counts, started, shares)
     _drain(svc, backends, counts)
     while time.monotonic() - started < min(BACKLOG_S, POLL_BUDGET_S):
         waiting = {entry.backend for entry in ledger.entries_in(["WAITING"])}
@@ -56,7 +57,7 @@ def poller(event: Mapping[str, Any], svc: Services) -> dict[str, Any]:
             break
         time.sleep(BACKLOG_PAUSE_S)
         in_flight = ledger.entries_in(list(IN_FLIGHT_STATES))
-        _follow(svc, ledger, in_flight, counts, started, rounds=True)
+        _follow(svc, ledger, in_flight, counts, started, shares, rounds=True)
         _drain(svc, backends | waiting, counts)
     return counts
 
@@ -67,6 +68,7 @@ def _follow(
     entries: list[Any],
     counts: dict[str, int],
     started: float,
+    shares: dict[str, Any],
     *,
     rounds: bool = False,
 ) -> set[str]:
@@ -80,7 +82,9 @@ def _follow(
     from qlayer.providers.base import AsyncProvider, ProviderError
     from qlayer.providers.registry import provider
 
-    backends: set[str] = set()
+    backends = {entry.backend for entry in entries if batches.is_batch(entry.key)}
+    # A batch entry is no request: its members are followed, each through its share.
+    entries = [entry for entry in entries if not batches.is_batch(entry.key)]
     ids = sorted({entry.job_id for entry in entries})
     jobs = dict(zip(ids, svc.jobs.get_many(ids), strict=True))  # batched reads
     for entry in entries:
@@ -98,6 +102,9 @@ def _follow(
                 found = provider(entry.backend)
                 if not isinstance(found, AsyncProvider):
                     continue  # run by a dispatcher right now
+                if entry.backend not in shares:
+                    shares[entry.backend] = shares_of(svc, found)
+                found = shares[entry.backend]
                 backends.add(entry.backend)
                 if entry.provider_job_id is None:  # its turn has not come, or it is going now
                     _heartbeat(svc, ledger, entry)

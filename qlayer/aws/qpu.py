@@ -32,6 +32,7 @@ from qlayer.dispatch import (
     SubmissionEnded,
     SubmissionInProgress,
     admit,
+    batches,
     cancel_once,
     end,
     submit_once,
@@ -40,7 +41,7 @@ from qlayer.dispatch.ledger import LedgerEntry
 from qlayer.interpreter import Decision
 from qlayer.providers.base import AsyncProvider, ProviderError
 from qlayer.status import JobStatus
-from qlayer.steps import note
+from qlayer.steps import held_group, note
 
 if TYPE_CHECKING:
     from qlayer.aws.ledger import DynamoLedger
@@ -89,7 +90,11 @@ def drain(svc: Services, backend: str, *, budget_s: float = DRAIN_BUDGET_S) -> i
 
     ledger = ledger_of(svc)
     limiter = svc.rate_limiter()
-    provider = async_provider(backend)
+    provider = shares_of(svc, async_provider(backend))
+    # Compatible waiting requests become batches: one provider job each (batches.form).
+    if batches.ready(ledger, limiter, backend):
+        waiting = ledger.entries_in(["WAITING"], backend=backend)
+        batches.form(ledger, svc.store, waiting, max_pubs=limiter.limits_for(backend).max_pubs)
     now = ledger.clock()
     candidates = ledger.entries_in(["WAITING"], backend=backend) + [
         entry
@@ -98,9 +103,19 @@ def drain(svc: Services, backend: str, *, budget_s: float = DRAIN_BUDGET_S) -> i
     ]
     candidates.sort(key=lambda e: (e.created_at, e.key))
     started, submitted = time.monotonic(), 0
+    unshared: set[str] = set()  # batches submitted before their members got their shares
     for entry in candidates:
         if time.monotonic() - started > budget_s:
             break
+        if batches.is_batch(entry.key):
+            if admit(ledger, limiter, entry.key, backend) > 0:
+                break
+            submitted += _submit_batch(svc, provider, entry)
+            continue
+        batch = batches.batch_of(entry)
+        if batch is not None:  # its batch submits it
+            unshared.add(batch)
+            continue
         job = svc.jobs.find(entry.job_id)
         if job is None or job.status.is_final:
             ledger.finish(entry.key, "CANCELLED", message="the job ended before its turn")
@@ -109,7 +124,84 @@ def drain(svc: Services, backend: str, *, budget_s: float = DRAIN_BUDGET_S) -> i
             break  # every slot taken, or the rate says wait: the next poll comes back
         if _submit(svc, provider, entry):
             submitted += 1
+    for batch in sorted(unshared):
+        found = ledger.get(batch)
+        if found is not None and found.provider_job_id is not None:
+            _submit_batch(svc, provider, found)  # the job exists: only the shares are given
     return submitted
+
+
+def shares_of(svc: Services, provider: AsyncProvider) -> batches.Shares:
+    """The provider, with coalesced requests' shares of one provider job understood."""
+    return batches.Shares(provider, ledger_of(svc), svc.store, retry=svc.retry)
+
+
+def _submit_batch(svc: Services, provider: batches.Shares, entry: LedgerEntry) -> int:
+    """Submit a batch's one provider job (exactly once) and tell its members' jobs."""
+    ledger = ledger_of(svc)
+    try:
+        got = batches.submit_batch(
+            ledger, provider, svc.store, entry.key, owner=uuid.uuid4().hex, retry=svc.retry
+        )
+    except (SubmissionEnded, SubmissionInProgress):
+        return 0
+    except ProviderError as exc:
+        if exc.retryable:
+            ledger.give_back_slot(entry.key)
+            return 0
+        ledger.finish(entry.key, "ERROR", message=str(exc))
+        for key in batches.member_keys(svc.store, entry.key):
+            job_id, _, seq_text = key.rpartition("/")
+            seq = int(seq_text)
+            text = f"submit to {entry.backend} failed: {exc}"
+            note(svc.store, job_id, seq, "execute", f"{text} (key {key}, coalesced)")
+            decision = Decision.failed(seq, "execute", "ProviderError", text)
+            svc.store.put_json(
+                keys.step_dir(job_id, seq, "execute") + "output.json", decision.to_json()
+            )
+            deliver(svc, key, decision)
+        return 0
+    except Exception:
+        ledger.give_back_slot(entry.key)
+        log.exception("submitting batch %s failed; it is tried again later", entry.key)
+        return 0
+    if got is None:
+        return 0
+    provider_job_id, given = got
+    notes = provider.take_notes(entry.key)
+    shared = {"batch": entry.key, "requests": len(batches.member_keys(svc.store, entry.key))}
+    for key in given:
+        job_id, _, seq_text = key.rpartition("/")
+        seq = int(seq_text)
+        svc.jobs.update(
+            job_id,
+            status=JobStatus.WAITING_FOR_QPU,
+            stage="execute",
+            seq=seq,
+            provider_job_id=provider_job_id,
+            event=Event(
+                seq,
+                "execute",
+                "submitted",
+                {
+                    "backend": entry.backend,
+                    "provider_job_id": provider_job_id,
+                    "idempotency_key": key,
+                    "coalesced": shared,
+                },
+            ),
+        )
+        note(
+            svc.store,
+            job_id,
+            seq,
+            "execute",
+            f"submitted to {entry.backend}: provider job {provider_job_id} (key {key}), "
+            f"shared by {shared['requests']} requests ({entry.key})",
+        )
+        for text in notes:
+            note(svc.store, job_id, seq, "execute", text)
+    return len(given)
 
 
 def _submit(svc: Services, provider: AsyncProvider, entry: LedgerEntry) -> bool:
@@ -130,6 +222,7 @@ def _submit(svc: Services, provider: AsyncProvider, entry: LedgerEntry) -> bool:
             owner=uuid.uuid4().hex,
             retry=svc.retry,
         )
+        notes = provider.take_notes(key)
     except (SubmissionEnded, SubmissionInProgress):
         return False  # cancelled meanwhile, or another dispatcher is on it
     except ProviderError as exc:
@@ -151,6 +244,8 @@ def _submit(svc: Services, provider: AsyncProvider, entry: LedgerEntry) -> bool:
         ledger.give_back_slot(key)
         log.exception("submitting %s failed; it is tried again later", key)
         return False
+    held = held_group(raw, entry.job_id)
+    own = held is not None and held[1] == entry.job_id
     svc.jobs.update(
         entry.job_id,
         status=JobStatus.WAITING_FOR_QPU,
@@ -166,10 +261,15 @@ def _submit(svc: Services, provider: AsyncProvider, entry: LedgerEntry) -> bool:
                 "provider_job_id": provider_job_id,
                 "idempotency_key": key,
                 # Finalise asks the dispatcher to close the job's session (close_sessions).
-                **({SESSION_HELD: True} if holds_session(raw, entry.job_id) else {}),
+                **({SESSION_HELD: True} if own else {}),
             },
         ),
     )
+    if held is not None and not own:
+        _hold_for(svc, held[1], held[0], backend)
+    for text in notes:  # what the provider ran instead of what was asked, said once
+        note(svc.store, entry.job_id, seq, "execute", text)
+        svc.jobs.add_event(entry.job_id, Event(seq, "execute", "execution mode", {"message": text}))
     note(
         svc.store,
         entry.job_id,
@@ -180,21 +280,28 @@ def _submit(svc: Services, provider: AsyncProvider, entry: LedgerEntry) -> bool:
     return True
 
 
-def holds_session(request_raw: dict[str, Any], job_id: str) -> bool:
-    """Whether a request artifact runs in a session/batch of ``job_id``'s own."""
-    options = dict(request_raw.get("options") or {})
-    return options.get("mode") in ("session", "batch") and options.get("session_group") == job_id
+def _hold_for(svc: Services, owner: str, group: str, backend: str) -> None:
+    """Record on ``owner``'s timeline (once) that its fan-out's items hold the batch
+    ``group``: when ``owner`` ends, Finalise (or the cancel) has the dispatcher close it."""
+    held = any(
+        event.get("event") == "batch held" and (event.get("detail") or {}).get("group") == group
+        for event in svc.jobs.timeline(owner)
+    )
+    if not held:
+        detail = {SESSION_HELD: True, "backend": backend, "group": group}
+        svc.jobs.add_event(owner, Event(None, "execute", "batch held", detail))
 
 
-def close_sessions(svc: Services, job_id: str, backend: str) -> None:
-    """Close the sessions/batches ``job_id`` held on ``backend``'s service; their billed
-    seconds go to the job's timeline (``sessions closed``: its usage)."""
+def close_sessions(svc: Services, job_id: str, backend: str, group: str | None = None) -> None:
+    """Close the sessions/batches ``job_id`` held on ``backend``'s service (its own, or
+    ``group``: its fan-out's batch); their billed seconds go to the job's timeline
+    (``sessions closed``: its usage)."""
     from qlayer.providers.registry import provider
 
     found = provider(backend)
     if not isinstance(found, AsyncProvider):
         return
-    closed = svc.retry(lambda: found.close_group(job_id))
+    closed = svc.retry(lambda: found.close_group(group or job_id))
     seconds = [v for v in closed.values() if v is not None]
     detail: dict[str, Any] = {"sessions": sorted(closed)}
     if seconds:
@@ -220,14 +327,15 @@ def cancel_task(svc: Services, job_id: str, seq: int | None) -> None:
     if not isinstance(found, AsyncProvider):
         ledger.finish(key, "CANCELLED", message="cancelled with the job")
         return
-    provider_job_id = cancel_once(ledger, found, key, retry=svc.retry)
-    if holds_session(svc.store.get_json(entry.request_key), job_id):
+    provider_job_id = cancel_once(ledger, shares_of(svc, found), key, retry=svc.retry)
+    held = held_group(svc.store.get_json(entry.request_key), job_id)
+    if held is not None and held[1] == job_id:
         close_sessions(svc, job_id, entry.backend)  # its session ends with it
     if provider_job_id is not None:
-        note(
-            svc.store,
-            job_id,
-            seq,
-            "execute",
-            f"cancelled provider job {provider_job_id} on {entry.backend} (key {key})",
-        )
+        text = f"cancelled provider job {provider_job_id} on {entry.backend} (key {key})"
+        if batches.is_batch(provider_job_id):
+            text = (
+                f"cancelled its share of a coalesced provider job on {entry.backend} (key {key});"
+                " the provider job itself is cancelled once no other request needs it"
+            )
+        note(svc.store, job_id, seq, "execute", text)

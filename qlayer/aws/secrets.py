@@ -1,14 +1,17 @@
-"""Provider credentials from Secrets Manager (the ``qlayer/providers`` secret of the stack).
+"""The stack's secrets in Secrets Manager: provider credentials and the gateway's token.
 
 The secret's JSON holds provider settings, e.g.
 ``{"ibm_token": "...", "ibm_instance": "crn:...", "ibm_channel": "ibm_quantum_platform"}``.
 It is read on first use, never at import, and kept for the life of the Lambda process.
+The Qiskit Serverless gateway's bearer token (:func:`gateway_token`) is kept a few
+minutes, so that a new value reaches warm functions.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -60,3 +63,38 @@ def ibm_credentials(secret_id: str, client: Any = None) -> Callable[[], dict[str
         return found
 
     return credentials
+
+
+#: How long a process keeps the gateway token before reading the secret again (a put of
+#: a new value reaches every warm function within this).
+GATEWAY_TOKEN_MAX_AGE_S = 300.0
+_TOKENS: dict[str, tuple[float, bytes]] = {}
+
+
+def gateway_token(
+    secret_id: str,
+    client: Any = None,
+    *,
+    max_age_s: float = GATEWAY_TOKEN_MAX_AGE_S,
+    clock: Callable[[], float] = time.monotonic,
+) -> bytes:
+    """The gateway's bearer token (the secret's string, UTF-8), kept for ``max_age_s``.
+
+    Raises:
+        ValueError: The secret is empty (nothing could ever match it).
+    """
+    with _LOCK:
+        now = clock()
+        kept = _TOKENS.get(secret_id)
+        if kept is not None and now - kept[0] < max_age_s:
+            return kept[1]
+        if client is None:
+            import boto3
+
+            client = boto3.client("secretsmanager")
+        value = str(client.get_secret_value(SecretId=secret_id).get("SecretString") or "")
+        if not value.strip():
+            raise ValueError(f"secret {secret_id} holds no gateway token")
+        token = value.strip().encode()
+        _TOKENS[secret_id] = (now, token)
+        return token

@@ -44,6 +44,7 @@ class Services:
         sfn: A Step Functions client.
         sqs: An SQS client (where the function sends to the dispatch queue).
         scratch: Where program bundles are unpacked.
+        envs_root: Where program environments are unpacked (:class:`qlayer.aws.envs.EnvCache`).
         retry_attempts: Tries per provider call (``with_retries``); a Lambda must finish
             within its timeout, so few.
         retry_base_s: The first backoff delay.
@@ -60,8 +61,10 @@ class Services:
     retry_attempts: int = 4
     retry_base_s: float = 0.5
     sleep: Callable[[float], None] = time.sleep
+    envs_root: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "qlayer-envs")
     _limiter: Any = None
     _programs: Any = None
+    _envs: Any = None
 
     @classmethod
     def create(cls, config: AwsConfig, session: Any = None, **overrides: Any) -> Services:
@@ -90,6 +93,14 @@ class Services:
         if self._programs is None:
             self._programs = ProgramCache(self.store, self.scratch)
         return self._programs
+
+    def envs(self) -> Any:
+        """The process's unpacked environments (:class:`qlayer.aws.envs.EnvCache`)."""
+        from qlayer.aws.envs import EnvCache
+
+        if self._envs is None:
+            self._envs = EnvCache(self.store, self.envs_root)
+        return self._envs
 
     def ports(self) -> Ports:
         """The engine's ports over this stack (:mod:`qlayer.core.transitions`)."""

@@ -13,8 +13,10 @@ Batch.
 from __future__ import annotations
 
 import json
+import math
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 from qlayer import codec, keys
@@ -22,6 +24,7 @@ from qlayer.aws.events import LoadEvent, StepEvent
 from qlayer.aws.services import Services, batch_compute
 from qlayer.core import transitions
 from qlayer.core.ports import Event, NewJob
+from qlayer.envs import load_lock
 from qlayer.errors import ArtifactError, QlayerError
 from qlayer.interpreter import Decision
 from qlayer.status import JobStatus
@@ -64,6 +67,7 @@ def load_job(event: LoadEvent, svc: Services) -> dict[str, Any]:
                 first=first,
                 parent_id=raw.get("parent_id"),
                 item_index=raw.get("item_index"),
+                env=raw.get("env"),
             )
         )
     elif record.status.is_final:
@@ -79,11 +83,131 @@ def load_job(event: LoadEvent, svc: Services) -> dict[str, Any]:
         attrs={"execution_arn": event.execution} if event.execution else None,
         event=Event(None, None, "execution started", {"execution": event.execution}),
     )
+    env = raw.get("env") or (record.env if record is not None else None)
+    if first is not None and env:
+        return env_gate(svc, job_id, first, str(env)).to_json()
     if first is not None:
         return first.to_json()
     return Decision(
         "next", seq=0, stage=None, compute={"kind": "lambda"}, extra={"prepare": True}
     ).to_json()
+
+
+# ------------------------------------------------------------------------------ environments
+#: The key of a first decision's ``extra`` that sends it to "Build environment" first.
+BUILD_ENV = "build_env"
+
+
+def env_gate(svc: Services, job_id: str, first: Decision, env: str) -> Decision:
+    """Before a job's first stage: its environment is built (go on), failed to build a
+    moment ago (the job fails with the installer's message), or must be built (BUILDING:
+    the decision carries ``extra.build_env`` and "Build environment" runs first)."""
+    from qlayer.aws.envs import env_state
+
+    state = env_state(svc.store, env)
+    if state.info is not None:
+        detail = {"env": env, "build": "skipped", "unpacked_mb": state.info.unpacked_mb}
+        svc.jobs.update(job_id, event=Event(0, first.stage, "environment ready", detail))
+        return first
+    if state.failure is not None:
+        return env_failed(svc, job_id, first, env, state.failure)
+    try:
+        packages = list(load_lock(svc.store, env).install)
+    except QlayerError as exc:
+        return env_failed(svc, job_id, first, env, f"its lock cannot be read: {exc}")
+    svc.jobs.update(
+        job_id,
+        status=JobStatus.BUILDING,
+        event=Event(0, first.stage, "building environment", {"env": env, "packages": packages}),
+    )
+    first.extra = {**first.extra, BUILD_ENV: env}
+    return first
+
+
+def env_outcome(svc: Services, job_id: str, decision: Decision) -> Decision:
+    """The "Check environment" step, after "Build environment": the first decision (the
+    job goes on, RUNNING), or the job's failure with the installer's message."""
+    from qlayer.aws.envs import env_state
+
+    env = str(decision.extra.get(BUILD_ENV))
+    first = Decision.from_json(decision.to_json())
+    first.extra = {k: v for k, v in decision.extra.items() if k != BUILD_ENV}
+    state = env_state(svc.store, env)
+    if state.info is None:
+        reason = state.failure or (
+            "the build job ended without recording the environment or a reason; its log "
+            "is in CloudWatch (the Batch log group)"
+        )
+        return env_failed(svc, job_id, first, env, reason)
+    svc.jobs.update(
+        job_id,
+        status=JobStatus.RUNNING,
+        event=Event(
+            0,
+            first.stage,
+            "environment ready",
+            {"env": env, "build_s": state.info.build_s, "unpacked_mb": state.info.unpacked_mb},
+        ),
+    )
+    return first
+
+
+def env_failed(svc: Services, job_id: str, first: Decision, env: str, reason: str) -> Decision:
+    """The error decision of a job whose environment cannot be built (logged too)."""
+    note(
+        svc.store,
+        job_id,
+        first.seq,
+        first.stage or "environment",
+        f"building environment {env} failed:\n{reason}",
+    )
+    return Decision.failed(
+        first.seq,
+        first.stage,
+        "EnvBuildError",
+        f"building the program's environment failed: {reason}",
+    )
+
+
+def env_to_batch(svc: Services, job_id: str, decision: Decision) -> Decision | None:
+    """A Lambda stage whose job's environment does not fit the stage runner
+    (:func:`qlayer.planner.env_on_lambda`): the same step, sent to Batch; else None."""
+    from qlayer.planner import env_on_lambda
+
+    env = svc.jobs.get(job_id).env
+    if not env:
+        return None
+    info = svc.envs().info(env)
+    archive_mb = -(-info.archive_bytes // 2**20)
+    reason = env_on_lambda(info.unpacked_mb, archive_mb, svc.config.resources())
+    if reason is None:
+        return None
+    compute = dict(decision.compute or {})
+    moved = {
+        "kind": "batch",
+        "vcpus": max(1, math.ceil(float(compute.get("vcpus") or 1))),
+        "memory_mb": max(2048, int(compute.get("memory_mb") or 0)),
+        "gpus": 0,
+        "timeout_s": max(60, int(compute.get("timeout_s") or 900)),
+    }
+    svc.jobs.update(
+        job_id,
+        event=Event(
+            decision.seq,
+            decision.stage,
+            "moved to Batch",
+            {"env": env, "reason": reason, "compute": moved},
+        ),
+    )
+    decision.compute = moved
+    return decision
+
+
+def env_paths(svc: Services, job_id: str, env: str | None) -> tuple[Path, ...]:
+    """The folders to import a job's environment from (unpacked on first use), or ()."""
+    if not env:
+        return ()
+    return (svc.envs().path(env),)
 
 
 # ------------------------------------------------------------------------------ stages
@@ -100,6 +224,7 @@ def prepare(svc: Services, job_id: str) -> Decision:
         arguments = codec.decode(raw.get("arguments") or {}, where="the job spec's arguments")
         workflow = svc.programs().workflow(raw["program_id"])
         check_stages(workflow, svc.config.resources())
+        refuse_requirements(svc, raw["program_id"], workflow)
         job = write_inputs(
             svc.store,
             job_id,
@@ -125,6 +250,25 @@ def prepare(svc: Services, job_id: str) -> Decision:
     return job.first
 
 
+def refuse_requirements(svc: Services, program_id: str, workflow: Any) -> None:
+    """An inbox spec's program may not declare requirements (yet): resolving them writes
+    ``envs/``, which no role that runs user code may do.
+
+    Raises:
+        RequirementError: The program declares requirements.
+    """
+    from qlayer.envs import stored_program_requirements
+    from qlayer.errors import RequirementError
+
+    declared = stored_program_requirements(svc.store, program_id, workflow)
+    if declared:
+        raise RequirementError(
+            f"the program declares requirements ({', '.join(declared)}), which a job "
+            "started from an inbox spec cannot bring yet: submit it with the qlayer client "
+            "(Client.aws().run or `qlayer --target aws run`), which resolves them"
+        )
+
+
 def run_stage_step(event: StepEvent, svc: Services) -> dict[str, Any]:
     """The "Run stage on Lambda" step: one stage, by :func:`run_stage_for`."""
     decision = decision_of(event)
@@ -142,6 +286,9 @@ def run_stage_step(event: StepEvent, svc: Services) -> dict[str, Any]:
             "deploy the stack with a larger stage_memory_mb"
         )
         return Decision.failed(decision.seq, decision.stage, "PlannerError", message).to_json()
+    moved = env_to_batch(svc, event.job_id, decision)
+    if moved is not None:
+        return moved.to_json()
     return batch_compute(
         svc, run_stage_for(svc, event.job_id, decision.seq, decision.stage)
     ).to_json()
@@ -162,7 +309,14 @@ def run_stage_for(svc: Services, job_id: str, seq: int, stage: str) -> Decision:
         event=Event(seq, stage, "started", {"stage": stage}),
     )
     try:
-        workflow = svc.programs().workflow(record.program_id)
+        paths = env_paths(svc, job_id, record.env)
+    except QlayerError as exc:
+        note(svc.store, job_id, seq, stage, f"cannot fetch the environment: {exc}")
+        decision = Decision.failed(seq, stage, "EnvBuildError", str(exc))
+        svc.store.put_json(keys.stage_output(job_id, seq, stage), decision.to_json())
+        return carry_on(transitions.advance(ports, job_id, seq, stage, decision), seq)
+    try:
+        workflow = svc.programs().workflow(record.program_id, paths)
     except Exception as exc:
         note(svc.store, job_id, seq, stage, f"cannot load the program: {type(exc).__name__}: {exc}")
         decision = Decision.failed(seq, stage, "ProgramError", str(exc))
@@ -174,6 +328,7 @@ def run_stage_for(svc: Services, job_id: str, seq: int, stage: str) -> Decision:
         backend=record.backend,
         index=record.item_index,
         runs=svc.jobs.runs_before(job_id, seq),
+        env_paths=tuple(str(path) for path in paths),
     )
     declared = workflow.stages[stage].compute.timeout_s if stage in workflow.stages else None
     decision = run_stage(
@@ -186,6 +341,8 @@ def read_outcome(event: StepEvent, svc: Services) -> dict[str, Any]:
     """The "Read stage outcome" step: the decision a Batch container wrote to output.json."""
     decision = decision_of(event)
     job_id, seq = event.job_id, decision.seq
+    if decision.extra.get(BUILD_ENV):
+        return env_outcome(svc, job_id, decision).to_json()
     if decision.kind == "execute":
         label, key = "execute", keys.step_dir(job_id, seq, "execute") + "output.json"
     else:

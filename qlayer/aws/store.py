@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from qlayer.errors import ArtifactError
@@ -53,6 +54,50 @@ class S3Store(ArtifactStore):
         data: bytes = response["Body"].read()
         return data
 
+    def size(self, key: str) -> int | None:
+        """The object's size in bytes, or None if there is none."""
+        from botocore.exceptions import ClientError
+
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in {"404", "NoSuchKey", "NotFound"}:
+                return None
+            raise
+        return int(head["ContentLength"])
+
+    def download_file(self, key: str, path: Path, *, max_bytes: int) -> int:
+        """Stream object ``key`` into ``path``; refuse one larger than ``max_bytes``.
+
+        Returns:
+            The bytes written.
+
+        Raises:
+            ArtifactError: No such object, or it is larger than ``max_bytes`` (checked
+                before the download and while it runs).
+        """
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except self.client.exceptions.NoSuchKey:
+            raise ArtifactError(f"artifact {key} does not exist") from None
+        too_big = ArtifactError(f"artifact {key} is larger than the limit of {max_bytes} bytes")
+        if int(response.get("ContentLength") or 0) > max_bytes:
+            response["Body"].close()
+            raise too_big
+        written = 0
+        with open(path, "wb") as out:
+            for chunk in response["Body"].iter_chunks(1024 * 1024):
+                written += len(chunk)
+                if written > max_bytes:
+                    raise too_big
+                out.write(chunk)
+        return written
+
+    def upload_file(self, key: str, path: Path) -> None:
+        """Upload the file at ``path`` as ``key`` (multipart past boto3's threshold)."""
+        self.client.upload_file(str(path), self.bucket, self._key(key))
+
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
 
@@ -72,6 +117,9 @@ class S3Store(ArtifactStore):
             for item in page.get("Contents", []):
                 found.append(item["Key"][len(self.prefix) :])
         return sorted(found)
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
     def append_text(self, key: str, text: str) -> None:
         try:

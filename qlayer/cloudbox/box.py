@@ -9,7 +9,9 @@
    processes, with its own template environment;
 5. :class:`~qlayer.cloudbox.batch.BatchRunner` -- Batch jobs as processes;
 6. :class:`~qlayer.cloudbox.pumps.SqsPoller` and :class:`~qlayer.cloudbox.pumps.EventBridge`
-   -- the SQS event source mapping, the schedules and the execution-status rule.
+   -- the SQS event source mapping, the schedules and the execution-status rule;
+7. :class:`~qlayer.cloudbox.front.ApiFront` -- each REST API stage on loopback, turning
+   requests into its Lambda proxy integration's events (the output ``GatewayUrl``).
 
 While it runs, this process's ``AWS_ENDPOINT_URL`` and credentials point at the box, so
 ``Client.aws(stack="Qlayer")`` and plain boto3 reach it as they would reach an account.
@@ -39,6 +41,7 @@ from typing import Any
 
 from qlayer.cloudbox.batch import BatchRunner
 from qlayer.cloudbox.deploy import Deployment, FunctionRecord
+from qlayer.cloudbox.front import ApiFront, RestApi
 from qlayer.cloudbox.images import Image, image_digest, images_of
 from qlayer.cloudbox.patches import Patches
 from qlayer.cloudbox.pumps import EventBridge, SqsPoller
@@ -48,6 +51,17 @@ from qlayer.cloudbox.synth import Synthesis
 
 #: moto's backends are global to a process: one box at a time per process.
 _ACTIVE = threading.Lock()
+
+#: The host's TLS trust settings, copied into the box's images when set: a real image has
+#: its own system certificates, the box's processes have the host's (a machine behind a
+#: TLS-inspecting proxy trusts its CA through these). An environment build reaches the
+#: package index with them.
+HOST_TRUST_VARIABLES: tuple[str, ...] = ("SSL_CERT_FILE", "SSL_CERT_DIR")
+
+
+def host_trust() -> dict[str, str]:
+    """The host's :data:`HOST_TRUST_VARIABLES` that are set."""
+    return {name: os.environ[name] for name in HOST_TRUST_VARIABLES if os.environ.get(name)}
 
 
 @dataclass(frozen=True)
@@ -60,7 +74,8 @@ class BoxOptions:
             ``provider_plugins``.
         image_env: Variables baked into the runner image (under each function's own),
             e.g. where a provider's fake service keeps its state; passed as given (only
-            the Dockerfile's own ``/tmp`` values become each environment's /tmp).
+            the Dockerfile's own ``/tmp`` values become each environment's /tmp). The
+            host's TLS trust settings (:data:`HOST_TRUST_VARIABLES`) are baked in too.
         max_processes: Runtimes per function at most (more invocations wait their turn).
         batch_slots: Batch jobs running at once (the others stay RUNNABLE).
         sqs_pollers: Concurrent batches per SQS event source mapping.
@@ -106,6 +121,8 @@ class CloudBox:
         self.deployment: Deployment | None = None
         self.pollers: list[SqsPoller] = []
         self.events: EventBridge | None = None
+        self.fronts: list[ApiFront] = []
+        self._lambda_client: Any = None
         self.images: dict[str, Image] = {}
         self._patches: Patches | None = None
         self._saved_env: dict[str, str | None] = {}
@@ -139,7 +156,7 @@ class CloudBox:
             self.synthesis.assembly,
             self.synthesis.assets().get("dockerImages", {}),
             plugins=[str(p) for p in self.options.plugins],
-            extra_env=self.options.image_env,
+            extra_env={**host_trust(), **self.options.image_env},
         )
         self.batch = BatchRunner(
             images=self.images,
@@ -151,7 +168,9 @@ class CloudBox:
             max_running=self.options.batch_slots,
         )
         self._patches = Patches(self.lambdas, self.batch).install()
-        self.deployment = Deployment(self.synthesis, self.server.client).deploy()
+        self.deployment = Deployment(
+            self.synthesis, self.server.client, api_front=self._start_front
+        ).deploy()
         self._xray_sink()
         for record in self.deployment.functions.values():
             pool = FunctionPool(self.function_spec(record), self.options.max_processes)
@@ -179,6 +198,9 @@ class CloudBox:
     def stop(self) -> None:
         """Stop everything this box started (processes, threads, the server)."""
         self._closing.set()
+        for front in self.fronts:
+            front.stop()
+        self.fronts.clear()
         for poller in self.pollers:
             poller.stop()
         if self.events is not None:
@@ -211,6 +233,26 @@ class CloudBox:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    # -- API Gateway -------------------------------------------------------------------
+    def _start_front(self, api: RestApi) -> str:
+        """Serve one REST API stage on loopback; its origin there."""
+        lock = threading.Lock()
+
+        def invoke(payload: bytes) -> tuple[bytes, str | None]:
+            assert self.deployment is not None
+            with lock:
+                if self._lambda_client is None:
+                    self._lambda_client = self.client("lambda")
+            out = self._lambda_client.invoke(
+                FunctionName=self.deployment.function_named(api.function_logical_id),
+                Payload=payload,
+            )
+            return out["Payload"].read(), out.get("FunctionError")
+
+        front = ApiFront(api, invoke).start()
+        self.fronts.append(front)
+        return front.origin
 
     # -- building runtimes -----------------------------------------------------------
     def _xray_sink(self) -> None:

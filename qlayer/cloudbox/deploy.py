@@ -18,7 +18,11 @@ from its resource's properties (intrinsics resolved to what was created here):
 * the state machine, whose definition is extracted by
   ``qlayer_infra.extract.state_machine_definition`` (never written by hand);
 * the EventBridge rules with their targets; a CloudFormation stack with the outputs,
-  so ``Client.aws(stack=...)`` finds them as in an account.
+  so ``Client.aws(stack=...)`` finds them as in an account;
+* each REST API (CreateRestApi, with its binary media types) and what its stage and
+  Lambda proxy integration name (:class:`~qlayer.cloudbox.front.RestApi`): the box
+  serves it on loopback (:mod:`qlayer.cloudbox.front`), and an output holding the API's
+  ``https://<id>.execute-api...`` origin holds the loopback one instead.
 
 Not created (nothing of ours calls them): the VPC and its endpoints, security groups,
 the alarm topic and alarms, IAM policies, the Lambda layer version, the CDK's own
@@ -36,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qlayer.cloudbox.front import RestApi
 from qlayer.cloudbox.patches import rename_to_shape
 from qlayer.cloudbox.server import ACCOUNT, REGION
 from qlayer.cloudbox.synth import Synthesis, infra_on_path
@@ -72,6 +77,10 @@ class Deployment:
     machine_arn: str = ""
     secret_arn: str = ""
     extra_definitions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Starts the loopback front of one REST API and returns its origin (the box's).
+    api_front: Callable[[RestApi], str] | None = None
+    apis: dict[str, RestApi] = field(default_factory=dict)
+    api_origins: dict[str, str] = field(default_factory=dict)
 
     @property
     def template(self) -> dict[str, Any]:
@@ -102,6 +111,7 @@ class Deployment:
             "AWS::Region": REGION,
             "AWS::AccountId": ACCOUNT,
             "AWS::StackName": self.stack_name,
+            "AWS::URLSuffix": "amazonaws.com",
         }
 
     def _set(self, lid: str, **attrs: str) -> None:
@@ -133,7 +143,11 @@ class Deployment:
         self.definition = self._create_machine(self.template, machine_lid, self.resolve)
         self._rules()
         self._notifications()
-        self.outputs = {k: str(self.ev(v["Value"])) for k, v in self.template["Outputs"].items()}
+        self._apis()
+        self.outputs = {
+            k: self._served_at(str(self.ev(v["Value"])))
+            for k, v in self.template["Outputs"].items()
+        }
         self._output_stack()
         return self
 
@@ -459,6 +473,57 @@ class Deployment:
                 NotificationConfiguration=props["NotificationConfiguration"],
             )
 
+    def _apis(self) -> None:
+        """Each REST API: created in moto, its stage and proxy function found, its front
+        started (by :attr:`api_front`)."""
+        apigateway = self.client("apigateway")
+        stages = of_type(self.template, "AWS::ApiGateway::Stage")
+        methods = of_type(self.template, "AWS::ApiGateway::Method")
+        for lid, res in of_type(self.template, "AWS::ApiGateway::RestApi").items():
+            props = self.ev(res["Properties"])
+            types = tuple(props.get("BinaryMediaTypes") or ())
+            created = apigateway.create_rest_api(
+                name=props.get("Name", lid),
+                description=props.get("Description", ""),
+                binaryMediaTypes=list(types),
+                endpointConfiguration={
+                    "types": props.get("EndpointConfiguration", {}).get("Types", ["EDGE"])
+                },
+            )
+            stage_lid, stage = next(
+                (k, str(self.ev(s["Properties"]["StageName"])))
+                for k, s in stages.items()
+                if s["Properties"].get("RestApiId") == {"Ref": lid}
+            )
+            self._set(stage_lid, Ref=stage)
+            functions = {
+                _function_of(m["Properties"].get("Integration", {}))
+                for m in methods.values()
+                if m["Properties"].get("RestApiId") == {"Ref": lid}
+                and m["Properties"].get("Integration", {}).get("Type") == "AWS_PROXY"
+            } - {None}
+            if len(functions) != 1:
+                raise RuntimeError(f"REST API {lid}: one Lambda proxy function, not {functions}")
+            api = RestApi(lid, created["id"], stage, str(functions.pop()), types)
+            self._set(lid, Ref=api.api_id, RootResourceId=created["rootResourceId"])
+            self.apis[lid] = api
+            if self.api_front is not None:
+                self.api_origins[api.origin] = self.api_front(api)
+
+    def _served_at(self, value: str) -> str:
+        """An output naming a REST API's execute-api origin names its loopback front."""
+        for origin, served in self.api_origins.items():
+            if value == origin or value.startswith(origin + "/"):
+                return served + value[len(origin) :]
+        return value
+
+    def function_named(self, logical_id: str) -> str:
+        """The deployed name of the function with this logical id."""
+        found = [f.name for f in self.functions.values() if f.logical_id == logical_id]
+        if not found:
+            raise KeyError(f"no qlayer function {logical_id}")
+        return found[0]
+
     def _output_stack(self) -> None:
         """A CloudFormation stack of the stack's name holding only the resolved outputs."""
         warnings.filterwarnings(
@@ -478,6 +543,25 @@ class Deployment:
             if attr == "QueueUrl" and lid.startswith(lid_prefix):
                 return value
         raise KeyError(lid_prefix)
+
+
+def _function_of(integration: dict[str, Any]) -> str | None:
+    """The logical id of the function a Lambda proxy integration's URI invokes."""
+    found: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            attr = value.get("Fn::GetAtt")
+            if isinstance(attr, list) and len(attr) == 2 and attr[1] == "Arn":
+                found.append(str(attr[0]))
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk(integration.get("Uri"))
+    return found[0] if found else None
 
 
 def _zip(folder: Path) -> bytes:

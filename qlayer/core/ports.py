@@ -79,6 +79,9 @@ class JobRecord:
         fanout_seq: The step of the latest fan-out.
         provider_job_ids: Provider job ids recorded for the job, oldest first.
         execution_arn: AWS: the job's Step Functions execution; None locally.
+        env: The id of the job's environment (:attr:`qlayer.envs.Lock.hash`; its lock is
+            the artifact ``envs/<env>/lock.json``), or None: the job runs on the base.
+            A fan-out's children have their parent's.
     """
 
     job_id: str
@@ -102,6 +105,7 @@ class JobRecord:
     fanout_seq: int = 0
     provider_job_ids: list[str] = field(default_factory=list)
     execution_arn: str | None = None
+    env: str | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,7 @@ class NewJob:
             that keeps them queues one notification per target in the same write as
             the job's final status (the local store does; the DynamoDB store does not
             yet).
+        env: The job's environment id (see :attr:`JobRecord.env`), or None.
         first_input: The first stage's input itself (``{"data": ..., "state": ...}``),
             kept with the job's first step instead of an artifact at
             ``first.input_key``. Set only where the orchestrator reads it from there
@@ -144,6 +149,7 @@ class NewJob:
     message: str | None = None
     error_type: str | None = None
     notify: tuple[str, ...] = ()
+    env: str | None = None
     first_input: Mapping[str, Any] | None = None
 
     @property

@@ -165,6 +165,7 @@ def start_children(
                         "prepared": True,
                         "parent_id": parent_id,
                         "item_index": index,
+                        **({"env": parent.env} if parent.env else {}),
                     },
                 )
             jobs.create(
@@ -177,6 +178,7 @@ def start_children(
                     first=first,
                     parent_id=parent_id,
                     item_index=index,
+                    env=parent.env,
                     first_input=first_input,
                 )
             )

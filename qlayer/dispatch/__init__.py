@@ -9,7 +9,9 @@ same calls over a :class:`Ledger` (SQLite or DynamoDB).
   ``cancel_once``;
 * :mod:`~qlayer.dispatch.retries` — backoff of retryable provider errors;
 * :mod:`~qlayer.dispatch.rates` — per-backend rate limits (in flight, submissions/s);
-* :mod:`~qlayer.dispatch.coalesce` — small requests sharing one provider job.
+* :mod:`~qlayer.dispatch.coalesce` — the rules by which small requests share a job;
+* :mod:`~qlayer.dispatch.batches` — coalescing over the ledger for providers with a
+  queue (one provider job for many requests, exactly once).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Coalescing: small execute requests for one backend share one provider job.
 
 One set of rules for every place that merges (the simulated-device queue of the local
-daemon, and the windowed :class:`Coalescer` for provider queues):
+daemon, providers with a queue on both substrates — :mod:`qlayer.dispatch.batches` — and
+the windowed :class:`Coalescer` of the dispatcher benchmark):
 
 * requests merge only when the merged job means exactly what each asked for — same
   backend, primitive, shots, precision and options — and none is seeded (a seeded
@@ -89,7 +90,9 @@ def merge(requests: Sequence[ExecuteRequest]) -> ExecuteRequest:
     first = requests[0]
     if len(requests) == 1:
         return first
-    return replace(first, pubs=[pub for request in requests for pub in request.pubs], seed=None)
+    pubs = [pub for request in requests for pub in request.pubs]
+    # A program prepared for one member's PUBs does not hold the others': prepared again.
+    return replace(first, pubs=pubs, seed=None, prepared=None)
 
 
 @dataclass

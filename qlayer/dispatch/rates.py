@@ -131,6 +131,15 @@ class RateLimiter:
         self._tokens[backend] = tokens - 1.0
         return 0.0
 
+    def token_wait(self, backend: str) -> float:
+        """The seconds until the submission rate lets one go (0.0: now); takes nothing."""
+        limits = self.limits_for(backend)
+        with self._lock:
+            tokens = self._tokens.get(backend, float(limits.burst))
+            elapsed = self._clock() - self._stamp.get(backend, self._clock())
+            tokens = min(float(limits.burst), tokens + elapsed * limits.submits_per_s)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / limits.submits_per_s
+
     def try_acquire(self, backend: str) -> float:
         """0.0 when a submission may go now (a token is taken and this object counts one
         more in flight, until :meth:`release`); otherwise the seconds to wait (``inf``

@@ -38,6 +38,7 @@ from qlayer.store.base import ArtifactStore
 if TYPE_CHECKING:  # the daemon's half only: clients do not import the worker machinery
     from qlayer.interpreter import Decision
     from qlayer.local.pool import WorkerHandle
+    from qlayer.local.zygote import Zygote
     from qlayer.planner import Resources
     from qlayer.program import ProgramCache
 
@@ -53,6 +54,7 @@ REFUSALS: dict[str, type[errors.QlayerError]] = {
         errors.WorkflowError,
         errors.CodecError,
         errors.ConfigError,
+        errors.RequirementError,
     )
 }
 
@@ -124,6 +126,7 @@ def refusal(row: sqlite3.Row) -> errors.QlayerError:
 
 def check(message: dict[str, Any], store: ArtifactStore, programs: ProgramCache) -> dict[str, Any]:
     """The admission worker's half: load, parse, bind, write the inputs (never raises)."""
+    from qlayer.envs import env_id, lock_for, stored_program_requirements
     from qlayer.planner import check_local_stages
     from qlayer.submit import write_inputs
     from qlayer.workflow import parse_cli_argument
@@ -136,6 +139,8 @@ def check(message: dict[str, Any], store: ArtifactStore, programs: ProgramCache)
             key, value = parse_cli_argument(text, workflow)
             arguments[key] = value
         warnings = check_local_stages(workflow, _machine())  # before anything is written
+        requirements = stored_program_requirements(store, message["program_id"], workflow)
+        lock = lock_for(store, requirements)  # resolved once per requirements and base
         prepared = write_inputs(
             store,
             message["job_id"],
@@ -144,6 +149,7 @@ def check(message: dict[str, Any], store: ArtifactStore, programs: ProgramCache)
             arguments,
             backend=message.get("backend"),
             max_cost_usd=options.get("max_cost_usd"),
+            env=env_id(lock),
         )
     except BaseException as exc:
         _forget_inputs(store, message["job_id"])  # a refused submission leaves nothing
@@ -164,6 +170,7 @@ def check(message: dict[str, Any], store: ArtifactStore, programs: ProgramCache)
         "first": prepared.first.to_json(),
         "notify": list(dict.fromkeys([*workflow.notify, *(options.get("notify") or [])])),
         "warnings": warnings,
+        "env": prepared.env,
     }
 
 
@@ -200,6 +207,7 @@ class Admission:
         home: The home (the admission worker's folders).
         local_memory_mb: As for every worker.
         lock_fd: The daemon's lock (the worker drops it).
+        zygote: Where the worker is forked (as for every worker).
     """
 
     def __init__(
@@ -209,12 +217,13 @@ class Admission:
         home: Home,
         local_memory_mb: int,
         lock_fd: int | None,
+        zygote: Zygote | None = None,
     ) -> None:
         from qlayer.local.pool import WorkerPool
 
         self.conn = conn
         self.jobs = jobs
-        self.pool = WorkerPool(home, 1, local_memory_mb, lock_fd)
+        self.pool = WorkerPool(home, 1, local_memory_mb, lock_fd, zygote)
 
     def start(self) -> None:
         self.pool.start()
@@ -290,6 +299,7 @@ class Admission:
                         backend=reply["backend"],
                         first=_decision(reply["first"]),
                         notify=tuple(reply.get("notify") or ()),
+                        env=reply.get("env"),
                     )
                 )
                 for warning in reply.get("warnings") or []:

@@ -235,7 +235,9 @@ class LocalClient:
         """Remove ended job trees (a top-level job with all its children) and their files.
 
         With no filter, the default retention applies (``QLAYER_RETENTION_DAYS``, 30 days).
-        Running jobs are never pruned. See :mod:`qlayer.local.retention`.
+        Running jobs are never pruned. Program environments (``$QLAYER_HOME/envs``) that
+        no job still running or queued uses, and unused for ``older_than_s``, go too.
+        See :mod:`qlayer.local.retention`.
 
         Raises:
             JobNotFound: A named job does not exist.
@@ -252,6 +254,7 @@ class LocalClient:
             statuses=statuses,
             job_ids=job_ids,
             dry_run=dry_run,
+            envs=self.home.envs,
         )
 
     def backends(self) -> list[dict[str, Any]]:

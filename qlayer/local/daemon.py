@@ -8,8 +8,9 @@ pending, a step whose outcome was already written is not run again, and a device
 job is never submitted twice (its ledger is keyed by ``job_id/seq``).
 
 The parts: the loop (here: wake-ups, recovery, cancels, deadlines, deaths), the workers
-(:mod:`qlayer.local.pool`), the simulated device queue (:mod:`qlayer.local.devices`) and
-the remote QPU pump (:mod:`qlayer.local.remote`).
+(:mod:`qlayer.local.pool`), the simulated device queue (:mod:`qlayer.local.devices`),
+the remote QPU pump (:mod:`qlayer.local.remote`) and the builds of programs'
+environments (:mod:`qlayer.local.envgate`).
 
 Run it with ``qlayer up`` (or ``python -m qlayer.local.daemon``).
 """
@@ -32,20 +33,23 @@ from multiprocessing.connection import wait
 from typing import Any
 
 from qlayer.core import transitions
-from qlayer.core.ports import Event, JobRecord, Orchestrator, Ports
+from qlayer.core.ports import Event, Ports
 from qlayer.interpreter import Decision
 from qlayer.local import faults, procs, state
 from qlayer.local.admission import Admission
 from qlayer.local.devices import DeviceQueue
+from qlayer.local.envgate import EnvGate
 from qlayer.local.health import Health, StorageFault
 from qlayer.local.jobstore import SqliteJobStore
 from qlayer.local.notifier import Notifier
+from qlayer.local.orchestrator import LocalOrchestrator
 from qlayer.local.paths import Home
 from qlayer.local.pool import Assignment, WorkerHandle, WorkerPool
 from qlayer.local.remote import RemoteDispatcher
 from qlayer.local.retention import RetentionThread
 from qlayer.local.scheduler import FanOutFeeder, Scheduler
 from qlayer.local.state import insert_step, transaction
+from qlayer.local.zygote import Zygote
 from qlayer.planner import Resources
 from qlayer.status import JobStatus
 from qlayer.steps import note
@@ -56,39 +60,19 @@ log = logging.getLogger("qlayer.daemon")
 IDLE_POLL_S = 0.25
 
 
-class LocalOrchestrator(Orchestrator):
-    """How the engine stops a job's work here: its workers, device jobs and QPU jobs."""
-
-    loads_job_inputs = False  # the daemon starts a child from its row, not its input.json
-    keeps_first_inputs = True  # and a child's small item stays in its step's row
-
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-
-    def stop(self, job: JobRecord) -> None:
-        daemon = self.daemon
-        for busy in daemon.pool.stop_job(job.job_id):
-            if busy.kind == "device":  # the others it was running wait for the device again
-                for member in busy.members():
-                    if member["job_id"] != job.job_id:
-                        daemon.devices.requeue(member["device_job_id"])
-        self.cancel_provider_jobs(job)
-        daemon.conn.execute(
-            "UPDATE steps SET state = 'done' WHERE job_id = ? AND state != 'done'", (job.job_id,)
-        )
-
-    def cancel_provider_jobs(self, job: JobRecord) -> None:
-        self.daemon.devices.cancel_job(job.job_id)
-        self.daemon.remote.cancel_job(job.job_id)
-
-
 class Daemon:
     """The engine of the local substrate."""
 
     def __init__(
-        self, home: Home, *, workers: int | None = None, lock_fd: int | None = None
+        self,
+        home: Home,
+        *,
+        workers: int | None = None,
+        lock_fd: int | None = None,
+        zygote: Zygote | None = None,
     ) -> None:
         self.home = home
+        self.zygote = zygote
         self.store = FolderStore(home.artifacts)
         self.conn = state.connect(home.db)
         self.jobs = SqliteJobStore(self.conn)
@@ -96,16 +80,17 @@ class Daemon:
         self.resources = Resources.for_this_machine()
         assert self.resources.local_memory_mb is not None
         size = workers or max(2, os.cpu_count() or 2)
-        self.pool = WorkerPool(home, size, self.resources.local_memory_mb, lock_fd)
+        self.pool = WorkerPool(home, size, self.resources.local_memory_mb, lock_fd, zygote)
         self.devices = DeviceQueue(self.conn, self.jobs, self.store, self.on_decision, workers=size)
         self.remote = RemoteDispatcher(
             self.conn, home.db, self.jobs, self.store, self.on_decision, clock=time.time
         )
         self.health = Health(home, self.store, self.conn)
         self.admission = Admission(
-            self.conn, self.jobs, home, self.resources.local_memory_mb, lock_fd
+            self.conn, self.jobs, home, self.resources.local_memory_mb, lock_fd, zygote
         )
         self.scheduler = Scheduler(self.conn)
+        self.envs = EnvGate(self.conn, self.ports, home.envs)  # program environments
         self.feeder = FanOutFeeder(self.conn, self.ports, self._guarded)
         self.stopping = False
         self.wake_socket: socket.socket | None = None
@@ -146,7 +131,7 @@ class Daemon:
                 raise
         self.open_wake_socket()
         self.pool.start()
-        self.admission.start()  # forks: before any thread starts, so none holds a lock
+        self.admission.start()
         notifier = Notifier(self.home)
         notifier.start()
         retention = RetentionThread(self.home)
@@ -160,7 +145,10 @@ class Daemon:
             retention.stop()
             self.admission.shutdown()
             self.remote.shutdown()
+            self.envs.shutdown()
             self.pool.shutdown()
+            if self.zygote is not None:
+                self.zygote.close()
             if self.wake_socket is not None:
                 self.wake_socket.close()
                 try:
@@ -188,6 +176,7 @@ class Daemon:
             self.remote.drain_wake()
         if not self.health.paused:  # provider outcomes wait in their queue meanwhile
             self.remote.collect()
+            self.envs.poll()
         self.admission.collect(ready)
         for worker in workers:
             if worker not in self.pool:
@@ -226,6 +215,8 @@ class Daemon:
             deadlines.append(remote)
         if self.feeder.pending():
             deadlines.append(0.0)
+        if self.envs.pending():
+            deadlines.append(0.05)  # a build's end is seen within 50 ms
         return max(0.0, min([IDLE_POLL_S, *deadlines]))
 
     def _drain_wake_socket(self) -> None:
@@ -250,6 +241,7 @@ class Daemon:
                     row["job_id"], Event(row["seq"], row["stage"], "recovered after restart")
                 )
         self.devices.recover()
+        self.envs.recover()
         self.feeder.recover()
         for row in self.conn.execute(
             "SELECT job_id FROM steps WHERE kind = 'fanin' AND state = 'waiting'"
@@ -276,9 +268,8 @@ class Daemon:
     def assign(self) -> None:
         """Hand pending work to its device or provider, and idle workers their next step."""
         self.submit_executes()
-        for worker in self.pool.idle():
-            if not self.assign_next(worker):
-                break
+        while (idle := list(self.pool.idle())) and self.assign_next(idle):
+            pass
 
     def submit_executes(self) -> None:
         """Hand pending execute steps to their device or provider: once per step, by key."""
@@ -300,20 +291,22 @@ class Daemon:
             else:
                 self.devices.submit(row["job_id"], row["seq"], decision)
 
-    def assign_next(self, worker: WorkerHandle) -> bool:
+    def assign_next(self, idle: list[WorkerHandle]) -> bool:
+        """Hand the next step to one of the ``idle`` workers (a stage whose environment
+        is not built waits for it instead); False when nothing is pending."""
         step = self.scheduler.next_stage()  # fair between trees
         device = self.devices.next_job()
         if step is None and device is None:
             return False
         if step is not None and (device is None or step["created_at"] <= device["submitted_at"]):
             self.scheduler.served(step)
-            self._guarded(step["job_id"], lambda: self.start_stage(worker, step))
+            self._guarded(step["job_id"], lambda: self.start_stage(idle, step))
         else:
             assert device is not None
-            self._guarded(device["job_id"], lambda: self.devices.start(worker, device))
+            self._guarded(device["job_id"], lambda: self.devices.start(idle[0], device))
         return True
 
-    def start_stage(self, worker: WorkerHandle, step: sqlite3.Row) -> None:
+    def start_stage(self, idle: list[WorkerHandle], step: sqlite3.Row) -> None:
         job = self.jobs.get(step["job_id"])
         detail = json.loads(step["detail"] or "{}")
         compute = detail.get("compute") or {}
@@ -333,6 +326,10 @@ class Daemon:
                     stage=step["stage"],
                 )
             return
+        site = self.envs.site(job, step) if job.env else None
+        if job.env and site is None:
+            return  # it waits for its environment's build (BUILDING)
+        worker = self.pool.pick(idle, job.env)
         with transaction(self.conn):
             self.conn.execute(
                 "UPDATE steps SET state = 'running', started_at = ?, attempts = attempts + 1 "
@@ -348,7 +345,8 @@ class Daemon:
                     step["seq"],
                     step["stage"],
                     "started",
-                    {"attempt": step["attempts"] + 1, "worker": worker.process.pid},
+                    {"attempt": step["attempts"] + 1, "worker": worker.process.pid}
+                    | ({"env": job.env} if job.env else {}),
                 ),
             )
         worker.send(
@@ -358,6 +356,8 @@ class Daemon:
                 "seq": step["seq"],
                 "stage": step["stage"],
                 "memory_mb": memory_mb,
+                "env": job.env,
+                "env_path": site,
                 "input": detail.get("input"),  # kept in the step (a fan-out's small item)
                 "job": {
                     "job_id": job.job_id,
@@ -378,6 +378,7 @@ class Daemon:
                 memory_mb=memory_mb,
             ),
         )
+        worker.env = job.env or worker.env
 
     # -- replies ---------------------------------------------------------------------
     def _read_reply(self, worker: WorkerHandle) -> None:
@@ -556,7 +557,15 @@ def main(argv: list[str] | None = None) -> int:
         log.info("another daemon holds %s; exiting", home.lock_file)
         return 0
     _preload()
-    daemon = Daemon(home, workers=args.workers or _env_int("QLAYER_WORKERS"), lock_fd=lock.fileno())
+    # Before anything starts a thread: every worker is forked from this one process, so
+    # none inherits a lock some thread of the daemon held (qlayer.local.zygote).
+    zygote = Zygote.fork(lock_fd=lock.fileno())
+    daemon = Daemon(
+        home,
+        workers=args.workers or _env_int("QLAYER_WORKERS"),
+        lock_fd=lock.fileno(),
+        zygote=zygote,
+    )
 
     def stop(signum: int, frame: Any) -> None:
         daemon.stopping = True

@@ -26,7 +26,7 @@ _FINAL_SQL = "('DONE','ERROR','CANCELLED')"
 _COLUMNS = (
     "job_id, parent_id, item_index, program_id, workflow, arguments, backend, status, stage, seq,"
     " message, error_type, provider_job_ids, created_at, updated_at, finished_at,"
-    " cancel_requested, children_total, children_done, fanout_seq"
+    " cancel_requested, children_total, children_done, fanout_seq, env"
 )
 
 
@@ -52,6 +52,7 @@ def _record(row: sqlite3.Row) -> JobRecord:
         children_done=row["children_done"],
         fanout_seq=row["fanout_seq"],
         provider_job_ids=json.loads(row["provider_job_ids"] or "[]"),
+        env=row["env"],
     )
 
 
@@ -72,7 +73,7 @@ class SqliteJobStore(JobStore):
             inserted = conn.execute(
                 "INSERT INTO jobs (job_id, parent_id, item_index, program_id, workflow, arguments,"
                 " backend, status, stage, seq, message, error_type, created_at, updated_at,"
-                " finished_at, root_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,"
+                " finished_at, env, root_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,"
                 " COALESCE((SELECT COALESCE(root_id, job_id) FROM jobs WHERE job_id = ?), ?))"
                 " ON CONFLICT(job_id) DO NOTHING",
                 (
@@ -91,6 +92,7 @@ class SqliteJobStore(JobStore):
                     now,
                     now,
                     now if job.status.is_final else None,
+                    job.env,
                     job.parent_id,
                     job.job_id,
                 ),

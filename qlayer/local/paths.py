@@ -33,6 +33,11 @@ class Home:
         return self.root / "artifacts"
 
     @property
+    def envs(self) -> Path:
+        """Program environments, one folder per lock hash (:mod:`qlayer.local.envs`)."""
+        return self.root / "envs"
+
+    @property
     def pid_file(self) -> Path:
         return self.root / "daemon.pid"
 

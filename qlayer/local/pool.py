@@ -13,6 +13,7 @@ from typing import Any
 from qlayer.local import procs
 from qlayer.local.paths import Home
 from qlayer.local.worker import worker_main
+from qlayer.local.zygote import ChildProcess, Zygote, ZygoteError
 
 log = logging.getLogger("qlayer.daemon")
 
@@ -56,25 +57,50 @@ class Assignment:
 
 
 class WorkerHandle:
-    """One warm worker process and what it is doing."""
+    """One warm worker process and what it is doing.
+
+    Forked by the daemon's zygote when it has one (:mod:`qlayer.local.zygote`: no lock
+    of the daemon's threads can be held in it), else forked here by multiprocessing.
+    """
 
     def __init__(
-        self, ctx: Any, home: Home, local_memory_mb: int, lock_fd: int | None = None
+        self,
+        ctx: Any,
+        home: Home,
+        local_memory_mb: int,
+        lock_fd: int | None = None,
+        zygote: Zygote | None = None,
     ) -> None:
-        parent_conn, child_conn = multiprocessing.Pipe(duplex=True)
-        self.conn: Connection = parent_conn
-        self.process = ctx.Process(
-            target=worker_main,
-            args=(child_conn, str(home.artifacts), str(home.scratch), local_memory_mb, lock_fd),
-            # Not daemonic: multiprocessing forbids daemonic processes to have children,
-            # and stages may use multiprocessing themselves. Workers still never outlive
-            # the daemon: it kills them on exit, and PR_SET_PDEATHSIG when it is killed.
-            daemon=False,
-        )
-        self.process.start()
-        child_conn.close()
+        self.process: Any
+        self.conn: Connection
+        args = (str(home.artifacts), str(home.scratch), local_memory_mb, lock_fd)
+        spawned = None
+        if zygote is not None:
+            try:
+                spawned = zygote.spawn({"args": list(args)})
+            except ZygoteError as exc:  # it was killed: fork here rather than not at all
+                log.warning("%s; forking the worker from the daemon", exc)
+        if spawned is not None:
+            self.process, self.conn = spawned
+        else:
+            parent_conn, child_conn = multiprocessing.Pipe(duplex=True)
+            self.conn = parent_conn
+            self.process = ctx.Process(
+                target=worker_main,
+                args=(child_conn, *args),
+                # Not daemonic: multiprocessing forbids daemonic processes to have
+                # children, and stages may use multiprocessing themselves. Workers still
+                # never outlive the daemon: it kills them on exit, and PR_SET_PDEATHSIG
+                # when it is killed.
+                daemon=False,
+            )
+            self.process.start()
+            child_conn.close()
         self.busy: Assignment | None = None
         self.message_id = 0
+        #: The program environment this worker runs (:mod:`qlayer.local.envs`) once a
+        #: stage of one ran here; None: the base only.
+        self.env: str | None = None
 
     def send(self, message: dict[str, Any], assignment: Assignment) -> None:
         self.message_id += 1
@@ -90,6 +116,8 @@ class WorkerHandle:
         self.process.join(timeout=5)
         self.conn.close()
         procs.reap(members)  # orphans of the worker come to the daemon (a subreaper)
+        if isinstance(self.process, ChildProcess):
+            self.process.close()  # its pidfd
 
 
 class WorkerPool:
@@ -101,10 +129,19 @@ class WorkerPool:
         local_memory_mb: The machine's memory for stages (the planner's local limit).
         lock_fd: The daemon's lock file descriptor (workers drop it, see
             :func:`qlayer.local.worker.release_daemon_lock`).
+        zygote: Where workers are forked (:mod:`qlayer.local.zygote`); None: here.
     """
 
-    def __init__(self, home: Home, size: int, local_memory_mb: int, lock_fd: int | None) -> None:
+    def __init__(
+        self,
+        home: Home,
+        size: int,
+        local_memory_mb: int,
+        lock_fd: int | None,
+        zygote: Zygote | None = None,
+    ) -> None:
         self.home = home
+        self.zygote = zygote
         self.size = size
         self.local_memory_mb = local_memory_mb
         self.lock_fd = lock_fd
@@ -117,7 +154,9 @@ class WorkerPool:
         self._record()
 
     def _spawn(self) -> WorkerHandle:
-        return WorkerHandle(self._ctx, self.home, self.local_memory_mb, self.lock_fd)
+        return WorkerHandle(
+            self._ctx, self.home, self.local_memory_mb, self.lock_fd, zygote=self.zygote
+        )
 
     def _record(self) -> None:
         procs.record_groups(self.home.workers_file, [w.process.pid for w in self.workers])
@@ -137,13 +176,35 @@ class WorkerPool:
             if worker.busy is None and worker.process.is_alive():
                 yield worker
 
-    def replace(self, worker: WorkerHandle) -> None:
-        """Kill ``worker`` and fork a fresh one in its place."""
+    def replace(self, worker: WorkerHandle) -> WorkerHandle | None:
+        """Kill ``worker`` and fork a fresh one in its place (returned; None if it had
+        been replaced already)."""
         worker.kill()
         if worker not in self.workers:
-            return  # already replaced
-        self.workers[self.workers.index(worker)] = self._spawn()
+            return None  # already replaced
+        fresh = self._spawn()
+        self.workers[self.workers.index(worker)] = fresh
         self._record()
+        return fresh
+
+    def pick(self, idle: list[WorkerHandle], env: str | None) -> WorkerHandle:
+        """The idle worker for a stage of a job with environment ``env`` (None: the base).
+
+        One that runs that environment already; else one that runs none yet (the stage
+        gives it ``env``); else an idle worker of another environment, replaced by a fresh
+        one: a worker never runs stages of two environments, nor of an environment and
+        the base, so one program's packages never reach another's.
+        """
+        if env is not None:
+            for worker in idle:
+                if worker.env == env:
+                    return worker
+        for worker in idle:
+            if worker.env is None:
+                return worker
+        fresh = self.replace(idle[0])
+        assert fresh is not None
+        return fresh
 
     def stop_job(self, job_id: str) -> list[Assignment]:
         """Kill the workers running anything of ``job_id``; what they were running."""

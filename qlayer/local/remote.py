@@ -25,7 +25,6 @@ import socket
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,18 +36,22 @@ from qlayer.dispatch import (
     RateLimits,
     SubmissionEnded,
     admit,
+    batches,
     cancel_once,
     end,
     follow,
     submit_once,
     with_retries,
 )
+from qlayer.dispatch.batches import Shares
 from qlayer.interpreter import Decision
 from qlayer.local.ledger import SqliteLedger
+from qlayer.local.remote_batches import BatchPump
+from qlayer.local.remote_work import BatchWork, RemoteConfig, RemoteWork
 from qlayer.providers.base import ProviderError
 from qlayer.request import decode_request
 from qlayer.status import JobStatus
-from qlayer.steps import note
+from qlayer.steps import held_group, note
 from qlayer.store.base import ArtifactStore
 
 log = logging.getLogger("qlayer.daemon")
@@ -56,68 +59,7 @@ log = logging.getLogger("qlayer.daemon")
 OnDecision = Callable[[str, int, Decision], None]
 
 
-def _env_float(name: str, default: float) -> float:
-    value = os.environ.get(name)
-    return float(value) if value else default
-
-
-@dataclass
-class RemoteConfig:
-    """How the daemon drives QPU services. From the environment:
-
-    * ``QLAYER_QPU_TIMEOUT_S`` (7 days): an execute step whose provider job has not
-      completed this long after the step was queued ends the job in ERROR (and the
-      provider job is cancelled): a completion that never arrives is never a hang;
-    * ``QLAYER_QPU_POLL_S`` (5 s): time between two polls of one provider job;
-    * ``QLAYER_QPU_POLLS_PER_S`` (10): polls per second per provider (token bucket);
-    * ``QLAYER_QPU_RETRIES`` (5) and ``QLAYER_QPU_RETRY_BASE_S`` (1 s): backoff of a
-      retryable provider error (throttling, transient network) within one call;
-    * ``QLAYER_QPU_RETRY_LATER_S`` (30 s): when a call still fails after its retries,
-      try again this much later (the timeout above bounds it all);
-    * ``QLAYER_PROVIDER_THREADS`` (8): threads making provider calls.
-    """
-
-    timeout_s: float = 7 * 24 * 3600.0
-    poll_s: float = 5.0
-    polls_per_s: float = 10.0
-    retries: int = 5
-    retry_base_s: float = 1.0
-    retry_later_s: float = 30.0
-    threads: int = 8
-
-    @classmethod
-    def from_env(cls) -> RemoteConfig:
-        return cls(
-            timeout_s=_env_float("QLAYER_QPU_TIMEOUT_S", cls.timeout_s),
-            poll_s=_env_float("QLAYER_QPU_POLL_S", cls.poll_s),
-            polls_per_s=_env_float("QLAYER_QPU_POLLS_PER_S", cls.polls_per_s),
-            retries=int(_env_float("QLAYER_QPU_RETRIES", cls.retries)),
-            retry_base_s=_env_float("QLAYER_QPU_RETRY_BASE_S", cls.retry_base_s),
-            retry_later_s=_env_float("QLAYER_QPU_RETRY_LATER_S", cls.retry_later_s),
-            threads=int(_env_float("QLAYER_PROVIDER_THREADS", cls.threads)),
-        )
-
-
-@dataclass
-class RemoteWork:
-    """One execute request waiting on a remote provider: the pump's memory of it (the
-    durable truth is the ledger entry)."""
-
-    key: str
-    job_id: str
-    seq: int
-    backend: str
-    request_key: str
-    queued_at: float  # the request's arrival: the timeout counts from here
-    phase: str = "submit"  # submit | poll
-    provider_job_id: str | None = None
-    next_at: float = 0.0
-    busy: bool = False  # a provider call for it is in flight on a thread
-    last_state: str | None = None
-    cancelled: bool = False
-
-
-class RemoteDispatcher:
+class RemoteDispatcher(BatchPump):
     """Submits remote execute requests exactly once, polls them, hands their results on.
 
     Args:
@@ -151,6 +93,9 @@ class RemoteDispatcher:
         self._threads_ledger = SqliteLedger(db)
         self.owner = f"daemon-{os.getpid()}-{secrets.token_hex(4)}"
         self.works: dict[str, RemoteWork] = {}
+        self.batches: dict[str, BatchWork] = {}
+        self._shares: dict[str, Shares] = {}
+        self._formed: dict[str, frozenset[str]] = {}  # backend -> the keys last grouped
         self.submits = RateLimiter(configured_limits())
         poll_limits = RateLimits(
             max_in_flight=10**9,
@@ -169,9 +114,10 @@ class RemoteDispatcher:
             max_workers=max(1, self.config.threads), thread_name_prefix="provider"
         )
         self._remote: dict[str, bool] = {}
-        #: Jobs whose requests hold a session/batch of their own -> the backend: closed by
-        #: the pump once the job has ended (done, failed or cancelled).
-        self.held: dict[str, str] = {}
+        #: Sessions/batches qlayer opened -> (backend, the job whose end closes it): a
+        #: job's own session, or a fan-out's batch (closed when the job that fanned out
+        #: ends; :func:`qlayer.steps.held_group`), closed by the pump once that job ended.
+        self.held: dict[str, tuple[str, str]] = {}
 
     # -- which backends -------------------------------------------------------------------
     def is_remote(self, backend: str | None) -> bool:
@@ -190,9 +136,9 @@ class RemoteDispatcher:
         assert decision.backend is not None and decision.request_key is not None
         key = f"{job_id}/{seq}"
         entry = self.ledger.hold(key, decision.backend, decision.request_key)
-        options = dict(self.store.get_json(decision.request_key).get("options") or {})
-        if options.get("mode") in ("session", "batch") and options.get("session_group") == job_id:
-            self.held[job_id] = decision.backend
+        held = held_group(self.store.get_json(decision.request_key), job_id)
+        if held is not None:
+            self.held[held[0]] = (decision.backend, held[1])
         work = self.works.get(key)
         if work is None:
             work = RemoteWork(
@@ -201,6 +147,9 @@ class RemoteDispatcher:
             if entry.provider_job_id is not None:
                 work.phase, work.provider_job_id = "poll", entry.provider_job_id
                 work.last_state = entry.state
+            work.batch = batches.batch_of(entry)
+            if work.batch is not None and entry.provider_job_id is None:
+                self.batches.setdefault(work.batch, BatchWork(work.batch, decision.backend))
             self.works[key] = work
         elif not work.busy:  # queued again: through submit_once again (it finds the id)
             work.phase, work.next_at = "submit", 0.0
@@ -222,7 +171,7 @@ class RemoteDispatcher:
         self._threads_ledger.close()
 
     def next_timeout(self, now: float) -> float | None:
-        times = []
+        times = [batch.next_at for batch in self.batches.values() if not batch.busy]
         for work in self.works.values():
             times.append(work.queued_at + self.config.timeout_s)
             if not work.busy:
@@ -248,6 +197,10 @@ class RemoteDispatcher:
         """
         self.ledger.expire_claims()
         for entry in self.ledger.entries_in(OPEN_STATES):
+            if batches.is_batch(entry.key):
+                # Not submitted yet, or submitted before its members got their shares.
+                self.batches.setdefault(entry.key, BatchWork(entry.key, entry.backend))
+                continue
             if entry.key in self.works:
                 continue
             if entry.outcome is not None:  # applied before the crash, or not: apply, end
@@ -262,6 +215,10 @@ class RemoteDispatcher:
         """Start the provider calls that are due, within each backend's limits."""
         now = self.clock()
         self._close_ended()
+        self._form_batches()
+        for batch in list(self.batches.values()):
+            if not batch.busy and batch.next_at <= now:
+                self._pump_batch(batch, now)
         for work in list(self.works.values()):
             if work.busy or work.cancelled:
                 continue
@@ -270,6 +227,8 @@ class RemoteDispatcher:
                 continue
             if work.next_at > now:
                 continue
+            if work.phase == "submit" and work.batch is not None:
+                continue  # its batch submits it
             if work.phase == "submit":
                 wait_s = admit(self.ledger, self.submits, work.key, work.backend)
                 if wait_s > 0:
@@ -291,22 +250,26 @@ class RemoteDispatcher:
         """Close the sessions/batches of jobs that have ended (on a provider thread)."""
         from qlayer.providers.registry import async_provider
 
-        for job_id, backend in list(self.held.items()):
-            record = self.jobs.find(job_id)
+        for group, (backend, owner) in list(self.held.items()):
+            record = self.jobs.find(owner)
             if record is not None and not record.status.is_final:
                 continue
-            if any(w.job_id == job_id and w.busy for w in self.works.values()):
+            if any(
+                w.busy and (w.job_id == owner or w.job_id.startswith(owner + "_"))
+                for w in self.works.values()
+            ):
                 continue  # a call in flight may still open one: close after it
-            del self.held[job_id]
+            del self.held[group]
 
-            def close(job_id: str = job_id, backend: str = backend) -> dict[str, float | None]:
-                return self._retry(lambda: async_provider(backend).close_group(job_id))
+            def close(group: str = group, backend: str = backend) -> dict[str, float | None]:
+                return self._retry(lambda: async_provider(backend).close_group(group))
 
-            self._call(f"{job_id}/close", "close", close)
+            self._call(f"{owner}/close", "close", close)
 
     def _forget(self, work: RemoteWork) -> None:
         self.works.pop(work.key, None)
-        for other in self.works.values():  # a slot may have come back: wake who waits for one
+        waiting: list[RemoteWork | BatchWork] = [*self.works.values(), *self.batches.values()]
+        for other in waiting:  # a slot may have come back: wake who waits for one
             if other.backend == work.backend and other.next_at == float("inf"):
                 other.next_at = 0.0
 
@@ -329,16 +292,16 @@ class RemoteDispatcher:
     def _retry(self, fn: Callable[[], Any]) -> Any:
         return with_retries(fn, self.config.retries, self.config.retry_base_s, max_delay=60.0)
 
-    def _submit_call(self, work: RemoteWork) -> Callable[[], str]:
+    def _submit_call(self, work: RemoteWork) -> Callable[[], tuple[str, list[str]]]:
         from qlayer.providers.registry import async_provider
 
         key, backend, request_key = work.key, work.backend, work.request_key
         store, ledger, owner = self.store, self._threads_ledger, self.owner
 
-        def submit() -> str:
+        def submit() -> tuple[str, list[str]]:
             provider = async_provider(backend)
             request = decode_request(store.get_json(request_key))
-            return submit_once(
+            provider_job_id = submit_once(
                 ledger,
                 provider,
                 key,
@@ -348,26 +311,25 @@ class RemoteDispatcher:
                 owner=owner,
                 retry=self._retry,
             )
+            return provider_job_id, provider.take_notes(key)
 
         return submit
 
     def _poll_call(self, work: RemoteWork) -> Callable[[], Any]:
-        from qlayer.providers.registry import async_provider
-
         key, backend, store, ledger = work.key, work.backend, self.store, self._threads_ledger
 
+        shares = self._shares_for(backend)
+
         def poll() -> tuple[Any, Decision | None]:
-            return follow(ledger, async_provider(backend), store, key, retry=self._retry)
+            return follow(ledger, shares, store, key, retry=self._retry)
 
         return poll
 
     def _cancel_call(self, key: str, backend: str) -> Callable[[], str | None]:
-        from qlayer.providers.registry import async_provider
-
-        ledger = self._threads_ledger
+        ledger, shares = self._threads_ledger, self._shares_for(backend)
 
         def cancel() -> str | None:
-            return cancel_once(ledger, async_provider(backend), key, retry=self._retry)
+            return cancel_once(ledger, shares, key, retry=self._retry)
 
         return cancel
 
@@ -397,6 +359,9 @@ class RemoteDispatcher:
                 event = Event(None, None, "sessions closed", detail)
             self.jobs.add_event(job_id, event)
             return
+        if kind == "batch":
+            self._batch_replied(key, outcome, error)
+            return
         if kind == "cancel":
             if error is not None:
                 event = Event(None, "execute", "provider cancel failed", {"message": str(error)})
@@ -418,15 +383,29 @@ class RemoteDispatcher:
         if error is not None:
             self._call_failed(work, kind, error, now)
         elif kind == "submit":
-            self._submitted(work, str(outcome), now)
+            provider_job_id, notes = outcome
+            self._submitted(work, str(provider_job_id), now, notes)
         else:
             status, decision = outcome
             self._polled(work, status, decision, now)
 
-    def _submitted(self, work: RemoteWork, provider_job_id: str, now: float) -> None:
+    def _submitted(
+        self,
+        work: RemoteWork,
+        provider_job_id: str,
+        now: float,
+        notes: list[str],
+        *,
+        batch: tuple[str, int] | None = None,
+    ) -> None:
         first = work.provider_job_id != provider_job_id
         work.provider_job_id, work.phase = provider_job_id, "poll"
         work.next_at = now + self.config.poll_s
+        for text in notes:  # what the provider ran instead of what was asked, said once
+            note(self.store, work.job_id, work.seq, "execute", text)
+            self.jobs.add_event(
+                work.job_id, Event(work.seq, "execute", "execution mode", {"message": text})
+            )
         if not first:
             return
         self.jobs.update(
@@ -443,15 +422,17 @@ class RemoteDispatcher:
                     "backend": work.backend,
                     "provider_job_id": provider_job_id,
                     "idempotency_key": work.key,
+                    **({"coalesced": {"batch": batch[0], "requests": batch[1]}} if batch else {}),
                 },
             ),
         )
+        shared = f", shared by {batch[1]} requests ({batch[0]})" if batch else ""
         note(
             self.store,
             work.job_id,
             work.seq,
             "execute",
-            f"submitted to {work.backend}: provider job {provider_job_id} (key {work.key})",
+            f"submitted to {work.backend}: provider job {provider_job_id} (key {work.key}){shared}",
         )
 
     def _polled(self, work: RemoteWork, status: Any, decision: Decision | None, now: float) -> None:

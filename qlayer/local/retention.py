@@ -91,6 +91,9 @@ class PruneReport:
         jobs: Jobs pruned, children included.
         artifact_bytes: Disk the jobs' artifact folders used.
         programs: Program bundles no remaining job refers to (removed with them).
+        envs: Program environments removed (no job that has not ended uses them, and none
+            did within the age given; see :func:`qlayer.local.envs.prune_envs`).
+        env_bytes: Disk those environments used.
         dry_run: Nothing was removed.
     """
 
@@ -98,6 +101,8 @@ class PruneReport:
     jobs: int = 0
     artifact_bytes: int = 0
     programs: int = 0
+    envs: list[str] = field(default_factory=list)
+    env_bytes: int = 0
     dry_run: bool = False
 
     def to_json(self) -> dict[str, object]:
@@ -106,6 +111,8 @@ class PruneReport:
             "jobs": self.jobs,
             "artifact_bytes": self.artifact_bytes,
             "programs": self.programs,
+            "envs": self.envs,
+            "env_bytes": self.env_bytes,
             "dry_run": self.dry_run,
         }
 
@@ -114,7 +121,8 @@ class PruneReport:
         verb = "would reclaim" if self.dry_run else "reclaimed"
         return (
             f"{verb} {self.jobs} jobs in {len(self.roots)} trees, "
-            f"{self.artifact_bytes / 1e6:.1f} MB of artifacts, {self.programs} program bundles"
+            f"{self.artifact_bytes / 1e6:.1f} MB of artifacts, {self.programs} program bundles, "
+            f"{len(self.envs)} environments ({self.env_bytes / 1e6:.1f} MB)"
         )
 
 
@@ -205,6 +213,7 @@ def prune(
     job_ids: Iterable[str] | None = None,
     dry_run: bool = False,
     now: float | None = None,
+    envs: Path | None = None,
 ) -> PruneReport:
     """Remove the ended job trees that match the filters (see :func:`select_roots`).
 
@@ -215,6 +224,9 @@ def prune(
         statuses: Only trees whose top-level job ended in one of these.
         job_ids: Only these top-level jobs (each with its tree).
         dry_run: Report what would go; remove nothing.
+        envs: The home's environments folder: also remove environments. With
+            ``older_than_s``: those no job that has not ended uses, unused that long.
+            Without: those no job left refers to.
     """
     roots = select_roots(
         conn, older_than_s=older_than_s, statuses=statuses, job_ids=job_ids, now=now
@@ -255,6 +267,20 @@ def prune(
             report.programs += 1
             if not dry_run:
                 shutil.rmtree(folder, ignore_errors=True)
+    if envs is not None:
+        from qlayer.local.envs import prune_envs
+
+        # With an age: kept while a job that has not ended uses it, or one used it lately.
+        # Without (named jobs, statuses): kept while any job left refers to it.
+        only_live = f" AND status NOT IN {_FINAL_SQL}" if older_than_s is not None else ""
+        live = [
+            row[0]
+            for row in conn.execute(
+                f"SELECT DISTINCT env FROM jobs WHERE env IS NOT NULL{only_live}"
+            )
+        ]
+        gone = prune_envs(envs, live, older_than_s=older_than_s, dry_run=dry_run, now=now)
+        report.envs, report.env_bytes = gone.envs, gone.bytes
     return report
 
 
@@ -265,7 +291,7 @@ def apply_default_retention(home: Home, *, now: float | None = None) -> PruneRep
         return None
     conn = state.connect(home.db)
     try:
-        return prune(conn, home.artifacts, older_than_s=days * 86400, now=now)
+        return prune(conn, home.artifacts, older_than_s=days * 86400, now=now, envs=home.envs)
     finally:
         conn.close()
 

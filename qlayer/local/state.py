@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     children_total INTEGER NOT NULL DEFAULT 0,
     children_done INTEGER NOT NULL DEFAULT 0,
     fanout_seq INTEGER NOT NULL DEFAULT 0,
-    root_id TEXT                 -- the top-level job of its tree (itself, for one)
+    root_id TEXT,                -- the top-level job of its tree (itself, for one)
+    env TEXT                     -- its environment's id (qlayer.envs), NULL: the base
 );
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
 CREATE INDEX IF NOT EXISTS jobs_parent ON jobs (parent_id);
@@ -297,6 +298,7 @@ _ADDED_COLUMNS = (
     ("provider_ledger", "slot", "INTEGER NOT NULL DEFAULT 0"),
     ("provider_ledger", "heartbeat_s", "REAL"),
     ("provider_ledger", "heartbeat_at", "REAL NOT NULL DEFAULT 0"),
+    ("jobs", "env", "TEXT"),
 )
 
 #: The schema this code writes, as a number (``PRAGMA user_version``) derived from its text:

@@ -20,7 +20,7 @@ from typing import Any
 
 from qlayer import keys
 from qlayer.errors import ArtifactError
-from qlayer.local import procs
+from qlayer.local import envs, procs
 from qlayer.local.health import storage_fault
 from qlayer.planner import Resources
 from qlayer.program import ProgramCache
@@ -93,10 +93,21 @@ def release_daemon_lock(lock_fd: int | None) -> None:
 
 
 def worker_main(
-    conn: Connection, artifacts: str, scratch: str, local_memory_mb: int, lock_fd: int | None = None
+    conn: Connection,
+    artifacts: str,
+    scratch: str,
+    local_memory_mb: int,
+    lock_fd: int | None = None,
+    *,
+    watch_parent: bool = True,
 ) -> None:
-    """Serve requests from the daemon until the pipe closes."""
-    die_with_parent()
+    """Serve requests from the daemon until the pipe closes.
+
+    Args:
+        watch_parent: Ask to die with the parent (False when the zygote did it).
+    """
+    if watch_parent:
+        die_with_parent()
     release_daemon_lock(lock_fd)
     procs.lead_group()  # what a stage forks is in this group; the daemon kills it whole
     procs.become_subreaper()  # and what it orphans is re-parented here, to be reaped
@@ -131,7 +142,9 @@ def _handle(
     message: dict[str, Any], store: FolderStore, programs: ProgramCache, limits: Resources
 ) -> dict[str, Any]:
     if message["op"] == "stage":
-        job = JobInfo(**message["job"])
+        site = message.get("env_path")
+        job = JobInfo(**message["job"], env_paths=(site,) if site else ())
+        envs.activate(message.get("env"), site)
         try:
             workflow = programs.workflow(message["program_id"])
         except Exception as exc:

@@ -135,6 +135,13 @@ class AsyncProvider(ABC):
     def cancel(self, provider_job_id: str) -> None:
         """Cancel a queued or running job (no error if it already ended)."""
 
+    def take_notes(self, idempotency_key: str) -> list[str]:
+        """What the submission under ``idempotency_key`` made the provider decide that the
+        job should hear (an execution mode the service refused and what ran instead), once:
+        the notes are gone after this call. Default: none."""
+        del idempotency_key
+        return []
+
     def close_group(self, group: str) -> dict[str, float | None]:
         """Close what ``group`` (a qlayer job) holds open on the service: sessions and
         batches (IBM). Called when the job ends; queued jobs still run. Providers with no

@@ -26,6 +26,9 @@ Execution modes (``request.options["mode"]``, set by the stage step from
   ``qlayer-session:<group>`` so a fresh process (another Lambda) finds the open session
   and re-attaches with ``Session.from_id``, and :meth:`IbmProvider.close_group` closes
   them from anywhere when the qlayer job ends.
+- Open Plan: the service refuses sessions there (HTTP 403, "not authorized to run a session
+  when using the open plan"); a ``session`` request then runs in a batch of its group, and
+  the job is told once (:meth:`IbmProvider.take_notes`).
 
 ``max_execution_time`` (seconds of QPU time) comes from ``request.options`` or the
 provider default, and is passed to the primitive's options.
@@ -34,6 +37,7 @@ provider default, and is passed to the primitive's options.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -202,7 +206,12 @@ class IbmProvider(AsyncProvider):
         self._overridden = frozenset(self._classes)
         self._jobs: dict[str, Any] = {}  # jobs this process submitted or fetched
         self._modes: dict[tuple[str, str, str], Any] = {}  # (kind, backend, group) -> Session/Batch
+        self._modes_lock = threading.Lock()
         self._backends: dict[str, Any] = {}
+        #: The service refused a session because of the instance's plan (IBM's Open Plan):
+        #: session requests run in a batch from then on.
+        self.sessions_refused = False
+        self._notes: dict[str, list[str]] = {}  # idempotency key -> what the job should hear
 
     # ------------------------------------------------------------------ service
 
@@ -317,7 +326,7 @@ class IbmProvider(AsyncProvider):
             mode = (
                 device
                 if group is None
-                else self._open_mode(mode_name, backend, device, group, opts)
+                else self._open_mode(mode_name, backend, device, group, opts, idempotency_key)
             )
             options = self._options(request, device, tags, opts)
             kind = "sampler" if request.primitive == "sampler" else "estimator"
@@ -354,13 +363,23 @@ class IbmProvider(AsyncProvider):
         return options
 
     def _open_mode(
-        self, kind: str, backend: str, device: Any, group: str, opts: dict[str, Any]
+        self, kind: str, backend: str, device: Any, group: str, opts: dict[str, Any], key: str
     ) -> Any:
-        """The Session/Batch of ``group``: this process's, one found by tag, or a new one."""
+        """The Session/Batch of ``group``: this process's, one found by tag, or a new one.
+
+        A session the service refuses because of the instance's plan (IBM's Open Plan has
+        no session mode) becomes a batch: the group's requests still share one, and the
+        job hears it once (:meth:`take_notes`).
+        """
+        with self._modes_lock:  # siblings submitted on two threads share one
+            return self._open_mode_locked(kind, backend, device, group, opts, key)
+
+    def _open_mode_locked(
+        self, kind: str, backend: str, device: Any, group: str, opts: dict[str, Any], key: str
+    ) -> Any:
         cache_key = (kind, backend, group)
         if cache_key in self._modes:
             return self._modes[cache_key]
-        cls = self._cls(kind)
         session_id = opts.get("session_id")
         if session_id is None:
             earlier = self.service.jobs(
@@ -369,12 +388,44 @@ class IbmProvider(AsyncProvider):
             if earlier:
                 session_id = getattr(earlier[0], "session_id", None)
         if session_id:
-            mode = cls.from_id(session_id, service=self.service)
+            mode = self._attach(kind, str(session_id))
+        elif kind == "session" and self.sessions_refused:
+            mode = self._create("batch", device, opts)
         else:
-            max_time = opts.get("session_max_time")
-            mode = cls(backend=device, max_time=max_time) if max_time else cls(backend=device)
+            try:
+                mode = self._create(kind, device, opts)
+            except Exception as exc:
+                if kind != "session" or not refuses_sessions(exc):
+                    raise
+                self.sessions_refused = True
+                mode = self._create("batch", device, opts)
+                self._notes.setdefault(key, []).append(
+                    f"{backend}: the IBM Quantum plan of this instance refuses sessions "
+                    f"({exc}); the requests of {group} run in one batch instead "
+                    "(Open Plan allows job and batch mode)"
+                )
         self._modes[cache_key] = mode
         return mode
+
+    def _create(self, kind: str, device: Any, opts: dict[str, Any]) -> Any:
+        cls = self._cls(kind)
+        max_time = opts.get("session_max_time")
+        return cls(backend=device, max_time=max_time) if max_time else cls(backend=device)
+
+    def _attach(self, kind: str, session_id: str) -> Any:
+        """``Session.from_id`` / ``Batch.from_id``, whichever the service says the id is (a
+        group's session may have become a batch: :meth:`_open_mode`)."""
+        try:
+            return self._cls(kind).from_id(session_id, service=self.service)
+        except Exception as exc:
+            other = "batch" if kind == "session" else "session"
+            if "execution mode" not in str(exc):
+                raise
+            return self._cls(other).from_id(session_id, service=self.service)
+
+    def take_notes(self, idempotency_key: str) -> list[str]:
+        """What the job of ``idempotency_key``'s submission should be told (said once)."""
+        return self._notes.pop(idempotency_key, [])
 
     def close_sessions(self, group: str | None = None) -> None:
         """Close this process's sessions/batches (all, or one group's): queued jobs still run."""
@@ -394,10 +445,11 @@ class IbmProvider(AsyncProvider):
         queued ones still run. Returns each closed session's id and its usage (seconds).
         """
         modes = {}
-        for cache_key, mode in list(self._modes.items()):
-            if cache_key[2] == group:
-                modes[str(mode.session_id)] = mode
-                del self._modes[cache_key]
+        with self._modes_lock:
+            for cache_key, mode in list(self._modes.items()):
+                if cache_key[2] == group:
+                    modes[str(mode.session_id)] = mode
+                    del self._modes[cache_key]
         try:
             tagged = self.service.jobs(
                 job_tags=[SESSION_TAG + group], limit=self.lookup_limit, descending=True
@@ -405,9 +457,7 @@ class IbmProvider(AsyncProvider):
             for job in tagged:
                 session_id = getattr(job, "session_id", None)
                 if session_id and session_id not in modes:
-                    modes[session_id] = self._cls("session").from_id(
-                        session_id, service=self.service
-                    )
+                    modes[session_id] = self._attach("session", str(session_id))
             closed: dict[str, float | None] = {}
             for session_id, mode in modes.items():
                 mode.close()
@@ -490,6 +540,17 @@ class IbmProvider(AsyncProvider):
             if type(exc).__name__ == "RuntimeInvalidStateError":
                 return  # it ended between our look and the cancel
             raise classify(exc, f"cancelling job {provider_job_id}") from exc
+
+
+def refuses_sessions(exc: BaseException) -> bool:
+    """Whether the service refused to open a session because of the instance's plan.
+
+    IBM Quantum Platform answers an Open Plan instance's session request (``POST
+    /sessions`` in ``dedicated`` mode) with HTTP 403, "You are not authorized to run a
+    session when using the open plan."
+    """
+    text = str(exc).lower()
+    return "open plan" in text and "session" in text and _status_code(exc) in (None, 401, 403)
 
 
 def ibm_configured(*, injected: bool = False) -> bool:

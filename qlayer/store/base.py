@@ -42,6 +42,10 @@ class ArtifactStore(ABC):
     def append_text(self, key: str, text: str) -> None:
         """Append ``text`` to a log object (S3: read-modify-write, logs only)."""
 
+    def delete(self, key: str) -> None:
+        """Remove ``key`` (nothing if it does not exist). Stores that cannot say so."""
+        raise ArtifactError(f"{type(self).__name__} cannot delete artifacts")
+
     # -- helpers built on the five methods -------------------------------------------
     def put_json(self, key: str, value: Any) -> None:
         self.put_bytes(key, json.dumps(value, separators=(",", ":")).encode())

@@ -107,6 +107,14 @@ class FolderStore(ArtifactStore):
         except OSError as exc:
             raise self._refused(key, exc) from exc
 
+    def delete(self, key: str) -> None:
+        try:
+            self.path(key).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise self._refused(key, exc) from exc
+
     def remove_tree(self, prefix: str) -> None:
         """Delete every artifact under ``prefix`` (a folder; local only, for cleanup)."""
         import shutil

@@ -116,6 +116,10 @@ def segments(
         if name == "submitted" and stage != "execute":
             # the job itself was submitted: its first stage waits for a worker
             begin(Segment(seq, stage, "queued", at, note="waiting for a worker"))
+        elif name == "building environment":  # its program environment is being built
+            begin(Segment(seq, stage, "queued", at, note="building its environment"))
+        elif name == "environment ready":
+            begin(Segment(seq, stage, "queued", at, note="waiting for a worker"))
         elif name == "started":
             if stage == "execute":  # AWS: a simulator execute runs as a step of its own
                 begin(Segment(seq, "execute", "execute", at, note=_note(detail)))

@@ -38,6 +38,14 @@ def test_create_is_create_only_and_records_submission(jobs):
     assert jobs.timeline("j1")[0]["detail"] == {"backend": "aer"}
 
 
+def test_a_jobs_environment_is_recorded(jobs):
+    env = "0123456789abcdef0123456789abcdef"
+    jobs.create(new("with-env", env=env))
+    jobs.create(new("no-env"))
+    assert jobs.get("with-env").env == env
+    assert jobs.get("no-env").env is None
+
+
 def test_missing_jobs(jobs):
     with pytest.raises(JobNotFound):
         jobs.get("nope")

@@ -109,11 +109,13 @@ def test_exactly_one_call_per_finished_job_across_a_daemon_kill(client, receiver
     markers.mkdir()
     side = tmp_path / "side.log"
     args = {"side": str(side), "markers": str(markers), "wait_at": "measure"}
-    # Two workers: two stages held mid-run when the daemon dies.
-    jobs = [client.run(CHAIN, args, notify=[receiver.url]) for _ in range(2)]
+    # The quick jobs first: once both chains hold the two workers in "measure" (waiting
+    # for the go file), a quick job still queued could not run until the kill.
     quick = [client.run(TRIVIAL, {"x": i}, notify=[receiver.url]) for i in range(3)]
     for job in quick:
         job.result(timeout=120)
+    # Two workers: two stages held mid-run when the daemon dies.
+    jobs = [client.run(CHAIN, args, notify=[receiver.url]) for _ in range(2)]
     for job in jobs:
         helpers.wait_file(markers / f"{job.job_id}.measure.started", "measure to start")
     # The quick jobs' notifications may or may not have gone out when the daemon dies.

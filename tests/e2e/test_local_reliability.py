@@ -155,7 +155,8 @@ def test_worker_killed_mid_stage_is_retried(client, side, markers):
     assert starts(side, job.job_id, "prepare") == 1
     assert not helpers.alive(worker)
     # replaced: two workers again, beside the admission worker (qlayer.local.admission)
-    assert len(helpers.children_of(client.daemon_pid())) == 3
+    # and the zygote that forks them (qlayer.local.zygote)
+    assert len(helpers.children_of(client.daemon_pid())) == 4
 
 
 @pytest.mark.slow

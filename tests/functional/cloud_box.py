@@ -9,6 +9,8 @@ plugin (``provider_plugins="fakeqpu=fake_qpu:FakeQpu"``), and ``env_name="short"
 is created over the main one's resources for the QPU timeout test. The fake QPU's code
 (tests/e2e/programs) and its state folder (``QLAYER_FAKE_QPU_DIR``) are baked into the
 runner image by the box's options: the provider's service is not stack configuration.
+So is the ``qiskit_serverless`` overlay the runner image installs for Qiskit Serverless
+functions (``QLAYER_SERVERLESS_OVERLAY``, tests/support/serverless_envs.py).
 """
 
 from __future__ import annotations
@@ -50,10 +52,16 @@ def synthesize_stacks(outdir: Path) -> dict[str, Synthesis]:
 @contextmanager
 def running_box(stacks: dict[str, Synthesis], workdir: Path) -> Iterator[CloudBox]:
     """The main stack's box, with the "short" state machine beside it (``box.short_arn``)."""
+    from serverless_envs import overlay_folder
+
     fake_qpu_dir = workdir / "fake-qpu"
     options = BoxOptions(
         plugins=[FAKE_QPU_CODE],
-        image_env={"QLAYER_FAKE_QPU_DIR": str(fake_qpu_dir)},
+        image_env={
+            "QLAYER_FAKE_QPU_DIR": str(fake_qpu_dir),
+            # What layers/runner/Dockerfile installs: qiskit_serverless for functions' jobs.
+            "QLAYER_SERVERLESS_OVERLAY": str(overlay_folder()),
+        },
         max_processes=3,
         schedule_speedup=SCHEDULE_SPEEDUP,
     )

@@ -31,6 +31,8 @@ from qlayer.cloudbox.server import REGION
 STACK = "Qlayer"
 TINY = PROGRAMS / "aws_tiny.py"
 ISA = PROGRAMS / "aws_isa.py"
+ISA_FAN = PROGRAMS / "aws_isa_fan.py"
+BASIS = PROGRAMS / "aws_basis.py"
 LIMIT = 8
 RATE_LIMITS = {"fakeqpu": {"max_in_flight": LIMIT, "submits_per_s": 1000, "burst": 1000}}
 #: The poller's rate(1 minute) fires every second here (the box's only time compression).
@@ -346,6 +348,120 @@ def test_a_finished_ibm_session_job_closes_its_session(box: CloudBox, cloud: Any
         timeout=180,
     )
     until("its usage", lambda: job.usage()["session_seconds"] == 2.0, timeout=60)
+
+
+def test_a_fan_outs_ibm_batch_is_closed_when_the_job_ends(
+    box: CloudBox, cloud: Any, ibm: Any
+) -> None:
+    """The items of a fan-out share one runtime batch (group ``<job>_<seq>``); the
+    dispatcher notes it on the parent, and the parent's Finalise has the batch closed."""
+    job = cloud.run(ISA_FAN, {"shots": 50, "items": 2})
+    row = finish(box, job, timeout=600)
+    assert row["status"] == "DONE", (row["message"], box.function_log("dispatcher")[-2000:])
+    assert [sum(c.values()) for c in job.result(wait=False)["counts"]] == [50, 50]
+    runtime_jobs = ibm.store.jobs(tags=[f"qlayer-session:{job.job_id}_1"])[0]
+    assert 1 <= len(runtime_jobs) <= 2  # the two items' requests may share one (coalescing)
+    [batch_id] = {runtime_job["session_id"] for runtime_job in runtime_jobs}
+    assert ibm.store.session(batch_id)["mode"] == "batch"
+    until(
+        "the batch to close",
+        lambda: not ibm.store.session(batch_id)["accepting_jobs"],
+        timeout=180,
+    )
+    until(
+        "the job's note of it",
+        lambda: any(e["event"] == "sessions closed" for e in job.timeline()),
+        timeout=60,
+    )
+
+
+def _behind_held_blockers(cloud: Any, ibm: Any, n: int, *, hold: int = 3) -> tuple[list, list]:
+    """IBM's three slots taken by held runtime jobs of seeded requests (which never merge);
+    ``n`` small unseeded requests wait in the tasks table behind them."""
+    creations = ibm.job_creations()
+    ibm.hold_next(count=hold)
+    blockers = [cloud.run(BASIS, {"k": 7, "shots": 20, "seed": i}) for i in range(3)]
+    until(
+        "the three held runtime jobs",
+        lambda: ibm.job_creations() == creations + 3,
+        timeout=600,
+    )
+    jobs = [cloud.run(BASIS, {"k": k, "shots": 50}) for k in range(n)]
+    until(
+        f"the {n} requests held back",
+        lambda: all(
+            (entry := cloud.services.ledger.get(f"{job.job_id}/1")) is not None
+            and entry.state == "WAITING"
+            for job in jobs
+        ),
+        timeout=600,
+    )
+    return blockers, jobs
+
+
+def _shared_jobs(ibm: Any) -> list[dict[str, Any]]:
+    runtime_jobs = ibm.store.jobs()[0]
+    return [j for j in runtime_jobs if any(t.startswith("coalesced/") for t in j["tags"])]
+
+
+def test_requests_queued_for_ibm_share_one_runtime_job(box: CloudBox, cloud: Any, ibm: Any) -> None:
+    """Coalescing on the AWS path: when a slot comes back the poller's drain merges the
+    waiting requests into one runtime job, and each job gets its own PUB's counts."""
+    creations = ibm.job_creations()
+    blockers, jobs = _behind_held_blockers(cloud, ibm, 4)
+    for held in ibm.store.jobs(pending=True)[0]:
+        ibm.release(held["id"])
+    for k, job in enumerate(jobs):
+        row = finish(box, job, timeout=600)
+        assert row["status"] == "DONE", (row["message"], box.function_log("poller")[-2000:])
+        result = job.result(wait=False)
+        assert result["counts"] == {format(k, "03b"): 50}, (k, result)
+        assert result["coalesced"] == 4
+    assert ibm.job_creations() == creations + 4  # three blockers, one for the four
+    assert len(_shared_jobs(ibm)) >= 1
+    for blocker in blockers:
+        assert finish(box, blocker, timeout=300)["status"] == "DONE"
+    [submitted] = [
+        e for e in jobs[0].timeline() if e["event"] == "submitted" and e["stage"] == "execute"
+    ]
+    assert submitted["detail"]["coalesced"]["requests"] == 4
+
+
+def test_cancelling_one_coalesced_request_leaves_the_runtime_job_to_the_others(
+    box: CloudBox, cloud: Any, ibm: Any
+) -> None:
+    before = {j["id"] for j in _shared_jobs(ibm)}
+    blockers, jobs = _behind_held_blockers(cloud, ibm, 3, hold=4)  # the shared job held too
+    for held in ibm.store.jobs(pending=True)[0]:
+        ibm.release(held["id"])
+    until("the shared runtime job", lambda: [j for j in _shared_jobs(ibm) if j["id"] not in before])
+    [shared] = [j for j in _shared_jobs(ibm) if j["id"] not in before]
+    until(
+        "every request's share",
+        lambda: all(
+            (cloud.services.ledger.get(f"{job.job_id}/1").provider_job_id or "").startswith(
+                "coalesced/"
+            )
+            for job in jobs
+        ),
+        timeout=300,
+    )
+    assert jobs[1].cancel() is True
+    until(
+        "the cancelled request's entry to end",
+        lambda: cloud.services.ledger.get(f"{jobs[1].job_id}/1").state == "CANCELLED",
+        timeout=180,
+    )
+    assert ibm.store.job(shared["id"])["status"] in ("Queued", "Running")
+    ibm.release(shared["id"])
+    for k in (0, 2):
+        row = finish(box, jobs[k], timeout=600)
+        assert row["status"] == "DONE", row["message"]
+        assert jobs[k].result(wait=False)["counts"] == {format(k, "03b"): 50}
+    assert ibm.store.job(shared["id"])["status"] == "Completed"
+    assert jobs[1].status().value == "CANCELLED"
+    for blocker in blockers:
+        finish(box, blocker, timeout=300)
 
 
 def test_braket_local_runs_as_a_simulator(box: CloudBox, cloud: Any) -> None:

@@ -75,3 +75,29 @@ def test_a_secret_that_is_not_a_json_object_is_refused(secret_arn):
     boto3.client("secretsmanager").put_secret_value(SecretId=secret_arn, SecretString="[1, 2]")
     with pytest.raises(ValueError, match="JSON object"):
         secrets.provider_settings(secret_arn)
+
+
+@pytest.mark.moto
+def test_the_gateway_token_is_read_from_its_secret_and_kept_a_few_minutes(monkeypatch):
+    """The gateway's token: read on first use, kept ``max_age_s``, then read again (a put
+    of a new value reaches warm functions); an empty secret matches nothing."""
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    secrets._TOKENS.clear()
+    now = [1000.0]
+    with mock_aws():
+        client = boto3.client("secretsmanager")
+        arn = client.create_secret(Name="qlayer/gateway-token", SecretString="first-token")["ARN"]
+        read = lambda: secrets.gateway_token(arn, client, clock=lambda: now[0])  # noqa: E731
+        assert read() == b"first-token"
+        client.put_secret_value(SecretId=arn, SecretString="second-token")
+        now[0] += secrets.GATEWAY_TOKEN_MAX_AGE_S - 1
+        assert read() == b"first-token"
+        now[0] += 2
+        assert read() == b"second-token"
+        client.put_secret_value(SecretId=arn, SecretString="  ")
+        now[0] += secrets.GATEWAY_TOKEN_MAX_AGE_S
+        with pytest.raises(ValueError, match="holds no gateway token"):
+            read()
+    secrets._TOKENS.clear()

@@ -48,3 +48,30 @@ def test_values_and_prefix(aws):
     assert store.list("jobs/") == ["jobs/a/result.json"]
     with pytest.raises(ArtifactError):
         store.put_bytes("../escape", b"")
+
+
+def test_delete_removes_one_key(aws):
+    """moto: delete removes the key (the Serverless gateway's file delete), others stay."""
+    store = aws.store
+    store.put_bytes("serverless/files/_/f/a.txt", b"a")
+    store.put_bytes("serverless/files/_/f/b.txt", b"b")
+    store.delete("serverless/files/_/f/a.txt")
+    store.delete("serverless/files/_/f/missing.txt")  # nothing to delete: no error
+    assert store.list("serverless/files/_/f/") == ["serverless/files/_/f/b.txt"]
+
+
+def test_download_file_is_bounded_and_upload_file_round_trips(aws, tmp_path):
+    """moto: an object larger than the bound is refused before any byte is written."""
+    store = aws.store
+    (tmp_path / "up.bin").write_bytes(b"x" * 5000)
+    store.upload_file("envs/abcdefabcdefabcd/env.tar.gz", tmp_path / "up.bin")
+    assert store.size("envs/abcdefabcdefabcd/env.tar.gz") == 5000
+    assert store.size("envs/abcdefabcdefabcd/none") is None
+    got = tmp_path / "down.bin"
+    assert store.download_file("envs/abcdefabcdefabcd/env.tar.gz", got, max_bytes=5000) == 5000
+    assert got.read_bytes() == b"x" * 5000
+    with pytest.raises(ArtifactError, match="larger than the limit of 4999 bytes"):
+        store.download_file("envs/abcdefabcdefabcd/env.tar.gz", tmp_path / "no", max_bytes=4999)
+    assert not (tmp_path / "no").exists()
+    with pytest.raises(ArtifactError, match="does not exist"):
+        store.download_file("envs/abcdefabcdefabcd/none", tmp_path / "no", max_bytes=10)

@@ -591,3 +591,248 @@ def test_a_circuit_and_an_array_as_arguments(box: CloudBox, cloud: Any) -> None:
         "file": f"jobs/{job.job_id}/input-0.npy",
     }
     assert cloud.services.store.exists(keys.job_prefix(job.job_id) + "input-0.npy")
+
+
+# -- program environments (issue 10) ----------------------------------------------------------
+PENDULUM = PROGRAMS / "aws_pendulum.py"
+GONE = PROGRAMS / "aws_gone_package.py"
+
+
+def _env_builds(box: CloudBox) -> list[Any]:
+    assert box.batch is not None
+    return [r for r in box.batch.runs if r.command[:3] == ["python", "-m", "qlayer.aws.env_build"]]
+
+
+def _events(job: Any) -> list[str]:
+    return [e["event"] for e in job.timeline()]
+
+
+def test_a_program_needing_pendulum_runs_to_done_and_its_lock_builds_once(
+    box: CloudBox, cloud: Any
+) -> None:
+    """pendulum is in neither the base nor the runner image: the first job builds its
+    environment on Batch (BUILDING), every stage runner (Lambda, a fan-out's children, Batch)
+    imports it from there; a second job of the same lock starts with no build."""
+    from qlayer import keys
+
+    before = len(_env_builds(box))
+    job = cloud.run(PENDULUM, {})
+    env = cloud.services.jobs.get(job.job_id).env
+    assert env and cloud.services.store.exists(keys.env_lock(env))
+    row = finish(box, job, timeout=400)
+    assert row["status"] == "DONE", row["message"]
+    result = job.result(wait=False)
+    assert result["offsets"] == {"Europe/Paris": 2, "Asia/Tokyo": 9}
+    assert "/qlayer-envs/" in result["file"]  # unpacked by the Batch stage runner
+    states = box.entered_states(job.job_id)
+    assert states[:4] == [
+        "Load job",
+        "Environment ready?",
+        "Build environment",
+        "Check environment",
+    ]
+    assert "Run stage on Batch" in states
+    events = _events(job)
+    assert events.index("building environment") < events.index("environment ready")
+    assert events.index("environment ready") < events.index("started")
+    (build,) = _env_builds(box)[before:]
+    assert build.name == f"{job.job_id}-env" and build.exit_code == 0
+    built = cloud.services.store.get_json(keys.env_built(env))
+    assert [p.split("==")[0] for p in built["packages"]].count("pendulum") == 1
+    assert cloud.services.store.get_json(keys.ENV_BASE)["python"] == "3.11"
+    for child in job.children():
+        assert cloud.services.jobs.get(child.job_id).env == env
+        assert "Build environment" not in box.entered_states(child.job_id)
+
+    again = cloud.run(PENDULUM, {"zones": ["America/New_York"]})
+    assert cloud.services.jobs.get(again.job_id).env == env
+    row = finish(box, again, timeout=300)
+    assert row["status"] == "DONE", row["message"]
+    assert again.result(wait=False)["offsets"] == {"America/New_York": -4}
+    assert "Build environment" not in box.entered_states(again.job_id)
+    assert len(_env_builds(box)) == before + 1  # no second build of the same lock
+    ready = [e for e in again.timeline() if e["event"] == "environment ready"]
+    assert ready[0]["detail"]["build"] == "skipped"
+    assert "building environment" not in _events(again)
+
+
+def test_a_job_without_requirements_sees_no_environment(box: CloudBox, cloud: Any) -> None:
+    job = cloud.run(PROGRAMS / "aws_no_requirements.py", {})
+    assert job.result(timeout=240) == {"pendulum": None}
+    assert cloud.services.jobs.get(job.job_id).env is None
+    assert "Build environment" not in box.entered_states(job.job_id)
+
+
+def test_a_bad_requirement_fails_at_submit_or_in_the_build_with_the_installers_reason(
+    box: CloudBox, cloud: Any
+) -> None:
+    """No such package: refused at submit (the resolver's reason). A lock whose pin no
+    longer installs (resolved before, gone from the index since): the build fails, the job
+    ends in ERROR with uv's message before any stage runs, and a second job of that lock
+    fails the same way without building again (for FAILURE_TTL_S)."""
+    from qlayer import keys
+    from qlayer.aws.envs import stack_base
+    from qlayer.envs import Lock, check_requirements, spec_hash
+    from qlayer.errors import RequirementError
+
+    with pytest.raises(RequirementError, match="qlayer-test-gone-package") as refused:
+        cloud.run(GONE, {})
+    assert "not found" in str(refused.value) or "No solution" in str(refused.value)
+
+    store = cloud.services.store
+    wanted = check_requirements(["qlayer-test-gone-package==1.0"])
+    base = stack_base(store)
+    lock = Lock(wanted, install=wanted, base=base.identity())
+    store.put_json(keys.env_lock(lock.hash), lock.to_json())
+    store.put_json(
+        keys.env_resolution(spec_hash(wanted, base)),
+        {"env": lock.hash, "requirements": list(wanted)},
+    )
+    before = len(_env_builds(box))
+    job = cloud.run(GONE, {})
+    row = finish(box, job, timeout=300)
+    assert row["status"] == "ERROR" and row["error_type"] == "EnvBuildError"
+    assert "qlayer-test-gone-package" in row["message"], row["message"]
+    assert "building the program's environment failed" in row["message"]
+    states = box.entered_states(job.job_id)
+    assert "Build environment" in states and not [s for s in states if "stage" in s]
+    assert "started" not in _events(job)
+    assert len(_env_builds(box)) == before + 1
+
+    again = cloud.run(GONE, {})
+    row = finish(box, again, timeout=120)
+    assert row["status"] == "ERROR" and row["error_type"] == "EnvBuildError"
+    assert "Build environment" not in box.entered_states(again.job_id)
+    assert len(_env_builds(box)) == before + 1
+
+
+# -- the Qiskit Serverless gateway behind API Gateway (issue 11) ----------------------------
+SERVERLESS_FUNCTIONS = PROGRAMS.parents[1] / "e2e" / "serverless_functions"
+SERVERLESS_NOTEBOOK = PROGRAMS.parent / "serverless_notebook.py"
+
+
+def gateway_token(box: CloudBox) -> str:
+    """The token as a user reads it after a deploy: from the secret the output names."""
+    arn = box.outputs["GatewayTokenSecretArn"]
+    return str(box.client("secretsmanager").get_secret_value(SecretId=arn)["SecretString"])
+
+
+def client_notebook(*args: str, tmp_path: Any) -> dict[str, Any]:
+    """Run tests/functional/serverless_notebook.py with the real client, in its own venv."""
+    import os
+    import subprocess
+
+    from serverless_envs import client_python
+
+    out = tmp_path / f"seen-{len(list(tmp_path.iterdir()))}.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PYTHONPATH"))}
+    done = subprocess.run(
+        [str(client_python()), str(SERVERLESS_NOTEBOOK), *args, str(out)],
+        capture_output=True,
+        text=True,
+        timeout=540,
+        env=env,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads(out.read_text())  # type: ignore[no-any-return]
+
+
+def test_the_gateway_url_is_the_api_stage_served_on_loopback(box: CloudBox) -> None:
+    """The output GatewayUrl names the REST API's stage; in the box its execute-api origin is
+    the loopback front, which invokes the template's proxy function through the Lambda API."""
+    assert box.deployment is not None
+    (api,) = box.deployment.apis.values()
+    url = box.outputs["GatewayUrl"]
+    assert url == f"{box.fronts[0].origin}/{api.stage}/" and url.startswith("http://127.0.0.1:")
+    apis = box.client("apigateway").get_rest_apis()["items"]
+    assert [a["id"] for a in apis] == [api.api_id]
+    gateway = box.deployment.functions["gateway"]
+    assert box.deployment.function_named(api.function_logical_id) == gateway.name
+    assert "Runtime" in gateway.properties  # a zip function on the light layer: no qiskit
+
+
+def test_the_gateway_answers_its_token_only_and_refuses_malformed_requests(
+    box: CloudBox,
+) -> None:
+    import httpx
+
+    url, token = box.outputs["GatewayUrl"], gateway_token(box)
+    auth = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=url, timeout=60) as http:
+        assert http.get("api/v1/programs/").status_code == 401
+        wrong = http.get("api/v1/programs/", headers={"Authorization": f"Bearer {token[:-1]}x"})
+        assert wrong.status_code == 401 and "invalid token" in wrong.json()["message"]
+        listed = http.get("api/v1/programs/", headers=auth)
+        assert listed.status_code == 200 and isinstance(listed.json(), list)
+        refused = [
+            http.post("api/v1/programs/run/", content=b"{not json", headers=auth),
+            http.post("api/v1/programs/run/", json=[1, 2], headers=auth),
+            http.post("api/v1/programs/run/", json={"title": "../../etc"}, headers=auth),
+            http.post("api/v1/programs/upload/", json={"title": "x"}, headers=auth),
+            http.post(
+                "api/v1/programs/upload/",
+                content=b"--b\r\nno headers\r\n--b--\r\n",
+                headers={**auth, "Content-Type": "multipart/form-data; boundary=b"},
+            ),
+            http.get("api/v1/files/download/", params={"file": "../../jobs/x"}, headers=auth),
+            http.get("api/v1/jobs/..%2F..%2Fprograms/", headers=auth),
+            http.get("api/v1/jobs/provider/", params={"function": "mapped"}, headers=auth),
+        ]
+        for answer in refused:
+            assert 400 <= answer.status_code < 500, (answer.request.url, answer.text)
+            assert "message" in answer.json() and "Traceback" not in answer.text
+        assert http.get("api/v1/nothing-here/", headers=auth).status_code == 404
+        big = http.post("api/v1/programs/run/", content=b"x" * (4 * 2**20 + 2**18), headers=auth)
+        assert big.status_code == 413, big.text  # the function's bound, before decoding
+        anonymous = http.post("api/v1/programs/run/", content=b"x" * (4 * 2**20 + 2**18))
+        assert anonymous.status_code == 401  # the token first: nothing of the body is read
+        huge = http.post("api/v1/programs/run/", content=b"x" * (10 * 2**20 + 1), headers=auth)
+        assert huge.status_code == 413  # API Gateway's payload limit
+    other_stage = httpx.get(f"{box.fronts[0].origin}/prod/api/v1/programs/", headers=auth)
+    assert other_stage.status_code == 403
+    assert token not in box.function_log("gateway")
+
+
+@pytest.mark.slow
+def test_the_serverless_client_runs_a_function_through_api_gateway_and_the_state_machine(
+    box: CloudBox, tmp_path: Any
+) -> None:
+    """The real qiskit-serverless 0.37 client, host = the stack's GatewayUrl: upload, run
+    with a circuit argument, in-job sub-status calls back through the API, result and logs
+    as the library alone computes them; files; an error event sent from inside a job; a
+    running job stopped."""
+    from qlayer import Client
+
+    seen = client_notebook(
+        box.outputs["GatewayUrl"], gateway_token(box), str(SERVERLESS_FUNCTIONS), tmp_path=tmp_path
+    )
+    alone = client_notebook("--in-process", str(SERVERLESS_FUNCTIONS), tmp_path=tmp_path)
+    assert seen["status"] == "DONE", seen
+    assert seen["result"] == alone["result"]
+    assert seen["again"] == seen["result"] and seen["job_id"] in seen["listed"]
+    assert "mapped" in seen["functions"]
+    assert "mapping 3 qubits onto fake_manila" in seen["logs"]
+    assert "provider-only note" not in seen["logs"]
+    assert "provider-only note" in seen["provider_logs"]
+    job_id = seen["job_id"]
+    assert box.wait_execution(job_id)["status"] == "SUCCEEDED"
+    assert "Run stage on Batch" in box.entered_states(job_id)
+    job = Client.aws(stack=STACK, region=REGION).job(job_id)
+    stages = [e["stage"] for e in job.timeline() if e["event"] == "sub-status"]
+    assert stages == ["MAPPING", "OPTIMIZING_FOR_HARDWARE", "EXECUTING_QPU", "POST_PROCESSING"]
+    # files through the API: a multipart upload, a binary download (base64 both ways)
+    assert seen["files"] == ["weights.bin"] and seen["same_bytes"] is True
+    assert seen["files_after"] == []
+    # an error event sent from inside the job, and the client's exception naming it
+    assert seen["fails_status"] == "ERROR"
+    assert seen["error_events"][0]["code"] == "E_LIMIT"
+    assert "limit 2 is below the minimum of 5" in seen["error"]
+    # stop() of a running job: CANCELED for the client, the execution stopped, the row final
+    assert seen["stop"] == "Job has been stopped." and seen["stopped_status"] == "CANCELED"
+    assert box.wait_execution(seen["slow_job_id"], 30)["status"] == "ABORTED"
+    # inside the job, its token reads its own job (the cancel wind-down's question) only
+    assert "own status 200 RUNNING False" in seen["slow_logs"]
+    assert "programs with a job token 403" in seen["slow_logs"]
+    assert Client.aws(stack=STACK, region=REGION).job(seen["slow_job_id"]).status().value == (
+        "CANCELLED"
+    )

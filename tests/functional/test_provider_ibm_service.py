@@ -18,6 +18,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -452,4 +453,155 @@ def test_the_local_pump_closes_a_jobs_session_when_the_job_ends(
         # The session's billed seconds reach the job's usage.
         assert usage.from_timeline(jobs.timeline("job-R"), {})["session_seconds"] == 2.0
     finally:
+        registry.configure(registry.ProviderSettings())
+
+
+def test_a_session_on_the_open_plan_runs_in_one_batch_and_says_so_once(
+    fake: FakeIbmRuntime,
+) -> None:
+    """The Open Plan has no session mode: the service refuses ``POST /sessions`` in
+    ``dedicated`` mode with 403. The group's requests then share one batch (the plan allows
+    it), the job is told once, and a fresh process re-attaches to that batch and closes it."""
+    fake.open_plan()
+    provider = provider_for(fake)
+    request = bell_request(provider, shots=100)
+    request.options = {"mode": "session", "session_group": "job-O"}
+    first = provider.submit(BACKEND, request, idempotency_key="job-O/1")
+    [note] = provider.take_notes("job-O/1")
+    assert "open plan" in note and "batch" in note, note
+    assert provider.take_notes("job-O/1") == []  # said once
+    second = provider.submit(BACKEND, request, idempotency_key="job-O/2")
+    assert provider.take_notes("job-O/2") == []
+    sessions = {fake.store.job(job)["session_id"] for job in (first, second)}  # type: ignore[index]
+    assert len(sessions) == 1 and None not in sessions
+    session_id = sessions.pop()
+    assert fake.store.session(session_id)["mode"] == "batch"  # type: ignore[index]
+    refused = [c for c in fake.calls("POST", "/sessions") if c.status == 403]
+    assert len(refused) == 1  # the provider remembers the plan: asked once
+    # A fresh process: the tag leads to the batch (Session.from_id would refuse a batch id).
+    fresh = provider_for(fake)
+    third = fresh.submit(BACKEND, request, idempotency_key="job-O/3")
+    assert fake.store.job(third)["session_id"] == session_id  # type: ignore[index]
+    assert fresh.take_notes("job-O/3") == []
+    assert set(provider_for(fake).close_group("job-O")) == {session_id}
+    assert not fake.store.session(session_id)["accepting_jobs"]  # type: ignore[index]
+
+
+def _pump(fake: FakeIbmRuntime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The local substrate's remote pump over a fresh state database, on the fake's account."""
+    import time
+
+    from qlayer.local import state
+    from qlayer.local.jobstore import SqliteJobStore
+    from qlayer.local.remote import RemoteDispatcher
+    from qlayer.providers import registry
+    from qlayer.store.local import FolderStore
+
+    monkeypatch.setenv("QLAYER_QPU_POLL_S", "0.05")
+    registry.configure(registry.ProviderSettings(ibm_credentials=fake.credentials))
+    db = tmp_path / "state.db"
+    conn = state.connect(db)
+    jobs, store = SqliteJobStore(conn), FolderStore(tmp_path / "artifacts")
+    return RemoteDispatcher(conn, db, jobs, store, lambda *a: None, clock=time.time)
+
+
+def _track(remote: Any, job_id: str, request: ExecuteRequest, *, parent: str | None = None) -> None:
+    import time
+
+    from qlayer.core.ports import NewJob
+    from qlayer.interpreter import Decision
+    from qlayer.request import encode_request
+
+    remote.jobs.create(
+        NewJob(job_id, "p", "w", {}, BACKEND, parent_id=parent, item_index=0 if parent else None)
+    )
+    key = f"jobs/{job_id}/req.json"
+    remote.store.put_json(key, encode_request(request, None, where="test"))
+    decision = Decision("execute", seq=1, then="t", request_key=key, backend=BACKEND)
+    remote.track(job_id, 1, decision, time.time())
+
+
+def _pump_until(remote: Any, done: Callable[[], bool]) -> None:
+    import time
+
+    for _ in range(400):
+        remote.pump()
+        remote.collect()
+        if done():
+            return
+        time.sleep(0.05)
+    raise AssertionError("the pump did not get there")
+
+
+def _polled_done(remote: Any, job_id: str) -> Callable[[], bool]:
+    def done() -> bool:
+        return any(
+            (e.get("detail") or {}).get("state") == "DONE" for e in remote.jobs.timeline(job_id)
+        )
+
+    return done
+
+
+def test_the_local_pump_closes_a_fan_outs_batch_when_the_job_that_fanned_out_ends(
+    fake: FakeIbmRuntime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fan-out items share one batch (group ``<parent>_<seq>``): it stays open while the
+    parent's fan-out runs, and is closed once the parent has ended (here: cancelled)."""
+    from qlayer.core.ports import Event, NewJob
+    from qlayer.providers import registry
+    from qlayer.status import JobStatus
+
+    fake.ideal()
+    remote = _pump(fake, tmp_path, monkeypatch)
+    try:
+        remote.jobs.create(NewJob("job-F", "p", "w", {}, BACKEND))
+        request = bell_request(provider_for(fake), shots=100)
+        request.options = {"mode": "batch", "session_group": "job-F_2"}
+        for index in range(2):
+            _track(remote, f"job-F_2_{index}", request, parent="job-F")
+        for index in range(2):
+            _pump_until(remote, _polled_done(remote, f"job-F_2_{index}"))
+        [batch_id] = {
+            job["session_id"] for job in fake.store.jobs(tags=["qlayer-session:job-F_2"])[0]
+        }
+        for index in range(2):  # the items end; the parent's fan-out is not over
+            remote.jobs.update(f"job-F_2_{index}", status=JobStatus.DONE)
+        _pump_until(remote, lambda: True)
+        assert fake.store.session(batch_id)["accepting_jobs"]  # type: ignore[index]
+        remote.jobs.update(
+            "job-F", status=JobStatus.CANCELLED, event=Event(None, None, "cancelled")
+        )
+        _pump_until(remote, lambda: not fake.store.session(batch_id)["accepting_jobs"])  # type: ignore[index]
+        _pump_until(
+            remote,
+            lambda: any(e["event"] == "sessions closed" for e in remote.jobs.timeline("job-F")),
+        )
+    finally:
+        remote.shutdown()
+        registry.configure(registry.ProviderSettings())
+
+
+def test_the_local_pump_tells_the_job_once_that_its_session_became_a_batch(
+    fake: FakeIbmRuntime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qlayer.providers import registry
+
+    fake.ideal()
+    fake.open_plan()
+    remote = _pump(fake, tmp_path, monkeypatch)
+    try:
+        request = bell_request(provider_for(fake), shots=100)
+        request.options = {"mode": "session", "session_group": "job-P"}
+        _track(remote, "job-P", request)
+        _pump_until(remote, _polled_done(remote, "job-P"))
+        [said] = [e for e in remote.jobs.timeline("job-P") if e["event"] == "execution mode"]
+        assert "open plan" in said["detail"]["message"]
+        log = "".join(
+            remote.store.get_bytes(k).decode()
+            for k in remote.store.list("jobs/job-P/")
+            if "log" in k
+        )
+        assert "refuses sessions" in log
+    finally:
+        remote.shutdown()
         registry.configure(registry.ProviderSettings())

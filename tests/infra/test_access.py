@@ -19,6 +19,8 @@ from .conftest import resources_of
 
 ALL = [*access.ACCESS]
 USER_CODE = ["stage_runner", "batch"]
+#: Who may see a built environment (envs/*): what runs stages, and what checks for one.
+ENV_READERS = {"stage_runner", "batch", "loader", "read_outcome", "env_build"}
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -33,6 +35,7 @@ def statements(template_json: dict[str, Any], stack) -> dict[str, list[dict[str,
         for name, lid in functions_by_name(template_json).items()
     }
     roles["batch"] = stack.resolve(stack.compute.batch_job_role.node.default_child.logical_id)
+    roles["env_build"] = stack.resolve(stack.compute.env_build_role.node.default_child.logical_id)
     found: dict[str, list[dict[str, Any]]] = {name: [] for name in roles}
     for policy in resources_of(template_json, "AWS::IAM::Policy").values():
         attached = {r["Ref"] for r in policy["Properties"]["Roles"]}
@@ -57,11 +60,24 @@ def _ref(stack, token: str) -> str:
     return json.dumps(stack.resolve(token), sort_keys=True)
 
 
+def _is_user_file_delete(statement: dict[str, Any]) -> bool:
+    """The gateway's one delete: s3:DeleteObject under serverless/files/ (a user's file)."""
+    resources = [json.dumps(r, sort_keys=True) for r in _as_list(statement["Resource"])]
+    return _as_list(statement["Action"]) == ["s3:DeleteObject"] and all(
+        "/serverless/files/*" in r for r in resources
+    )
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_no_role_deletes_or_scans(statements, name: str) -> None:
     """No artifact or row is ever deleted (the dispatcher's SQS DeleteMessage is the event
     source consuming its messages)."""
-    actions = {a for s in statements[name] for a in _as_list(s["Action"])}
+    kept = (
+        [s for s in statements[name] if not _is_user_file_delete(s)]
+        if name == "gateway"
+        else statements[name]
+    )
+    actions = {a for s in kept for a in _as_list(s["Action"])}
     data = [a for a in actions if a.startswith(("s3:", "dynamodb:"))]
     assert not [a for a in data if fnmatch.fnmatch(a.split(":")[1], "Delete*")], name
     assert not actions & {"dynamodb:Scan", "s3:*", "dynamodb:*", "s3:Abort*"}, name
@@ -75,6 +91,7 @@ def test_user_code_reads_programs_and_jobs_and_writes_only_jobs(statements, stac
     assert s3 == {
         ("s3:GetObject", _ref(stack, bucket.arn_for_objects("programs/*"))),
         ("s3:GetObject", _ref(stack, bucket.arn_for_objects("jobs/*"))),
+        ("s3:GetObject", _ref(stack, bucket.arn_for_objects("envs/*"))),
         ("s3:PutObject", _ref(stack, bucket.arn_for_objects("jobs/*"))),
         ("s3:PutObjectTagging", _ref(stack, bucket.arn_for_objects("jobs/*"))),
         ("s3:ListBucket", _ref(stack, bucket.bucket_arn)),
@@ -117,17 +134,40 @@ def test_bucket_prefixes_follow_the_access_table(statements, stack, name: str) -
     bucket = stack.storage.bucket
     declared = access.ACCESS[name]
     grants = set(_grants(statements[name], "s3:"))
-    for prefix in ("inbox/", "programs/", "jobs/"):
+    for prefix in ("inbox/", "programs/", "jobs/", "envs/", "serverless/"):
         objects = _ref(stack, bucket.arn_for_objects(f"{prefix}*"))
         assert (("s3:GetObject", objects) in grants) == (prefix in declared.reads), (name, prefix)
         assert (("s3:PutObject", objects) in grants) == (prefix in declared.writes), (name, prefix)
+
+
+def test_the_environment_build_touches_envs_only(statements, stack) -> None:
+    """It runs a package installer (code from the index): it reads locks and writes built
+    environments under envs/, and may not read or write any job's data, row or secret."""
+    bucket = stack.storage.bucket
+    envs = _ref(stack, bucket.arn_for_objects("envs/*"))
+    assert set(_grants(statements["env_build"], "")) == {
+        ("s3:GetObject", envs),
+        ("s3:PutObject", envs),
+        ("s3:PutObjectTagging", envs),
+        ("s3:ListBucket", _ref(stack, bucket.bucket_arn)),
+    }
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_only_what_runs_or_checks_stages_reads_environments_and_only_the_build_writes_them(
+    statements, stack, name: str
+) -> None:
+    envs = _ref(stack, stack.storage.bucket.arn_for_objects("envs/*"))
+    grants = set(_grants(statements[name], "s3:"))
+    assert (("s3:GetObject", envs) in grants) == (name in ENV_READERS), name
+    assert (("s3:PutObject", envs) in grants) == (name == "env_build"), name
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_only_job_starters_create_rows(statements, stack, name: str) -> None:
     table = _ref(stack, stack.storage.jobs.table_arn)
     creates = ("dynamodb:PutItem", table) in set(_grants(statements[name], "dynamodb:"))
-    assert creates == (name in {"trigger", "loader", "start_children"}), name
+    assert creates == (name in {"trigger", "loader", "start_children", "gateway"}), name
 
 
 def test_only_the_dispatcher_and_poller_touch_the_task_table(statements, stack) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from aws_cdk.assertions import Capture, Match, Template
+from qlayer_infra.batch import ENV_BUILD_COMMAND
 from qlayer_infra.compute import (
     BATCH_COMMAND,
     IMAGE_FUNCTIONS,
@@ -121,7 +122,7 @@ def test_gpu_image_swaps_in_aer_gpu() -> None:
 
 
 def test_batch_job_definitions_run_batch_entry(template: Template) -> None:
-    template.resource_count_is("AWS::Batch::JobDefinition", 2)
+    template.resource_count_is("AWS::Batch::JobDefinition", 3)  # CPU, GPU, environment build
     template.has_resource_properties(
         "AWS::Batch::JobDefinition",
         {
@@ -141,6 +142,35 @@ def test_batch_job_definitions_run_batch_entry(template: Template) -> None:
             "ContainerProperties": Match.object_like(
                 {"ResourceRequirements": Match.array_with([{"Type": "GPU", "Value": "1"}])}
             ),
+        },
+    )
+
+
+def test_the_environment_build_runs_env_build_in_the_cpu_image_as_its_own_role(
+    template_json: dict[str, Any], stack
+) -> None:
+    """The base every stage runs on (the CPU runner image) is what environments are built
+    on; the build's role is its own (tests/infra/test_access.py: envs/* only)."""
+    definitions = {
+        jd["Properties"]["JobDefinitionName"]: jd["Properties"]
+        for jd in resources_of(template_json, "AWS::Batch::JobDefinition").values()
+    }
+    build = definitions["qlayer-dev-env-build"]
+    container = build["ContainerProperties"]
+    assert container["Command"] == list(ENV_BUILD_COMMAND)
+    assert build["Parameters"] == {"env": "unset"}
+    assert build["Timeout"] == {"AttemptDurationSeconds": 1800}
+    assert container["Image"] == definitions["qlayer-dev-cpu"]["ContainerProperties"]["Image"]
+    assert container["JobRoleArn"] == stack.resolve(stack.compute.env_build_role.role_arn)
+    assert container["JobRoleArn"] != stack.resolve(stack.compute.batch_job_role.role_arn)
+
+
+def test_the_stage_runner_has_room_in_tmp_for_environments(template: Template) -> None:
+    template.has_resource_properties(
+        "AWS::Lambda::Function",
+        {
+            "Description": Match.string_like_regexp("stage_runner"),
+            "EphemeralStorage": {"Size": 2048},
         },
     )
 

@@ -55,6 +55,9 @@ def test_provider_plugins_and_limits_reach_the_functions_that_resolve_backends(
         else:
             assert "QLAYER_PROVIDERS" not in env and "QLAYER_RATE_LIMITS" not in env, name
     for env in _job_definition_env(configured):
+        if env["QLAYER_FUNCTION"] == "env_build":  # installs packages, resolves no backend
+            assert "QLAYER_PROVIDERS" not in env and "QLAYER_RATE_LIMITS" not in env
+            continue
         assert env["QLAYER_PROVIDERS"] == PLUGINS
         assert json.loads(env["QLAYER_RATE_LIMITS"]) == LIMITS
 
@@ -83,7 +86,7 @@ def test_bad_provider_settings_are_refused(tmp_path, kwargs, message) -> None:
 
 
 def test_the_table_names_every_handler_and_batch() -> None:
-    assert set(FUNCTION_ENV) == {*LIGHT_FUNCTIONS, *IMAGE_FUNCTIONS, "batch"}
+    assert set(FUNCTION_ENV) == {*LIGHT_FUNCTIONS, *IMAGE_FUNCTIONS, "batch", "env_build"}
 
 
 def test_every_function_gets_exactly_its_row(template_json: dict[str, Any]) -> None:
@@ -93,16 +96,25 @@ def test_every_function_gets_exactly_its_row(template_json: dict[str, Any]) -> N
     for name, env in envs.items():
         assert set(env) == FUNCTION_ENV[name] - OPTIONAL_ENV, name
     job_envs = _job_definition_env(template_json)
-    assert len(job_envs) == 2
-    for env in job_envs:
-        assert set(env) == FUNCTION_ENV["batch"] - OPTIONAL_ENV
+    assert len(job_envs) == 3
+    rows = sorted(FUNCTION_ENV[e["QLAYER_FUNCTION"]] - OPTIONAL_ENV == set(e) for e in job_envs)
+    assert rows == [True, True, True]
+    assert sorted(e["QLAYER_FUNCTION"] for e in job_envs) == ["batch", "batch", "env_build"]
+
+
+def test_the_environment_build_gets_the_bucket_and_nothing_else(
+    template_json: dict[str, Any],
+) -> None:
+    """The build runs a package installer: no table, no secret, no queue names."""
+    (env,) = [e for e in _job_definition_env(template_json) if e["QLAYER_FUNCTION"] == "env_build"]
+    assert {k for k in env if k.startswith("QLAYER_")} == {"QLAYER_BUCKET", "QLAYER_FUNCTION"}
 
 
 def test_configured_functions_get_their_whole_row(configured: dict[str, Any]) -> None:
     for name, env in _function_env(configured).items():
         assert set(env) == FUNCTION_ENV[name], name
     for env in _job_definition_env(configured):
-        assert set(env) == FUNCTION_ENV["batch"]
+        assert set(env) == FUNCTION_ENV[env["QLAYER_FUNCTION"]]
 
 
 def test_the_values_name_this_stack(template_json: dict[str, Any], stack) -> None:
@@ -122,7 +134,7 @@ def test_the_values_name_this_stack(template_json: dict[str, Any], stack) -> Non
     machine_name = template_json["Resources"][machine]["Properties"]["StateMachineName"]
     for name, env in [
         *_function_env(template_json).items(),
-        *(("batch", e) for e in _job_definition_env(template_json)),
+        *((e["QLAYER_FUNCTION"], e) for e in _job_definition_env(template_json)),
     ]:
         for var, value in env.items():
             if var == "QLAYER_STATE_MACHINE_ARN":  # built from the fixed name, not a Ref

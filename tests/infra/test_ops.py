@@ -52,12 +52,22 @@ def test_failed_executions_alarm(template: Template, stack) -> None:
     )
 
 
+def _providers_secret(template: Template) -> dict[str, Any]:
+    """The provider settings secret (the gateway's token is the stack's other secret)."""
+    (secret,) = [
+        r
+        for lid, r in template.find_resources("AWS::SecretsManager::Secret").items()
+        if lid.startswith("OpsProviders")
+    ]
+    return secret  # type: ignore[no-any-return]
+
+
 def test_providers_secret_holds_an_empty_json_object_under_the_stack_key(
     template: Template, stack
 ) -> None:
     """Was a random non-JSON string under the AWS-managed key (issue 7 item 9)."""
-    secret = template.find_resources("AWS::SecretsManager::Secret")
-    ((props,),) = [[r["Properties"]] for r in secret.values()]
+    secret = _providers_secret(template)
+    props = secret["Properties"]
     assert json.loads(props["SecretString"]) == {}
     assert "GenerateSecretString" not in props
     assert props["KmsKeyId"] == stack.resolve(stack.ops.key.key_arn)
@@ -65,7 +75,7 @@ def test_providers_secret_holds_an_empty_json_object_under_the_stack_key(
 
 def test_providers_secret_name_is_unique_to_the_stack(template: Template) -> None:
     """A fixed name (qlayer/providers) collides with the secret a destroyed stack retained."""
-    (secret,) = template.find_resources("AWS::SecretsManager::Secret").values()
+    secret = _providers_secret(template)
     name = resolve_intrinsics(secret["Properties"]["Name"], lambda lid, attr: lid)
     stack_id_tail = DEFAULT_PSEUDO["AWS::StackId"].rsplit("-", 1)[1]
     assert name == f"qlayer/dev/providers-{stack_id_tail}"
@@ -79,17 +89,18 @@ def test_a_given_secret_name_is_kept(tmp_path) -> None:
     )
 
 
-def _roles_with_action(template_json: dict[str, Any], action: str) -> set[str]:
+def _roles_with_action(
+    template_json: dict[str, Any], action: str, resource: Any = None
+) -> set[str]:
+    """Roles allowed ``action`` (on ``resource``, resolved, if given)."""
     roles: set[str] = set()
     for policy in resources_of(template_json, "AWS::IAM::Policy").values():
         statements = policy["Properties"]["PolicyDocument"]["Statement"]
-        actions = {
-            a
-            for s in statements
-            for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
-        }
-        if action in actions:
-            roles.update(r["Ref"] for r in policy["Properties"]["Roles"])
+        for s in statements:
+            actions = [s["Action"]] if isinstance(s["Action"], str) else s["Action"]
+            resources = s["Resource"] if isinstance(s["Resource"], list) else [s["Resource"]]
+            if action in actions and (resource is None or resource in resources):
+                roles.update(r["Ref"] for r in policy["Properties"]["Roles"])
     return roles
 
 
@@ -102,7 +113,8 @@ def test_the_secret_is_read_by_the_dispatcher_poller_and_stage_code_only(
 ) -> None:
     """The Batch container runs stages too: an Execute to ibm_* needs the IBM account there
     as on the stage-runner Lambda (issue 7 item 3)."""
-    readers = _roles_with_action(template_json, "secretsmanager:GetSecretValue")
+    secret = stack.resolve(stack.ops.providers_secret.secret_arn)
+    readers = _roles_with_action(template_json, "secretsmanager:GetSecretValue", secret)
     batch_role = stack.resolve(stack.compute.batch_job_role.node.default_child.logical_id)
     assert readers == {
         _role_of(stack, "dispatcher"),
@@ -116,7 +128,7 @@ def test_secret_readers_may_decrypt_it_through_secrets_manager_only(
     template_json: dict[str, Any], stack
 ) -> None:
     """The secret is encrypted with the stack's key: its key policy lets each reader decrypt,
-    and only through Secrets Manager."""
+    and only through Secrets Manager (the gateway decrypts its own token secret)."""
     (key,) = resources_of(template_json, "AWS::KMS::Key").values()
     decrypters = set()
     for statement in key["Properties"]["KeyPolicy"]["Statement"]:
@@ -129,6 +141,7 @@ def test_secret_readers_may_decrypt_it_through_secrets_manager_only(
         _role_of(stack, "dispatcher"),
         _role_of(stack, "poller"),
         _role_of(stack, "stage_runner"),
+        _role_of(stack, "gateway"),
         batch_role,
     }
 

@@ -99,7 +99,8 @@ def test_resources_follow_the_properties(tmp_path) -> None:
         ).values()
         if "QLAYER_RESOURCES" in fn["Properties"].get("Environment", {}).get("Variables", {})
     ]
-    assert len(env) == 2  # stage_runner, simulator (and Batch, in its job definitions)
+    # stage_runner, simulator, gateway (and Batch, in its job definitions)
+    assert len(env) == 3
     template = Template.from_stack(stack)
     template.has_resource_properties(
         "AWS::Batch::ComputeEnvironment",

@@ -52,7 +52,35 @@ def test_starts_by_loading_the_job(definition: dict[str, Any]) -> None:
     load = definition["States"]["Load job"]
     assert load["Parameters"] == {"job_id.$": "$.job_id", "execution.$": "$$.Execution.Id"}
     assert load["ResultPath"] == "$.decision"
-    assert load["Next"] == "Route"
+    assert load["Next"] == wf.ENV_READY
+
+
+def test_an_environment_is_built_before_the_first_stage_only_when_the_loader_asks(
+    definition: dict[str, Any], stack
+) -> None:
+    """ "Load job" marks a first decision whose environment is not built
+    (``extra.build_env``, qlayer.aws.steps.env_gate); anything else goes to Route."""
+    from qlayer.aws import steps
+
+    assert wf.ENV_BUILD_FIELD == steps.BUILD_ENV
+    states = definition["States"]
+    ready = states[wf.ENV_READY]
+    assert ready["Type"] == "Choice" and ready["Default"] == wf.ROUTE
+    assert ready["Choices"] == [
+        {"Variable": "$.decision.extra.build_env", "IsPresent": True, "Next": wf.BUILD_ENV}
+    ]
+    build = states[wf.BUILD_ENV]
+    assert build["Resource"].endswith(":states:::batch:submitJob.sync")
+    assert build["Parameters"]["Parameters"] == {"env.$": "$.decision.extra.build_env"}
+    assert build["Parameters"]["JobName.$"] == "States.Format('{}-env', $.job_id)"
+    assert build["ResultPath"] == "$.batch"  # the decision travels on to "Check environment"
+    assert build["Next"] == wf.CHECK_ENV
+    assert [c["Next"] for c in build["Catch"]] == [wf.RECORD_FAILURE]
+    check = states[wf.CHECK_ENV]
+    read = states[wf.READ_OUTCOME]
+    assert check["Parameters"] == STEP_PAYLOAD
+    assert check["Resource"] == read["Resource"]  # the read_outcome function
+    assert check["ResultPath"] == "$.decision" and check["Next"] == wf.ROUTE
 
 
 def test_route_follows_the_interpreter(definition: dict[str, Any]) -> None:
@@ -251,6 +279,9 @@ def test_console_names(definition: dict[str, Any]) -> None:
     names = set(all_states(definition))
     expected = {
         wf.LOAD,
+        wf.ENV_READY,
+        wf.BUILD_ENV,
+        wf.CHECK_ENV,
         wf.ROUTE,
         wf.CHOOSE_COMPUTE,
         wf.RUN_LAMBDA,
@@ -300,6 +331,7 @@ def test_state_machine_may_submit_to_its_batch_queues(template: Template, stack)
                                         c.gpu_queue.job_queue_arn,
                                         c.cpu_job.job_definition_arn,
                                         c.gpu_job.job_definition_arn,
+                                        c.env_build_job.job_definition_arn,
                                     )
                                 ],
                             }

@@ -38,6 +38,19 @@ def test_describe_shows_params_and_stages(tmp_path):
     assert info["stages"][0]["kind"] == "batch"
 
 
+def test_describe_shows_a_programs_requirements_with_its_folders(tmp_path):
+    folder = tmp_path / "prog"
+    folder.mkdir()
+    declared = 'Workflow("cli_demo", requirements=["Pendulum>=3"],'
+    (folder / "main.py").write_text(PROGRAM.replace('Workflow("cli_demo",', declared))
+    (folder / "requirements.txt").write_text("tabulate==0.9.0\n")
+    done = qlayer("describe", str(folder), "--json", home=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["requirements"] == ["pendulum>=3", "tabulate==0.9.0"]
+    shown = qlayer("describe", str(folder), home=tmp_path)
+    assert "requirements: pendulum>=3, tabulate==0.9.0" in shown.stdout
+
+
 def test_backends_lists_simulators_and_fake_devices(tmp_path):
     done = qlayer("backends", "--json", home=tmp_path)
     assert done.returncode == 0, done.stderr

@@ -248,3 +248,45 @@ def test_event_patterns_with_wildcards_match_as_eventbridge_does():
     assert not matches({"detail": {"name": [{"wildcard": "job-*"}]}}, {"detail": {"name": "j"}})
     not_tmp = {"key": [{"anything-but": {"prefix": "tmp/"}}]}
     assert matches(not_tmp, {"key": "jobs/a"}) and not matches(not_tmp, {"key": "tmp/a"})
+
+
+# -- API Gateway's edge (qlayer/cloudbox/front.py) ---------------------------------------
+def test_a_request_becomes_the_rest_proxy_event_and_its_answer_the_response() -> None:
+    import base64
+
+    from qlayer.cloudbox.front import RestApi, http_answer, proxy_event
+
+    api = RestApi("Api", "a1b2c3", "dev", "Fn", ("*/*",))
+    headers = [
+        ("Host", "127.0.0.1:9"),
+        ("Content-Type", "application/json"),
+        ("X-A", "1"),
+        ("X-A", "2"),
+    ]
+    event = proxy_event(
+        api, "POST", "/dev/api/v1/jobs/j%201/?limit=5&x=1&x=2", headers, b"{}", "127.0.0.1"
+    )
+    assert event["resource"] == "/{proxy+}" and event["path"] == "/api/v1/jobs/j 1/"
+    assert event["pathParameters"] == {"proxy": "api/v1/jobs/j 1/"}
+    assert event["httpMethod"] == "POST" and event["requestContext"]["stage"] == "dev"
+    assert event["requestContext"]["path"] == "/dev/api/v1/jobs/j 1/"
+    assert event["headers"]["X-A"] == "2" and event["multiValueHeaders"]["X-A"] == ["1", "2"]
+    assert event["queryStringParameters"] == {"limit": "5", "x": "2"}
+    assert event["multiValueQueryStringParameters"]["x"] == ["1", "2"]
+    assert event["isBase64Encoded"] is True and base64.b64decode(event["body"]) == b"{}"
+    root = proxy_event(api, "GET", "/dev", [], None, "127.0.0.1")
+    assert root["resource"] == "/" and root["body"] is None and root["isBase64Encoded"] is False
+    text = RestApi("Api", "a1b2c3", "dev", "Fn", ())
+    assert proxy_event(text, "POST", "/dev/x", headers, b"{}", "::1")["body"] == "{}"
+
+    answer = {
+        "statusCode": 201,
+        "headers": {"Content-Type": "application/octet-stream"},
+        "body": base64.b64encode(b"\x00\x01").decode(),
+        "isBase64Encoded": True,
+    }
+    status, out_headers, body = http_answer(json.dumps(answer).encode(), None)
+    assert (status, body) == (201, b"\x00\x01")
+    assert ("Content-Type", "application/octet-stream") in out_headers
+    assert http_answer(b'{"errorMessage": "boom"}', "Unhandled")[0] == 502
+    assert http_answer(b"not json", None)[0] == 502

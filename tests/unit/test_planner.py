@@ -127,3 +127,16 @@ def test_the_default_gpu_limit_is_the_smallest_gpu_of_the_queue():
     either, so a 31-qubit statevector must not be sent to the GPU queue."""
     assert Resources().gpu_memory_mb == 24 * 1024
     assert plan(STATEVECTOR, summarise([qv(31)], None), CLOUD).tier == "batch"
+
+
+def test_an_environment_runs_on_lambda_while_it_fits_the_stage_runners_tmp() -> None:
+    """Archive and files at once (while unpacking), beside what the runner keeps in /tmp."""
+    from qlayer.planner import LAMBDA_TMP_RESERVE_MB, env_on_lambda
+
+    default = Resources()  # stage_tmp_mb=2048
+    room = default.stage_tmp_mb - LAMBDA_TMP_RESERVE_MB
+    assert env_on_lambda(5, 2, default) is None  # pendulum: a few MB
+    assert env_on_lambda(room - 100, 100, default) is None
+    reason = env_on_lambda(room - 100, 101, default)
+    assert reason is not None and "run on Batch" in reason and "stage_tmp_mb=2048" in reason
+    assert env_on_lambda(3000, 900, Resources(stage_tmp_mb=10240)) is None

@@ -77,3 +77,14 @@ def test_an_import_that_loops_off_the_main_thread_is_bounded_too(looping):
     )
     assert done.returncode == 0, done.stderr
     assert "did not finish within 0.5 s" in done.stdout
+
+
+def test_a_missing_module_at_top_level_says_to_import_requirements_in_the_stages(tmp_path):
+    program = tmp_path / "needs.py"
+    program.write_text(
+        "import qlayer_no_such_module_xyz\n"
+        "from qlayer import Workflow\n"
+        "wf = Workflow('needs', requirements=['qlayer-no-such-module-xyz'])\n"
+    )
+    with pytest.raises(ProgramError, match="import it inside the stage functions"):
+        load_path(program)

@@ -139,3 +139,61 @@ def test_loading_a_program_leaves_the_callers_own_modules_alone(tmp_path, monkey
     assert "mine" in sys.modules
     assert str(folder) in sys.path
     sys.modules.pop("mine")
+
+
+STAGE_IMPORTS_ENVPKG = """
+from qlayer import Workflow
+
+wf = Workflow("iso-env")
+
+
+@wf.stage()
+def start(args):
+    try:
+        import qlayer_test_envpkg  # from the job's environment, when it has one
+        from qlayer_test_envpkg import sub
+    except ImportError:
+        return {"version": None}
+    return {"version": qlayer_test_envpkg.VERSION, "sub": sub.WHO}
+"""
+
+
+def environment(folder: Path, version: str) -> Path:
+    """A folder of packages as an environment build leaves it: a package and a subpackage."""
+    package = folder / "qlayer_test_envpkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text(f"VERSION = {version!r}\n")
+    (package / "sub" / "__init__.py").write_text(f"WHO = {version!r}\n")
+    return folder
+
+
+def test_environments_reach_only_their_programs_in_one_warm_process(store, tmp_path):
+    """AWS's warm stage runner: a job of environment 1, one of environment 2 (another
+    version of the same package), one without any, in turn and back: each sees its own,
+    the last none, and nothing of an environment is left on sys.path or in sys.modules."""
+    env1 = environment(tmp_path / "env1", "1.0")
+    env2 = environment(tmp_path / "env2", "2.0")
+    one = upload(store, bundle(program(tmp_path / "p1", STAGE_IMPORTS_ENVPKG, "1")))
+    two = upload(store, bundle(program(tmp_path / "p2", STAGE_IMPORTS_ENVPKG, "2")))
+    bare = upload(store, bundle(program(tmp_path / "p3", STAGE_IMPORTS_ENVPKG, "3")))
+    cache = ProgramCache(store, tmp_path / "scratch")
+
+    def start(program_id: str, env: Path | None) -> dict:
+        workflow = cache.workflow(program_id, (env,) if env else ())
+        return workflow.stages["start"].fn({})
+
+    try:
+        assert start(one, env1) == {"version": "1.0", "sub": "1.0"}
+        assert start(two, env2) == {"version": "2.0", "sub": "2.0"}
+        assert start(bare, None) == {"version": None}
+        assert start(one, env1) == {"version": "1.0", "sub": "1.0"}
+        assert start(two, env1) == {"version": "1.0", "sub": "1.0"}  # one env, two programs
+        assert sys.path[-1] == str(env1)  # after the base's packages: it shadows none
+        assert start(bare, None) == {"version": None}
+        assert str(env1) not in sys.path
+    finally:
+        from qlayer.program import _NAMESPACES
+
+        _NAMESPACES.deactivate()
+    assert not [p for p in sys.path if p in (str(env1), str(env2))]
+    assert not [m for m in sys.modules if m.startswith("qlayer_test_envpkg")]

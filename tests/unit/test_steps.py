@@ -229,6 +229,25 @@ def test_the_qpu_mode_of_a_request(store, monkeypatch, stage, info, expected):
     assert (options["mode"], options["session_group"]) == expected
 
 
+@pytest.mark.parametrize(
+    ("options", "job_id", "expected"),
+    [
+        ({"mode": "session", "session_group": "job-1"}, "job-1", ("job-1", "job-1")),
+        ({"mode": "batch", "session_group": "job-1"}, "job-1", ("job-1", "job-1")),
+        # a fan-out item's batch: closed when the job that fanned out ends
+        ({"mode": "batch", "session_group": "job-1_3"}, "job-1_3_2", ("job-1_3", "job-1")),
+        ({"mode": "batch", "session_group": "a_b_3"}, "a_b_3_10", ("a_b_3", "a_b")),
+        ({"mode": "job"}, "job-1", None),
+        ({"mode": "session", "session_group": "mine"}, "job-1", None),  # the program's own
+        ({"mode": "batch", "session_group": "job-1_x"}, "job-1_x_2", None),
+    ],
+)
+def test_the_group_a_request_holds_and_whose_end_closes_it(options, job_id, expected):
+    from qlayer.steps import held_group
+
+    assert held_group({"options": options}, job_id) == expected
+
+
 def test_the_workflow_qpu_mode_applies_unless_the_execute_names_one(store, monkeypatch):
     monkeypatch.setenv("QISKIT_IBM_TOKEN", "not-used")
     held = Workflow("held", qpu_mode="session")

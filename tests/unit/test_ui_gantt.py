@@ -45,6 +45,22 @@ def test_segments_of_a_job_with_an_execute_and_a_fan_out():
     assert "dev-1" in found[2].note
 
 
+def test_the_build_of_a_jobs_environment_is_a_bar_of_its_own():
+    timeline = [
+        event(100.0, 0, "start", "submitted", {"backend": "aer"}),
+        event(100.1, 0, "start", "building environment", {"env": "e" * 32}),
+        event(103.0, 0, "start", "environment ready", {"env": "e" * 32, "build_s": 2.9}),
+        event(103.1, 0, "start", "started", {"attempt": 1, "env": "e" * 32}),
+        event(104.0, 0, "start", "finished", {"decision": "done"}),
+    ]
+    found = gantt.segments(timeline)
+    assert [(s.kind, s.start, s.end, s.note) for s in found][:3] == [
+        ("queued", 100.0, 100.1, "waiting for a worker"),
+        ("queued", 100.1, 103.0, "building its environment"),
+        ("queued", 103.0, 103.1, "waiting for a worker"),
+    ]
+
+
 def test_layout_places_bars_in_percent_of_the_job_span():
     chart = gantt.layout(gantt.segments(FULL), start=100.0, end=110.0, now=110.0)
     assert [label for label, _ in chart.rows] == [

@@ -82,6 +82,23 @@ def test_qpu_seconds_reported_by_the_provider_win_over_wall_time():
     assert from_timeline(timeline, {1: request})["qpu_seconds"] == 4.2
 
 
+def test_qpu_seconds_reported_count_when_no_poll_saw_the_job_running():
+    # Queued at one poll, done at the next (a short job, or a coalesced request whose
+    # share of the job's status came from the cache): no "device running" event.
+    timeline = [
+        {
+            "at": 100.0,
+            "seq": 1,
+            "stage": "execute",
+            "event": "provider state",
+            "detail": {"provider_job_id": "ibm-1", "state": "DONE", "usage_seconds": 0.7},
+        },
+        {"at": 100.5, "seq": 1, "stage": "execute", "event": "finished"},
+    ]
+    request = {"primitive": "sampler", "pubs": [], "plan": {"tier": "qpu"}}
+    assert from_timeline(timeline, {1: request})["qpu_seconds"] == 0.7
+
+
 def test_a_request_that_never_ran_counts_no_shots():
     # Cancelled while its execute waited for the device: submitted, never running.
     timeline = [

@@ -106,6 +106,11 @@ class FakeIbmRuntime:
         """Simulate jobs created from now on without the device's noise."""
         self.store.add_rule("ideal", backend=backend, count=None)
 
+    def open_plan(self, on: bool = True) -> None:
+        """Act as an Open Plan instance: session creation (``dedicated``) is refused with
+        HTTP 403 and the platform's words; batches and plain jobs still run."""
+        self.store.set_setting("plan", "open" if on else None)
+
     def release(self, job_id: str) -> None:
         """Let a held job go on."""
         self.store.release(job_id)

@@ -52,6 +52,8 @@ CONTROL_PREFIX = "/_fake"
 
 TOKEN_SECONDS = 3600
 PLAN_ID = "fake-open-plan"
+#: The platform's words when an Open Plan instance asks for a session (``dedicated`` mode).
+OPEN_PLAN_REFUSAL = "You are not authorized to run a session when using the open plan."
 
 Handler = Callable[[Request, bytes], Response]
 
@@ -360,9 +362,13 @@ class Service:
         backend = payload.get("backend")
         if backend not in self.backends:
             return error(400, f"backend {backend!r} is not available to this instance")
+        mode = payload.get("mode") or "dedicated"
+        if mode == "dedicated" and self.store.setting("plan") == "open":
+            # What the platform answers an Open Plan instance (batch and job mode are allowed).
+            return error(403, OPEN_PLAN_REFUSAL)
         session = self.store.create_session(
             backend=backend,
-            mode=payload.get("mode") or "dedicated",
+            mode=mode,
             instance=payload.get("instance"),
             max_ttl=payload.get("max_ttl"),
         )
