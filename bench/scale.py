@@ -1,8 +1,14 @@
 """Scale of the local substrate: fan-outs, history, submit latency, disk per child.
 
 Run with ``make bench`` or ``.venv/bin/python bench/scale.py``; prints a markdown table.
-``--sizes 100,1000`` picks the fan-out sizes, ``--history 200000`` the size of the
-history, ``--repeat 3`` runs each fan-out that many times (the median is shown).
+By default: N = 100, 1,000 and 10,000, history 0 and 20,000 jobs (about a minute). The
+whole curve (N = 50,000 and 200,000 finished jobs, a few minutes more) with ``--full``;
+or pick: ``--sizes 100,1000`` the fan-out sizes, ``--history 200000`` the size of the
+history, ``--repeat 3`` runs each measure that many times (the range is shown).
+
+Beside wall time each fan-out reports the CPU seconds the daemon and its workers spent
+(from ``/proc``): on a machine shared with others, wall time moves with their load and
+CPU time much less.
 
 Measures:
 1. a fan-out of N trivial children then one collect stage (``tests/e2e/programs/fanout.py``),
@@ -12,8 +18,9 @@ Measures:
    The history is built fast by direct inserts into the state database (one top-level
    job per 1,000 children, each child DONE with its step and events, as the daemon
    leaves them; no artifact files), then the daemon is started on it;
-3. submit latency: ``Client.run`` of a program that imports qiskit at top level, until
-   it returns the job id (median of 10, warm daemon);
+3. submit latency of a program that imports qiskit at top level, warm daemon (median of
+   10): ``Client.run`` in this process until it returns the job id, and ``qlayer run
+   --json`` as a whole process, beside the floor of a process that only starts Python;
 4. disk per child: the home's size after the largest fan-out, over its children.
 """
 
@@ -59,32 +66,60 @@ def floor_fanout(n: int) -> float:
 
 
 def disk_bytes(path: Path) -> int:
-    out = subprocess.run(
-        ["du", "-sb", "--apparent-size", str(path)], capture_output=True, text=True
-    )
+    """The disk blocks ``path`` takes (``du -sk``), in bytes."""
     blocks = subprocess.run(["du", "-sk", str(path)], capture_output=True, text=True)
-    del out
     return int(blocks.stdout.split()[0]) * 1024
 
 
-def fanout_once(n: int, home: Path | None = None) -> tuple[float, int]:
-    """Wall time of one N-child job on ``home`` (fresh if None), and the home's disk use."""
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) spent so far by ``pid`` and its live descendants."""
+    pids, seen = [pid], 0
+    while seen < len(pids):
+        current = pids[seen]
+        seen += 1
+        try:
+            tasks = os.listdir(f"/proc/{current}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                children = Path(f"/proc/{current}/task/{task}/children").read_text()
+            except OSError:
+                continue
+            pids += [int(child) for child in children.split()]
+    ticks = 0
+    for each in pids:
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def fanout_once(n: int, home: Path | None = None) -> tuple[float, float, int]:
+    """Wall time and CPU seconds (daemon and workers) of one N-child job on ``home``
+    (fresh if None), and the disk it added to the home."""
     own = home is None
     root = Path(tempfile.mkdtemp(prefix="qlayer-scale-")) if own else home
     assert root is not None
     client = _client(root)
     try:
+        pid = client.daemon_pid()
+        assert pid is not None
         before = disk_bytes(root)
+        cpu = tree_cpu_s(pid)
         started = time.perf_counter()
         result = client.run(FANOUT, {"n": n}).result(timeout=3600)
         wall = time.perf_counter() - started
+        cpu = tree_cpu_s(pid) - cpu
         assert result == {"children": n}, result
         used = disk_bytes(root) - before
     finally:
         client.down()
         if own:
             shutil.rmtree(root, ignore_errors=True)
-    return wall, used
+    return wall, cpu, used
 
 
 def build_history(home: Home, jobs: int) -> None:
@@ -126,18 +161,30 @@ def build_history(home: Home, jobs: int) -> None:
     os.sync()  # its writes reach the disk now, not during the measured run
 
 
-def submit_latency(samples: int = 10) -> list[float]:
+def submit_latency(samples: int = 10) -> tuple[list[float], list[float], list[float]]:
+    """``Client.run`` in this process, ``qlayer run --json`` as a whole process, and a
+    process that only starts Python: seconds each, ``samples`` times."""
     root = Path(tempfile.mkdtemp(prefix="qlayer-scale-"))
     client = _client(root)
+    cli = [sys.executable, "-m", "qlayer.cli", "run", str(QISKIT_TOP), "--json"]
+    env = {**os.environ, "QLAYER_HOME": str(root)}
     try:
         client.run(QISKIT_TOP, {"x": 0}).result(timeout=120)
-        times = []
+        in_process, whole, bare = [], [], []
         for i in range(samples):
             started = time.perf_counter()
             job = client.run(QISKIT_TOP, {"x": i})
-            times.append(time.perf_counter() - started)
+            in_process.append(time.perf_counter() - started)
             job.result(timeout=120)
-        return times
+            started = time.perf_counter()
+            done = subprocess.run([*cli, "--arg", f"x={i}"], env=env, capture_output=True)
+            whole.append(time.perf_counter() - started)
+            assert done.returncode == 0, done.stderr
+            client.job(json.loads(done.stdout)["job_id"]).result(timeout=120)
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-c", "pass"], check=True)
+            bare.append(time.perf_counter() - started)
+        return in_process, whole, bare
     finally:
         client.down()
         shutil.rmtree(root, ignore_errors=True)
@@ -147,61 +194,87 @@ def _fmt_s(seconds: float) -> str:
     return f"{seconds:.2f} s"
 
 
+def _span(values: list[float], unit: str = "s", scale: float = 1.0, digits: int = 2) -> str:
+    """``low–high unit`` over the repeats (one value when there is one run)."""
+    low, high = min(values) * scale, max(values) * scale
+    if f"{low:.{digits}f}" == f"{high:.{digits}f}":
+        return f"{low:.{digits}f} {unit}"
+    return f"{low:.{digits}f}–{high:.{digits}f} {unit}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="100,1000,10000,50000")
-    parser.add_argument("--history", type=int, default=200_000)
+    parser.add_argument("--sizes", default=None, help="fan-out sizes (default 100,1000,10000)")
+    parser.add_argument("--history", type=int, default=None, help="finished jobs (20000)")
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument(
+        "--full", action="store_true", help="the whole curve: N up to 50,000, history 200,000"
+    )
     args = parser.parse_args()
     os.environ.setdefault("QLAYER_RETENTION_DAYS", "0")  # the history must stay
-    sizes = [int(s) for s in args.sizes.split(",") if s]
+    sizes_text = args.sizes or ("100,1000,10000,50000" if args.full else "100,1000,10000")
+    history_size = args.history or (200_000 if args.full else 20_000)
+    sizes = [int(s) for s in sizes_text.split(",") if s]
     rows = []
     disk_per_child = None
     for n in sizes:
         runs = [fanout_once(n) for _ in range(args.repeat)]
-        wall = statistics.median(r[0] for r in runs)
-        disk_per_child = (runs[-1][1] / n, n)
+        walls, cpus = [r[0] for r in runs], [r[1] for r in runs]
+        disk_per_child = (runs[-1][2] / n, n)
         floor = floor_fanout(n)
         rows.append(
             (
                 f"fan-out of {n:,} children, fresh home",
-                _fmt_s(wall),
-                f"{wall / n * 1000:.2f} ms",
+                _span(walls),
+                _span(cpus),
+                _span([w / n for w in walls], "ms", 1000),
                 _fmt_s(floor),
             )
         )
         print(rows[-1], file=sys.stderr, flush=True)
-    for history in (0, args.history):
-        walls = []
+    for history in (0, history_size):
+        walls, cpus = [], []
         for _ in range(args.repeat):
             root = Path(tempfile.mkdtemp(prefix="qlayer-scale-"))
             try:
                 if history:
                     build_history(Home.resolve(root), history)
-                walls.append(fanout_once(1000, root)[0])
+                wall, cpu, _used = fanout_once(1000, root)
+                walls.append(wall)
+                cpus.append(cpu)
             finally:
                 shutil.rmtree(root, ignore_errors=True)
-        wall = statistics.median(walls)
         rows.append(
             (
                 f"1,000 children, {history:,} finished jobs in the home",
-                _fmt_s(wall),
-                f"{wall:.2f} ms",
+                _span(walls),
+                _span(cpus),
+                _span([w / 1000 for w in walls], "ms", 1000),
                 _fmt_s(floor_fanout(1000)),
             )
         )
         print(rows[-1], file=sys.stderr, flush=True)
-    latency = statistics.median(submit_latency())
+    in_process, whole, bare = submit_latency()
     rows.append(
         (
-            "submit (Client.run) of a program importing qiskit, warm daemon",
-            f"{latency * 1000:.0f} ms",
+            "submit (`Client.run`) of a program importing qiskit, warm daemon",
+            f"{statistics.median(in_process) * 1000:.0f} ms",
+            "",
             "",
             "—",
         )
     )
-    print("| measure | qlayer local | per child | floor (one process) |")
-    print("|---|---|---|---|")
+    rows.append(
+        (
+            "`qlayer run --json` of that program, whole process, warm daemon",
+            f"{statistics.median(whole) * 1000:.0f} ms",
+            "",
+            "",
+            f"{statistics.median(bare) * 1000:.0f} ms (`python -c pass`)",
+        )
+    )
+    print("| measure | wall | CPU, daemon + workers | wall per child | floor (one process) |")
+    print("|---|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
     if disk_per_child:

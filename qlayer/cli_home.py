@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from qlayer.cli import (
+from qlayer.cli_app import (
     _TARGET,
     HomeOption,
     JsonOption,

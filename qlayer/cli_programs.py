@@ -9,7 +9,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from qlayer.cli import HomeOption, JsonOption, _client, _emit_json, app, err, out
+from qlayer.cli_app import HomeOption, JsonOption, _client, _emit_json, app, err, out
 
 
 @app.command()

@@ -23,7 +23,31 @@
 from __future__ import annotations
 
 import re
+import secrets
+import time
 import unicodedata
+
+
+def new_job_id() -> str:
+    """A sortable, readable job id: ``20261123-203112-7f3a9c``."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+_JOB_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")
+
+
+def check_new_job_id(job_id: str) -> str:
+    """``job_id`` if it has the shape :func:`new_job_id` gives (one made in advance).
+
+    Raises:
+        ArgumentError: It has another shape.
+    """
+    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
+        from qlayer.errors import ArgumentError
+
+        raise ArgumentError(f"not a job id made by new_job_id(): {job_id!r}")
+    return job_id
+
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 

@@ -13,14 +13,18 @@ import threading
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib.abc import Loader
 from pathlib import Path
 from types import FrameType, ModuleType, TracebackType
+from typing import TYPE_CHECKING
 
 from qlayer import keys
 from qlayer.errors import ProgramError
 from qlayer.store.base import ArtifactStore
-from qlayer.workflow import Workflow
+
+if TYPE_CHECKING:  # loaded with the first program: a client that only bundles needs none
+    from importlib.abc import Loader
+
+    from qlayer.workflow import Workflow
 
 MAX_PROGRAM_BYTES = 20 * 1024 * 1024
 #: How long importing a program may take, unless ``$QLAYER_IMPORT_TIMEOUT_S`` says.
@@ -163,6 +167,8 @@ def upload(store: ArtifactStore, program: Bundle) -> str:
 
 
 def find_workflow(module: ModuleType, origin: str) -> Workflow:
+    from qlayer.workflow import Workflow
+
     found = [value for value in vars(module).values() if isinstance(value, Workflow)]
     unique = list({id(w): w for w in found}.values())
     if len(unique) != 1:

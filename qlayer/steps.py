@@ -69,6 +69,7 @@ def run_stage(
     limits: Resources,
     *,
     timeout_s: int | None = None,
+    given_input: Mapping[str, Any] | None = None,
 ) -> Decision:
     """Run ``stage`` as step ``seq`` of ``job`` and record its decision.
 
@@ -76,6 +77,8 @@ def run_stage(
         timeout_s: Stop the stage after this many seconds (an error decision ``Timeout``),
             where the caller cannot stop the process running it (a Lambda, a Batch
             container); the local daemon stops its worker instead.
+        given_input: The stage's input record itself, where the substrate kept it with
+            the step (a fan-out child's small item, locally) instead of at its key.
     """
     out_key = keys.stage_output(job.job_id, seq, stage)
     if store.exists(out_key):
@@ -83,7 +86,7 @@ def run_stage(
             return Decision.from_json(store.get_json(out_key))
         except (ArtifactError, ValueError, TypeError):
             pass  # a torn or corrupted record: run the stage again
-    decision = _run_stage(store, workflow, job, seq, stage, limits, timeout_s)
+    decision = _run_stage(store, workflow, job, seq, stage, limits, timeout_s, given_input)
     store.put_json(out_key, decision.to_json())
     return decision
 
@@ -96,6 +99,7 @@ def _run_stage(
     stage_name: str,
     limits: Resources,
     timeout_s: int | None = None,
+    given_input: Mapping[str, Any] | None = None,
 ) -> Decision:
     if stage_name not in workflow.stages:
         return Decision.failed(
@@ -115,7 +119,9 @@ def _run_stage(
     logger, sink = _stage_logger(store, log_key, job.job_id, stage_name)
     try:
         try:
-            data, state = load_input(store, keys.stage_input(job.job_id, seq, stage_name))
+            data, state = load_input(
+                store, keys.stage_input(job.job_id, seq, stage_name), given=given_input
+            )
             arguments = decode_arguments(store, job.arguments)
         except (ArtifactError, CodecError) as exc:
             logger.error("cannot read the input of stage %s: %s", stage_name, exc)
@@ -389,9 +395,16 @@ def _check_pubs(execute: Execute) -> None:
             raise ValueError(f"PUB {index} is not a valid {execute.primitive} PUB: {exc}") from exc
 
 
-def load_input(store: ArtifactStore, key: str) -> tuple[Any, Any]:
-    """A stage's input: inline data, a pointer to a result, or a list of pointers."""
-    raw = store.get_json(key)
+def load_input(
+    store: ArtifactStore, key: str, *, given: Mapping[str, Any] | None = None
+) -> tuple[Any, Any]:
+    """A stage's input: inline data, a pointer to a result, or a list of pointers.
+
+    Args:
+        given: The input record itself, when the substrate kept it elsewhere than at
+            ``key`` (read from ``key`` otherwise).
+    """
+    raw = dict(given) if given is not None else store.get_json(key)
     if not isinstance(raw, dict):
         raise ArtifactError(f"artifact {key} is corrupted: not a stage input")
     state = codec.decode(raw.get("state"), where=f"state in {key}", files=store)
@@ -506,8 +519,11 @@ class _LogSink:
         self._buffer: list[str] = []
         self._last_flush = time.monotonic()
         self._lock = threading.Lock()
+        #: Set inside :meth:`flushing`: start the flushing thread once output waits.
+        self._start_flusher: Any = None
 
     def write(self, text: str) -> int:
+        """Printed output: buffered, appended a line at a time at most every 0.5 s."""
         if text:
             with self._lock:
                 self._buffer.append(text)
@@ -515,7 +531,18 @@ class _LogSink:
                 time.monotonic() - self._last_flush > 0.5 or len(self._buffer) > 200
             ):
                 self.flush()
+            elif self._start_flusher is not None:
+                self._start_flusher()
         return len(text)
+
+    def write_line(self, text: str, *, now: bool) -> None:
+        """A logged line: appended at once if ``now``, else with the printed output."""
+        if not now:
+            self.write(text)
+            return
+        with self._lock:
+            self._buffer.append(text)
+        self.flush()
 
     def flush(self) -> None:
         with self._lock:
@@ -526,11 +553,16 @@ class _LogSink:
 
     @contextlib.contextmanager
     def flushing(self) -> Iterator[None]:
-        """Flush in the background while the block runs (cheap appends only)."""
+        """Flush in the background while the block runs (cheap appends only).
+
+        The thread starts when output first waits in the buffer: a stage that prints
+        nothing (or whose logged lines are appended at once) costs no thread.
+        """
         if not self.store.append_is_cheap:
             yield
             return
         stop = threading.Event()
+        threads: list[threading.Thread] = []
 
         def loop() -> None:
             while not stop.wait(self.FLUSH_S):
@@ -539,17 +571,23 @@ class _LogSink:
                 except Exception:  # a log line must never fail a step
                     return
 
-        thread = threading.Thread(target=loop, name="qlayer-log-flush", daemon=True)
-        try:
-            thread.start()
-        except RuntimeError:  # no room for a thread under the stage's memory limit
-            yield
-            return
+        def start() -> None:
+            self._start_flusher = None  # once
+            thread = threading.Thread(target=loop, name="qlayer-log-flush", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:  # no room for a thread under the stage's memory limit
+                return
+            threads.append(thread)
+
+        self._start_flusher = start
         try:
             yield
         finally:
+            self._start_flusher = None
             stop.set()
-            thread.join()
+            for thread in threads:
+                thread.join()
 
     def isatty(self) -> bool:
         return False
@@ -565,9 +603,9 @@ class _SinkHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.sink.write(self.format(record) + "\n")
-            if record.levelno >= logging.WARNING or self.sink.store.append_is_cheap:
-                self.sink.flush()  # logged lines survive a kill that follows them
+            # logged lines survive a kill that follows them
+            now = record.levelno >= logging.WARNING or self.sink.store.append_is_cheap
+            self.sink.write_line(self.format(record) + "\n", now=now)
         except Exception:  # pragma: no cover - logging must never break a stage
             self.handleError(record)
 

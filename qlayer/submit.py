@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
-import secrets
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,29 +19,11 @@ from qlayer.core.ports import NewJob
 from qlayer.envs import Base, env_id, lock_for, program_requirements
 from qlayer.errors import ArgumentError, CodecError, ProgramError
 from qlayer.interpreter import Decision
+from qlayer.keys import check_new_job_id, new_job_id
 from qlayer.program import bundle, load_path, upload
 from qlayer.steps import first_input
 from qlayer.store.base import ArtifactStore
 from qlayer.workflow import Workflow, check_budget
-
-
-def new_job_id() -> str:
-    """A sortable, readable job id: ``20261123-203112-7f3a9c``."""
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
-
-
-_JOB_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")
-
-
-def check_new_job_id(job_id: str) -> str:
-    """``job_id`` if it has the shape :func:`new_job_id` gives.
-
-    Raises:
-        ArgumentError: It has another shape.
-    """
-    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
-        raise ArgumentError(f"not a job id made by new_job_id(): {job_id!r}")
-    return job_id
 
 
 @dataclass(frozen=True)

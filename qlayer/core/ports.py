@@ -20,12 +20,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from qlayer.dispatch.ledger import Ledger
-from qlayer.interpreter import Decision
 from qlayer.status import JobStatus
 from qlayer.store.base import ArtifactStore
+
+if TYPE_CHECKING:  # loaded where used: a client that submits a job needs neither
+    from qlayer.dispatch.ledger import Ledger
+    from qlayer.interpreter import Decision
 
 __all__ = [
     "KEEP",
@@ -128,6 +130,11 @@ class NewJob:
             the job's final status (the local store does; the DynamoDB store does not
             yet).
         env: The job's environment id (see :attr:`JobRecord.env`), or None.
+        first_input: The first stage's input itself (``{"data": ..., "state": ...}``),
+            kept with the job's first step instead of an artifact at
+            ``first.input_key``. Set only where the orchestrator reads it from there
+            (:attr:`Orchestrator.keeps_first_inputs`: the local daemon, for a fan-out
+            child's small item); other stores never get one.
     """
 
     job_id: str
@@ -143,6 +150,7 @@ class NewJob:
     error_type: str | None = None
     notify: tuple[str, ...] = ()
     env: str | None = None
+    first_input: Mapping[str, Any] | None = None
 
     @property
     def stage(self) -> str | None:
@@ -307,9 +315,13 @@ class Orchestrator(ABC):
         loads_job_inputs: Whether this substrate starts a job from its ``input.json``
             (AWS's "Load job" does; the local daemon reads the job's row), so a fan-out's
             children need one each.
+        keeps_first_inputs: Whether a fan-out child's first input, when small, is kept
+            with its first step (:attr:`NewJob.first_input`, a row of the local state
+            database) rather than written as an artifact per child.
     """
 
     loads_job_inputs: bool = True
+    keeps_first_inputs: bool = False
 
     @abstractmethod
     def stop(self, job: JobRecord) -> None:
@@ -332,3 +344,12 @@ class Ports:
     jobs: JobStore
     store: ArtifactStore
     orchestrator: Orchestrator
+
+
+def __getattr__(name: str) -> Any:
+    """``Ledger``, imported on first use: a client that submits a job never needs it."""
+    if name == "Ledger":
+        from qlayer.dispatch.ledger import Ledger
+
+        return Ledger
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

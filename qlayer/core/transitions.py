@@ -25,6 +25,7 @@ child is created once, and a count moves only with the status change it counts.
 
 from __future__ import annotations
 
+import json
 from typing import Any, NamedTuple
 
 from qlayer import keys
@@ -136,6 +137,7 @@ def start_children(
     stop = len(items) if stop is None else min(stop, len(items))
     parent = jobs.get(parent_id)
     with_inputs = ports.orchestrator.loads_job_inputs
+    keeps_inputs = ports.orchestrator.keeps_first_inputs
     with jobs.atomic():
         if start == 0:
             jobs.set_fan_out(parent_id, decision.seq, len(items))
@@ -144,7 +146,10 @@ def start_children(
             child = child_job_id(parent_id, decision.seq, index)
             ids.append(child)
             input_key = keys.stage_input(child, 0, decision.stage)
-            store.put_json(input_key, {"data": items[index], "state": None})
+            record = {"data": items[index], "state": None}
+            first_input = record if keeps_inputs and _small(record) else None
+            if first_input is None:
+                store.put_json(input_key, record)
             first = Decision(
                 "next", seq=0, stage=decision.stage, input_key=input_key, compute=decision.compute
             )
@@ -174,6 +179,7 @@ def start_children(
                     parent_id=parent_id,
                     item_index=index,
                     env=parent.env,
+                    first_input=first_input,
                 )
             )
         if start == 0:
@@ -185,6 +191,15 @@ def start_children(
                 event=Event(decision.seq, decision.stage, "fanned out", {"children": len(items)}),
             )
     return ids
+
+
+#: The largest first input (encoded JSON, bytes) a child keeps with its step
+#: (:attr:`~qlayer.core.ports.Orchestrator.keeps_first_inputs`); larger ones are artifacts.
+INLINE_INPUT_MAX_BYTES = 4096
+
+
+def _small(first_input: dict[str, Any]) -> bool:
+    return len(json.dumps(first_input)) <= INLINE_INPUT_MAX_BYTES
 
 
 def fan_in(ports: Ports, parent_id: str, fanout: Decision) -> Decision:

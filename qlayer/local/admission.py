@@ -30,17 +30,17 @@ from typing import TYPE_CHECKING, Any
 
 from qlayer import codec, errors, keys
 from qlayer.core.ports import Event, NewJob
-from qlayer.interpreter import Decision
 from qlayer.local.jobstore import SqliteJobStore
 from qlayer.local.paths import Home
 from qlayer.local.state import transaction
-from qlayer.planner import Resources
-from qlayer.program import ProgramCache
 from qlayer.store.base import ArtifactStore
 
 if TYPE_CHECKING:  # the daemon's half only: clients do not import the worker machinery
+    from qlayer.interpreter import Decision
     from qlayer.local.pool import WorkerHandle
     from qlayer.local.zygote import Zygote
+    from qlayer.planner import Resources
+    from qlayer.program import ProgramCache
 
 log = logging.getLogger("qlayer.daemon")
 
@@ -177,9 +177,17 @@ def check(message: dict[str, Any], store: ArtifactStore, programs: ProgramCache)
 _MACHINE: list[Resources] = []
 
 
+def _decision(raw: dict[str, Any]) -> Decision:
+    from qlayer.interpreter import Decision
+
+    return Decision.from_json(raw)
+
+
 def _machine() -> Resources:
     """This machine as the planner sees it, measured once per worker."""
     if not _MACHINE:
+        from qlayer.planner import Resources
+
         _MACHINE.append(Resources.for_this_machine())
     return _MACHINE[0]
 
@@ -289,7 +297,7 @@ class Admission:
                         workflow=reply["workflow"],
                         arguments=reply["arguments"],
                         backend=reply["backend"],
-                        first=Decision.from_json(reply["first"]),
+                        first=_decision(reply["first"]),
                         notify=tuple(reply.get("notify") or ()),
                         env=reply.get("env"),
                     )

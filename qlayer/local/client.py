@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from qlayer import keys
 from qlayer.core.ports import Event, JobRecord
 from qlayer.errors import DaemonError
 from qlayer.job import BaseJob
+from qlayer.keys import check_new_job_id, new_job_id
 from qlayer.local import admission, control, state
 from qlayer.local.jobstore import SqliteJobStore
 from qlayer.local.paths import Home
 from qlayer.notify import check_targets
-from qlayer.planner import Resources, check_local_stages
 from qlayer.program import bundle, upload
 from qlayer.store.local import FolderStore
-from qlayer.submit import check_new_job_id, new_job_id, prepare_job
-from qlayer.workflow import Workflow
 
 DAEMON_DOWN = (
     "the qlayer daemon is not running, so this job is not advancing; start it with "
@@ -29,10 +28,19 @@ DAEMON_DOWN = (
 
 if TYPE_CHECKING:
     from qlayer.local.retention import PruneReport
+    from qlayer.planner import Resources
+    from qlayer.workflow import Workflow
 
 
 #: How long ``run`` waits for the daemon to check a program.
 SUBMIT_TIMEOUT_S = 120.0
+
+
+def _is_workflow(program: object) -> bool:
+    """Whether ``program`` is a Workflow (not a path), without importing qlayer.workflow:
+    no Workflow exists where that module was never imported."""
+    module = sys.modules.get("qlayer.workflow")
+    return module is not None and isinstance(program, module.Workflow)
 
 
 class LocalClient:
@@ -66,6 +74,8 @@ class LocalClient:
     def machine(self) -> Resources:
         """This machine as the planner sees it (memory, cores, GPUs), measured once."""
         if self._machine is None:
+            from qlayer.planner import Resources
+
             self._machine = Resources.for_this_machine()
         return self._machine
 
@@ -126,12 +136,11 @@ class LocalClient:
         """
         targets = check_targets(notify)  # before anything is written
         options = {"notify": targets, "max_cost_usd": max_cost_usd}
-        if isinstance(program, Workflow) or (
-            not self.autostart and control.daemon_pid(self.home) is None
-        ):
+        if _is_workflow(program) or (not self.autostart and control.daemon_pid(self.home) is None):
             return self._run_here(program, arguments, backend, cli_arguments, options, job_id)
         job_id = check_new_job_id(job_id) if job_id is not None else new_job_id()
-        program_id = upload(self.store, bundle(Path(program)))  # parses; imports nothing
+        path = Path(cast("str | os.PathLike[str]", program))  # not a Workflow, as seen above
+        program_id = upload(self.store, bundle(path))  # parses; imports nothing
         self.ensure_daemon()
         admission.submit(
             self._conn,
@@ -176,6 +185,10 @@ class LocalClient:
         options: Mapping[str, Any],
         job_id: str | None = None,
     ) -> LocalJob:
+        from qlayer.planner import check_local_stages
+        from qlayer.submit import prepare_job
+        from qlayer.workflow import Workflow
+
         if cli_arguments:
             from qlayer.program import load_path
             from qlayer.workflow import parse_cli_argument

@@ -358,6 +358,7 @@ class Daemon:
                 "memory_mb": memory_mb,
                 "env": job.env,
                 "env_path": site,
+                "input": detail.get("input"),  # kept in the step (a fan-out's small item)
                 "job": {
                     "job_id": job.job_id,
                     "arguments": job.arguments,

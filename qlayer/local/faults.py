@@ -92,6 +92,12 @@ def worker_died(daemon: Daemon, worker: WorkerHandle) -> None:
     """``worker`` died: its stage runs again, or fails after :func:`max_deaths` deaths."""
     busy, worker.busy = worker.busy, None
     code = worker.process.exitcode
+    if code is None:
+        # Its pipe closed before its exit status could be read: a dying process closes its
+        # files a moment before its parent can reap it (seen for a single-threaded worker
+        # killed by SIGKILL). Wait that moment, so the death says how it ended.
+        worker.process.join(timeout=2.0)
+        code = worker.process.exitcode
     daemon.pool.replace(worker)
     if busy is None:
         return

@@ -105,7 +105,12 @@ class SqliteJobStore(JobStore):
                     (job.job_id, json.dumps(list(job.notify))),
                 )
             if job.first is not None and not job.status.is_final:
-                detail = {"input_key": job.first.input_key, "compute": job.first.compute}
+                detail: dict[str, Any] = {
+                    "input_key": job.first.input_key,
+                    "compute": job.first.compute,
+                }
+                if job.first_input is not None:  # the child's item, kept here, not a file
+                    detail["input"] = dict(job.first_input)
                 insert_step(conn, job.job_id, 0, "stage", job.stage, "pending", detail, now)
             submitted = {"backend": job.backend} if job.backend else None
             self._event(job.job_id, Event(0, job.stage, "submitted", submitted), at=now)

@@ -15,6 +15,7 @@ class LocalOrchestrator(Orchestrator):
     """How the engine stops a job's work here: its workers, device jobs and QPU jobs."""
 
     loads_job_inputs = False  # the daemon starts a child from its row, not its input.json
+    keeps_first_inputs = True  # and a child's small item stays in its step's row
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon

@@ -11,7 +11,7 @@
   children created so far are a prefix of the items, so after a crash the feeder counts
   them and carries on from there.
 
-Both are queries on indexes (``steps_fair``, ``jobs_parent``): their cost per step does
+Both are queries on indexes (``steps_live``, ``jobs_parent``): their cost per step does
 not grow with the number of jobs in the home.
 """
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,7 +48,6 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
 CREATE INDEX IF NOT EXISTS jobs_parent ON jobs (parent_id);
-CREATE INDEX IF NOT EXISTS jobs_cancel ON jobs (cancel_requested, status);
 
 -- One row per step of a job: the durable queue. (job_id, seq) is unique, so a
 -- step can never be queued twice.
@@ -67,7 +67,6 @@ CREATE TABLE IF NOT EXISTS steps (
     root_id TEXT,                -- jobs.root_id of its job: the scheduler's fairness unit
     UNIQUE (job_id, seq)
 );
-CREATE INDEX IF NOT EXISTS steps_state ON steps (state, step_id);
 
 CREATE TABLE IF NOT EXISTS events (
     event_id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -219,6 +218,15 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     # The indexes of a home with a long history do not fit SQLite's default 2 MiB cache.
     conn.execute("PRAGMA cache_size=-65536")
+    ensure_schema(conn)
+    return conn
+
+
+def ensure_schema(conn: sqlite3.Connection) -> bool:
+    """Create the tables and indexes, or bring an older database up to them; False (and
+    nothing run) when the database is marked with this :data:`SCHEMA_VERSION` already."""
+    if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+        return False  # every open after the first: no script to run
     had_runs = _has_table(conn, "runs")
     had_jobs = _has_table(conn, "jobs")
     conn.executescript(SCHEMA)
@@ -226,16 +234,41 @@ def _connect(path: Path) -> sqlite3.Connection:
         _migrate(conn, backfill_runs=not had_runs)
     # Indexes on columns a migration may have just added.
     conn.executescript(_LATE_INDEXES)
-    return conn
+    _drop_replaced_indexes(conn)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    return True
+
+
+#: Indexes of older qlayer versions that the live-only ones above replace.
+_REPLACED_INDEXES = ("steps_state", "steps_fair", "steps_kind", "jobs_cancel")
+
+
+def _drop_replaced_indexes(conn: sqlite3.Connection) -> None:
+    """Drop :data:`_REPLACED_INDEXES` from a database an older qlayer wrote (once; a
+    database without them is not locked)."""
+    marks = ",".join("?" * len(_REPLACED_INDEXES))
+    query = f"SELECT name FROM sqlite_master WHERE type = 'index' AND name IN ({marks})"
+    if conn.execute(query, _REPLACED_INDEXES).fetchone() is None:
+        return
+    with transaction(conn):
+        for (name,) in conn.execute(query, _REPLACED_INDEXES).fetchall():
+            conn.execute(f"DROP INDEX IF EXISTS {name}")
 
 
 #: Indexes on columns a migration may have just added.
 _LATE_INDEXES = """
 CREATE INDEX IF NOT EXISTS provider_ledger_slot ON provider_ledger (backend, slot);
--- the fair scheduler: the next root with pending work, then that root's oldest step
-CREATE INDEX IF NOT EXISTS steps_fair ON steps (state, kind, root_id, step_id);
--- pending executes, oldest first, without scanning the pending stage steps
-CREATE INDEX IF NOT EXISTS steps_kind ON steps (state, kind, step_id);
+-- The steps indexes hold live steps only (a done step leaves them), so their size and
+-- the pages each step's moves touch do not grow with the home's history. SQLite uses a
+-- partial index for a query naming one of the OR-ed states literally.
+-- The fair scheduler: the next root with pending work, then that root's oldest step.
+CREATE INDEX IF NOT EXISTS steps_live ON steps (state, kind, root_id, step_id)
+    WHERE state = 'pending' OR state = 'running' OR state = 'waiting';
+-- Pending executes, oldest first, without scanning the pending stage steps.
+CREATE INDEX IF NOT EXISTS steps_live_kind ON steps (state, kind, step_id)
+    WHERE state = 'pending' OR state = 'running' OR state = 'waiting';
+-- Jobs with a cancel to carry out (a handful at any time, whatever the history).
+CREATE INDEX IF NOT EXISTS jobs_cancelling ON jobs (status) WHERE cancel_requested = 1;
 -- a tree at once (prune, retention); top-level jobs newest first (qlayer jobs)
 CREATE INDEX IF NOT EXISTS jobs_root ON jobs (root_id);
 CREATE INDEX IF NOT EXISTS jobs_top ON jobs (created_at) WHERE parent_id IS NULL;
@@ -266,6 +299,14 @@ _ADDED_COLUMNS = (
     ("provider_ledger", "heartbeat_s", "REAL"),
     ("provider_ledger", "heartbeat_at", "REAL NOT NULL DEFAULT 0"),
     ("jobs", "env", "TEXT"),
+)
+
+#: The schema this code writes, as a number (``PRAGMA user_version``) derived from its text:
+#: a database marked with it needs no schema script or migration when it is opened, and
+#: any change to the schema, its migrations or its indexes changes the number.
+SCHEMA_VERSION = (
+    zlib.crc32((SCHEMA + _LATE_INDEXES + repr(_ADDED_COLUMNS) + repr(_REPLACED_INDEXES)).encode())
+    & 0x7FFFFFFF
 )
 
 

@@ -163,7 +163,15 @@ def _handle(
                 },
             }
         with MemoryLimit(message.get("memory_mb")):
-            decision = run_stage(store, workflow, job, message["seq"], message["stage"], limits)
+            decision = run_stage(
+                store,
+                workflow,
+                job,
+                message["seq"],
+                message["stage"],
+                limits,
+                given_input=message.get("input"),
+            )
         return {"ok": True, "decision": decision.to_json()}
     if message["op"] == "device":
         # Idempotent like every step: a device job whose outcome was recorded (the

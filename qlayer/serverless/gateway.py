@@ -268,9 +268,7 @@ class Gateway:
         title, provider = fn.split_title(body.get("title"), body.get("provider"))
         record = fn.load(self.store, title, provider)
         text = _arguments_object(body.get("arguments"))
-        from qlayer.submit import new_job_id  # (the client imports it to run the job anyway)
-
-        job_id = new_job_id()
+        job_id = keys.new_job_id()
         source = self.token_source or {"token": self.job_token(job_id)}
         arguments = {
             "serverless": {"title": title, "provider": provider},

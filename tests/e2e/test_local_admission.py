@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -127,3 +130,109 @@ def test_this_machines_resources_are_checked_by_the_daemon(client, tmp_path):
         [targets] = conn.execute("SELECT targets FROM notify_targets").fetchall()
     assert targets[0] == '["desktop"]'
     assert job.result(timeout=120) == 8
+
+
+def _qlayer(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "qlayer.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def _imported(stderr: str) -> set[str]:
+    return {
+        line.split("|")[-1].strip()
+        for line in stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+
+
+@pytest.mark.slow
+def test_a_plain_cli_run_submits_without_the_cli_libraries_and_says_the_same(client, tmp_path):
+    program = tmp_path / "marked.py"
+    program.write_text(MARKED.format(side=str(tmp_path / "side.txt")))
+    client.up()
+    home = str(client.home.root)
+    plain = _qlayer("run", str(program), "--arg", "x=4", "--json", "--home", home)
+    assert plain.returncode == 0, plain.stderr
+    job_id = json.loads(plain.stdout)["job_id"]
+    assert client.job(job_id).result(timeout=60) == 12
+    loaded = _imported(plain.stderr)
+    heavy = {m for m in loaded if m.split(".")[0] in ("typer", "rich", "pydantic", "qiskit")}
+    assert heavy == set(), sorted(heavy)
+    assert "qlayer.cli_app" not in loaded and "qlayer.workflow" not in loaded
+
+    # The same command through the whole CLI (a global option sends it there) prints the
+    # same lines, and a refusal the same message.
+    spoken = _qlayer("run", str(program), "-a", "x=5", "--home", home)
+    whole = _qlayer("--target", "local", "run", str(program), "-a", "x=5", "--home", home)
+    assert "qlayer.cli_app" in _imported(whole.stderr)
+    for done in (spoken, whole):
+        assert done.returncode == 0, done.stderr
+    said = [re.sub(r"\d{8}-\d{6}-[0-9a-f]{6}", "ID", d.stdout) for d in (spoken, whole)]
+    assert said[0] == said[1]
+    assert said[0].splitlines()[0] == "job ID submitted"
+    refused = [
+        _qlayer(*prefix, "run", str(program), "--arg", "x=four", "--home", home)
+        for prefix in ((), ("--target", "local"))
+    ]
+    for done in refused:
+        assert done.returncode == 1
+        lines = [line for line in done.stderr.splitlines() if not line.startswith("import time")]
+        assert lines == ["error: argument 'x' must be int, got 'four'"], lines
+
+
+def test_only_a_plain_local_run_takes_the_short_path():
+    from qlayer.cli import parse_plain_run
+
+    local: dict[str, str] = {}
+    parsed = parse_plain_run(
+        [
+            "run",
+            "p.py",
+            "-a",
+            "x=1",
+            "--arg=y=2",
+            "--notify",
+            "desktop",
+            "--max-cost-usd",
+            "2",
+            "--backend",
+            "aer",
+            "--arg-file",
+            "a.json",
+            "--home",
+            "h",
+            "--json",
+        ],
+        local,
+    )
+    assert parsed == {
+        "program": "p.py",
+        "json": True,
+        "arg": ["x=1", "y=2"],
+        "notify": ["desktop"],
+        "max_cost_usd": 2.0,
+        "backend": "aer",
+        "arg_file": "a.json",
+        "home": "h",
+    }
+    for argv in (
+        ["run", "p.py", "--wait"],
+        ["run", "p.py", "-w"],
+        ["run", "--help"],
+        ["run"],
+        ["run", "p.py", "q.py"],
+        ["run", "p.py", "--arg"],
+        ["run", "p.py", "--max-cost-usd", "lots"],
+        ["run", "p.py", "--backend", "a", "--backend", "b"],
+        ["run", "p.py", "--timeout", "5"],
+        ["--target", "aws", "run", "p.py"],
+        ["status", "J"],
+        [],
+    ):
+        assert parse_plain_run(argv, local) is None, argv
+    assert parse_plain_run(["run", "p.py"], {"QLAYER_TARGET": "aws"}) is None

@@ -163,7 +163,7 @@ def test_an_argument_file_holds_json_and_typed_encodings(tmp_path):
 def test_the_cli_run_command_reads_arg_file_and_file_arguments(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from qlayer import cli, keys
+    from qlayer import cli_app, keys
     from qlayer.steps import load_input
 
     buffer = io.BytesIO()
@@ -175,10 +175,10 @@ def test_the_cli_run_command_reads_arg_file_and_file_arguments(tmp_path, monkeyp
 
     # The real local client, with no daemon: the job is recorded, QUEUED, not run.
     client = LocalClient(tmp_path / "home", autostart=False)
-    monkeypatch.setattr(cli, "_client", lambda home: client)
+    monkeypatch.setattr(cli_app, "_client", lambda home: client)
     runner = CliRunner()
     result = runner.invoke(
-        cli.app,
+        cli_app.app,
         [
             "run",
             str(PROGRAM),

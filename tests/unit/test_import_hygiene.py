@@ -30,3 +30,16 @@ def test_light_imports(module):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "", f"importing {module} imported {done.stdout.strip()}"
+
+
+#: What a submission from the command line must not wait for (typer alone brings pydantic).
+CLI_LIBRARIES = ("typer", "rich", "pydantic", "qlayer.cli_app", "qlayer.workflow")
+
+
+@pytest.mark.parametrize("module", ["qlayer.cli", "qlayer.local.client"])
+def test_the_submit_path_imports_no_cli_library(module):
+    code = (
+        f"import sys, {module}\nprint(','.join(m for m in {CLI_LIBRARIES!r} if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "", f"importing {module} imported {done.stdout.strip()}"

@@ -140,3 +140,41 @@ def test_a_locked_state_database_is_a_clear_error_not_sqlites(tmp_path):
         assert not waiter.in_transaction
     finally:
         holder.execute("ROLLBACK")
+
+
+class _Keeping(_Quiet):
+    keeps_first_inputs = True  # as the daemon's orchestrator
+
+
+def test_a_childs_small_item_is_kept_in_its_step_not_written_as_a_file(tmp_path):
+    from qlayer import Done, keys
+    from qlayer.planner import Resources
+    from qlayer.steps import JobInfo, run_stage
+
+    conn = state.connect(tmp_path / "qlayer.db")
+    jobs = SqliteJobStore(conn)
+    store = FolderStore(tmp_path / "artifacts")
+    ports = Ports(jobs, store, _Keeping())
+    _start_parent(conn, jobs, "P")
+    key = "jobs/P/stages/0001-fanout/items.json"
+    items = [7, "x" * 5000]  # a small item, and one past the inline limit
+    store.put_json(key, {"items": items})
+    decision = Decision("fanout", seq=1, stage="child", then="collect", items_key=key, count=2)
+    with transaction(conn):
+        FanOutFeeder(conn, ports, lambda job_id, fn: fn()).start("P", decision)
+    small, big = (
+        json.loads(row["detail"])
+        for row in conn.execute(
+            "SELECT detail FROM steps WHERE job_id IN ('P_1_0', 'P_1_1') ORDER BY job_id"
+        )
+    )
+    assert small["input"] == {"data": 7, "state": None}
+    assert not store.exists(keys.stage_input("P_1_0", 0, "child"))  # no file for it
+    assert "input" not in big and store.exists(keys.stage_input("P_1_1", 0, "child"))
+
+    wf = Workflow("w")
+    wf.stage(name="child")(lambda item: Done(item * 2))
+    info = JobInfo(job_id="P_1_0", arguments={}, backend="aer")
+    done = run_stage(store, wf, info, 0, "child", Resources(), given_input=small["input"])
+    assert done.kind == "done" and done.result_key is not None
+    assert store.get_value(done.result_key) == 14

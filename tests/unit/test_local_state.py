@@ -121,3 +121,79 @@ def test_an_old_home_gets_its_trees_roots(tmp_path):
     assert roots == {"r": "r", "r_1_0": "r", "r_1_0_2_0": "r", "s": "s"}
     steps = dict(conn.execute("SELECT job_id, root_id FROM steps").fetchall())
     assert steps == roots
+
+
+#: The queries the daemon makes on every tick or step, each with the index it must use.
+HOT_QUERIES = [
+    ("SELECT * FROM steps WHERE state = 'running'", "steps_live"),
+    ("SELECT job_id FROM steps WHERE kind = 'fanin' AND state = 'waiting'", "steps_live"),
+    (
+        "SELECT * FROM steps WHERE kind = 'execute' AND state = 'pending' ORDER BY step_id",
+        "steps_live_kind",
+    ),
+    (
+        "SELECT root_id FROM steps WHERE state = 'pending' AND kind = 'stage'"
+        " AND root_id > 'x' ORDER BY root_id LIMIT 1",
+        "steps_live",
+    ),
+    (
+        "SELECT * FROM steps WHERE state = 'pending' AND kind = 'stage' AND root_id IS 'x'"
+        " ORDER BY step_id LIMIT 1",
+        "steps_live",
+    ),
+    (
+        "SELECT job_id FROM jobs WHERE cancel_requested = 1"
+        " AND status NOT IN ('DONE','ERROR','CANCELLED')",
+        "jobs_cancelling",
+    ),
+]
+
+
+def test_the_daemons_queries_use_indexes_that_hold_live_rows_only(tmp_path):
+    conn = state.connect(tmp_path / "qlayer.db")
+    for query, index in HOT_QUERIES:
+        plan = " ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + query))
+        assert f"INDEX {index}" in plan and "TEMP B-TREE" not in plan, (query, plan)
+    # A finished step (or a job with no cancel pending) is in none of them: their size
+    # follows the work in flight, not the history.
+    conn.execute(
+        "INSERT INTO steps (job_id, seq, kind, state, created_at) VALUES"
+        " ('a', 0, 'stage', 'done', 0), ('b', 0, 'stage', 'pending', 0)"
+    )
+    for index in ("steps_live", "steps_live_kind"):
+        [(count,)] = conn.execute(
+            f"SELECT COUNT(*) FROM steps INDEXED BY {index}"
+            " WHERE state = 'pending' OR state = 'running' OR state = 'waiting'"
+        ).fetchall()
+        assert count == 1
+    [(sql,)] = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'steps_live'").fetchall()
+    assert "WHERE state = 'pending'" in sql
+
+
+def test_an_old_homes_full_indexes_are_replaced(tmp_path):
+    db = tmp_path / "qlayer.db"
+    state.connect(db).close()
+    old = sqlite3.connect(db)
+    old.executescript(
+        "PRAGMA user_version = 0;"  # an older qlayer never marked its schema
+        "CREATE INDEX steps_state ON steps (state, step_id);"
+        "CREATE INDEX steps_fair ON steps (state, kind, root_id, step_id);"
+        "CREATE INDEX steps_kind ON steps (state, kind, step_id);"
+        "CREATE INDEX jobs_cancel ON jobs (cancel_requested, status);"
+    )
+    old.close()
+    conn = state.connect(db)
+    names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert not names & {"steps_state", "steps_fair", "steps_kind", "jobs_cancel"}
+    assert {"steps_live", "steps_live_kind", "jobs_cancelling"} <= names
+
+
+def test_opening_a_current_database_runs_no_schema_script(tmp_path):
+    db = tmp_path / "qlayer.db"
+    first = state.connect(db)
+    assert first.execute("PRAGMA user_version").fetchone()[0] == state.SCHEMA_VERSION
+    again = state.connect(db)
+    assert state.ensure_schema(again) is False  # marked: nothing to create or migrate
+    again.execute("PRAGMA user_version = 0")  # as a database an older qlayer wrote
+    assert state.ensure_schema(again) is True
+    assert again.execute("PRAGMA user_version").fetchone()[0] == state.SCHEMA_VERSION

@@ -258,7 +258,7 @@ def test_a_gateway_without_a_resolver_refuses_dependencies_with_a_400(local):
 @pytest.mark.parametrize("job_id", ["", "x", "20261201-000000-ABCDEF", "../20261201-000000-abcdef"])
 def test_a_job_id_made_in_advance_must_have_the_shape_new_job_id_gives(local, job_id):
     from qlayer.errors import ArgumentError
-    from qlayer.submit import check_new_job_id, new_job_id
+    from qlayer.keys import check_new_job_id, new_job_id
 
     assert check_new_job_id(new_job_id())
     with pytest.raises(ArgumentError, match="not a job id"):

@@ -274,3 +274,49 @@ def test_provider_options_reach_the_request(store):
     )
     assert execute.options == {"braket": {"reservation_arn": reservation}}
     assert execute.mode is None
+
+
+quiet_wf = Workflow("quiet")
+
+
+@quiet_wf.stage()
+def silent(data, ctx):
+    ctx.log.info("a logged line is appended at once")
+    return Done(data)
+
+
+@quiet_wf.stage()
+def chatty(data, ctx):
+    import time as _time
+
+    print("still working", flush=False)  # waits in the buffer: only the thread writes it
+    log_path = ctx.store.path(keys.log_key(ctx.job_id, ctx.seq, ctx.stage))
+    deadline = _time.monotonic() + 20
+    while _time.monotonic() < deadline:
+        if "still working" in log_path.read_text():
+            return Done(True)  # flushed while the stage still runs
+        _time.sleep(0.05)
+    return Done(False)
+
+
+def test_the_log_flushing_thread_starts_only_for_output_that_waits(store, monkeypatch):
+    import threading
+
+    from qlayer import steps
+
+    started: list[str] = []
+
+    class Recording(threading.Thread):
+        def start(self) -> None:
+            started.append(self.name)
+            super().start()
+
+    monkeypatch.setattr(steps.threading, "Thread", Recording)
+    prepare(store, "silent", 1)
+    assert run_stage(store, quiet_wf, job(), 0, "silent", LIMITS).kind == "done"
+    assert started == []  # nothing printed: no thread
+    assert "appended at once" in store.get_text(keys.log_key("job-1", 0, "silent"))
+    prepare(store, "chatty", 1, seq=1)
+    decision = run_stage(store, quiet_wf, job(), 1, "chatty", LIMITS)
+    assert decision.result_key is not None and store.get_value(decision.result_key) is True
+    assert started == ["qlayer-log-flush"]
