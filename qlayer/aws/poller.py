@@ -43,28 +43,26 @@ BACKLOG_PAUSE_S = 1.0
 #: The lease (an item of the tasks table) held by the one invocation following a backlog.
 BACKLOG_LEASE = "poller-backlog"
 IN_FLIGHT_STATES = ("SUBMITTED", "QUEUED", "RUNNING")
-NOT_SUBMITTED_STATES = tuple(s for s in OPEN_STATES if s not in IN_FLIGHT_STATES)
 
 
 def poller(event: Mapping[str, Any], svc: Services) -> dict[str, Any]:
     """One pass over the open QPU requests, then rounds over the in-flight ones while a
     backlog waits (:data:`BACKLOG_S`); what it did, counted.
 
-    Only one invocation at a time follows a backlog (the lease :data:`BACKLOG_LEASE`).
-    Scheduled runs and Braket events that come meanwhile leave the in-flight requests and
-    the drain to it (it follows them every :data:`BACKLOG_PAUSE_S`): they only keep the
-    waiting ones alive and deliver outcomes recorded before a crash, rather than racing it
-    for the same results (each fetched and stored by every racer, delivered by one).
+    Only one invocation at a time follows a backlog (the lease :data:`BACKLOG_LEASE`):
+    scheduled runs and Braket events that come meanwhile leave it to the one that holds it
+    (it follows the in-flight requests every :data:`BACKLOG_PAUSE_S`, and the next run
+    after it makes the whole pass again), rather than racing it for the same results (each
+    fetched and stored by every racer, delivered by one) and listing every waiting request
+    on each event.
     """
     ledger = ledger_of(svc)
     counts = {"done": 0, "failed": 0, "waiting": 0, "submitted": 0, "errors": 0, "left": 0}
     started = time.monotonic()
-    shares: dict[str, Any] = {}  # backend -> its provider with shares (one per run: caches)
     if ledger.lease_holder(BACKLOG_LEASE) is not None:
-        waiting = ledger.entries_in(NOT_SUBMITTED_STATES)
-        _follow(svc, ledger, waiting, counts, started, shares)
         counts["backlog_followed_elsewhere"] = 1
         return counts
+    shares: dict[str, Any] = {}  # backend -> its provider with shares (one per run: caches)
     backends = _follow(svc, ledger, ledger.entries_in(OPEN_STATES), counts, started, shares)
     _drain(svc, backends, counts)
     limit_s = min(BACKLOG_S, POLL_BUDGET_S)
