@@ -149,6 +149,7 @@ def test_burst_of_60_jobs_with_a_limit_of_8_all_answered(box: CloudBox, cloud: A
     print(f"\n60 jobs through a limit of {LIMIT}: {elapsed:.1f} s")
 
 
+@pytest.mark.timeout(BURST_TIMEOUT_S + 300)  # the box's start (its setup) counts too
 def test_a_burst_of_requests_on_the_stacks_queue(box: CloudBox, cloud: Any) -> None:
     """:data:`BURST` "Wait for QPU" messages straight onto the dispatch queue (as that many
     executions would send them): every request answered once, within the limit, none
