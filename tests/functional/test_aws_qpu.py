@@ -158,7 +158,7 @@ def test_a_burst_of_requests_on_the_stacks_queue(box: CloudBox, cloud: Any) -> N
     from qiskit import QuantumCircuit
 
     from qlayer.aws.client import prepare_job
-    from qlayer.dispatch import FINAL_STATES, OPEN_STATES
+    from qlayer.dispatch import FINAL_STATES, LEDGER_STATES, OPEN_STATES, batches
     from qlayer.request import ExecuteRequest, encode_request
 
     svc = cloud.services
@@ -201,12 +201,10 @@ def test_a_burst_of_requests_on_the_stacks_queue(box: CloudBox, cloud: Any) -> N
     mine = set(keys_)
 
     def none_open() -> bool:
-        # Every request has its provider job (the fake service's own table, no AWS call),
-        # then one listing of the open entries per look (a few queries), not a read per
-        # request: 500 reads every 2 s would be most of the box's DynamoDB work.
-        if not mine <= set(per_key(service)):
-            return False
-        return not mine & {e.key for e in ledger.entries_in(OPEN_STATES)}
+        # One listing of the entries per look (a query per state), not a read per request:
+        # 500 reads every 2 s would be most of the box's DynamoDB work.
+        listed = {e.key: e.state for e in ledger.entries_in(LEDGER_STATES)}
+        return mine <= listed.keys() and not any(listed[k] in OPEN_STATES for k in mine)
 
     def all_ended() -> bool:  # then every entry read consistently, once
         entries = [ledger.get(k) for k in keys_]
@@ -221,8 +219,15 @@ def test_a_burst_of_requests_on_the_stacks_queue(box: CloudBox, cloud: Any) -> N
     entries = [ledger.get(k) for k in keys_]
     assert {e.state for e in entries} == {"DONE"}
     assert all(e.outcome and e.outcome["kind"] == "next" for e in entries)
-    assert {k: n for k, n in per_key(service).items() if k in mine} == dict.fromkeys(mine, 1)
-    assert len(service.jobs()) - before == BURST
+    # Exactly one provider job per request: its own, or the one job of the batch it was
+    # coalesced into (qlayer.dispatch.batches: its provider job id is a share of it).
+    batch_of = {e.key: batches.batch_of(e) for e in entries}
+    alone = {k for k, b in batch_of.items() if b is None}
+    shared = {b for b in batch_of.values() if b is not None}
+    jobs_by_key = per_key(service)
+    assert {k: jobs_by_key.get(k, 0) for k in alone | shared} == dict.fromkeys(alone | shared, 1)
+    assert not [k for k in mine - alone if jobs_by_key.get(k)]  # no member went alone too
+    assert len(service.jobs()) - before == len(alone) + len(shared)
     assert not [c for c in service.calls("submit") if c["outcome"] == "rejected"]
     assert service.peak_in_flight() <= LIMIT
     assert ledger.in_flight("fakeqpu_quick") == 0
