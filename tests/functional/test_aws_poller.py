@@ -6,6 +6,7 @@ The whole path (schedule, dispatcher, state machine) runs in tests/functional/te
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +23,19 @@ TINY = Path(__file__).parent / "programs" / "aws_tiny.py"
 
 
 @pytest.fixture
-def fake(aws: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+def fake(aws: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    from qlayer.providers import registry
+
     monkeypatch.setenv("QLAYER_PROVIDERS", "fakeqpu=fake_qpu:FakeQpu")
     monkeypatch.setenv("QLAYER_FAKE_QPU_DIR", str(tmp_path / "fake-qpu"))
     monkeypatch.syspath_prepend(str(FAKE_QPU_CODE))
     from fake_qpu import FakeQpu
 
-    return FakeQpu(tmp_path / "fake-qpu")
+    # plugins are loaded once per QLAYER_PROVIDERS value: an earlier module's FakeQpu
+    # (another state folder) must not answer here, nor this one after
+    registry._plugins_for.cache_clear()
+    yield FakeQpu(tmp_path / "fake-qpu")
+    registry._plugins_for.cache_clear()
 
 
 def submitted(svc: Any, fake: Any, backend: str) -> tuple[str, str]:
