@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 QLAYER := $(VENV)/bin/qlayer
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
-.PHONY: demo test test-fast torture check lint types bench synth cloud-box screenshots install install-dev clean
+.PHONY: demo test test-fast test-burst torture check lint types bench synth cloud-box screenshots install install-dev clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,13 @@ test: $(VENV)/.installed-dev
 ## test-fast: the quick loop — unit tests and the port contracts on SQLite/memory (no daemon, no moto)
 test-fast: $(VENV)/.installed-dev
 	$(PY) -m pytest -q -m "not moto and not slow" tests/unit tests/contract
+
+## test-burst: 500 QPU requests at once onto the stack's dispatch queue in the cloud box
+##   (a limit of 8 in flight: all answered once, none dead-lettered; minutes). `make test`
+##   runs the same test with 100.
+test-burst: $(VENV)/.installed-dev
+	QLAYER_TEST_BURST=500 $(PY) -m pytest -q -s tests/functional/test_aws_qpu.py \
+		-k test_a_burst_of_requests_on_the_stacks_queue
 
 ## torture: SIGKILL the local daemon and its workers at random during a mixed workload;
 ##   every job must end DONE with the undisturbed results (a few minutes at most)

@@ -19,12 +19,16 @@ In-flight slots: one counter item per backend (key ``#limit/<backend>``, attribu
 one transaction with the counter's conditional increment (``in_flight < max``) and gives it
 back in one transaction with its final state, so concurrent dispatchers never push a
 backend past its limit and the counter cannot drift from the entries holding slots.
+
+Leases: one item per named lease (key ``#lease/<name>``, ``owner`` and ``lease_until``; no
+``status`` either), taken with a conditional write, e.g. the one poller that follows a
+backlog (:mod:`qlayer.aws.poller`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from qlayer.aws.dynamo import Table, condition_failed, iso_now
@@ -41,6 +45,9 @@ from qlayer.dispatch.ledger import (
 BY_STATUS = "by_status"
 TASK_TTL_S = 30 * 24 * 3600
 LIMIT_PREFIX = "#limit/"
+LEASE_PREFIX = "#lease/"
+#: Entries read per query page where a caller stops early (:meth:`DynamoLedger.oldest_in`).
+PAGE = 25
 
 
 def task_key(job_id: str, seq: int) -> str:
@@ -421,6 +428,80 @@ class DynamoLedger(Table, Ledger):
             TableName=self.table, Key={"idempotency_key": {"S": key}}, ConsistentRead=True
         )
         return self._entry(item["Item"]) if "Item" in item else None
+
+    def oldest_in(
+        self, state: str, *, backend: str | None = None, page: int = PAGE
+    ) -> Iterator[LedgerEntry]:
+        """The entries in ``state``, oldest first (the index's order), read a page at a time
+        as the caller goes on: one that stops early (a drain whose slots are all taken)
+        reads one page, not every waiting entry."""
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "IndexName": BY_STATUS,
+            "KeyConditionExpression": "#status = :s",
+            "ExpressionAttributeNames": {"#status": "status"},
+            "ExpressionAttributeValues": {":s": {"S": state}},
+            "Limit": page,
+        }
+        if backend is not None:
+            kwargs["FilterExpression"] = "backend = :b"
+            kwargs["ExpressionAttributeValues"][":b"] = {"S": backend}
+        while True:
+            got = self.client.query(**kwargs)
+            yield from sorted(
+                (self._entry(item) for item in got.get("Items", [])),
+                key=lambda e: (e.created_at, e.key),
+            )
+            if "LastEvaluatedKey" not in got:
+                return
+            kwargs["ExclusiveStartKey"] = got["LastEvaluatedKey"]
+
+    def take_lease(self, name: str, owner: str, seconds: float) -> bool:
+        """Hold the lease ``name`` for ``seconds`` if it is free, has run out, or is
+        ``owner``'s already (a conditional write: of two callers, one gets it)."""
+        from botocore.exceptions import ClientError
+
+        now = self.clock()
+        try:
+            self.client.update_item(
+                TableName=self.table,
+                Key={"idempotency_key": {"S": LEASE_PREFIX + name}},
+                UpdateExpression="SET #owner = :o, lease_until = :until",
+                ConditionExpression="attribute_not_exists(lease_until) OR lease_until <= :now"
+                " OR #owner = :o",
+                ExpressionAttributeNames={"#owner": "owner"},
+                ExpressionAttributeValues=self.dump(
+                    {":o": owner, ":until": now + seconds, ":now": now}
+                ),
+            )
+        except ClientError as exc:
+            if condition_failed(exc):
+                return False
+            raise
+        return True
+
+    def lease_holder(self, name: str) -> str | None:
+        """Who holds the lease ``name`` now (a consistent read), or None."""
+        item = self.client.get_item(
+            TableName=self.table,
+            Key={"idempotency_key": {"S": LEASE_PREFIX + name}},
+            ConsistentRead=True,
+        ).get("Item")
+        if not item:
+            return None
+        data = self.load(item)
+        if float(data.get("lease_until") or 0) <= self.clock():
+            return None
+        return str(data.get("owner"))
+
+    def drop_lease(self, name: str, owner: str) -> None:
+        """Give the lease ``name`` back, if ``owner`` still holds it."""
+        self._conditional(
+            LEASE_PREFIX + name,
+            "SET lease_until = :zero",
+            "#owner = :o",
+            **{":zero": 0, ":o": owner},
+        )
 
     def entries_in(self, states: Iterable[str], *, backend: str | None = None) -> list[LedgerEntry]:
         wanted = list(states)

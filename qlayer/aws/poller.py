@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,27 +40,54 @@ POLL_BUDGET_S = 240.0
 BACKLOG_S = 50.0
 #: The pause between two rounds of that loop.
 BACKLOG_PAUSE_S = 1.0
+#: The lease (an item of the tasks table) held by the one invocation following a backlog.
+BACKLOG_LEASE = "poller-backlog"
 IN_FLIGHT_STATES = ("SUBMITTED", "QUEUED", "RUNNING")
 
 
 def poller(event: Mapping[str, Any], svc: Services) -> dict[str, Any]:
     """One pass over the open QPU requests, then rounds over the in-flight ones while a
-    backlog waits (:data:`BACKLOG_S`); what it did, counted."""
+    backlog waits (:data:`BACKLOG_S`); what it did, counted.
+
+    Only one invocation at a time follows a backlog (the lease :data:`BACKLOG_LEASE`):
+    scheduled runs and Braket events that come meanwhile leave it to the one that holds it
+    (it follows the in-flight requests every :data:`BACKLOG_PAUSE_S`, and the next run
+    after it makes the whole pass again), rather than racing it for the same results (each
+    fetched and stored by every racer, delivered by one) and listing every waiting request
+    on each event.
+    """
     ledger = ledger_of(svc)
     counts = {"done": 0, "failed": 0, "waiting": 0, "submitted": 0, "errors": 0, "left": 0}
     started = time.monotonic()
+    if ledger.lease_holder(BACKLOG_LEASE) is not None:
+        counts["backlog_followed_elsewhere"] = 1
+        return counts
     shares: dict[str, Any] = {}  # backend -> its provider with shares (one per run: caches)
     backends = _follow(svc, ledger, ledger.entries_in(OPEN_STATES), counts, started, shares)
     _drain(svc, backends, counts)
-    while time.monotonic() - started < min(BACKLOG_S, POLL_BUDGET_S):
-        waiting = {entry.backend for entry in ledger.entries_in(["WAITING"])}
-        if not waiting:
-            break
-        time.sleep(BACKLOG_PAUSE_S)
-        in_flight = ledger.entries_in(list(IN_FLIGHT_STATES))
-        _follow(svc, ledger, in_flight, counts, started, shares, rounds=True)
-        _drain(svc, backends | waiting, counts)
+    limit_s = min(BACKLOG_S, POLL_BUDGET_S)
+    if _oldest_waiting(ledger) is None:
+        return counts
+    owner = uuid.uuid4().hex
+    if not ledger.take_lease(BACKLOG_LEASE, owner, limit_s + BACKLOG_PAUSE_S + 30):
+        return counts  # another invocation took it meanwhile
+    try:
+        while time.monotonic() - started < limit_s:
+            oldest = _oldest_waiting(ledger)
+            if oldest is None:
+                break
+            time.sleep(BACKLOG_PAUSE_S)
+            in_flight = ledger.entries_in(list(IN_FLIGHT_STATES))
+            _follow(svc, ledger, in_flight, counts, started, shares, rounds=True)
+            _drain(svc, backends | {oldest.backend}, counts)
+    finally:
+        ledger.drop_lease(BACKLOG_LEASE, owner)
     return counts
+
+
+def _oldest_waiting(ledger: Any) -> Any:
+    """The oldest waiting entry, or None (one small read, not the whole backlog)."""
+    return next(iter(ledger.oldest_in("WAITING", page=1)), None)
 
 
 def _follow(

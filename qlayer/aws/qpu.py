@@ -16,6 +16,7 @@ The dispatcher and the poller share these; both call the dispatcher core
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import time
@@ -96,12 +97,18 @@ def drain(svc: Services, backend: str, *, budget_s: float = DRAIN_BUDGET_S) -> i
         waiting = ledger.entries_in(["WAITING"], backend=backend)
         batches.form(ledger, svc.store, waiting, max_pubs=limiter.limits_for(backend).max_pubs)
     now = ledger.clock()
-    candidates = ledger.entries_in(["WAITING"], backend=backend) + [
+    taken_over = [
         entry
         for entry in ledger.entries_in(["CLAIMED"], backend=backend)
         if entry.provider_job_id is None and entry.lease_until <= now
     ]
-    candidates.sort(key=lambda e: (e.created_at, e.key))
+    # The waiting ones are read a page at a time: the drain stops at the first request the
+    # limits hold back, so a long backlog costs one page per drain, not every entry.
+    candidates = heapq.merge(
+        sorted(taken_over, key=_age),
+        ledger.oldest_in("WAITING", backend=backend),
+        key=_age,
+    )
     started, submitted = time.monotonic(), 0
     unshared: set[str] = set()  # batches submitted before their members got their shares
     for entry in candidates:
@@ -202,6 +209,10 @@ def _submit_batch(svc: Services, provider: batches.Shares, entry: LedgerEntry) -
         for text in notes:
             note(svc.store, job_id, seq, "execute", text)
     return len(given)
+
+
+def _age(entry: LedgerEntry) -> tuple[float, str]:
+    return (entry.created_at, entry.key)
 
 
 def _submit(svc: Services, provider: AsyncProvider, entry: LedgerEntry) -> bool:

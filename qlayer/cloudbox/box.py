@@ -51,6 +51,8 @@ from qlayer.cloudbox.synth import Synthesis
 
 #: moto's backends are global to a process: one box at a time per process.
 _ACTIVE = threading.Lock()
+#: The longest pause between two reads of :meth:`CloudBox.wait_execution`.
+WAIT_MAX_S = 1.0
 
 #: The host's TLS trust settings, copied into the box's images when set: a real image has
 #: its own system certificates, the box's processes have the host's (a machine behind a
@@ -387,16 +389,23 @@ class CloudBox:
     def wait_execution(
         self, name: str, timeout: float = 120, machine_arn: str | None = None
     ) -> dict[str, Any]:
-        """Wait for an execution to end; its DescribeExecution."""
+        """Wait for an execution to end; its DescribeExecution.
+
+        Reads every 0.1 s at first, then less often (up to every :data:`WAIT_MAX_S`): a
+        test waiting on a long execution does not keep the box's one moto server busy.
+        """
         sfn = self.client("stepfunctions")
         deadline = time.monotonic() + timeout
+        delay = 0.1
         while True:
             desc = sfn.describe_execution(executionArn=self.execution_arn(name, machine_arn))
             if desc["status"] != "RUNNING":
                 return desc  # type: ignore[no-any-return]
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 raise TimeoutError(f"execution {name} still RUNNING after {timeout} s")
-            time.sleep(0.1)
+            time.sleep(min(delay, max(0.0, deadline - now) + 0.01))
+            delay = min(delay * 1.5, WAIT_MAX_S)
 
     def history(self, name: str, machine_arn: str | None = None) -> list[dict[str, Any]]:
         sfn = self.client("stepfunctions")

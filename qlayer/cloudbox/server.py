@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import urllib.request
 from typing import Any
 
@@ -55,6 +56,8 @@ class MotoServer:
         self.port = port
         self._server: Any = None
         self._saved_port: str | None = None
+        self._clients: dict[str, Any] = {}
+        self._clients_lock = threading.Lock()
 
     @property
     def endpoint(self) -> str:
@@ -93,6 +96,8 @@ class MotoServer:
         finally:
             self._server.stop()
             self._server = None
+            with self._clients_lock:
+                self._clients.clear()
             if self._saved_port is None:
                 os.environ.pop("MOTO_PORT", None)
             else:
@@ -132,8 +137,18 @@ class MotoServer:
         )
 
     def client(self, service: str) -> Any:
-        """A boto3 client of ``service`` on this server."""
-        return self.session().client(service, endpoint_url=self.endpoint)
+        """A boto3 client of ``service`` on this server, made once and shared.
+
+        boto3's low-level clients are thread-safe (its sessions are not); making one costs
+        tens of milliseconds of CPU (a session, the service model's JSON), which the box's
+        pumps would otherwise pay on every tick, in the process that also runs moto.
+        """
+        with self._clients_lock:
+            found = self._clients.get(service)
+            if found is None:
+                found = self.session().client(service, endpoint_url=self.endpoint)
+                self._clients[service] = found
+            return found
 
     def __enter__(self) -> MotoServer:
         return self.start()

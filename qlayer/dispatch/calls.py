@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
-from qlayer.dispatch.ledger import DEFAULT_LEASE_S, FINAL_STATES, Ledger
+from qlayer.dispatch.ledger import DEFAULT_LEASE_S, FINAL_STATES, Ledger, LedgerEntry
 from qlayer.dispatch.rates import RateLimiter
 from qlayer.providers.base import AsyncProvider, ProviderError, ProviderJobStatus
 
@@ -152,16 +152,21 @@ def submit_once(
     return job_id
 
 
-def poll_once(ledger: Ledger, provider: AsyncProvider, key: str) -> ProviderJobStatus:
+def poll_once(
+    ledger: Ledger, provider: AsyncProvider, key: str, *, entry: LedgerEntry | None = None
+) -> ProviderJobStatus:
     """Ask the provider for the job's state once; record it in the ledger while the job
     runs (its end is recorded by whoever delivers the outcome: :func:`end`).
 
     An entry that has ended is answered from the ledger without calling the provider.
 
+    Args:
+        entry: The entry as the caller has just read it (saves reading it again).
+
     Raises:
         NotSubmitted: The key has no provider job yet.
     """
-    entry = ledger.get(key)
+    entry = entry or ledger.get(key)
     if entry is None or entry.provider_job_id is None:
         raise NotSubmitted(
             f"{key} has no provider job (state {entry.state if entry else 'absent'})"
@@ -207,10 +212,12 @@ def follow(
         decision = Decision.from_json(entry.outcome)
         state = "ERROR" if decision.kind == "error" else "DONE"
         return ProviderJobStatus(state), decision  # type: ignore[arg-type]
-    status: ProviderJobStatus = retry(lambda: poll_once(ledger, provider, key))
+    read = entry
+    status: ProviderJobStatus = retry(lambda: poll_once(ledger, provider, key, entry=read))
     if status.state not in FINAL_STATES:
         return status, None
-    entry = ledger.get(key)
+    # poll_once needed the provider job id: the entry read above has it, and what is used
+    # below (job, step, provider job, backend, request) never changes once submitted
     assert entry is not None and entry.provider_job_id is not None and entry.seq is not None
     job_id, seq, provider_job_id = entry.job_id, entry.seq, entry.provider_job_id
     recorded = keys.step_dir(job_id, seq, "execute") + "output.json"

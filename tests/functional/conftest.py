@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from aws_fixtures import aws, aws_env  # noqa: F401
@@ -15,3 +16,13 @@ def _healthy_box(request: pytest.FixtureRequest) -> Iterator[None]:
     if "box" in request.fixturenames:
         problems = request.getfixturevalue("box").problems()
         assert not problems, f"the box itself failed: {problems}"
+
+
+@pytest.fixture(scope="session")
+def stacks(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The main and "short" syntheses (cloud_box.synthesize_stacks), made once a session:
+    each module that runs them gets its own box, deployed from the same cloud assembly
+    (read only: the box stages nothing in it)."""
+    from cloud_box import synthesize_stacks
+
+    return synthesize_stacks(tmp_path_factory.mktemp("stacks") / "cdk.out")

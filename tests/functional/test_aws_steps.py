@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from cloud_box import PROGRAMS, running_box, synthesize_stacks, until
+from cloud_box import PROGRAMS, running_box, until
 
 from qlayer import keys
 from qlayer.cloudbox import CloudBox
@@ -31,9 +31,9 @@ pytestmark = [pytest.mark.moto, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CloudBox]:
+def box(tmp_path_factory: pytest.TempPathFactory, stacks: Any) -> Iterator[CloudBox]:
     root = tmp_path_factory.mktemp("steps-box")
-    with running_box(synthesize_stacks(root / "cdk.out"), root) as running:
+    with running_box(stacks, root) as running:
         yield running
 
 

@@ -36,7 +36,6 @@ from cloud_box import (
     s3_json,
     s3_json_now,
     status,
-    synthesize_stacks,
     until,
     wait_queue_empty,
 )
@@ -52,9 +51,9 @@ ARGS_TYPED = PROGRAMS.parents[1] / "e2e" / "programs" / "args_typed.py"
 
 # -- fixtures ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CloudBox]:
+def box(tmp_path_factory: pytest.TempPathFactory, stacks: Any) -> Iterator[CloudBox]:
     root = tmp_path_factory.mktemp("cloudbox")
-    with running_box(synthesize_stacks(root / "cdk.out"), root) as running:
+    with running_box(stacks, root) as running:
         yield running
 
 

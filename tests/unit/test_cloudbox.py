@@ -290,3 +290,15 @@ def test_a_request_becomes_the_rest_proxy_event_and_its_answer_the_response() ->
     assert ("Content-Type", "application/octet-stream") in out_headers
     assert http_answer(b'{"errorMessage": "boom"}', "Unhandled")[0] == 502
     assert http_answer(b"not json", None)[0] == 502
+
+
+def test_the_server_makes_each_service_client_once() -> None:
+    """The pumps ask for a client every tick: one made per service, shared (boto3's
+    clients are thread-safe), pointed at the server's endpoint."""
+    from qlayer.cloudbox.server import MotoServer
+
+    server = MotoServer(port=45678)
+    sqs = server.client("sqs")
+    assert server.client("sqs") is sqs
+    assert server.client("events") is not sqs
+    assert sqs.meta.endpoint_url == "http://127.0.0.1:45678"
