@@ -374,19 +374,23 @@ def test_a_finished_ibm_session_job_closes_its_session(box: CloudBox, cloud: Any
 def test_a_fan_outs_ibm_batch_is_closed_when_the_job_ends(
     box: CloudBox, cloud: Any, ibm: Any
 ) -> None:
-    """The items of a fan-out share one runtime batch (group ``<job>_<seq>``); the
-    dispatcher notes it on the parent, and the parent's Finalise has the batch closed."""
+    """The items of a fan-out run in runtime batches of group ``<job>_<seq>``; the
+    dispatcher notes it on the parent, and the parent's Finalise has every batch of the
+    group closed. Usually one batch; two when two dispatcher invocations open the group's
+    batch at the same instant (a known limit, README: the tag lookup races across
+    processes), and then both must be closed."""
     job = cloud.run(ISA_FAN, {"shots": 50, "items": 2})
     row = finish(box, job, timeout=600)
     assert row["status"] == "DONE", (row["message"], box.function_log("dispatcher")[-2000:])
     assert [sum(c.values()) for c in job.result(wait=False)["counts"]] == [50, 50]
     runtime_jobs = ibm.store.jobs(tags=[f"qlayer-session:{job.job_id}_1"])[0]
     assert 1 <= len(runtime_jobs) <= 2  # the two items' requests may share one (coalescing)
-    [batch_id] = {runtime_job["session_id"] for runtime_job in runtime_jobs}
-    assert ibm.store.session(batch_id)["mode"] == "batch"
+    batch_ids = {runtime_job["session_id"] for runtime_job in runtime_jobs}
+    assert len(batch_ids) in (1, 2) and None not in batch_ids
+    assert {ibm.store.session(b)["mode"] for b in batch_ids} == {"batch"}
     until(
-        "the batch to close",
-        lambda: not ibm.store.session(batch_id)["accepting_jobs"],
+        "the group's batches to close",
+        lambda: not any(ibm.store.session(b)["accepting_jobs"] for b in batch_ids),
         timeout=180,
     )
     until(
