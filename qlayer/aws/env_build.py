@@ -39,7 +39,7 @@ from pathlib import Path
 from qlayer import keys
 from qlayer.aws.envs import EnvInfo, runner_base
 from qlayer.aws.store import S3Store
-from qlayer.envs import Base, Lock, install_command, load_lock
+from qlayer.envs import Base, Lock, install_command, load_lock, uv
 from qlayer.envs.uv import run_uv
 from qlayer.errors import ArtifactError, QlayerError
 
@@ -51,11 +51,7 @@ BUILD_TIMEOUT_S = 1500.0
 
 
 def build_timeout_s() -> float:
-    raw = os.environ.get("QLAYER_ENV_BUILD_TIMEOUT_S")
-    try:
-        return float(raw) if raw else BUILD_TIMEOUT_S
-    except ValueError:
-        return BUILD_TIMEOUT_S
+    return uv.build_timeout_s(BUILD_TIMEOUT_S)
 
 
 def fail(store: S3Store, env: str, message: str) -> str:

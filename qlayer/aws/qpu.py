@@ -180,24 +180,7 @@ def _submit_batch(svc: Services, provider: batches.Shares, entry: LedgerEntry) -
     for key in given:
         job_id, _, seq_text = key.rpartition("/")
         seq = int(seq_text)
-        svc.jobs.update(
-            job_id,
-            status=JobStatus.WAITING_FOR_QPU,
-            stage="execute",
-            seq=seq,
-            provider_job_id=provider_job_id,
-            event=Event(
-                seq,
-                "execute",
-                "submitted",
-                {
-                    "backend": entry.backend,
-                    "provider_job_id": provider_job_id,
-                    "idempotency_key": key,
-                    "coalesced": shared,
-                },
-            ),
-        )
+        _mark_submitted(svc, key, entry.backend, provider_job_id, {"coalesced": shared})
         note(
             svc.store,
             job_id,
@@ -257,25 +240,8 @@ def _submit(svc: Services, provider: AsyncProvider, entry: LedgerEntry) -> bool:
         return False
     held = held_group(raw, entry.job_id)
     own = held is not None and held[1] == entry.job_id
-    svc.jobs.update(
-        entry.job_id,
-        status=JobStatus.WAITING_FOR_QPU,
-        stage="execute",
-        seq=seq,
-        provider_job_id=provider_job_id,
-        event=Event(
-            seq,
-            "execute",
-            "submitted",
-            {
-                "backend": backend,
-                "provider_job_id": provider_job_id,
-                "idempotency_key": key,
-                # Finalise asks the dispatcher to close the job's session (close_sessions).
-                **({SESSION_HELD: True} if own else {}),
-            },
-        ),
-    )
+    # Finalise asks the dispatcher to close the job's session (close_sessions).
+    _mark_submitted(svc, key, backend, provider_job_id, {SESSION_HELD: True} if own else {})
     if held is not None and not own:
         _hold_for(svc, held[1], held[0], backend)
     for text in notes:  # what the provider ran instead of what was asked, said once
@@ -289,6 +255,32 @@ def _submit(svc: Services, provider: AsyncProvider, entry: LedgerEntry) -> bool:
         f"submitted to {backend}: provider job {provider_job_id} (key {key})",
     )
     return True
+
+
+def _mark_submitted(
+    svc: Services, key: str, backend: str, provider_job_id: str, detail: dict[str, Any]
+) -> None:
+    """Request ``key``'s job waits for the QPU: its row and its ``submitted`` event."""
+    job_id, _, seq_text = key.rpartition("/")
+    seq = int(seq_text)
+    svc.jobs.update(
+        job_id,
+        status=JobStatus.WAITING_FOR_QPU,
+        stage="execute",
+        seq=seq,
+        provider_job_id=provider_job_id,
+        event=Event(
+            seq,
+            "execute",
+            "submitted",
+            {
+                "backend": backend,
+                "provider_job_id": provider_job_id,
+                "idempotency_key": key,
+                **detail,
+            },
+        ),
+    )
 
 
 def _hold_for(svc: Services, owner: str, group: str, backend: str) -> None:

@@ -20,7 +20,25 @@ from dataclasses import dataclass
 
 from qlayer.errors import ConfigError
 
-__all__ = ["UvResult", "index_options", "run_uv", "uv_bin", "without_constraints"]
+__all__ = [
+    "UvResult",
+    "build_timeout_s",
+    "index_options",
+    "run_uv",
+    "uv_bin",
+    "without_constraints",
+]
+
+
+def build_timeout_s(default: float) -> float:
+    """How long one environment build may run: ``QLAYER_ENV_BUILD_TIMEOUT_S`` (seconds),
+    else the substrate's ``default``."""
+    raw = os.environ.get("QLAYER_ENV_BUILD_TIMEOUT_S")
+    try:
+        return float(raw) if raw else default
+    except ValueError:
+        return default
+
 
 #: uv's own variables that choose indexes: when one is set, pip's settings are not used.
 _UV_INDEX_VARIABLES = (

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from qlayer import keys
-from qlayer.envs import Base, Lock, install_command, load_lock
+from qlayer.envs import Base, Lock, install_command, load_lock, uv
 from qlayer.envs.uv import uv_bin
 from qlayer.errors import QlayerError
 from qlayer.store.base import ArtifactStore
@@ -83,11 +83,7 @@ _DIES_WITH_DAEMON = [
 
 
 def build_timeout_s() -> float:
-    raw = os.environ.get("QLAYER_ENV_BUILD_TIMEOUT_S")
-    try:
-        return float(raw) if raw else BUILD_TIMEOUT_S
-    except ValueError:
-        return BUILD_TIMEOUT_S
+    return uv.build_timeout_s(BUILD_TIMEOUT_S)
 
 
 def env_dir(envs: Path, env: str) -> Path:
