@@ -412,15 +412,16 @@ def _behind_held_blockers(cloud: Any, ibm: Any, n: int, *, hold: int = 3) -> tup
         timeout=600,
     )
     jobs = [cloud.run(BASIS, {"k": k, "shots": 50}) for k in range(n)]
-    until(
-        f"the {n} requests held back",
-        lambda: all(
-            (entry := cloud.services.ledger.get(f"{job.job_id}/1")) is not None
-            and entry.state == "WAITING"
-            for job in jobs
-        ),
-        timeout=600,
-    )
+
+    def states() -> list[str | None]:
+        entries = [cloud.services.ledger.get(f"{job.job_id}/1") for job in jobs]
+        return [entry.state if entry is not None else None for entry in entries]
+
+    try:
+        until(f"the {n} requests held back", lambda: set(states()) == {"WAITING"}, timeout=400)
+    except TimeoutError as exc:  # say where they are instead (and what holds the slots)
+        pending = [j["id"] for j in ibm.store.jobs(pending=True)[0]]
+        raise AssertionError(f"{exc}: states {states()}, pending runtime jobs {pending}") from exc
     return blockers, jobs
 
 

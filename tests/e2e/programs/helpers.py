@@ -168,6 +168,16 @@ def wait_file(path: Path, what: str, timeout: float = 60.0) -> None:
     wait_for(path.exists, timeout, what)
 
 
+def warm_workers(client: Client, program: Path, arguments: dict[str, Any]) -> list[str]:
+    """Run ``program`` once on each of the two workers (two jobs at once, to the end): a
+    worker's first stage of a program imports what it needs (seconds for a fake device's
+    transpiler), which must not decide a race the test sets up. The jobs' ids."""
+    jobs = [client.run(program, arguments) for _ in range(2)]
+    for job in jobs:
+        job.result(timeout=180)
+    return [job.job_id for job in jobs]
+
+
 def wait_device_running(client: Client, job_id: str, timeout: float = 60.0) -> None:
     """Wait until the job's device job is RUNNING (being simulated by a worker)."""
     wait_for(
