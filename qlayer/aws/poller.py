@@ -26,7 +26,7 @@ from qlayer.aws.qpu import cancel_task, deliver, drain, ledger_of, shares_of
 from qlayer.aws.services import Services
 from qlayer.dispatch import OPEN_STATES, batches, follow
 from qlayer.interpreter import Decision
-from qlayer.steps import note
+from qlayer.step_logs import note
 
 log = logging.getLogger("qlayer.aws")
 

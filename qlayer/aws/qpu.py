@@ -42,7 +42,8 @@ from qlayer.dispatch.ledger import LedgerEntry
 from qlayer.interpreter import Decision
 from qlayer.providers.base import AsyncProvider, ProviderError
 from qlayer.status import JobStatus
-from qlayer.steps import held_group, note
+from qlayer.step_logs import note
+from qlayer.steps import held_group
 
 if TYPE_CHECKING:
     from qlayer.aws.ledger import DynamoLedger

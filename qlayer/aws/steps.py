@@ -28,7 +28,7 @@ from qlayer.envs import load_lock
 from qlayer.errors import ArtifactError, QlayerError
 from qlayer.interpreter import Decision
 from qlayer.status import JobStatus
-from qlayer.steps import note
+from qlayer.step_logs import note
 
 
 def decision_of(event: StepEvent) -> Decision:

@@ -46,7 +46,7 @@ def start(home: Home, *, workers: int | None = None, wait: bool = True) -> int:
     pid = daemon_pid(home)
     if pid is not None:
         return pid
-    args = [sys.executable, "-m", "qlayer.local.daemon", "--home", str(home.root)]
+    args = [sys.executable, "-m", "qlayer.local.daemon_process", "--home", str(home.root)]
     if workers:
         args += ["--workers", str(workers)]
     with open(home.daemon_log, "ab") as log:

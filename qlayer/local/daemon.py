@@ -17,13 +17,10 @@ Run it with ``qlayer up`` (or ``python -m qlayer.local.daemon``).
 
 from __future__ import annotations
 
-import argparse
-import fcntl
 import functools
 import json
 import logging
 import os
-import signal
 import socket
 import sqlite3
 import sys
@@ -35,7 +32,7 @@ from typing import Any
 from qlayer.core import transitions
 from qlayer.core.ports import Event, Ports
 from qlayer.interpreter import Decision
-from qlayer.local import faults, procs, state
+from qlayer.local import faults, state
 from qlayer.local.admission import Admission
 from qlayer.local.devices import DeviceQueue
 from qlayer.local.envgate import EnvGate
@@ -52,7 +49,7 @@ from qlayer.local.state import insert_step, transaction
 from qlayer.local.zygote import Zygote
 from qlayer.planner import Resources
 from qlayer.status import JobStatus
-from qlayer.steps import note
+from qlayer.step_logs import note
 from qlayer.store.local import FolderStore
 
 log = logging.getLogger("qlayer.daemon")
@@ -525,78 +522,11 @@ class Daemon:
         faults.worker_died(self, worker)
 
 
-def _preload() -> None:
-    """Import what stages use, once, before forking workers."""
-    import numpy  # noqa: F401
-    import qiskit
-    import qiskit.primitives
-    import qiskit.qpy  # noqa: F401
-    import qiskit_aer
-    import qiskit_aer.primitives  # noqa: F401
-    import scipy.optimize  # noqa: F401
-    from qiskit.transpiler import generate_preset_pass_manager  # noqa: F401
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="qlayer-daemon", description="the qlayer local daemon")
-    parser.add_argument("--home", default=None)
-    parser.add_argument("--workers", type=int, default=None)
-    args = parser.parse_args(argv)
-    os.umask(0o077)  # everything the daemon and its workers write is private to its user
-    home = Home.resolve(args.home)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("qiskit").setLevel(logging.WARNING)
-    lock = open(home.lock_file, "a+")  # noqa: SIM115 - held for the daemon's life
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        log.info("another daemon holds %s; exiting", home.lock_file)
-        return 0
-    _preload()
-    # Before anything starts a thread: every worker is forked from this one process, so
-    # none inherits a lock some thread of the daemon held (qlayer.local.zygote).
-    zygote = Zygote.fork(lock_fd=lock.fileno())
-    daemon = Daemon(
-        home,
-        workers=args.workers or _env_int("QLAYER_WORKERS"),
-        lock_fd=lock.fileno(),
-        zygote=zygote,
-    )
+    """``python -m qlayer.local.daemon`` (kept): :func:`qlayer.local.daemon_process.main`."""
+    from qlayer.local.daemon_process import main as process_main
 
-    def stop(signum: int, frame: Any) -> None:
-        daemon.stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    procs.end_leftovers(home.workers_file, _old_pid(home))
-    procs.become_subreaper()  # a killed worker's orphans come here and are reaped
-    home.pid_file.write_text(str(os.getpid()))
-    try:
-        daemon.run()
-    finally:
-        try:
-            if home.pid_file.read_text().strip() == str(os.getpid()):
-                home.pid_file.unlink()
-        except FileNotFoundError:
-            pass
-    log.info("daemon stopped")
-    return 0
-
-
-def _old_pid(home: Home) -> int | None:
-    try:
-        return int(home.pid_file.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _env_int(name: str) -> int | None:
-    value = os.environ.get(name)
-    return int(value) if value else None
+    return process_main(argv)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from qlayer.local.faults import max_deaths
 from qlayer.local.pool import Assignment, WorkerHandle
 from qlayer.local.state import joined
 from qlayer.status import JobStatus
-from qlayer.steps import note
+from qlayer.step_logs import note
 from qlayer.store.base import ArtifactStore
 
 log = logging.getLogger("qlayer.daemon")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from qlayer.core import transitions
 from qlayer.core.ports import Event
 from qlayer.local.state import transaction
-from qlayer.steps import note
+from qlayer.step_logs import note
 
 if TYPE_CHECKING:
     from qlayer.local.daemon import Daemon

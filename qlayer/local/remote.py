@@ -51,7 +51,8 @@ from qlayer.local.remote_work import BatchWork, RemoteConfig, RemoteWork
 from qlayer.providers.base import ProviderError
 from qlayer.request import decode_request
 from qlayer.status import JobStatus
-from qlayer.steps import held_group, note
+from qlayer.step_logs import note
+from qlayer.steps import held_group
 from qlayer.store.base import ArtifactStore
 
 log = logging.getLogger("qlayer.daemon")
