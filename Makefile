@@ -40,9 +40,10 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest -q
 
-## test-fast: the quick loop — unit tests and the port contracts on SQLite/memory (no daemon, no moto)
+## test-fast: the quick loop — unit tests and the port contracts on SQLite/memory (no daemon,
+##   no moto), on two worker processes
 test-fast: $(VENV)/.installed-dev
-	$(PY) -m pytest -q -m "not moto and not slow" tests/unit tests/contract
+	$(PY) -m pytest -q -n 2 -m "not moto and not slow" tests/unit tests/contract
 
 ## test-burst: 500 QPU requests at once onto the stack's dispatch queue in the cloud box
 ##   (a limit of 8 in flight: all answered once, none dead-lettered; minutes). `make test`

@@ -120,7 +120,7 @@ class QlayerClient(Protocol):
     ) -> Job:
         """Submit a program and return at once (``notify``: :mod:`qlayer.notify`;
         ``max_cost_usd``: a budget, see :class:`~qlayer.workflow.Workflow`; ``job_id``:
-        one made in advance by :func:`qlayer.submit.new_job_id`)."""
+        one made in advance by :func:`qlayer.keys.new_job_id`)."""
         ...
 
     def job(self, job_id: str) -> Job:

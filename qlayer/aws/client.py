@@ -134,7 +134,7 @@ class AwsClient:
         """Submit a program and return at once (the execution is named by the job id).
 
         Args:
-            job_id: The job's id, made in advance by :func:`qlayer.submit.new_job_id`
+            job_id: The job's id, made in advance by :func:`qlayer.keys.new_job_id`
                 (default: a new one).
             notify: Not delivered on AWS yet: giving targets here is refused rather
                 than dropped (a workflow's own ``notify`` is only honoured locally).

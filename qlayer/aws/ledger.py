@@ -38,6 +38,7 @@ from qlayer.dispatch.ledger import (
     OPEN_STATES,
     Ledger,
     LedgerEntry,
+    Slot,
     check_final,
     check_state,
 )
@@ -333,14 +334,14 @@ class DynamoLedger(Table, Ledger):
         return False
 
     # -- in-flight slots ----------------------------------------------------------------
-    def take_slot(self, key: str, max_in_flight: int) -> bool:
+    def take_slot(self, key: str, max_in_flight: int) -> Slot:
         from botocore.exceptions import ClientError
 
         current = self.get(key)
         if current is None or current.state in FINAL_STATES:
-            return False
+            return Slot.NONE
         if current.slot:
-            return True
+            return Slot.HELD
         try:
             self.client.transact_write_items(
                 TransactItems=[
@@ -375,8 +376,8 @@ class DynamoLedger(Table, Ledger):
         except ClientError as exc:
             if not condition_failed(exc):
                 raise
-            return False
-        return True
+            return Slot.NONE  # every slot taken (or the entry ended or got one meanwhile)
+        return Slot.TAKEN
 
     def give_back_slot(self, key: str) -> bool:
         from botocore.exceptions import ClientError

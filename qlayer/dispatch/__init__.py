@@ -37,6 +37,7 @@ from qlayer.dispatch.ledger import (
     Ledger,
     LedgerEntry,
     MemoryLedger,
+    Slot,
 )
 from qlayer.dispatch.rates import DEFAULT_RATE_LIMITS, RateLimiter, RateLimits, provider_of
 from qlayer.dispatch.retries import backoff_delays, with_retries
@@ -55,6 +56,7 @@ __all__ = [
     "NotSubmitted",
     "RateLimiter",
     "RateLimits",
+    "Slot",
     "SubmissionEnded",
     "SubmissionInProgress",
     "admit",

@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
-from qlayer.dispatch.ledger import DEFAULT_LEASE_S, FINAL_STATES, Ledger, LedgerEntry
+from qlayer.dispatch.ledger import DEFAULT_LEASE_S, FINAL_STATES, Ledger, LedgerEntry, Slot
 from qlayer.dispatch.rates import RateLimiter
 from qlayer.providers.base import AsyncProvider, ProviderError, ProviderJobStatus
 
@@ -94,10 +94,13 @@ def admit(ledger: Ledger, limiter: RateLimiter, key: str, backend: str) -> float
         otherwise the seconds until the rate allows one (the slot is given back).
     """
     limits = limiter.limits_for(backend)
-    if not ledger.take_slot(key, limits.max_in_flight):
+    slot = ledger.take_slot(key, limits.max_in_flight)
+    if not slot:
         return float("inf")
     wait_s = limiter.take_token(backend)
-    if wait_s > 0:
+    if wait_s > 0 and slot is Slot.TAKEN:
+        # Only a slot this call took goes back: one the entry held already may be another
+        # dispatcher's, submitting under it now (giving it back let a fourth job in).
         ledger.give_back_slot(key)
     return wait_s
 

@@ -25,6 +25,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
+from enum import IntEnum
 from typing import Any
 
 #: Every state, in lifecycle order.
@@ -43,6 +44,20 @@ FINAL_STATES = frozenset({"DONE", "ERROR", "CANCELLED"})
 OPEN_STATES = ("WAITING", "CLAIMED", "SUBMITTED", "QUEUED", "RUNNING")
 #: Submitted to the provider and not ended: what a poller polls.
 POLLED_STATES = ("SUBMITTED", "QUEUED", "RUNNING")
+
+
+class Slot(IntEnum):
+    """What :meth:`Ledger.take_slot` did; false only for :attr:`NONE`.
+
+    Only the caller that got :attr:`TAKEN` may give the slot back because its submission
+    did not go: :attr:`HELD` means another dispatcher (or a dead one, whose work a
+    takeover resumes) took it, and may be submitting under it now.
+    """
+
+    NONE = 0  #: no slot: every one is taken, or the entry ended or is missing
+    TAKEN = 1  #: taken by this call
+    HELD = 2  #: the entry held one already; it keeps it
+
 
 #: How long a claim protects an entry from a concurrent duplicate before another
 #: dispatcher may take it over (must exceed one submit call with its retries).
@@ -199,10 +214,11 @@ class Ledger(ABC):
         changed) if it had ended or does not exist."""
 
     @abstractmethod
-    def take_slot(self, key: str, max_in_flight: int) -> bool:
+    def take_slot(self, key: str, max_in_flight: int) -> Slot:
         """Take one of the entry's backend's ``max_in_flight`` slots. Never more than
         ``max_in_flight`` entries of one backend hold a slot at once. An entry that holds
-        one keeps it (True); an ended or missing entry gets none (False)."""
+        one keeps it (:attr:`Slot.HELD`); an ended or missing entry gets none
+        (:attr:`Slot.NONE`); otherwise :attr:`Slot.TAKEN` or, all taken, ``NONE``."""
 
     @abstractmethod
     def give_back_slot(self, key: str) -> bool:
@@ -385,18 +401,18 @@ class MemoryLedger(Ledger):
             )
             return True
 
-    def take_slot(self, key: str, max_in_flight: int) -> bool:
+    def take_slot(self, key: str, max_in_flight: int) -> Slot:
         with self._lock:
             entry = self._entries.get(key)
             if entry is None or entry.state in FINAL_STATES:
-                return False
+                return Slot.NONE
             if entry.slot:
-                return True
+                return Slot.HELD
             used = sum(1 for e in self._entries.values() if e.slot and e.backend == entry.backend)
             if used >= max_in_flight:
-                return False
+                return Slot.NONE
             self._entries[key] = replace(entry, slot=True)
-            return True
+            return Slot.TAKEN
 
     def give_back_slot(self, key: str) -> bool:
         with self._lock:

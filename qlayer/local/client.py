@@ -123,7 +123,7 @@ class LocalClient:
             max_cost_usd: A budget for the job (the smaller of it and the workflow's
                 applies): an execute that would pass it ends the job in ERROR.
             cli_arguments: ``key=value`` texts typed by the declared params (``--arg``).
-            job_id: The job's id, made in advance by :func:`qlayer.submit.new_job_id`
+            job_id: The job's id, made in advance by :func:`qlayer.keys.new_job_id`
                 (default: a new one).
 
         Raises:

@@ -31,6 +31,7 @@ from qlayer.dispatch.ledger import (
     FINAL_STATES,
     Ledger,
     LedgerEntry,
+    Slot,
     check_final,
     check_state,
 )
@@ -189,21 +190,21 @@ class SqliteLedger(Ledger):
                 ).rowcount
             )
 
-    def take_slot(self, key: str, max_in_flight: int) -> bool:
+    def take_slot(self, key: str, max_in_flight: int) -> Slot:
         with self._tx():
             entry = self._get(key)
             if entry is None or entry.state in FINAL_STATES:
-                return False
+                return Slot.NONE
             if entry.slot:
-                return True
+                return Slot.HELD
             used = self.conn.execute(
                 "SELECT COUNT(*) FROM provider_ledger WHERE backend = ? AND slot = 1",
                 (entry.backend,),
             ).fetchone()[0]
             if used >= max_in_flight:
-                return False
+                return Slot.NONE
             self.conn.execute("UPDATE provider_ledger SET slot = 1 WHERE key = ?", (key,))
-            return True
+            return Slot.TAKEN
 
     def give_back_slot(self, key: str) -> bool:
         with self._tx():

@@ -9,6 +9,7 @@ from qlayer.dispatch import (
     NotSubmitted,
     RateLimiter,
     RateLimits,
+    Slot,
     SubmissionEnded,
     SubmissionInProgress,
     admit,
@@ -181,12 +182,27 @@ def test_record_outcome_and_finish_happen_once(ledger):
         ledger.finish("j/1", "RUNNING")
 
 
+def test_a_second_admission_whose_rate_says_wait_keeps_the_first_ones_slot(ledger):
+    """Two dispatchers admit one waiting request: the first takes the slot and goes on to
+    submit; the second finds the slot held and the rate spent. It must leave the slot
+    where it is (giving it back let a job past the backend's limit: the first submits
+    with no slot counted, and the next request takes the freed one)."""
+    limiter = RateLimiter({"q": RateLimits(max_in_flight=1, submits_per_s=0.001, burst=1)})
+    ledger.hold("j/1", "q", "req")
+    ledger.hold("j/2", "q", "req")
+    assert admit(ledger, limiter, "j/1", "q") == 0.0  # the first dispatcher: slot and token
+    assert admit(ledger, limiter, "j/1", "q") > 0  # the second: no token to submit with
+    assert ledger.get("j/1").slot and ledger.in_flight("q") == 1
+    assert admit(ledger, limiter, "j/2", "q") == float("inf")  # the limit holds
+
+
 def test_slots_never_exceed_the_cap_and_come_back_with_the_end(ledger):
     for n in range(4):
         ledger.hold(f"j/{n}", "q", "req")
     ledger.hold("k/0", "other", "req")
     assert [ledger.take_slot(f"j/{n}", 2) for n in range(4)] == [True, True, False, False]
-    assert ledger.take_slot("j/0", 2)  # holding one already: kept
+    assert ledger.take_slot("j/0", 2) is Slot.HELD  # holding one already: kept, not taken
+    assert ledger.take_slot("j/3", 2) is Slot.NONE
     assert ledger.in_flight("q") == 2 and ledger.take_slot("k/0", 2)  # per backend
     assert ledger.get("j/0").slot and not ledger.get("j/2").slot
     ledger.finish("j/0", "DONE")

@@ -27,12 +27,15 @@ from cloud_box import FAKE_QPU_CODE, PROGRAMS, PROVIDER_PLUGINS, finish, until, 
 from qlayer import keys
 from qlayer.cloudbox import BoxOptions, CloudBox, synthesize
 from qlayer.cloudbox.server import REGION
+from qlayer.keys import new_job_id
 
 STACK = "Qlayer"
 TINY = PROGRAMS / "aws_tiny.py"
 ISA = PROGRAMS / "aws_isa.py"
 ISA_FAN = PROGRAMS / "aws_isa_fan.py"
 BASIS = PROGRAMS / "aws_basis.py"
+#: BASIS's device: an ``ibm_*`` name goes to the fake IBM service (3 in flight, Open Plan).
+BACKEND = "ibm_brisbane"
 LIMIT = 8
 RATE_LIMITS = {"fakeqpu": {"max_in_flight": LIMIT, "submits_per_s": 1000, "burst": 1000}}
 #: The poller's rate(1 minute) fires every second here (the box's only time compression).
@@ -91,6 +94,19 @@ def cloud(box: CloudBox, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv("QLAYER_FAKE_QPU_DIR", str(box.fake_qpu_dir))  # type: ignore[attr-defined]
     monkeypatch.syspath_prepend(str(FAKE_QPU_CODE))
     return Client.aws(stack=STACK, region=REGION)
+
+
+@pytest.fixture(autouse=True)
+def _nothing_held_after(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that fails while runtime jobs are held lets them go, so the next test does not
+    find IBM's slots taken."""
+    yield
+    if "ibm" in request.fixturenames:
+        ibm = request.getfixturevalue("ibm")
+        ibm.store.clear_rules()
+        for held in ibm.store.jobs(pending=True)[0]:
+            ibm.release(held["id"])
+        ibm.ideal()
 
 
 def fake_qpu(box: CloudBox) -> Any:
@@ -400,28 +416,46 @@ def test_a_fan_outs_ibm_batch_is_closed_when_the_job_ends(
     )
 
 
-def _behind_held_blockers(cloud: Any, ibm: Any, n: int, *, hold: int = 3) -> tuple[list, list]:
+def _behind_held_blockers(cloud: Any, ibm: Any, box: CloudBox, n: int) -> tuple[list, list]:
     """IBM's three slots taken by held runtime jobs of seeded requests (which never merge);
-    ``n`` small unseeded requests wait in the tasks table behind them."""
-    creations = ibm.job_creations()
-    ibm.hold_next(count=hold)
-    blockers = [cloud.run(BASIS, {"k": 7, "shots": 20, "seed": i}) for i in range(3)]
-    until(
-        "the three held runtime jobs",
-        lambda: ibm.job_creations() == creations + 3,
-        timeout=600,
-    )
-    jobs = [cloud.run(BASIS, {"k": k, "shots": 50}) for k in range(n)]
+    ``n`` small unseeded requests wait in the tasks table behind them.
 
-    def states() -> list[str | None]:
-        entries = [cloud.services.ledger.get(f"{job.job_id}/1") for job in jobs]
-        return [entry.state if entry is not None else None for entry in entries]
+    Each blocker's hold is its own (a rule for its request's tag, set before the job
+    exists), so no other runtime job created meanwhile can take one; each blocker must
+    make exactly one runtime job and hold one of the backend's slots."""
+    blockers = []
+    for i in range(3):
+        job_id = new_job_id()
+        ibm.hold_next(tag=f"{job_id}/1")
+        blockers.append(cloud.run(BASIS, {"k": 7, "shots": 20, "seed": i}, job_id=job_id))
 
-    try:
-        until(f"the {n} requests held back", lambda: set(states()) == {"WAITING"}, timeout=400)
-    except TimeoutError as exc:  # say where they are instead (and what holds the slots)
+    def runtime_jobs(job: Any) -> list[dict[str, Any]]:
+        return ibm.store.jobs(tags=[f"{job.job_id}/1"])[0]
+
+    def entries(of: list[Any]) -> list[str]:
+        found = [cloud.services.ledger.get(f"{job.job_id}/1") for job in of]
+        return [f"{e.state}{' (slot)' if e.slot else ''}" if e else "-" for e in found]
+
+    def where() -> str:
         pending = [j["id"] for j in ibm.store.jobs(pending=True)[0]]
-        raise AssertionError(f"{exc}: states {states()}, pending runtime jobs {pending}") from exc
+        return (
+            f"blockers {entries(blockers)}, slots counted "
+            f"{cloud.services.ledger.in_flight(BACKEND)}, pending runtime jobs {pending}; "
+            f"dispatcher: {box.function_log('dispatcher')[-3000:]}"
+        )
+
+    until("the three held runtime jobs", lambda: all(map(runtime_jobs, blockers)), timeout=600)
+    assert [len(runtime_jobs(b)) for b in blockers] == [1, 1, 1]  # exactly once each
+    try:
+        until(
+            "the blockers' three slots",
+            lambda: cloud.services.ledger.in_flight(BACKEND) == 3,
+            timeout=120,
+        )
+        jobs = [cloud.run(BASIS, {"k": k, "shots": 50}) for k in range(n)]
+        until(f"the {n} requests held back", lambda: set(entries(jobs)) == {"WAITING"}, timeout=400)
+    except TimeoutError as exc:  # say where they are instead (and what holds the slots)
+        raise AssertionError(f"{exc}: {where()}") from exc
     return blockers, jobs
 
 
@@ -434,7 +468,7 @@ def test_requests_queued_for_ibm_share_one_runtime_job(box: CloudBox, cloud: Any
     """Coalescing on the AWS path: when a slot comes back the poller's drain merges the
     waiting requests into one runtime job, and each job gets its own PUB's counts."""
     creations = ibm.job_creations()
-    blockers, jobs = _behind_held_blockers(cloud, ibm, 4)
+    blockers, jobs = _behind_held_blockers(cloud, ibm, box, 4)
     for held in ibm.store.jobs(pending=True)[0]:
         ibm.release(held["id"])
     for k, job in enumerate(jobs):
@@ -457,7 +491,8 @@ def test_cancelling_one_coalesced_request_leaves_the_runtime_job_to_the_others(
     box: CloudBox, cloud: Any, ibm: Any
 ) -> None:
     before = {j["id"] for j in _shared_jobs(ibm)}
-    blockers, jobs = _behind_held_blockers(cloud, ibm, 3, hold=4)  # the shared job held too
+    blockers, jobs = _behind_held_blockers(cloud, ibm, box, 3)
+    ibm.hold_next()  # the shared runtime job (the next one created) is held too
     for held in ibm.store.jobs(pending=True)[0]:
         ibm.release(held["id"])
     until("the shared runtime job", lambda: [j for j in _shared_jobs(ibm) if j["id"] not in before])

@@ -98,9 +98,12 @@ class FakeIbmRuntime:
         """The next ``count`` jobs created end Failed with ``message``."""
         self.store.add_rule("fail", backend=backend, count=count, message=message)
 
-    def hold_next(self, state: str = "Queued", *, count: int = 1, backend: str = "*") -> None:
-        """The next ``count`` jobs created stay in ``state`` until :meth:`release`."""
-        self.store.add_rule("hold", backend=backend, count=count, state=state)
+    def hold_next(
+        self, state: str = "Queued", *, count: int = 1, backend: str = "*", tag: str | None = None
+    ) -> None:
+        """The next ``count`` jobs created (with ``tag``, if given) stay in ``state`` until
+        :meth:`release`."""
+        self.store.add_rule("hold", backend=backend, count=count, state=state, tag=tag)
 
     def ideal(self, *, backend: str = "*") -> None:
         """Simulate jobs created from now on without the device's noise."""

@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS tokens (token TEXT PRIMARY KEY, apikey TEXT NOT NULL,
     expires REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS rules (
     id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, backend TEXT NOT NULL,
-    remaining INTEGER, status INTEGER, message TEXT, state TEXT);
+    remaining INTEGER, status INTEGER, message TEXT, state TEXT, tag TEXT);
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY, backend TEXT NOT NULL, mode TEXT NOT NULL, instance TEXT,
     max_ttl INTEGER, accepting_jobs INTEGER NOT NULL DEFAULT 1, state TEXT NOT NULL,
@@ -201,13 +201,15 @@ class Store:
         status: int | None = None,
         message: str | None = None,
         state: str | None = None,
+        tag: str | None = None,
     ) -> int:
         """A behaviour rule for the next ``count`` matching requests (None: all of them).
 
         Kinds: ``reject`` (job creation answers HTTP ``status`` with ``message``),
         ``fail`` (the created job ends Failed with ``message``), ``hold`` (the created
         job stays in ``state``, Queued or Running, until released), ``ideal`` (the job
-        is simulated without the device's noise). ``backend`` is a name or ``*``.
+        is simulated without the device's noise). ``backend`` is a name or ``*``; with
+        ``tag``, only a job created with that tag matches (a ``reject`` rule ignores it).
         """
         if kind not in RULE_KINDS:
             raise ValueError(f"rule kind must be one of {RULE_KINDS}, got {kind!r}")
@@ -215,9 +217,9 @@ class Store:
             raise ValueError(f"a hold rule needs state in {PENDING}, got {state!r}")
         with self._connect() as db:
             cursor = db.execute(
-                "INSERT INTO rules (kind, backend, remaining, status, message, state)"
-                " VALUES (?,?,?,?,?,?)",
-                (kind, backend, count, status, message, state),
+                "INSERT INTO rules (kind, backend, remaining, status, message, state, tag)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (kind, backend, count, status, message, state, tag),
             )
             return int(cursor.lastrowid or 0)
 
@@ -232,11 +234,16 @@ class Store:
             return self._take_rule(db, kind, backend)
 
     @staticmethod
-    def _take_rule(db: sqlite3.Connection, kind: str, backend: str) -> Rule | None:
+    def _take_rule(
+        db: sqlite3.Connection, kind: str, backend: str, tags: list[str] | None = None
+    ) -> Rule | None:
+        tags = tags or []
         row = db.execute(
             "SELECT * FROM rules WHERE kind = ? AND backend IN (?, '*')"
-            " AND (remaining IS NULL OR remaining > 0) ORDER BY id LIMIT 1",
-            (kind, backend),
+            " AND (remaining IS NULL OR remaining > 0)"
+            f" AND (tag IS NULL OR tag IN ({','.join('?' * len(tags)) or 'NULL'}))"
+            " ORDER BY id LIMIT 1",
+            (kind, backend, *tags),
         ).fetchone()
         if row is None:
             return None
@@ -261,9 +268,9 @@ class Store:
         """A new Queued job; the fail/hold/ideal rules for its backend are taken now."""
         job_id = "d" + secrets.token_hex(10)[:19]
         with self._connect(write=True) as db:
-            fail = self._take_rule(db, "fail", backend)
-            hold = self._take_rule(db, "hold", backend)
-            ideal = self._take_rule(db, "ideal", backend)
+            fail = self._take_rule(db, "fail", backend, tags)
+            hold = self._take_rule(db, "hold", backend, tags)
+            ideal = self._take_rule(db, "ideal", backend, tags)
             db.execute(
                 "INSERT INTO jobs (id, backend, program_id, instance, session_id, tags, params,"
                 " cost, private, status, hold, fail_message, ideal, created)"
