@@ -36,9 +36,10 @@ demo: $(VENV)/.installed
 	$(QLAYER) up
 	$(QLAYER) run examples/qaoa_maxcut.py --arg nodes=8 --wait
 
-## test: install dev tools and run the whole suite
+## test: install dev tools and run the whole suite, on two worker processes (a test file
+##   stays on one: its module fixtures, such as a cloud box, are set up once)
 test: $(VENV)/.installed-dev
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 ## test-fast: the quick loop — unit tests and the port contracts on SQLite/memory (no daemon,
 ##   no moto), on two worker processes

@@ -107,6 +107,31 @@ def _when(stamp: float | None) -> str:
     return datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M:%S") if stamp else "-"
 
 
+#: Off a terminal (a log file, CI), a change of the items counter alone is printed at most
+#: this often; a new status or stage is printed at once.
+PLAIN_PROGRESS_EVERY_S = 10.0
+
+
+def plain_progress(
+    emit: Any, *, every_s: float = PLAIN_PROGRESS_EVERY_S, clock: Any = time.monotonic
+) -> Any:
+    """A progress callback for output that is not a terminal: one line per new status or
+    stage, and the items counter at most every ``every_s`` seconds (a 3,000-child fan-out
+    printed a line per poll: thousands of lines in a log)."""
+    last: dict[str, Any] = {"phase": None, "text": None, "at": float("-inf")}
+
+    def line(info: dict[str, Any]) -> None:
+        text = _describe_progress(info)
+        phase = (info.get("status"), info.get("stage"), info.get("seq"))
+        now = clock()
+        if text == last["text"] or (phase == last["phase"] and now - last["at"] < every_s):
+            return
+        last.update(phase=phase, text=text, at=now)
+        emit(text)
+
+    return line
+
+
 def _progress_printer(show: bool) -> Any:
     """A progress callback: a live status line on a terminal, plain lines elsewhere."""
     if not show:
@@ -120,10 +145,7 @@ def _progress_printer(show: bool) -> Any:
 
         return update, status
 
-    def line(info: dict[str, Any]) -> None:
-        err.print(_describe_progress(info), highlight=False)
-
-    return line, None
+    return plain_progress(lambda text: err.print(text, highlight=False)), None
 
 
 def _describe_progress(info: dict[str, Any]) -> str:

@@ -6,7 +6,8 @@ their parent's retention. A tree is pruned only when every job in it has ended: 
 or queued work is never touched. Pruning removes the jobs' rows (``jobs``, ``events``,
 ``runs``, ``steps``, ``device_jobs``, ``provider_ledger``) in short transactions, one
 batch of trees each, then their artifact folders, then program bundles no job refers to
-any more. SQLite reuses the freed pages; the file itself does not shrink.
+any more, then ended coalesced provider batches (``jobs/_coalesced/``) none of whose
+member requests is left. SQLite reuses the freed pages; the file itself does not shrink.
 
 The default retention (``QLAYER_RETENTION_DAYS``, :data:`DEFAULT_RETENTION_DAYS`; ``0``
 keeps everything) is applied by the daemon at start and every
@@ -19,6 +20,7 @@ table's TTL and the bucket's lifecycle rules — the stack's configuration, not 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -91,6 +93,8 @@ class PruneReport:
         jobs: Jobs pruned, children included.
         artifact_bytes: Disk the jobs' artifact folders used.
         programs: Program bundles no remaining job refers to (removed with them).
+        batches: Coalesced provider batches removed (their ledger entry and
+            ``jobs/_coalesced/`` folder) once no member request is left.
         envs: Program environments removed (no job that has not ended uses them, and none
             did within the age given; see :func:`qlayer.local.envs.prune_envs`).
         env_bytes: Disk those environments used.
@@ -101,6 +105,7 @@ class PruneReport:
     jobs: int = 0
     artifact_bytes: int = 0
     programs: int = 0
+    batches: int = 0
     envs: list[str] = field(default_factory=list)
     env_bytes: int = 0
     dry_run: bool = False
@@ -111,6 +116,7 @@ class PruneReport:
             "jobs": self.jobs,
             "artifact_bytes": self.artifact_bytes,
             "programs": self.programs,
+            "batches": self.batches,
             "envs": self.envs,
             "env_bytes": self.env_bytes,
             "dry_run": self.dry_run,
@@ -122,6 +128,7 @@ class PruneReport:
         return (
             f"{verb} {self.jobs} jobs in {len(self.roots)} trees, "
             f"{self.artifact_bytes / 1e6:.1f} MB of artifacts, {self.programs} program bundles, "
+            f"{self.batches} coalesced batches, "
             f"{len(self.envs)} environments ({self.env_bytes / 1e6:.1f} MB)"
         )
 
@@ -233,6 +240,7 @@ def prune(
     )
     report = PruneReport(dry_run=dry_run)
     pruned_uses: dict[str, int] = {}
+    pruned_ids: set[str] = set()
     for start in range(0, len(roots), TREES_PER_BATCH):
         batch = roots[start : start + TREES_PER_BATCH]
         marks = ",".join("?" * len(batch))
@@ -242,6 +250,7 @@ def prune(
             (*batch, *batch),
         ).fetchall()
         ids = [row["job_id"] for row in members]
+        pruned_ids.update(ids)
         for row in members:
             if row["program_id"]:
                 pruned_uses[row["program_id"]] = pruned_uses.get(row["program_id"], 0) + 1
@@ -267,6 +276,7 @@ def prune(
             report.programs += 1
             if not dry_run:
                 shutil.rmtree(folder, ignore_errors=True)
+    _prune_batches(conn, artifacts, report, pruned_ids)
     if envs is not None:
         from qlayer.local.envs import prune_envs
 
@@ -282,6 +292,49 @@ def prune(
         gone = prune_envs(envs, live, older_than_s=older_than_s, dry_run=dry_run, now=now)
         report.envs, report.env_bytes = gone.envs, gone.bytes
     return report
+
+
+#: The most of a batch's manifest read (a member's key is some 30 bytes; a batch has at
+#: most a few hundred members).
+MANIFEST_MAX_BYTES = 1 << 20
+
+
+def _prune_batches(
+    conn: sqlite3.Connection, artifacts: Path, report: PruneReport, pruned: set[str]
+) -> None:
+    """Remove ended coalesced batches none of whose member requests is left in the ledger
+    (their members' jobs were pruned, ``pruned`` now or before): the batch's entry and its
+    artifact folder."""
+    from qlayer.dispatch import batches
+
+    rows = conn.execute(
+        f"SELECT key FROM provider_ledger WHERE key LIKE ? AND state IN {_FINAL_SQL}",
+        (batches.PREFIX + "%",),
+    ).fetchall()
+    for (key,) in rows:
+        folder = artifacts / batches.manifest_key(key).rsplit("/", 1)[0]
+        members: list[str] = []
+        manifest = folder / "manifest.json"
+        try:
+            if manifest.stat().st_size <= MANIFEST_MAX_BYTES:
+                members = [str(row[0]) for row in json.loads(manifest.read_bytes())["members"]]
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            members = []  # no readable manifest: the batch is judged by its entry alone
+        left = [
+            row[0]
+            for m in members
+            for row in conn.execute("SELECT job_id FROM provider_ledger WHERE key = ?", (m,))
+        ]
+        if any(job_id not in pruned for job_id in left):
+            continue
+        report.batches += 1
+        if folder.is_dir():
+            report.artifact_bytes += _disk_usage(folder)
+        if report.dry_run:
+            continue
+        with transaction(conn):
+            conn.execute("DELETE FROM provider_ledger WHERE key = ?", (key,))
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def apply_default_retention(home: Home, *, now: float | None = None) -> PruneReport | None:

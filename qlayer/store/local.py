@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 from qlayer.errors import ArtifactError
@@ -27,6 +28,38 @@ def _injected_fault(path: Path) -> None:
     code = getattr(errno, name, None)
     if isinstance(code, int):
         raise OSError(code, os.strerror(code), str(path))
+
+
+#: Temporary names of this process: ``.tmp-<pid>-<random>-<n>`` (a fork takes a new
+#: random part, so a parent and its child never pick the same name).
+_TMP_COUNTER = itertools.count()
+_TMP_TAG: tuple[int, str] = (0, "")
+
+
+def _temporary(target: Path) -> tuple[int, Path]:
+    """A new private file beside ``target`` (its folder made if missing), open to write.
+
+    Cheaper than ``tempfile.mkstemp`` and a ``mkdir`` before every write: most writes
+    go to a folder that exists, and a fan-out's children write thousands of small files.
+    """
+    global _TMP_TAG
+    pid = os.getpid()
+    if _TMP_TAG[0] != pid:
+        _TMP_TAG = (pid, secrets.token_hex(4))
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    made = False
+    for _ in range(100):
+        tmp = target.parent / f".tmp-{pid}-{_TMP_TAG[1]}-{next(_TMP_COUNTER)}"
+        try:
+            return os.open(tmp, flags, 0o600), tmp
+        except FileNotFoundError:
+            if made:
+                raise
+            target.parent.mkdir(parents=True, exist_ok=True)
+            made = True
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(target.parent))
 
 
 class FolderStore(ArtifactStore):
@@ -62,8 +95,7 @@ class FolderStore(ArtifactStore):
             raise self._refused(key, exc) from exc
 
     def _put(self, target: Path, data: bytes) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        fd, tmp = _temporary(target)
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
@@ -101,8 +133,13 @@ class FolderStore(ArtifactStore):
         target = self.path(key)
         try:
             _injected_fault(target)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with open(target, "a", encoding="utf-8") as handle:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+            try:
+                fd = os.open(target, flags, 0o666)
+            except FileNotFoundError:  # its folder is new (the folder is made only then)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(target, flags, 0o666)
+            with os.fdopen(fd, "a", encoding="utf-8") as handle:
                 handle.write(text)
         except OSError as exc:
             raise self._refused(key, exc) from exc

@@ -269,3 +269,31 @@ def test_submitting_while_artifacts_cannot_be_written_is_one_clear_line(tmp_path
     assert "Traceback" not in done.stderr
     assert "cannot write" in done.stderr and "Read-only file system" in done.stderr
     assert "artifacts" in done.stderr
+
+
+def test_progress_off_a_terminal_prints_phases_at_once_and_counters_now_and_then():
+    """A log file gets one line per status or stage, and the items counter at most every
+    ten seconds (a 3,000-child fan-out printed some 300 lines)."""
+    from qlayer.cli_app import plain_progress
+
+    lines: list[str] = []
+    now = [0.0]
+    update = plain_progress(lines.append, every_s=10.0, clock=lambda: now[0])
+    update({"status": "RUNNING", "stage": "spread", "seq": 0})
+    for done in range(0, 3001, 10):
+        now[0] += 0.1
+        update(
+            {
+                "status": "RUNNING",
+                "stage": "child",
+                "seq": 1,
+                "children": {"done": done, "total": 3000},
+            }
+        )
+    update({"status": "RUNNING", "stage": "collect", "seq": 2})
+    update({"status": "DONE", "stage": None, "seq": None})
+    update({"status": "DONE", "stage": None, "seq": None})
+    child = [line for line in lines if "stage child" in line]
+    assert 3 <= len(child) <= 4 and "items 0/3000" in child[0]  # 30 s of counting: ~3 lines
+    assert "spread" in lines[0] and "collect" in lines[-2] and "DONE" in lines[-1]
+    assert len(lines) == len(child) + 3

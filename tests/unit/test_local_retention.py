@@ -140,3 +140,40 @@ def test_ages_parse():
     assert parse_age("90s") == 90 and parse_age("2w") == 14 * DAY and parse_age("1.5") == 1.5 * DAY
     with pytest.raises(ValueError, match="invalid age"):
         parse_age("soon")
+
+
+def test_a_coalesced_batch_goes_once_no_member_request_is_left(home):
+    """A batch's ledger entry and ``jobs/_coalesced/`` folder belong to no job: they go
+    when the last of their members' jobs is pruned, not before."""
+    from qlayer.dispatch import batches
+    from qlayer.local.ledger import SqliteLedger
+
+    home, conn = home
+    ledger, store = SqliteLedger(conn), FolderStore(home.artifacts)
+
+    def batch(name: str, members: list[str]) -> str:
+        key = batches.PREFIX + name
+        for member in members:
+            ledger.hold(member, "ibm_x", "req")
+            ledger.finish(member, "DONE")
+        ledger.hold(key, "ibm_x", "req")
+        ledger.finish(key, "DONE")
+        store.put_json(batches.manifest_key(key), {"members": [[m, 0, 1] for m in members]})
+        return key
+
+    gone = batch("a" * 24, ["OLD_1_0/1", "OLDERR/1"])
+    kept = batch("b" * 24, ["OLD_1_1/1", "NEW_1_0/1"])  # NEW is not old enough
+    folder = home.artifacts / batches.manifest_key(gone).rsplit("/", 1)[0]
+    assert folder.is_dir()
+    assert prune(conn, home.artifacts, older_than_s=30 * DAY, dry_run=True).batches == 1
+    assert ledger.get(gone) is not None and folder.is_dir()
+
+    report = prune(conn, home.artifacts, older_than_s=30 * DAY)
+    assert report.batches == 1 and "1 coalesced batches" in report.summary()
+    assert ledger.get(gone) is None and not folder.exists()
+    assert ledger.get(kept) is not None
+    assert prune(conn, home.artifacts, job_ids=["NEW"]).batches == 1
+    assert ledger.get(kept) is None
+    assert not (home.artifacts / batches.ARTIFACTS).exists() or not any(
+        (home.artifacts / batches.ARTIFACTS).iterdir()
+    )
