@@ -102,12 +102,14 @@ def test_daemon_killed_mid_stage_resumes_every_job(client, side, markers):
 
 @pytest.mark.slow
 def test_daemon_killed_mid_execute_never_submits_twice(client, side, markers):
-    job = client.run(CHAIN, chain_args(side, markers, **SLOW_EXECUTE))
-    other = client.run(CHAIN, chain_args(side, markers, "measure"))
-    helpers.wait_device_running(client, job.job_id)
     # Kill only when the other worker is blocked mid-stage too: a stage between its
     # last line and its recorded outcome has not completed and may rightly run again.
+    # The other job is blocked first: waiting for it after the device run had started
+    # let the run (a couple of seconds) end first on a loaded machine.
+    other = client.run(CHAIN, chain_args(side, markers, "measure"))
     helpers.wait_file(markers / f"{other.job_id}.measure.started", "the other job to wait")
+    job = client.run(CHAIN, chain_args(side, markers, **SLOW_EXECUTE))
+    helpers.wait_device_running(client, job.job_id)
     assert any(e["event"] == "device running" for e in job.timeline())
     assert helpers.device_rows(client, job.job_id)[0]["status"] == "RUNNING"
 
