@@ -316,8 +316,9 @@ def _prune_batches(
         members: list[str] = []
         manifest = folder / "manifest.json"
         try:
-            if manifest.stat().st_size <= MANIFEST_MAX_BYTES:
-                members = [str(row[0]) for row in json.loads(manifest.read_bytes())["members"]]
+            if manifest.stat().st_size > MANIFEST_MAX_BYTES:
+                continue  # not ours to judge unread: kept
+            members = [str(row[0]) for row in json.loads(manifest.read_bytes())["members"]]
         except (OSError, ValueError, KeyError, TypeError, IndexError):
             members = []  # no readable manifest: the batch is judged by its entry alone
         left = [
