@@ -53,6 +53,15 @@ log = logging.getLogger("qlayer.aws")
 #: How long one drain may keep submitting (a Lambda must end within its timeout; what is
 #: left waits for the next dispatch or poll).
 DRAIN_BUDGET_S = 60.0
+#: One drain of a backend at a time, across every dispatcher and poller invocation (a
+#: lease in the tasks table): two drains admitting the same waiting request at once could
+#: leave it submitted with no in-flight slot counted, one giving back the slot the other
+#: submitted under. Held for the budget plus one submit call's retries; a drain that
+#: finds it held waits this long for it, then leaves its requests to the holder's next
+#: drain or the poller's.
+DRAIN_LEASE = "drain/"
+DRAIN_LEASE_S = DRAIN_BUDGET_S + 90.0
+DRAIN_LEASE_WAIT_S = 10.0
 
 
 def ledger_of(svc: Services) -> DynamoLedger:
@@ -83,11 +92,27 @@ def drain(svc: Services, backend: str, *, budget_s: float = DRAIN_BUDGET_S) -> i
     """Submit ``backend``'s waiting requests, oldest first, while its limits allow.
 
     Also takes over claims left by a dispatcher that died before recording a provider job
-    (their lease has passed): ``submit_once`` asks the provider first.
+    (their lease has passed): ``submit_once`` asks the provider first. One drain of a
+    backend runs at a time (:data:`DRAIN_LEASE`).
 
     Returns:
-        How many requests went to the provider.
+        How many requests went to the provider (0 when another drain held the lease).
     """
+    ledger = ledger_of(svc)
+    owner = uuid.uuid4().hex
+    name = DRAIN_LEASE + backend
+    deadline = time.monotonic() + DRAIN_LEASE_WAIT_S
+    while not ledger.take_lease(name, owner, DRAIN_LEASE_S):
+        if time.monotonic() > deadline:
+            return 0  # the holder, or the next poll, drains what is waiting
+        time.sleep(0.2)
+    try:
+        return _drain(svc, backend, budget_s)
+    finally:
+        ledger.drop_lease(name, owner)
+
+
+def _drain(svc: Services, backend: str, budget_s: float) -> int:
     from qlayer.providers.registry import async_provider
 
     ledger = ledger_of(svc)

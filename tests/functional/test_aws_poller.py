@@ -74,3 +74,34 @@ def test_a_poller_leaves_in_flight_requests_to_the_one_following_a_backlog(
     assert "backlog_followed_elsewhere" not in counts
     assert statuses(fake, provider_job_id) == 1
     assert aws.ledger.get(key).state == "QUEUED"  # its first poll, recorded
+
+
+def test_one_drain_of_a_backend_at_a_time(
+    aws: Any, fake: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While another invocation holds the backend's drain lease, a drain waits, then leaves
+    the waiting request to it (two drains admitting one request at once left it submitted
+    with no in-flight slot counted: a fourth IBM job in the cloud box's CI run); once the
+    lease is free, the drain submits it."""
+    from qiskit import QuantumCircuit
+
+    from qlayer.aws import qpu
+
+    monkeypatch.setattr(qpu, "DRAIN_LEASE_WAIT_S", 0.3)
+    job_id = prepare_job(aws, TINY, {"shots": 8})
+    circuit = QuantumCircuit(1)
+    circuit.measure_all()
+    request = ExecuteRequest("sampler", [circuit], "fakeqpu_ok", "tally", shots=8)
+    request_key = f"jobs/{job_id}/stages/0001-execute/request.json"
+    aws.store.put_json(request_key, encode_request(request, {"shots": 8}, where="a test"))
+    key = f"{job_id}/1"
+    aws.ledger.hold(key, "fakeqpu_ok", request_key)
+    lease = qpu.DRAIN_LEASE + "fakeqpu_ok"
+    assert aws.ledger.take_lease(lease, "another dispatcher", 300)
+    assert qpu.drain(aws, "fakeqpu_ok") == 0
+    assert aws.ledger.get(key).state == "WAITING" and not fake.calls("submit")
+    aws.ledger.drop_lease(lease, "another dispatcher")
+    assert qpu.drain(aws, "fakeqpu_ok") == 1
+    entry = aws.ledger.get(key)
+    assert entry.provider_job_id and entry.slot and len(fake.calls("submit")) == 1
+    assert aws.ledger.lease_holder(lease) is None  # given back when the drain ended
