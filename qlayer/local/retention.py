@@ -20,7 +20,6 @@ table's TTL and the bucket's lifecycle rules — the stack's configuration, not 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -294,11 +293,6 @@ def prune(
     return report
 
 
-#: The most of a batch's manifest read (a member's key is some 30 bytes; a batch has at
-#: most a few hundred members).
-MANIFEST_MAX_BYTES = 1 << 20
-
-
 def _prune_batches(
     conn: sqlite3.Connection, artifacts: Path, report: PruneReport, pruned: set[str]
 ) -> None:
@@ -306,20 +300,18 @@ def _prune_batches(
     (their members' jobs were pruned, ``pruned`` now or before): the batch's entry and its
     artifact folder."""
     from qlayer.dispatch import batches
+    from qlayer.errors import ArtifactError
+    from qlayer.store.local import FolderStore
 
+    store = FolderStore(artifacts)
     rows = conn.execute(
         f"SELECT key FROM provider_ledger WHERE key LIKE ? AND state IN {_FINAL_SQL}",
         (batches.PREFIX + "%",),
     ).fetchall()
     for (key,) in rows:
-        folder = artifacts / batches.manifest_key(key).rsplit("/", 1)[0]
-        members: list[str] = []
-        manifest = folder / "manifest.json"
         try:
-            if manifest.stat().st_size > MANIFEST_MAX_BYTES:
-                continue  # not ours to judge unread: kept
-            members = [str(row[0]) for row in json.loads(manifest.read_bytes())["members"]]
-        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            members = batches.member_keys(store, key)
+        except (ArtifactError, ValueError, KeyError, TypeError, IndexError):
             members = []  # no readable manifest: the batch is judged by its entry alone
         left = [
             row[0]
@@ -329,6 +321,7 @@ def _prune_batches(
         if any(job_id not in pruned for job_id in left):
             continue
         report.batches += 1
+        folder = store.path(batches.manifest_key(key)).parent
         if folder.is_dir():
             report.artifact_bytes += _disk_usage(folder)
         if report.dry_run:

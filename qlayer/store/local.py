@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import itertools
 import os
-import secrets
 from pathlib import Path
 
 from qlayer.errors import ArtifactError
@@ -30,10 +29,9 @@ def _injected_fault(path: Path) -> None:
         raise OSError(code, os.strerror(code), str(path))
 
 
-#: Temporary names of this process: ``.tmp-<pid>-<random>-<n>`` (a fork takes a new
-#: random part, so a parent and its child never pick the same name).
+#: Temporary names are ``.tmp-<pid>-<n>``: a fork has its own pid, and a name left by a
+#: dead process whose pid came back is skipped (``O_EXCL``).
 _TMP_COUNTER = itertools.count()
-_TMP_TAG: tuple[int, str] = (0, "")
 
 
 def _temporary(target: Path) -> tuple[int, Path]:
@@ -42,14 +40,11 @@ def _temporary(target: Path) -> tuple[int, Path]:
     Cheaper than ``tempfile.mkstemp`` and a ``mkdir`` before every write: most writes
     go to a folder that exists, and a fan-out's children write thousands of small files.
     """
-    global _TMP_TAG
     pid = os.getpid()
-    if _TMP_TAG[0] != pid:
-        _TMP_TAG = (pid, secrets.token_hex(4))
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     made = False
     for _ in range(100):
-        tmp = target.parent / f".tmp-{pid}-{_TMP_TAG[1]}-{next(_TMP_COUNTER)}"
+        tmp = target.parent / f".tmp-{pid}-{next(_TMP_COUNTER)}"
         try:
             return os.open(tmp, flags, 0o600), tmp
         except FileNotFoundError:
