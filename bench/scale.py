@@ -16,8 +16,8 @@ Measures:
    stage functions called in one process;
 2. the same 1,000-child job on a home that already holds ``--history`` finished jobs.
    The history is built fast by direct inserts into the state database (one top-level
-   job per 1,000 children, each child DONE with its step and events, as the daemon
-   leaves them; no artifact files), then the daemon is started on it;
+   job per 1,000 children, each child DONE with its step, events and artifact rows, as
+   the daemon leaves them; no artifact files), then the daemon is started on it;
 3. submit latency of a program that imports qiskit at top level, warm daemon (median of
    10): ``Client.run`` in this process until it returns the job id, and ``qlayer run
    --json`` as a whole process, beside the floor of a process that only starts Python;
@@ -122,6 +122,23 @@ def fanout_once(n: int, home: Path | None = None) -> tuple[float, float, int]:
     return wall, cpu, used
 
 
+#: The small artifacts a trivial child leaves as rows (``qlayer.local.artifacts``): its
+#: decision, its result and its log, as the daemon commits them.
+CHILD_ROWS = (
+    (
+        "stages/0000-child/output.json",
+        b'{"kind":"done","seq":0,"stage":"child","count":0,'
+        b'"result_key":"jobs/20200101-000000-000000_1_0/result.json"}',
+    ),
+    ("result.json", b"0"),
+    (
+        "logs/0000-child.log",
+        b"2020-01-01T00:00:00 INFO    stage child started (run 1, step 0, "
+        b"attempt 1)\n2020-01-01T00:00:00 INFO    stage child finished in 0.000 s\n",
+    ),
+)
+
+
 def build_history(home: Home, jobs: int) -> None:
     """``jobs`` finished jobs by direct inserts: trees of one root and 999 children."""
     from qlayer.local import state
@@ -133,7 +150,7 @@ def build_history(home: Home, jobs: int) -> None:
     with state.transaction(conn):
         for start in range(0, jobs, tree):
             root = f"20200101-000000-{start:06x}"
-            rows, steps, events = [], [], []
+            rows, steps, events, artifacts = [], [], [], []
             for i in range(min(tree, jobs - start)):
                 job_id = root if i == 0 else f"{root}_1_{i - 1}"
                 parent = None if i == 0 else root
@@ -141,6 +158,7 @@ def build_history(home: Home, jobs: int) -> None:
                 steps.append((job_id, 0, "stage", "child", "done", first, now, root))
                 for event in ("submitted", "started", "finished", "done"):
                     events.append((job_id, now, 0, "child", event, None))
+                artifacts += [(f"jobs/{job_id}/{name}", data) for name, data in CHILD_ROWS]
             conn.executemany(
                 "INSERT INTO jobs (job_id, parent_id, item_index, program_id, workflow,"
                 " arguments, backend, status, stage, seq, created_at, updated_at, finished_at,"
@@ -156,6 +174,7 @@ def build_history(home: Home, jobs: int) -> None:
                 "INSERT INTO events (job_id, at, seq, stage, event, detail) VALUES (?,?,?,?,?,?)",
                 events,
             )
+            conn.executemany("INSERT INTO artifact_rows (key, data) VALUES (?, ?)", artifacts)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # as a home that has been idle
     conn.close()
     os.sync()  # its writes reach the disk now, not during the measured run

@@ -31,7 +31,7 @@ def note(store: ArtifactStore, job_id: str, seq: int, name: str, text: str) -> N
         logging.getLogger("qlayer").exception("cannot write a log line for %s", job_id)
 
 
-def _attempt_of(store: ArtifactStore, key: str, stage: str) -> int:
+def attempt_of(store: ArtifactStore, key: str, stage: str) -> int:
     """Which attempt at this step this is: one more than the starts its log records.
 
     A step is attempted again when the process running it died (a daemon restart, a
@@ -58,6 +58,8 @@ class _LogSink:
         self.store = store
         self.key = key
         self._buffer: list[str] = []
+        #: The buffer holds the stage's own output (printed, or logged by it).
+        self._own = False
         self._last_flush = time.monotonic()
         self._lock = threading.Lock()
         #: Set inside :meth:`flushing`: start the flushing thread once output waits.
@@ -68,6 +70,7 @@ class _LogSink:
         if text:
             with self._lock:
                 self._buffer.append(text)
+                self._own = True
             if "\n" in text and (
                 time.monotonic() - self._last_flush > 0.5 or len(self._buffer) > 200
             ):
@@ -76,20 +79,29 @@ class _LogSink:
                 self._start_flusher()
         return len(text)
 
-    def write_line(self, text: str, *, now: bool) -> None:
-        """A logged line: appended at once if ``now``, else with the printed output."""
+    def write_line(self, text: str, *, now: bool, own: bool = True) -> None:
+        """A logged line: appended at once if ``now``, else with the printed output.
+
+        Args:
+            own: The stage's line, not qlayer's: once appended it must survive a kill
+                (:meth:`ArtifactStore.make_durable`).
+        """
         if not now:
             self.write(text)
             return
         with self._lock:
             self._buffer.append(text)
+            self._own = self._own or own
         self.flush()
 
     def flush(self) -> None:
         with self._lock:
             text, self._buffer = "".join(self._buffer), []
+            own, self._own = self._own, False
             if text:
                 self.store.append_text(self.key, text)
+                if own:
+                    self.store.make_durable(self.key)
             self._last_flush = time.monotonic()
 
     @contextlib.contextmanager
@@ -134,6 +146,12 @@ class _LogSink:
         return False
 
 
+#: Marks a record qlayer logs itself on a stage's logger (``extra=QLAYER_OWN``): it may
+#: be held with the step's other small artifacts, unlike the stage's own lines.
+QLAYER_LINE = "qlayer_line"
+QLAYER_OWN = {QLAYER_LINE: True}
+
+
 class _SinkHandler(logging.Handler):
     def __init__(self, sink: _LogSink) -> None:
         super().__init__()
@@ -146,12 +164,13 @@ class _SinkHandler(logging.Handler):
         try:
             # logged lines survive a kill that follows them
             now = record.levelno >= logging.WARNING or self.sink.store.append_is_cheap
-            self.sink.write_line(self.format(record) + "\n", now=now)
+            own = not getattr(record, QLAYER_LINE, False) or record.levelno >= logging.WARNING
+            self.sink.write_line(self.format(record) + "\n", now=now, own=own)
         except Exception:  # pragma: no cover - logging must never break a stage
             self.handleError(record)
 
 
-def _stage_logger(
+def stage_logger(
     store: ArtifactStore, key: str, job_id: str, stage: str
 ) -> tuple[logging.Logger, _LogSink]:
     sink = _LogSink(store, key)
@@ -165,7 +184,7 @@ def _stage_logger(
 
 
 @contextlib.contextmanager
-def _redirect_output(sink: _LogSink) -> Any:
+def redirect_output(sink: _LogSink) -> Any:
     old_out, old_err = sys.stdout, sys.stderr
     sys.stdout = sys.stderr = sink  # type: ignore[assignment]
     try:

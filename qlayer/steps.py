@@ -27,7 +27,7 @@ from qlayer.interpreter import Decision, Route, over_run_limit, route
 from qlayer.outcomes import Execute
 from qlayer.planner import Resources, plan, summarise
 from qlayer.request import ExecuteRequest, encode_request
-from qlayer.step_logs import _attempt_of, _redirect_output, _stage_logger
+from qlayer.step_logs import QLAYER_OWN, attempt_of, redirect_output, stage_logger
 from qlayer.store.base import ArtifactStore
 from qlayer.workflow import Workflow
 
@@ -41,6 +41,9 @@ class JobInfo:
     backend: str
     index: int | None = None
     runs: dict[str, int] = field(default_factory=dict)  # stage -> completed runs so far
+    #: Which attempt at the step this is, where the substrate counts them (the local
+    #: daemon); None: counted from the step's log (see :func:`qlayer.step_logs.attempt_of`).
+    attempt: int | None = None
     #: The folders of the job's environment, on this process's import path already
     #: (:mod:`qlayer.envs`): for the processes a stage starts itself.
     env_paths: tuple[str, ...] = ()
@@ -115,7 +118,7 @@ def _run_stage(
         return Decision.failed(seq, stage_name, "MaxRunsExceeded", problem)
 
     log_key = keys.log_key(job.job_id, seq, stage_name)
-    logger, sink = _stage_logger(store, log_key, job.job_id, stage_name)
+    logger, sink = stage_logger(store, log_key, job.job_id, stage_name)
     try:
         try:
             data, state = load_input(
@@ -138,18 +141,29 @@ def _run_stage(
             index=job.index,
             env_paths=job.env_paths,
         )
-        attempt = _attempt_of(store, log_key, stage_name)
+        counted = attempt_of(store, log_key, stage_name)
+        attempt = max(job.attempt or counted, counted)
         if attempt > 1:
-            sink.write(
+            # an attempt killed within its first moments may have left no lines (a quick
+            # step's lines are held until it ends: qlayer.local.artifacts)
+            where = "its lines are above" if counted > 1 else "it left no lines"
+            sink.write_line(
                 f"── attempt {attempt} of step {seq}: attempt {attempt - 1} was interrupted "
-                "before it finished (its lines are above) ──\n"
+                f"before it finished ({where}) ──\n",
+                now=True,
+                own=False,
             )
         logger.info(
-            "stage %s started (run %d, step %d, attempt %d)", stage_name, ctx.run, seq, attempt
+            "stage %s started (run %d, step %d, attempt %d)",
+            stage_name,
+            ctx.run,
+            seq,
+            attempt,
+            extra=QLAYER_OWN,
         )
         started = time.perf_counter()
         try:
-            with _redirect_output(sink), _deadline(timeout_s), sink.flushing():
+            with redirect_output(sink), _deadline(timeout_s), sink.flushing():
                 returned = stage.fn(data, ctx) if stage.takes_ctx else stage.fn(data)
         except StageTimeout:
             message = f"stage {stage_name!r} exceeded its timeout of {timeout_s} s and was stopped"
@@ -162,7 +176,12 @@ def _run_stage(
             message = _exception_message(exc, stage_name, stage.compute.memory_mb)
             logger.error("stage %s raised %s: %s", stage_name, type(exc).__name__, message)
             return Decision.failed(seq, stage_name, type(exc).__name__, message)
-        logger.info("stage %s finished in %.3f s", stage_name, time.perf_counter() - started)
+        logger.info(
+            "stage %s finished in %.3f s",
+            stage_name,
+            time.perf_counter() - started,
+            extra=QLAYER_OWN,
+        )
         decision = materialise(
             store, workflow, job, seq, stage_name, route(workflow, stage_name, returned), limits
         )

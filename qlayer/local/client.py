@@ -15,11 +15,11 @@ from qlayer.errors import DaemonError
 from qlayer.job import BaseJob
 from qlayer.keys import check_new_job_id, new_job_id
 from qlayer.local import admission, control, state
+from qlayer.local.artifacts import HomeStore
 from qlayer.local.jobstore import SqliteJobStore
 from qlayer.local.paths import Home
 from qlayer.notify import check_targets
 from qlayer.program import bundle, upload
-from qlayer.store.local import FolderStore
 
 DAEMON_DOWN = (
     "the qlayer daemon is not running, so this job is not advancing; start it with "
@@ -62,8 +62,8 @@ class LocalClient:
         self.home = home if isinstance(home, Home) else Home.resolve(home)
         self.autostart = autostart
         self.workers = workers
-        self.store = FolderStore(self.home.artifacts)
         self._conn = state.connect(self.home.db)
+        self.store = HomeStore(self.home.artifacts, self.home.db, self._conn)
         self.jobstore = SqliteJobStore(self._conn)
         self._machine: Resources | None = None
 
@@ -291,7 +291,7 @@ class LocalJob(BaseJob):
         self._record = record
 
     @property
-    def store(self) -> FolderStore:
+    def store(self) -> HomeStore:
         return self.client.store
 
     @property

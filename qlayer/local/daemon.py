@@ -34,6 +34,7 @@ from qlayer.core.ports import Event, Ports
 from qlayer.interpreter import Decision
 from qlayer.local import faults, state
 from qlayer.local.admission import Admission
+from qlayer.local.artifacts import HomeStore, decode_records
 from qlayer.local.devices import DeviceQueue
 from qlayer.local.envgate import EnvGate
 from qlayer.local.health import Health, StorageFault
@@ -50,7 +51,6 @@ from qlayer.local.zygote import Zygote
 from qlayer.planner import Resources
 from qlayer.status import JobStatus
 from qlayer.step_logs import note
-from qlayer.store.local import FolderStore
 
 log = logging.getLogger("qlayer.daemon")
 
@@ -70,8 +70,8 @@ class Daemon:
     ) -> None:
         self.home = home
         self.zygote = zygote
-        self.store = FolderStore(home.artifacts)
         self.conn = state.connect(home.db)
+        self.store = HomeStore(home.artifacts, home.db, self.conn)
         self.jobs = SqliteJobStore(self.conn)
         self.ports = Ports(self.jobs, self.store, LocalOrchestrator(self))
         self.resources = Resources.for_this_machine()
@@ -362,6 +362,7 @@ class Daemon:
                     "backend": job.backend,
                     "index": job.item_index,
                     "runs": self.jobs.runs_before(job.job_id, step["seq"]),
+                    "attempt": step["attempts"] + 1,
                 },
             },
             Assignment(
@@ -414,6 +415,8 @@ class Daemon:
         else:
             decision = Decision.from_json(reply["decision"])
         with transaction(self.conn):
+            # the step's small artifacts the worker held: committed with the step's end
+            self.store.commit_rows(decode_records(reply.get("records")))
             self.apply(assignment.job_id, assignment.step_id, decision)
 
     def on_decision(self, job_id: str, seq: int, decision: Decision) -> None:

@@ -74,10 +74,11 @@ class WorkerHandle:
         self.process: Any
         self.conn: Connection
         args = (str(home.artifacts), str(home.scratch), local_memory_mb, lock_fd)
+        kwargs = {"db": str(home.db)}
         spawned = None
         if zygote is not None:
             try:
-                spawned = zygote.spawn({"args": list(args)})
+                spawned = zygote.spawn({"args": list(args), "kwargs": kwargs})
             except ZygoteError as exc:  # it was killed: fork here rather than not at all
                 log.warning("%s; forking the worker from the daemon", exc)
         if spawned is not None:
@@ -88,6 +89,7 @@ class WorkerHandle:
             self.process = ctx.Process(
                 target=worker_main,
                 args=(child_conn, *args),
+                kwargs=kwargs,
                 # Not daemonic: multiprocessing forbids daemonic processes to have
                 # children, and stages may use multiprocessing themselves. Workers still
                 # never outlive the daemon: it kills them on exit, and PR_SET_PDEATHSIG

@@ -33,6 +33,7 @@ from pathlib import Path
 from qlayer import keys
 from qlayer.errors import ConfigError, JobNotFound
 from qlayer.local import state
+from qlayer.local.artifacts import HomeStore, forget_rows, rows_size
 from qlayer.local.paths import Home
 from qlayer.local.state import transaction
 
@@ -257,12 +258,15 @@ def prune(
         report.jobs += len(ids)
         folders = [artifacts / keys.job_prefix(job_id) for job_id in ids]
         report.artifact_bytes += sum(_disk_usage(f) for f in folders if f.is_dir())
+        report.artifact_bytes += sum(rows_size(conn, keys.job_prefix(i)) for i in ids)
         if dry_run:
             continue
         with transaction(conn):
             for table in ("events", "runs", "steps", "device_jobs", "provider_ledger"):
                 conn.executemany(f"DELETE FROM {table} WHERE job_id = ?", ((i,) for i in ids))
             conn.executemany("DELETE FROM jobs WHERE job_id = ?", ((i,) for i in ids))
+            for job_id in ids:
+                forget_rows(conn, keys.job_prefix(job_id))
         for folder in folders:
             shutil.rmtree(folder, ignore_errors=True)
     for program_id, uses in sorted(pruned_uses.items()):
@@ -301,9 +305,8 @@ def _prune_batches(
     artifact folder."""
     from qlayer.dispatch import batches
     from qlayer.errors import ArtifactError
-    from qlayer.store.local import FolderStore
 
-    store = FolderStore(artifacts)
+    store = HomeStore(artifacts, None)
     rows = conn.execute(
         f"SELECT key FROM provider_ledger WHERE key LIKE ? AND state IN {_FINAL_SQL}",
         (batches.PREFIX + "%",),

@@ -129,6 +129,11 @@ CREATE INDEX IF NOT EXISTS notifications_due ON notifications (state, next_at);
 -- One row the daemon rewrites to learn whether the database can be written again (with
 -- room to grow: a 64 KiB blob, freed in the same transaction).
 CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, at REAL NOT NULL, room BLOB);
+
+-- Small artifacts of quick steps (qlayer.local.artifacts.HomeStore): the bytes a key
+-- would hold as a file under artifacts/, committed with the step that wrote them.
+CREATE TABLE IF NOT EXISTS artifact_rows (key TEXT PRIMARY KEY, data BLOB NOT NULL)
+    WITHOUT ROWID;
 """
 
 SUBMISSIONS_SCHEMA = """
@@ -219,6 +224,18 @@ def _connect(path: Path) -> sqlite3.Connection:
     # The indexes of a home with a long history do not fit SQLite's default 2 MiB cache.
     conn.execute("PRAGMA cache_size=-65536")
     ensure_schema(conn)
+    return conn
+
+
+def connect_reader(path: Path, *, writes: bool = False) -> sqlite3.Connection:
+    """A plain connection for :mod:`qlayer.local.artifacts` (no schema script: the
+    daemon or a client made the database); one that only reads unless ``writes``."""
+    conn = sqlite3.connect(
+        str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+    )
+    if not writes:
+        conn.execute("PRAGMA query_only=1")
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     return conn
 
 

@@ -21,12 +21,12 @@ from typing import Any
 from qlayer import keys
 from qlayer.errors import ArtifactError
 from qlayer.local import envs, procs
+from qlayer.local.artifacts import HomeStore, encode_records
 from qlayer.local.health import storage_fault
 from qlayer.planner import Resources
 from qlayer.program import ProgramCache
 from qlayer.request import decode_request
 from qlayer.steps import JobInfo, complete_execute, run_stage
-from qlayer.store.local import FolderStore
 
 _PR_SET_PDEATHSIG = 1
 
@@ -100,11 +100,14 @@ def worker_main(
     lock_fd: int | None = None,
     *,
     watch_parent: bool = True,
+    db: str | None = None,
 ) -> None:
     """Serve requests from the daemon until the pipe closes.
 
     Args:
         watch_parent: Ask to die with the parent (False when the zygote did it).
+        db: The state database: a stage step's small artifacts are held and handed to
+            the daemon with its reply (:mod:`qlayer.local.artifacts`). None: files only.
     """
     if watch_parent:
         die_with_parent()
@@ -113,7 +116,7 @@ def worker_main(
     procs.become_subreaper()  # and what it orphans is re-parented here, to be reaped
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    store = FolderStore(artifacts)
+    store = HomeStore(artifacts, db)
     programs = ProgramCache(store, Path(scratch))
     limits = Resources(local_memory_mb=local_memory_mb)
     while True:
@@ -139,7 +142,7 @@ def worker_main(
 
 
 def _handle(
-    message: dict[str, Any], store: FolderStore, programs: ProgramCache, limits: Resources
+    message: dict[str, Any], store: HomeStore, programs: ProgramCache, limits: Resources
 ) -> dict[str, Any]:
     if message["op"] == "stage":
         site = message.get("env_path")
@@ -162,7 +165,7 @@ def _handle(
                     "message": str(exc),
                 },
             }
-        with MemoryLimit(message.get("memory_mb")):
+        with store.hold() as records, MemoryLimit(message.get("memory_mb")):
             decision = run_stage(
                 store,
                 workflow,
@@ -172,7 +175,7 @@ def _handle(
                 limits,
                 given_input=message.get("input"),
             )
-        return {"ok": True, "decision": decision.to_json()}
+        return {"ok": True, "decision": decision.to_json(), "records": encode_records(records)}
     if message["op"] == "device":
         # Idempotent like every step: a device job whose outcome was recorded (the
         # daemon died before it heard of it) is not run again — nor are its riders'.
@@ -220,7 +223,7 @@ def _handle(
     raise ValueError(f"unknown op {message['op']!r}")
 
 
-def _recorded(store: FolderStore, member: dict[str, Any]) -> dict[str, Any] | None:
+def _recorded(store: HomeStore, member: dict[str, Any]) -> dict[str, Any] | None:
     """The decision a device job's execute step already recorded, or None (torn: run it)."""
     from qlayer.interpreter import Decision
 
@@ -234,7 +237,7 @@ def _recorded(store: FolderStore, member: dict[str, Any]) -> dict[str, Any] | No
 
 
 def _run_alone(
-    store: FolderStore, backend: str, member: dict[str, Any], raw: dict[str, Any], request: Any
+    store: HomeStore, backend: str, member: dict[str, Any], raw: dict[str, Any], request: Any
 ) -> dict[str, Any]:
     from qlayer.providers.registry import sync_provider
 
@@ -247,7 +250,7 @@ def _run_alone(
 
 
 def _run_coalesced(
-    store: FolderStore,
+    store: HomeStore,
     backend: str,
     lead: dict[str, Any],
     lead_raw: dict[str, Any],

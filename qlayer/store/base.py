@@ -42,6 +42,12 @@ class ArtifactStore(ABC):
     def append_text(self, key: str, text: str) -> None:
         """Append ``text`` to a log object (S3: read-modify-write, logs only)."""
 
+    def make_durable(self, key: str) -> None:
+        """Make what was written under ``key`` survive this process's death. Here every
+        write does once it returns; a store that holds a step's writes for its caller to
+        commit (:class:`qlayer.local.artifacts.HomeStore`) writes them out."""
+        return None
+
     def delete(self, key: str) -> None:
         """Remove ``key`` (nothing if it does not exist). Stores that cannot say so."""
         raise ArtifactError(f"{type(self).__name__} cannot delete artifacts")

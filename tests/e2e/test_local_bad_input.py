@@ -178,7 +178,8 @@ def test_corrupted_execute_request(tmp_path):
         job = client.run(CHAIN, {"qubits": 22, "layers": 12, "shots": 32})
         helpers.wait_device_running(client, job.job_id)
         helpers.kill_daemon(client)
-        client.store.path(keys.execute_request(job.job_id, 1)).write_bytes(b"\xff\xfe garbage")
+        # through the store: the request may be a file or a row (qlayer.local.artifacts)
+        client.store.put_bytes(keys.execute_request(job.job_id, 1), b"\xff\xfe garbage")
         good = client.run(TRIVIAL, {"x": 1})  # restarts the daemon
         error = failed(job)
         assert "corrupted" in str(error)
@@ -190,7 +191,7 @@ def test_corrupted_execute_request(tmp_path):
 def test_corrupted_result(client, good):
     job = client.run(TRIVIAL, {"x": 5})
     assert job.result(timeout=120) == {"x": 5, "double": 10}
-    client.store.path(keys.job_result(job.job_id)).write_bytes(b"{not json")
+    client.store.put_bytes(keys.job_result(job.job_id), b"{not json")  # a file or a row
     with pytest.raises(ArtifactError, match="corrupted"):
         job.result(timeout=10)
 

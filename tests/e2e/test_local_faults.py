@@ -39,7 +39,9 @@ def test_fanout_missing_items_fails_that_job_only(client, markers):
     job = client.run(FAULTY, {"mode": "fanout", "n": 4, "markers": str(markers)})
     wait_for(lambda: len(list(markers.glob("*.child.started"))) == 2, 60, "two children to wait")
     daemon = client.daemon_pid()
-    client.store.path(keys.step_dir(job.job_id, 1, "fanout") + "items.json").unlink()
+    items = keys.step_dir(job.job_id, 1, "fanout") + "items.json"
+    assert client.store.exists(items)
+    client.store.delete(items)  # a file or a row (qlayer.local.artifacts)
     (markers / "go").touch()
     with pytest.raises(JobFailed, match=r"items\.json"):
         job.result(timeout=120)
@@ -70,7 +72,9 @@ def test_coalesced_leader_missing_request_fails_only_the_leader(client):
         "three requests to queue behind the blocker",
     )
     # The oldest queued request leads the merged run; its request disappears.
-    client.store.path(keys.execute_request(jobs[0].job_id, 1)).unlink()
+    request = keys.execute_request(jobs[0].job_id, 1)
+    assert client.store.exists(request)
+    client.store.delete(request)  # a file or a row (qlayer.local.artifacts)
     blocker.result(timeout=180)
     with pytest.raises(JobFailed, match=r"request\.json"):
         jobs[0].result(timeout=180)
