@@ -116,10 +116,28 @@ def sibling_modules(entry: Path, source: bytes) -> dict[str, bytes]:
     return found
 
 
+def _parse(source: bytes) -> ast.Module:
+    """``ast.parse``, asked again when CPython 3.11 trips over its own recursion counter.
+
+    In a process with other threads, 3.11's AST construction can fail at random with
+    ``SystemError: AST constructor recursion depth mismatch`` (python/cpython#106905; it
+    failed a clean-clone CI run while the test process bundled a program). The source is
+    not at fault: parsing it again succeeds.
+    """
+    for _ in range(4):
+        try:
+            return ast.parse(source)
+        except SystemError as exc:
+            if "recursion depth mismatch" not in str(exc):
+                raise
+            failure = exc
+    raise failure
+
+
 def _imported_names(source: bytes) -> set[str]:
     """Top-level names of the absolute imports in ``source`` (empty if it does not parse)."""
     try:
-        tree = ast.parse(source)
+        tree = _parse(source)
     except (SyntaxError, ValueError):
         return set()  # reported by check_syntax with the file's name
     names: set[str] = set()

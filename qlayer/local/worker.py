@@ -43,14 +43,21 @@ def die_with_parent() -> None:
         os._exit(1)  # the daemon died before the request above took effect
 
 
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
 def _address_space_mb() -> int:
+    """This process's address space (``VmSize``), from ``/proc/self/statm``'s first field:
+    one short line, where ``status`` is forty (read before every stage)."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) // 1024
-    except OSError:  # pragma: no cover
-        pass
-    return 0
+        fd = os.open("/proc/self/statm", os.O_RDONLY)
+        try:
+            pages = int(os.read(fd, 128).split(maxsplit=1)[0])
+        finally:
+            os.close(fd)
+    except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
+        return 0
+    return pages * _PAGE_BYTES // (1024 * 1024)
 
 
 class MemoryLimit:

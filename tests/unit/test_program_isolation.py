@@ -109,6 +109,31 @@ def test_single_file_program_bundles_the_modules_it_imports(tmp_path):
     assert sorted(found.files) == ["helper.py", "pkg/__init__.py", "pkg/inner.py", "prog.py"]
 
 
+def test_bundling_outlasts_cpython_311s_random_ast_recursion_error(tmp_path, monkeypatch):
+    # python/cpython#106905: with other threads running, 3.11's ast.parse can fail with
+    # this SystemError at random (a clean-clone CI run, bundling for cloud.run).
+    import ast
+    import types
+
+    import qlayer.program
+
+    folder = program(tmp_path / "iso-ast", TOP_IMPORTS_HELPER, "S", name="prog.py")
+    real, failures = ast.parse, []
+
+    def flaky(source, *args, **kwargs):
+        if len(failures) < 2:
+            failures.append(1)
+            raise SystemError("AST constructor recursion depth mismatch (before=3, after=9)")
+        return real(source, *args, **kwargs)
+
+    # only the program module's view of ast: pytest parses with it too
+    monkeypatch.setattr(
+        qlayer.program, "ast", types.SimpleNamespace(**{**vars(ast), "parse": flaky})
+    )
+    assert sorted(bundle(folder / "prog.py").files) == ["helper.py", "prog.py"]
+    assert len(failures) == 2
+
+
 def test_single_file_program_runs_with_its_sibling_in_a_fresh_process(store, tmp_path):
     folder = program(tmp_path / "iso-single", TOP_IMPORTS_HELPER, "S", name="prog.py")
     pid = upload(store, bundle(folder / "prog.py"))
