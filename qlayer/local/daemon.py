@@ -133,9 +133,6 @@ class Daemon:
         notifier.start()
         retention = RetentionThread(self.home)
         retention.start()
-        checkpointer = state.Checkpointer(self.home.db)
-        checkpointer.start()
-        state.Checkpointer.own(self.conn)
         log.info("daemon %d ready with %d workers", os.getpid(), len(self.pool))
         try:
             while not self.stopping:
@@ -143,7 +140,6 @@ class Daemon:
         finally:
             notifier.stop()
             retention.stop()
-            checkpointer.stop()
             self.admission.shutdown()
             self.remote.shutdown()
             self.envs.shutdown()

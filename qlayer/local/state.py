@@ -12,9 +12,7 @@ flag; both commit in short transactions (WAL mode).
 from __future__ import annotations
 
 import json
-import logging
 import sqlite3
-import threading
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -239,42 +237,6 @@ def connect_reader(path: Path, *, writes: bool = False) -> sqlite3.Connection:
         conn.execute("PRAGMA query_only=1")
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     return conn
-
-
-class Checkpointer(threading.Thread):
-    """Copies the WAL into the database file every ``every_s``, off the daemon's loop.
-
-    The daemon's connection does not checkpoint itself (:meth:`own`): SQLite's automatic
-    checkpoint runs inside the COMMIT that takes the WAL past 1,000 pages, and its writes
-    and ``fsync`` stalled the loop. A 10,000-child fan-out took 9.2 and 11.0 s with this
-    thread against 12.3 and 13.3 s without, run alternately. A passive checkpoint waits
-    for no one; what it cannot copy yet, the next one does.
-    """
-
-    def __init__(self, path: Path, every_s: float = 0.5) -> None:
-        super().__init__(name="qlayer-checkpoint", daemon=True)
-        self.path = path
-        self.every_s = every_s
-        self.stopped = threading.Event()
-
-    @staticmethod
-    def own(conn: sqlite3.Connection) -> None:
-        """Leave ``conn``'s checkpoints to a running :class:`Checkpointer`."""
-        conn.execute("PRAGMA wal_autocheckpoint=0")
-
-    def run(self) -> None:
-        conn = connect_reader(self.path, writes=True)
-        try:
-            while not self.stopped.wait(self.every_s):
-                try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                except sqlite3.Error as exc:  # a full disk: the next one tries again
-                    logging.getLogger("qlayer.daemon").warning("checkpoint failed: %s", exc)
-        finally:
-            conn.close()
-
-    def stop(self) -> None:
-        self.stopped.set()
 
 
 def ensure_schema(conn: sqlite3.Connection) -> bool:

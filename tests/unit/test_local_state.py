@@ -197,32 +197,3 @@ def test_opening_a_current_database_runs_no_schema_script(tmp_path):
     again.execute("PRAGMA user_version = 0")  # as a database an older qlayer wrote
     assert state.ensure_schema(again) is True
     assert again.execute("PRAGMA user_version").fetchone()[0] == state.SCHEMA_VERSION
-
-
-def test_the_checkpointer_moves_the_daemons_writes_into_the_database_file(tmp_path):
-    # The daemon's connection leaves checkpoints to the thread (its COMMITs must not
-    # stall on one): what it writes must still reach qlayer.db, not pile up in the WAL.
-    import time
-
-    from qlayer.local.state import Checkpointer, connect
-
-    db = tmp_path / "qlayer.db"
-    conn = connect(db)
-    Checkpointer.own(conn)
-    before = db.stat().st_size
-    with state.transaction(conn):
-        conn.executemany(
-            "INSERT INTO artifact_rows (key, data) VALUES (?, ?)",
-            [(f"jobs/j_{i}/result.json", b"x" * 2000) for i in range(2000)],
-        )
-    assert db.stat().st_size == before  # all of it in the WAL: no checkpoint of its own
-    checkpointer = Checkpointer(db, every_s=0.05)
-    checkpointer.start()
-    try:
-        deadline = time.monotonic() + 10
-        while db.stat().st_size < before + 2000 * 2000 and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        checkpointer.stop()
-        checkpointer.join()
-    assert db.stat().st_size >= before + 2000 * 2000
