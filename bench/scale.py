@@ -4,7 +4,8 @@ Run with ``make bench`` or ``.venv/bin/python bench/scale.py``; prints a markdow
 By default: N = 100, 1,000 and 10,000, history 0 and 20,000 jobs (about a minute). The
 whole curve (N = 50,000 and 200,000 finished jobs, a few minutes more) with ``--full``;
 or pick: ``--sizes 100,1000`` the fan-out sizes, ``--history 200000`` the size of the
-history, ``--repeat 3`` runs each measure that many times (the range is shown).
+history, ``--repeat 3`` runs each measure that many times (the range is shown),
+``--fanouts-only`` runs the fan-outs alone (no history, no submit).
 
 Beside wall time each fan-out reports the CPU seconds the daemon and its workers spent
 (from ``/proc``): on a machine shared with others, wall time moves with their load and
@@ -227,6 +228,9 @@ def main() -> int:
     parser.add_argument("--history", type=int, default=None, help="finished jobs (20000)")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument(
+        "--fanouts-only", action="store_true", help="only the fan-outs (no history, no submit)"
+    )
+    parser.add_argument(
         "--full", action="store_true", help="the whole curve: N up to 50,000, history 200,000"
     )
     args = parser.parse_args()
@@ -251,7 +255,7 @@ def main() -> int:
             )
         )
         print(rows[-1], file=sys.stderr, flush=True)
-    for history in (0, history_size):
+    for history in () if args.fanouts_only else (0, history_size):
         walls, cpus = [], []
         for _ in range(args.repeat):
             root = Path(tempfile.mkdtemp(prefix="qlayer-scale-"))
@@ -273,25 +277,26 @@ def main() -> int:
             )
         )
         print(rows[-1], file=sys.stderr, flush=True)
-    in_process, whole, bare = submit_latency()
-    rows.append(
-        (
-            "submit (`Client.run`) of a program importing qiskit, warm daemon",
-            f"{statistics.median(in_process) * 1000:.0f} ms",
-            "",
-            "",
-            "—",
+    if not args.fanouts_only:
+        in_process, whole, bare = submit_latency()
+        rows.append(
+            (
+                "submit (`Client.run`) of a program importing qiskit, warm daemon",
+                f"{statistics.median(in_process) * 1000:.0f} ms",
+                "",
+                "",
+                "—",
+            )
         )
-    )
-    rows.append(
-        (
-            "`qlayer run --json` of that program, whole process, warm daemon",
-            f"{statistics.median(whole) * 1000:.0f} ms",
-            "",
-            "",
-            f"{statistics.median(bare) * 1000:.0f} ms (`python -c pass`)",
+        rows.append(
+            (
+                "`qlayer run --json` of that program, whole process, warm daemon",
+                f"{statistics.median(whole) * 1000:.0f} ms",
+                "",
+                "",
+                f"{statistics.median(bare) * 1000:.0f} ms (`python -c pass`)",
+            )
         )
-    )
     print("| measure | wall | CPU, daemon + workers | wall per child | floor (one process) |")
     print("|---|---|---|---|---|")
     for row in rows:
