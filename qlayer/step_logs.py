@@ -67,10 +67,13 @@ class _LogSink:
 
     def write(self, text: str) -> int:
         """Printed output: buffered, appended a line at a time at most every 0.5 s."""
+        return self._add(text, own=True)
+
+    def _add(self, text: str, *, own: bool) -> int:
         if text:
             with self._lock:
                 self._buffer.append(text)
-                self._own = True
+                self._own = self._own or own
             if "\n" in text and (
                 time.monotonic() - self._last_flush > 0.5 or len(self._buffer) > 200
             ):
@@ -87,7 +90,7 @@ class _LogSink:
                 (:meth:`ArtifactStore.make_durable`).
         """
         if not now:
-            self.write(text)
+            self._add(text, own=own)
             return
         with self._lock:
             self._buffer.append(text)

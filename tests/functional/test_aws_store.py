@@ -1,4 +1,5 @@
-"""S3Store against moto (mock_aws): the ArtifactStore contract on S3."""
+"""S3Store against moto (mock_aws): what is S3's own (log tags, prefixes, bounds); the
+port's contract runs on S3 in tests/contract/test_store_contract.py."""
 
 from __future__ import annotations
 
@@ -7,24 +8,6 @@ from aws_fixtures import BUCKET
 
 from qlayer.aws.store import S3Store
 from qlayer.errors import ArtifactError
-
-
-def test_bytes_json_exists_list(aws):
-    """moto: put/get/exists/list over the key layout."""
-    store = aws.store
-    store.put_bytes("jobs/a/x.bin", b"\x00\x01")
-    store.put_json("jobs/a/stages/0000-build/output.json", {"kind": "done"})
-    assert store.get_bytes("jobs/a/x.bin") == b"\x00\x01"
-    assert store.get_json("jobs/a/stages/0000-build/output.json") == {"kind": "done"}
-    assert store.exists("jobs/a/x.bin") and not store.exists("jobs/a/nope")
-    assert store.list("jobs/a/") == ["jobs/a/stages/0000-build/output.json", "jobs/a/x.bin"]
-    assert store.list("jobs/b/") == []
-
-
-def test_missing_key_is_an_artifact_error(aws):
-    """moto: a missing object raises ArtifactError naming the key."""
-    with pytest.raises(ArtifactError, match=r"jobs/a/missing\.json does not exist"):
-        aws.store.get_json("jobs/a/missing.json")
 
 
 def test_append_text_tags_logs(aws):
