@@ -232,6 +232,13 @@ def _submit(svc: Services, provider: AsyncProvider, entry: LedgerEntry) -> bool:
     try:
         raw = svc.store.get_json(entry.request_key)
         request = decode_request(raw)
+        held = held_group(raw, entry.job_id)
+        if held is not None and held[1] != entry.job_id:
+            # Before the submit, not after: the items' runtime jobs can end, and the job
+            # that fanned out with them, before this invocation says it holds the batch;
+            # its Finalise then finds nothing to close (a likely cause of a clean-clone CI
+            # failure: the batch never closed).
+            _hold_for(svc, held[1], held[0], backend)
         provider_job_id = submit_once(
             ledger,
             provider,
@@ -264,12 +271,9 @@ def _submit(svc: Services, provider: AsyncProvider, entry: LedgerEntry) -> bool:
         ledger.give_back_slot(key)
         log.exception("submitting %s failed; it is tried again later", key)
         return False
-    held = held_group(raw, entry.job_id)
     own = held is not None and held[1] == entry.job_id
     # Finalise asks the dispatcher to close the job's session (close_sessions).
     _mark_submitted(svc, key, backend, provider_job_id, {SESSION_HELD: True} if own else {})
-    if held is not None and not own:
-        _hold_for(svc, held[1], held[0], backend)
     for text in notes:  # what the provider ran instead of what was asked, said once
         note(svc.store, entry.job_id, seq, "execute", text)
         svc.jobs.add_event(entry.job_id, Event(seq, "execute", "execution mode", {"message": text}))

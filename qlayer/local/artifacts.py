@@ -171,11 +171,24 @@ class HomeStore(ArtifactStore):
             return self._conn
         if self.db is None:
             return None
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            from qlayer.local.state import connect_reader
+        if not hasattr(self._local, "conn"):
+            self._local.conn = self._open()
+        conn: sqlite3.Connection | None = self._local.conn
+        return conn
 
-            conn = self._local.conn = connect_reader(self.db, writes=self._writes_rows)
+    def _open(self) -> sqlite3.Connection | None:
+        """A connection of this thread's; None where the database has no rows to read
+        (not made yet, or by a qlayer before them): files only."""
+        from qlayer.local.state import connect_reader
+
+        assert self.db is not None
+        if not self.db.exists():
+            return None
+        conn = connect_reader(self.db, writes=self._writes_rows)
+        found = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'artifact_rows'"
+        if conn.execute(found).fetchone() is None:
+            conn.close()
+            return None
         return conn
 
     def _row(self, key: str) -> bytes | None:

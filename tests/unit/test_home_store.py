@@ -160,3 +160,13 @@ def test_a_stage_that_forks_writes_out_and_its_children_write_files(home):
     assert worker.folder.get_text(LOG) == (
         "stage child started\na line of the forked child\nstage child finished\n"
     )
+
+
+def test_a_database_without_rows_is_read_as_files_only(tmp_path):
+    # A worker's store reads rows from the home's database; one not made yet (or made by
+    # an older qlayer) must not fail every read: the zygote test's worker met this.
+    store = HomeStore(tmp_path / "artifacts", tmp_path / "missing.db")
+    store.folder.put_json(OUTPUT, {"kind": "done"})
+    assert store.get_json(OUTPUT) == {"kind": "done"}
+    assert store.list("jobs/j/") == [OUTPUT]
+    assert not (tmp_path / "missing.db").exists()  # not made by reading
