@@ -142,7 +142,7 @@ def _run_stage(
             env_paths=job.env_paths,
         )
         counted = attempt_of(store, log_key, stage_name)
-        attempt = max(job.attempt or counted, counted)
+        attempt = max(job.attempt or 0, counted)
         if attempt > 1:
             # an attempt killed within its first moments may have left no lines (a quick
             # step's lines are held until it ends: qlayer.local.artifacts)

@@ -179,12 +179,12 @@ class HomeStore(ArtifactStore):
     def _open(self) -> sqlite3.Connection | None:
         """A connection of this thread's; None where the database has no rows to read
         (not made yet, or by a qlayer before them): files only."""
-        from qlayer.local.state import connect_reader
+        from qlayer.local.state import connect_plain
 
         assert self.db is not None
         if not self.db.exists():
             return None
-        conn = connect_reader(self.db, writes=self._writes_rows)
+        conn = connect_plain(self.db, read_only=not self._writes_rows)
         found = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'artifact_rows'"
         if conn.execute(found).fetchone() is None:
             conn.close()

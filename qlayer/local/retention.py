@@ -33,7 +33,7 @@ from pathlib import Path
 from qlayer import keys
 from qlayer.errors import ConfigError, JobNotFound
 from qlayer.local import state
-from qlayer.local.artifacts import HomeStore, forget_rows, rows_size
+from qlayer.local.artifacts import forget_rows, rows_size
 from qlayer.local.paths import Home
 from qlayer.local.state import transaction
 
@@ -305,8 +305,9 @@ def _prune_batches(
     artifact folder."""
     from qlayer.dispatch import batches
     from qlayer.errors import ArtifactError
+    from qlayer.store.local import FolderStore
 
-    store = HomeStore(artifacts, None)
+    store = FolderStore(artifacts)  # manifests are the daemon's files, never rows
     rows = conn.execute(
         f"SELECT key FROM provider_ledger WHERE key LIKE ? AND state IN {_FINAL_SQL}",
         (batches.PREFIX + "%",),

@@ -227,13 +227,13 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def connect_reader(path: Path, *, writes: bool = False) -> sqlite3.Connection:
-    """A plain connection for :mod:`qlayer.local.artifacts` (no schema script: the
-    daemon or a client made the database); one that only reads unless ``writes``."""
+def connect_plain(path: Path, *, read_only: bool) -> sqlite3.Connection:
+    """A connection for :mod:`qlayer.local.artifacts` with no schema script (the daemon
+    or a client made the database); ``read_only``: one that cannot write."""
     conn = sqlite3.connect(
         str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
     )
-    if not writes:
+    if read_only:
         conn.execute("PRAGMA query_only=1")
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     return conn
